@@ -1,0 +1,70 @@
+# clip-tools. `make deps` (root) installs the Debian packages, `make` builds
+# bin/, `make check` runs the fast tests. See README.md.
+
+PREFIX ?= /usr/local
+CC ?= cc
+PKGS := libarchive jansson vips libzmq libutf8proc libjpeg
+# Debian's OpenMP build of OpenBLAS: its threads and ours share one OpenMP pool.
+BLAS_DIR := /usr/lib/x86_64-linux-gnu/openblas-openmp
+BLAS_INC := /usr/include/x86_64-linux-gnu/openblas-openmp
+
+CFLAGS ?= -O2 -g
+CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare \
+          -march=native -fopenmp -Ilib -I$(BLAS_INC) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) \
+          -lopenblas -lm -lpthread
+
+LIB_SRC := $(wildcard lib/*.c)
+LIB_OBJ := $(LIB_SRC:lib/%.c=build/lib/%.o)
+TOOLS := $(patsubst tools/%.c,bin/%,$(wildcard tools/clip-*.c))
+UNIT_TESTS := $(patsubst tests/unit/%.c,build/tests/%,$(wildcard tests/unit/test_*.c))
+MANPAGES := $(wildcard man/*.1 man/*.5)
+
+DEB_PACKAGES := build-essential pkg-config libarchive-dev libjansson-dev libvips-dev \
+                libopenblas-openmp-dev libzmq3-dev libutf8proc-dev libjpeg-dev bats python3 python3-numpy
+# the PyTorch reference: fixtures regeneration and benchmarks only
+DEB_REFERENCE := python3-torch python3-torchvision python3-pil
+
+all: $(TOOLS)
+
+deps:
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEB_PACKAGES)
+
+deps-reference: deps
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEB_REFERENCE)
+
+build/lib/%.o: lib/%.c $(wildcard lib/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+build/libclip.a: $(LIB_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+bin/%: tools/%.c build/libclip.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $< build/libclip.a $(LDLIBS)
+
+build/tests/%: tests/unit/%.c tests/unit/unit.h build/libclip.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -Itests/unit -o $@ $< build/libclip.a $(LDLIBS)
+
+check: all $(UNIT_TESTS)
+	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; ./$$t; done
+	bats tests/bats
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5
+	install -m 755 $(TOOLS) $(DESTDIR)$(PREFIX)/bin
+	install -m 644 $(filter %.1,$(MANPAGES)) $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 644 $(filter %.5,$(MANPAGES)) $(DESTDIR)$(PREFIX)/share/man/man5
+
+clean:
+	rm -rf build bin
+
+.PHONY: all deps deps-reference check install clean
+.SECONDARY: $(LIB_OBJ)
+
+# benchmarks, fixture regeneration and pipelines: one fragment per concern
+include $(wildcard mk/*.mk pipelines/*.mk)

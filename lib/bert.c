@@ -1,0 +1,295 @@
+#include "bert.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "blas.h"
+#include "ops.h"
+#include "util.h"
+
+static const ckpt_tensor *find2(const ckpt *c, const char *prefix, const char *name)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s%s", prefix, name);
+    return ckpt_find(c, buf);
+}
+
+int bert_config_from_ckpt(const ckpt *c, const char *prefix, bert_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    const ckpt_tensor *word = find2(c, prefix, "embeddings.word_embeddings.weight");
+    const ckpt_tensor *pos = find2(c, prefix, "embeddings.position_embeddings.weight");
+    const ckpt_tensor *type = find2(c, prefix, "embeddings.token_type_embeddings.weight");
+    const ckpt_tensor *inter = find2(c, prefix, "encoder.layer.0.intermediate.dense.weight");
+    if (!word || !pos || !type || !inter) {
+        clip_set_error("no BERT text tower: missing %sembeddings.%s", prefix,
+                       !word ? "word_embeddings.weight"
+                       : !pos ? "position_embeddings.weight"
+                       : !type ? "token_type_embeddings.weight"
+                               : "../encoder.layer.0.intermediate.dense.weight");
+        return -1;
+    }
+    if (word->ndim != 2 || pos->ndim != 2 || type->ndim != 2 || inter->ndim != 2) {
+        clip_set_error("%sembeddings: unexpected tensor rank", prefix);
+        return -1;
+    }
+    cfg->vocab = (int)word->shape[0];
+    cfg->hidden = (int)word->shape[1];
+    cfg->max_pos = (int)pos->shape[0];
+    cfg->type_vocab = (int)type->shape[0];
+    cfg->intermediate = (int)inter->shape[0];
+    cfg->heads = cfg->hidden / 64 ? cfg->hidden / 64 : 1;
+    cfg->eps = 1e-12f;
+    char name[128];
+    for (;;) {
+        snprintf(name, sizeof name, "encoder.layer.%d.attention.self.query.weight", cfg->layers);
+        if (!find2(c, prefix, name)) break;
+        cfg->layers++;
+    }
+    return 0;
+}
+
+int bert_config_from_json(const char *path, bert_config *cfg)
+{
+    json_error_t err;
+    json_t *j = json_load_file(path, 0, &err);
+    if (!j) {
+        clip_set_error("%s: %s (line %d)", path, err.text, err.line);
+        return -1;
+    }
+    struct {
+        const char *key;
+        int *dst;
+    } ints[] = {{"hidden_size", &cfg->hidden},
+                {"num_hidden_layers", &cfg->layers},
+                {"num_attention_heads", &cfg->heads},
+                {"intermediate_size", &cfg->intermediate},
+                {"max_position_embeddings", &cfg->max_pos},
+                {"type_vocab_size", &cfg->type_vocab},
+                {"vocab_size", &cfg->vocab}};
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        json_t *v = json_object_get(j, ints[i].key);
+        if (!v) continue;
+        if (!json_is_integer(v) || json_integer_value(v) <= 0) {
+            clip_set_error("%s: %s is not a positive integer", path, ints[i].key);
+            json_decref(j);
+            return -1;
+        }
+        *ints[i].dst = (int)json_integer_value(v);
+    }
+    json_t *eps = json_object_get(j, "layer_norm_eps");
+    if (eps && json_is_number(eps)) cfg->eps = (float)json_number_value(eps);
+    json_t *act = json_object_get(j, "hidden_act");
+    if (act && (!json_is_string(act) || strcmp(json_string_value(act), "gelu"))) {
+        clip_set_error("%s: hidden_act must be \"gelu\" (erf GELU)", path);
+        json_decref(j);
+        return -1;
+    }
+    json_decref(j);
+    if (cfg->hidden % cfg->heads) {
+        clip_set_error("%s: hidden_size %d is not divisible by num_attention_heads %d", path,
+                       cfg->hidden, cfg->heads);
+        return -1;
+    }
+    return 0;
+}
+
+static void bert_layout(const bert_config *g, bert_params *p, param_table *t)
+{
+    int64_t H = g->hidden, FF = g->intermediate;
+    char n[192];
+#define ADD(field, ...)                                                                            \
+    pt_add(t, &p->field, n, sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t),                    \
+           (int64_t[]){__VA_ARGS__})
+#define NAME(...) snprintf(n, sizeof n, __VA_ARGS__)
+    NAME("transformer.embeddings.word_embeddings.weight"), ADD(word_emb, g->vocab, H);
+    NAME("transformer.embeddings.position_embeddings.weight"), ADD(pos_emb, g->max_pos, H);
+    NAME("transformer.embeddings.token_type_embeddings.weight"), ADD(type_emb, g->type_vocab, H);
+    NAME("transformer.embeddings.LayerNorm.weight"), ADD(emb_ln_w, H);
+    NAME("transformer.embeddings.LayerNorm.bias"), ADD(emb_ln_b, H);
+    for (int i = 0; i < g->layers; i++) {
+        bert_layer_params *l = &p->layers[i];
+        const char *pre = "transformer.encoder.layer";
+#define LADD(field, key, ...)                                                                      \
+    NAME("%s.%d.%s", pre, i, key);                                                                 \
+    pt_add(t, &l->field, n, sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t),                    \
+           (int64_t[]){__VA_ARGS__})
+        LADD(q_w, "attention.self.query.weight", H, H);
+        LADD(q_b, "attention.self.query.bias", H);
+        LADD(k_w, "attention.self.key.weight", H, H);
+        LADD(k_b, "attention.self.key.bias", H);
+        LADD(v_w, "attention.self.value.weight", H, H);
+        LADD(v_b, "attention.self.value.bias", H);
+        LADD(ao_w, "attention.output.dense.weight", H, H);
+        LADD(ao_b, "attention.output.dense.bias", H);
+        LADD(ao_ln_w, "attention.output.LayerNorm.weight", H);
+        LADD(ao_ln_b, "attention.output.LayerNorm.bias", H);
+        LADD(i_w, "intermediate.dense.weight", FF, H);
+        LADD(i_b, "intermediate.dense.bias", FF);
+        LADD(o_w, "output.dense.weight", H, FF);
+        LADD(o_b, "output.dense.bias", H);
+        LADD(o_ln_w, "output.LayerNorm.weight", H);
+        LADD(o_ln_b, "output.LayerNorm.bias", H);
+#undef LADD
+    }
+    NAME("transformer.pooler.dense.weight"), ADD(pooler_w, H, H);
+    NAME("transformer.pooler.dense.bias"), ADD(pooler_b, H);
+    NAME("ln_final.weight"), ADD(ln_final_w, H);
+    NAME("ln_final.bias"), ADD(ln_final_b, H);
+    NAME("text_projection"), ADD(text_proj, H, g->out_dim);
+#undef ADD
+#undef NAME
+}
+
+bert *bert_create(const bert_config *cfg)
+{
+    bert *m = xcalloc(1, sizeof *m);
+    m->cfg = *cfg;
+    m->params.layers = xcalloc(cfg->layers, sizeof(bert_layer_params));
+    m->acts.layers = xcalloc(cfg->layers, sizeof(bert_layer_acts));
+    bert_layout(cfg, &m->params, &m->ptable);
+    pt_alloc(&m->ptable);
+    return m;
+}
+
+int bert_load_body(bert *m, const ckpt *c, const char *prefix)
+{
+    static const char body[] = "transformer.";
+    for (int i = 0; i < m->ptable.n; i++) {
+        const param_spec *s = &m->ptable.v[i];
+        if (strncmp(s->name, body, sizeof body - 1)) continue; /* the head */
+        char name[256];
+        snprintf(name, sizeof name, "%s%s", prefix, s->name + sizeof body - 1);
+        if (!ckpt_find(c, name)) {
+            /* checkpoints converted from TensorFlow name LayerNorm gamma/beta */
+            char old[256];
+            size_t n = strlen(name);
+            const char *w = ".LayerNorm.weight", *b = ".LayerNorm.bias";
+            old[0] = 0;
+            if (n > strlen(w) && !strcmp(name + n - strlen(w), w))
+                snprintf(old, sizeof old, "%.*s.LayerNorm.gamma", (int)(n - strlen(w)), name);
+            else if (n > strlen(b) && !strcmp(name + n - strlen(b), b))
+                snprintf(old, sizeof old, "%.*s.LayerNorm.beta", (int)(n - strlen(b)), name);
+            if (old[0] && ckpt_find(c, old)) memcpy(name, old, sizeof old);
+        }
+        if (pt_load_spec(s, c, name)) return -1;
+    }
+    return 0;
+}
+
+void bert_free(bert *m)
+{
+    if (!m) return;
+    pt_free(&m->ptable);
+    pt_free(&m->atable);
+    free(m->acts.key_valid);
+    free(m->params.layers);
+    free(m->acts.layers);
+    free(m);
+}
+
+void bert_reserve(bert *m, int B, int L, int keep_layers)
+{
+    if (m->atable.data && B <= m->act_batch && L <= m->act_len && keep_layers == m->act_keep)
+        return;
+    pt_free(&m->atable);
+    free(m->acts.key_valid);
+    const bert_config *g = &m->cfg;
+    bert_acts *a = &m->acts;
+    param_table *t = &m->atable;
+    int64_t H = g->hidden, FF = g->intermediate, N = (int64_t)B * L;
+    a->key_valid = xmalloc(N);
+    pt_add(t, &a->emb, "emb", 2, (int64_t[]){N, H});
+    pt_add(t, &a->emb_ln, "emb_ln", 2, (int64_t[]){N, H});
+    pt_add(t, &a->emb_ln_mean, "emb_ln_mean", 1, (int64_t[]){N});
+    pt_add(t, &a->emb_ln_rstd, "emb_ln_rstd", 1, (int64_t[]){N});
+    int slots = keep_layers ? g->layers : 1;
+    for (int i = 0; i < slots; i++) {
+        bert_layer_acts *l = &a->layers[i];
+        pt_add(t, &l->qkv, "qkv", 2, (int64_t[]){N, 3 * H});
+        pt_add(t, &l->att, "att", 4, (int64_t[]){B, g->heads, L, L});
+        pt_add(t, &l->atty, "atty", 2, (int64_t[]){N, H});
+        pt_add(t, &l->res_1, "res_1", 2, (int64_t[]){N, H});
+        pt_add(t, &l->ln_1, "ln_1", 2, (int64_t[]){N, H});
+        pt_add(t, &l->ln_1_mean, "ln_1_mean", 1, (int64_t[]){N});
+        pt_add(t, &l->ln_1_rstd, "ln_1_rstd", 1, (int64_t[]){N});
+        pt_add(t, &l->fc, "fc", 2, (int64_t[]){N, FF});
+        pt_add(t, &l->fc_act, "fc_act", 2, (int64_t[]){N, FF});
+        pt_add(t, &l->res_2, "res_2", 2, (int64_t[]){N, H});
+        pt_add(t, &l->out, "out", 2, (int64_t[]){N, H});
+        pt_add(t, &l->out_mean, "out_mean", 1, (int64_t[]){N});
+        pt_add(t, &l->out_rstd, "out_rstd", 1, (int64_t[]){N});
+    }
+    pt_add(t, &a->cls, "cls", 2, (int64_t[]){B, H});
+    pt_add(t, &a->pool_pre, "pool_pre", 2, (int64_t[]){B, H});
+    pt_add(t, &a->pooled, "pooled", 2, (int64_t[]){B, H});
+    pt_add(t, &a->ln_final, "ln_final", 2, (int64_t[]){B, H});
+    pt_add(t, &a->ln_final_mean, "ln_final_mean", 1, (int64_t[]){B});
+    pt_add(t, &a->ln_final_rstd, "ln_final_rstd", 1, (int64_t[]){B});
+    pt_add(t, &a->out, "out", 2, (int64_t[]){B, g->out_dim});
+    pt_alloc(t);
+    for (int i = slots; i < g->layers; i++) a->layers[i] = a->layers[0];
+    m->act_batch = B;
+    m->act_len = L;
+    m->act_keep = keep_layers;
+}
+
+int bert_forward(bert *m, const int32_t *ids, int B, int L, float *out)
+{
+    const bert_config *g = &m->cfg;
+    const bert_params *p = &m->params;
+    if (L > g->max_pos) {
+        clip_set_error("text length %d exceeds BERT's %d positions", L, g->max_pos);
+        return -1;
+    }
+    for (size_t i = 0; i < (size_t)B * L; i++)
+        if (ids[i] < 0 || ids[i] >= g->vocab) {
+            clip_set_error("token id %d (text %zu, position %zu) is outside the vocabulary of %d",
+                           ids[i], i / L, i % L, g->vocab);
+            return -1;
+        }
+    bert_reserve(m, B, L, m->act_keep);
+    bert_acts *a = &m->acts;
+    int H = g->hidden, FF = g->intermediate, N = B * L;
+
+#pragma omp parallel for schedule(static)
+    for (int bt = 0; bt < N; bt++) {
+        const float *w = p->word_emb + (size_t)ids[bt] * H;
+        const float *pos = p->pos_emb + (size_t)(bt % L) * H;
+        float *dst = a->emb + (size_t)bt * H;
+        for (int j = 0; j < H; j++) dst[j] = w[j] + pos[j] + p->type_emb[j];
+        a->key_valid[bt] = ids[bt] != 0;
+    }
+    layernorm_forward(a->emb_ln, a->emb_ln_mean, a->emb_ln_rstd, a->emb, p->emb_ln_w, p->emb_ln_b,
+                      N, H, g->eps);
+    const float *x = a->emb_ln;
+    for (int i = 0; i < g->layers; i++) {
+        const bert_layer_params *lp = &p->layers[i];
+        bert_layer_acts *l = &a->layers[i];
+        matmul_forward(l->qkv, 3 * H, x, lp->q_w, lp->q_b, N, H, H);
+        matmul_forward(l->qkv + H, 3 * H, x, lp->k_w, lp->k_b, N, H, H);
+        matmul_forward(l->qkv + 2 * H, 3 * H, x, lp->v_w, lp->v_b, N, H, H);
+        attention_forward(l->atty, l->att, l->qkv, a->key_valid, 0, B, L, H, g->heads);
+        matmul_residual_forward(l->res_1, l->atty, lp->ao_w, lp->ao_b, x, N, H, H);
+        layernorm_forward(l->ln_1, l->ln_1_mean, l->ln_1_rstd, l->res_1, lp->ao_ln_w, lp->ao_ln_b, N,
+                          H, g->eps);
+        matmul_forward(l->fc, FF, l->ln_1, lp->i_w, lp->i_b, N, H, FF);
+        gelu_erf_forward(l->fc_act, l->fc, (size_t)N * FF);
+        matmul_residual_forward(l->res_2, l->fc_act, lp->o_w, lp->o_b, l->ln_1, N, FF, H);
+        layernorm_forward(l->out, l->out_mean, l->out_rstd, l->res_2, lp->o_ln_w, lp->o_ln_b, N, H,
+                          g->eps);
+        x = l->out;
+    }
+    for (int b = 0; b < B; b++) memcpy(a->cls + (size_t)b * H, x + (size_t)b * L * H, H * sizeof(float));
+    matmul_forward(a->pool_pre, H, a->cls, p->pooler_w, p->pooler_b, B, H, H);
+    tanh_forward(a->pooled, a->pool_pre, (size_t)B * H);
+    layernorm_forward(a->ln_final, a->ln_final_mean, a->ln_final_rstd, a->pooled, p->ln_final_w,
+                      p->ln_final_b, B, H, 1e-5f);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, g->out_dim, H, 1.0f, a->ln_final, H,
+                p->text_proj, g->out_dim, 0.0f, a->out, g->out_dim);
+    if (out) memcpy(out, a->out, (size_t)B * g->out_dim * sizeof(float));
+    return 0;
+}

@@ -1,0 +1,84 @@
+/* The Chinese text tower: Hugging Face BertModel (post-LN, erf GELU) and the
+ * joint model's text head: pooler -> ln_final -> @ text_projection.
+ * Parameter names are those of the joint checkpoint: `transformer.` + HF
+ * names for the body, `ln_final.*` and `text_projection` for the head. */
+#ifndef CLIP_BERT_H
+#define CLIP_BERT_H
+
+#include <stdint.h>
+
+#include "checkpoint.h"
+#include "param_table.h"
+
+typedef struct {
+    int hidden, layers, heads, intermediate;
+    int max_pos, type_vocab, vocab;
+    float eps;   /* 1e-12 */
+    int out_dim; /* text_projection [hidden, out_dim] */
+} bert_config;
+
+typedef struct {
+    float *q_w, *q_b, *k_w, *k_b, *v_w, *v_b; /* attention.self.{query,key,value} */
+    float *ao_w, *ao_b, *ao_ln_w, *ao_ln_b;   /* attention.output.{dense,LayerNorm} */
+    float *i_w, *i_b;                         /* intermediate.dense [I, H] */
+    float *o_w, *o_b, *o_ln_w, *o_ln_b;       /* output.{dense,LayerNorm} */
+} bert_layer_params;
+
+typedef struct {
+    float *word_emb, *pos_emb, *type_emb, *emb_ln_w, *emb_ln_b;
+    bert_layer_params *layers;
+    float *pooler_w, *pooler_b;
+    float *ln_final_w, *ln_final_b; /* head: LayerNorm(hidden), eps 1e-5 */
+    float *text_proj;               /* [H, D] */
+} bert_params;
+
+typedef struct {
+    float *qkv;                     /* [N, 3H] */
+    float *att;                     /* [B, NH, L, L] */
+    float *atty;                    /* [N, H] */
+    float *res_1;                   /* [N, H] x + attention output dense */
+    float *ln_1, *ln_1_mean, *ln_1_rstd;
+    float *fc, *fc_act;             /* [N, I] before / after GELU */
+    float *res_2;                   /* [N, H] ln_1 + output dense */
+    float *out, *out_mean, *out_rstd; /* [N, H] the layer's output LayerNorm */
+} bert_layer_acts;
+
+typedef struct {
+    uint8_t *key_valid; /* [N] id != [PAD]; malloc'd beside the table */
+    float *emb, *emb_ln, *emb_ln_mean, *emb_ln_rstd; /* [N, H] */
+    bert_layer_acts *layers;
+    float *cls;                      /* [B, H] */
+    float *pool_pre, *pooled;        /* [B, H] before / after tanh */
+    float *ln_final, *ln_final_mean, *ln_final_rstd;
+    float *out;                      /* [B, D] */
+} bert_acts;
+
+typedef struct {
+    bert_config cfg;
+    bert_params params;
+    param_table ptable;
+    bert_acts acts;
+    param_table atable;
+    int act_batch, act_len, act_keep;
+} bert;
+
+/* Config from tensor shapes under `prefix` ("transformer.", "bert." or "");
+ * heads = hidden / 64 and eps 1e-12 unless set by bert_config_from_json. */
+int bert_config_from_ckpt(const ckpt *c, const char *prefix, bert_config *cfg);
+/* Overrides from a Hugging Face config.json. */
+int bert_config_from_json(const char *path, bert_config *cfg);
+
+bert *bert_create(const bert_config *cfg);
+/* Body weights from `c` where they sit under `prefix` (the joint
+ * checkpoint's "transformer.", or an HF file's "bert." or ""). Accepts the
+ * old LayerNorm gamma/beta names; ignores embeddings.position_ids. */
+int bert_load_body(bert *m, const ckpt *c, const char *prefix);
+void bert_free(bert *m);
+
+void bert_reserve(bert *m, int B, int L, int keep_layers);
+
+/* ids: int32 [B, L], 0 = [PAD] (masked). out: [B, out_dim] unnormalised.
+ * -1 with an error for an id outside the vocabulary or L > max positions. */
+int bert_forward(bert *m, const int32_t *ids, int B, int L, float *out);
+
+#endif

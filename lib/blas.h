@@ -1,0 +1,26 @@
+/* OpenBLAS setup and the one GEMM shape every layer uses. */
+#ifndef CLIP_BLAS_H
+#define CLIP_BLAS_H
+
+#include <cblas.h>
+
+/* Call first thing in main(). OpenBLAS picks its kernel when the library is
+ * loaded, and OPENBLAS_CORETYPE=Haswell (set by some environments) halves
+ * sgemm on AVX-512 machines: if it is set and CLIP_KEEP_CORETYPE is not, drop
+ * it and re-exec ourselves so that OpenBLAS chooses its own best kernel. */
+void blas_setup(int argc, char **argv);
+
+/* "SkylakeX, 2 threads" for logs and benchmarks. */
+const char *blas_describe(void);
+
+/* out[M, N] = inp[M, K] @ weight[N, K]^T (+ bias[N]): a PyTorch Linear with
+ * its weight in the checkpoint layout. bias may be NULL. ldo: row stride of
+ * out (N when contiguous), so that Q, K and V can land side by side. */
+void matmul_forward(float *out, int ldo, const float *inp, const float *weight, const float *bias,
+                    int M, int K, int N);
+/* out[M, N] = resid[M, N] + inp @ weight^T + bias: a Linear feeding a
+ * residual connection, in one pass over out. */
+void matmul_residual_forward(float *out, const float *inp, const float *weight, const float *bias,
+                             const float *resid, int M, int K, int N);
+
+#endif

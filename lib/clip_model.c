@@ -1,0 +1,200 @@
+#include "clip_model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "ops.h"
+#include "util.h"
+
+/* splitmix64 + Box-Muller: a reproducible N(0, std) initialisation */
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static void fill_normal(float *x, size_t n, float std, uint64_t seed)
+{
+    for (size_t i = 0; i < n; i += 2) {
+        double u1 = ((rng_next(&seed) >> 11) + 1.0) * 0x1.0p-53;
+        double u2 = (rng_next(&seed) >> 11) * 0x1.0p-53;
+        double r = sqrt(-2.0 * log(u1));
+        x[i] = (float)(std * r * cos(2 * M_PI * u2));
+        if (i + 1 < n) x[i + 1] = (float)(std * r * sin(2 * M_PI * u2));
+    }
+}
+
+static int file_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+static int load_bert(clip_model *m, const ckpt *c, const char *bert_dir, int head_in_ckpt)
+{
+    ckpt *hf = NULL;
+    const ckpt *src = c;
+    const char *prefix = "transformer.";
+    char path[4096];
+    int rc = -1;
+    if (!ckpt_find(c, "transformer.embeddings.word_embeddings.weight")) {
+        snprintf(path, sizeof path, "%s/pytorch_model.bin", bert_dir);
+        if (!file_exists(path)) snprintf(path, sizeof path, "%s/model.safetensors", bert_dir);
+        if (!file_exists(path)) {
+            clip_set_error("%s: no pytorch_model.bin or model.safetensors", bert_dir);
+            return -1;
+        }
+        if (!(hf = ckpt_load(path))) return -1;
+        src = hf;
+        prefix = ckpt_find(hf, "bert.embeddings.word_embeddings.weight") ? "bert." : "";
+    }
+    bert_config cfg;
+    if (bert_config_from_ckpt(src, prefix, &cfg)) goto out;
+    if (bert_dir) {
+        snprintf(path, sizeof path, "%s/config.json", bert_dir);
+        if (file_exists(path) && bert_config_from_json(path, &cfg)) goto out;
+    }
+    const ckpt_tensor *tp = head_in_ckpt ? ckpt_find(c, "text_projection") : NULL;
+    cfg.out_dim = tp && tp->ndim == 2 ? (int)tp->shape[1]
+                  : m->visual          ? m->visual->cfg.out_dim
+                                       : 512;
+    m->bert = bert_create(&cfg);
+    if (bert_load_body(m->bert, src, prefix)) goto out; /* the message names the file */
+    bert_params *p = &m->bert->params;
+    if (head_in_ckpt && ckpt_find(c, "ln_final.weight")) {
+        if (ckpt_read_f32(c, "ln_final.weight", 1, (int64_t[]){cfg.hidden}, p->ln_final_w) ||
+            ckpt_read_f32(c, "ln_final.bias", 1, (int64_t[]){cfg.hidden}, p->ln_final_b))
+            goto out;
+    } else {
+        for (int i = 0; i < cfg.hidden; i++) p->ln_final_w[i] = 1.0f, p->ln_final_b[i] = 0.0f;
+    }
+    if (tp) {
+        if (ckpt_read_f32(c, "text_projection", 2, (int64_t[]){cfg.hidden, cfg.out_dim},
+                          p->text_proj))
+            goto out;
+    } else {
+        warn("no text_projection for the BERT tower: initialising [%d, %d] from N(0, %d^-0.5)",
+             cfg.hidden, cfg.out_dim, cfg.hidden);
+        fill_normal(p->text_proj, (size_t)cfg.hidden * cfg.out_dim, 1.0f / sqrtf(cfg.hidden), 42);
+    }
+    rc = 0;
+out:
+    if (hf) ckpt_free(hf);
+    return rc;
+}
+
+clip_model *clip_model_load(const char *ckpt_path, const char *bert_dir)
+{
+    ckpt *c = ckpt_load(ckpt_path);
+    if (!c) return NULL;
+    clip_model *m = xcalloc(1, sizeof *m);
+    m->max_batch = 32;
+    m->logit_scale = logf(1.0f / 0.07f);
+
+    if (ckpt_find(c, "visual.conv1.weight")) {
+        vit_config vc;
+        if (vit_config_from_ckpt(c, &vc)) goto fail;
+        m->visual = vit_create(&vc);
+        if (vit_load(m->visual, c)) goto fail;
+    }
+    int has_ctext = ckpt_find(c, "transformer.resblocks.0.attn.in_proj_weight") &&
+                    ckpt_find(c, "token_embedding.weight");
+    if (has_ctext) {
+        clip_text_config tc;
+        if (clip_text_config_from_ckpt(c, &tc)) goto fail;
+        m->ctext = clip_text_create(&tc);
+        if (clip_text_load(m->ctext, c)) goto fail;
+    }
+    /* the top-level ln_final/text_projection belong to whichever text tower
+     * sits under `transformer.` */
+    if (ckpt_find(c, "transformer.embeddings.word_embeddings.weight") || bert_dir)
+        if (load_bert(m, c, bert_dir, !has_ctext)) goto fail;
+
+    const ckpt_tensor *ls = ckpt_find(c, "logit_scale");
+    if (ls) {
+        if (ls->numel != 1) {
+            clip_set_error("logit_scale: expected one element, found %zu", ls->numel);
+            goto fail;
+        }
+        if (ckpt_read_f32(c, "logit_scale", ls->ndim, ls->shape, &m->logit_scale)) goto fail;
+    }
+    m->text = m->bert ? CLIP_TEXT_BERT : m->ctext ? CLIP_TEXT_CLIP : CLIP_TEXT_NONE;
+    m->embed_dim = m->visual ? m->visual->cfg.out_dim
+                   : m->bert ? m->bert->cfg.out_dim
+                   : m->ctext ? m->ctext->cfg.out_dim
+                              : 0;
+    if (!m->embed_dim) {
+        clip_set_error("no image or text tower (no visual.* or transformer.* tensors)");
+        goto fail;
+    }
+    if ((m->bert && m->bert->cfg.out_dim != m->embed_dim) ||
+        (m->ctext && m->ctext->cfg.out_dim != m->embed_dim)) {
+        clip_set_error("text_projection: output dimension differs from visual.proj's %d",
+                       m->embed_dim);
+        goto fail;
+    }
+    ckpt_free(c);
+    return m;
+fail:;
+    /* name the file unless the message already does */
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", clip_error());
+    if (!strstr(msg, ckpt_path) && !(bert_dir && strstr(msg, bert_dir)))
+        clip_set_error("%s: %s", ckpt_path, msg);
+    ckpt_free(c);
+    clip_model_free(m);
+    return NULL;
+}
+
+void clip_model_free(clip_model *m)
+{
+    if (!m) return;
+    vit_free(m->visual);
+    bert_free(m->bert);
+    clip_text_free(m->ctext);
+    free(m);
+}
+
+int clip_image_resolution(const clip_model *m)
+{
+    return m->visual ? m->visual->cfg.resolution : 0;
+}
+
+int clip_encode_images(clip_model *m, const uint8_t *pixels, int B, float *out)
+{
+    if (!m->visual) {
+        clip_set_error("the model has no image tower");
+        return -1;
+    }
+    size_t img = (size_t)m->visual->cfg.resolution * m->visual->cfg.resolution * 3;
+    for (int b = 0; b < B; b += m->max_batch) {
+        int n = B - b < m->max_batch ? B - b : m->max_batch;
+        float *o = out + (size_t)b * m->embed_dim;
+        vit_forward(m->visual, pixels + b * img, n, o);
+        l2_normalize(o, o, n, m->embed_dim);
+    }
+    return 0;
+}
+
+int clip_encode_texts(clip_model *m, const int32_t *ids, int B, int L, float *out)
+{
+    if (m->text == CLIP_TEXT_NONE) {
+        clip_set_error("the model has no text tower");
+        return -1;
+    }
+    for (int b = 0; b < B; b += m->max_batch) {
+        int n = B - b < m->max_batch ? B - b : m->max_batch;
+        float *o = out + (size_t)b * m->embed_dim;
+        const int32_t *x = ids + (size_t)b * L;
+        int rc = m->text == CLIP_TEXT_BERT ? bert_forward(m->bert, x, n, L, o)
+                                           : clip_text_forward(m->ctext, x, n, L, o);
+        if (rc) return -1;
+        l2_normalize(o, o, n, m->embed_dim);
+    }
+    return 0;
+}

@@ -1,0 +1,189 @@
+#include "ops.h"
+
+#include <math.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "util.h"
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+/* glibc's libmvec (linked through libm): vector expf/erff/tanhf, a few ulp. */
+__m512 _ZGVeN16v_expf(__m512 x);
+__m512 _ZGVeN16v_erff(__m512 x);
+__m512 _ZGVeN16v_tanhf(__m512 x);
+#endif
+
+op_profile op_prof;
+
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
+                       const float *bias, int N, int C, float eps)
+{
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        const float *x = inp + (size_t)i * C;
+        float *o = out + (size_t)i * C;
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (int j = 0; j < C; j++) s += x[j];
+        float m = s / C;
+        float v = 0.0f;
+#pragma omp simd reduction(+ : v)
+        for (int j = 0; j < C; j++) v += (x[j] - m) * (x[j] - m);
+        float r = 1.0f / sqrtf(v / C + eps);
+#pragma omp simd
+        for (int j = 0; j < C; j++) o[j] = (x[j] - m) * r * weight[j] + bias[j];
+        mean[i] = m;
+        rstd[i] = r;
+    }
+}
+
+/* Elementwise maps: chunks of 16 through libmvec, scalar tails. */
+#define CHUNK 4096
+
+void gelu_erf_forward(float *out, const float *inp, size_t n)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < n; c += CHUNK) {
+        size_t i = c, end = c + CHUNK < n ? c + CHUNK : n;
+#ifdef __AVX512F__
+        const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f),
+                     rs2 = _mm512_set1_ps(0.70710678118654752f);
+        for (; i + 16 <= end; i += 16) {
+            __m512 x = _mm512_loadu_ps(inp + i);
+            __m512 e = _ZGVeN16v_erff(_mm512_mul_ps(x, rs2));
+            _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(half, x), _mm512_add_ps(one, e)));
+        }
+#endif
+        for (; i < end; i++) out[i] = 0.5f * inp[i] * (1.0f + erff(inp[i] * 0.70710678118654752f));
+    }
+}
+
+void quickgelu_forward(float *out, const float *inp, size_t n)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < n; c += CHUNK) {
+        size_t i = c, end = c + CHUNK < n ? c + CHUNK : n;
+#ifdef __AVX512F__
+        const __m512 k = _mm512_set1_ps(-1.702f), one = _mm512_set1_ps(1.0f);
+        for (; i + 16 <= end; i += 16) {
+            __m512 x = _mm512_loadu_ps(inp + i);
+            __m512 e = _ZGVeN16v_expf(_mm512_mul_ps(x, k));
+            _mm512_storeu_ps(out + i, _mm512_div_ps(x, _mm512_add_ps(one, e)));
+        }
+#endif
+        for (; i < end; i++) out[i] = inp[i] / (1.0f + expf(-1.702f * inp[i]));
+    }
+}
+
+void tanh_forward(float *out, const float *inp, size_t n)
+{
+    size_t i = 0;
+#ifdef __AVX512F__
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, _ZGVeN16v_tanhf(_mm512_loadu_ps(inp + i)));
+#endif
+    for (; i < n; i++) out[i] = tanhf(inp[i]);
+}
+
+void bias_add_forward(float *out, const float *bias, int N, int C)
+{
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        float *o = out + (size_t)i * C;
+#pragma omp simd
+        for (int j = 0; j < C; j++) o[j] += bias[j];
+    }
+}
+
+void residual_forward(float *out, const float *a, const float *b, size_t n)
+{
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+void softmax_row(float *x, int n)
+{
+#ifdef __AVX512F__
+    /* masked tails: no scalar expf (mixing it with AVX-512 code stalls) */
+    __m512 vm = _mm512_set1_ps(-INFINITY);
+    for (int j = 0; j < n; j += 16) {
+        __mmask16 k = n - j >= 16 ? 0xffff : (__mmask16)((1u << (n - j)) - 1);
+        vm = _mm512_max_ps(vm, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), k, x + j));
+    }
+    vm = _mm512_set1_ps(_mm512_reduce_max_ps(vm));
+    /* libmvec takes a slow scalar path for arguments far out of range
+     * (-inf included): clamp, and zero what was -inf (masked keys) */
+    const __m512 lo = _mm512_set1_ps(-80.0f), ninf = _mm512_set1_ps(-INFINITY);
+    __m512 vs = _mm512_setzero_ps();
+    for (int j = 0; j < n; j += 16) {
+        __mmask16 k = n - j >= 16 ? 0xffff : (__mmask16)((1u << (n - j)) - 1);
+        __m512 v = _mm512_maskz_loadu_ps(k, x + j);
+        __mmask16 live = k & _mm512_cmp_ps_mask(v, ninf, _CMP_NEQ_OQ);
+        __m512 e = _mm512_maskz_mov_ps(live, _ZGVeN16v_expf(_mm512_max_ps(_mm512_sub_ps(v, vm), lo)));
+        vs = _mm512_add_ps(vs, e);
+        _mm512_mask_storeu_ps(x + j, k, e);
+    }
+    __m512 r = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vs));
+    for (int j = 0; j < n; j += 16) {
+        __mmask16 k = n - j >= 16 ? 0xffff : (__mmask16)((1u << (n - j)) - 1);
+        _mm512_mask_storeu_ps(x + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + j), r));
+    }
+#else
+    float m = -INFINITY, s = 0.0f;
+    for (int j = 0; j < n; j++) m = x[j] > m ? x[j] : m;
+    for (int j = 0; j < n; j++) {
+        x[j] = expf(x[j] - m);
+        s += x[j];
+    }
+    for (int j = 0; j < n; j++) x[j] /= s;
+#endif
+}
+
+void attention_forward(float *out, float *att, const float *qkv, const uint8_t *key_valid,
+                       int causal, int B, int T, int C, int NH)
+{
+    int hs = C / NH;
+    int C3 = 3 * C;
+    float scale = 1.0f / sqrtf((float)hs);
+    double t0 = now_seconds();
+    /* one (sequence, head) per task; OpenBLAS runs single-threaded inside */
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int bh = 0; bh < B * NH; bh++) {
+        int b = bh / NH, h = bh % NH;
+        const float *q = qkv + (size_t)b * T * C3 + h * hs;
+        const float *k = q + C;
+        const float *v = q + 2 * C;
+        float *a = att + (size_t)bh * T * T;
+        float *o = out + (size_t)b * T * C + h * hs;
+        const uint8_t *kv = key_valid ? key_valid + (size_t)b * T : NULL;
+        int any_valid = 0;
+        if (kv)
+            for (int t = 0; t < T; t++) any_valid |= kv[t];
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q, C3, k, C3, 0.0f,
+                    a, T);
+        for (int t = 0; t < T; t++) {
+            float *row = a + (size_t)t * T;
+            int n = causal ? t + 1 : T;
+            if (kv && any_valid)
+                for (int j = 0; j < n; j++)
+                    if (!kv[j]) row[j] = -INFINITY;
+            softmax_row(row, n);
+            if (n < T) memset(row + n, 0, (T - n) * sizeof(float));
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, a, T, v, C3, 0.0f, o,
+                    C);
+    }
+    op_prof.attention += now_seconds() - t0;
+}
+
+void l2_normalize(float *out, const float *x, int N, int D)
+{
+    for (int i = 0; i < N; i++) {
+        const float *r = x + (size_t)i * D;
+        double s = 0.0;
+        for (int j = 0; j < D; j++) s += (double)r[j] * r[j];
+        float inv = 1.0f / fmaxf((float)sqrt(s), 1e-12f);
+        for (int j = 0; j < D; j++) out[(size_t)i * D + j] = r[j] * inv;
+    }
+}

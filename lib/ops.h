@@ -1,0 +1,49 @@
+/* Forward passes of the layers the towers are built from (llm.c style):
+ * plain functions over row-major float buffers. Each keeps what its backward
+ * twin will need (LayerNorm mean/rstd, GELU pre-activation, attention
+ * probabilities) in caller-owned buffers. Rows are parallelised with OpenMP,
+ * sharing OpenBLAS's thread pool. */
+#ifndef CLIP_OPS_H
+#define CLIP_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* out, mean, rstd: N rows of C. mean/rstd [N] are saved for backward. */
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
+                       const float *bias, int N, int C, float eps);
+
+/* x * 0.5 * (1 + erf(x / sqrt 2)), BERT's exact GELU. */
+void gelu_erf_forward(float *out, const float *inp, size_t n);
+/* x * sigmoid(1.702 x), OpenAI CLIP's QuickGELU. */
+void quickgelu_forward(float *out, const float *inp, size_t n);
+void tanh_forward(float *out, const float *inp, size_t n);
+
+/* out[i, :] += bias for N rows of C. */
+void bias_add_forward(float *out, const float *bias, int N, int C);
+void residual_forward(float *out, const float *a, const float *b, size_t n);
+
+/* Multi-head self-attention core for B sequences of T tokens.
+ * qkv [B*T, 3C]: Q | K | V, head h in columns h*C/NH.. of each.
+ * att [B, NH, T, T]: softmax probabilities (kept for backward).
+ * out [B*T, C]: heads side by side, before the output projection.
+ * key_valid [B*T] (may be NULL): 0 masks a key (BERT's [PAD]).
+ * causal: a token attends only to itself and earlier ones (CLIP text). */
+void attention_forward(float *out, float *att, const float *qkv, const uint8_t *key_valid,
+                       int causal, int B, int T, int C, int NH);
+
+/* Row-wise softmax in place over n entries (used by attention). */
+void softmax_row(float *x, int n);
+
+/* out[i] = x[i] / ||x[i]|| for N rows of D (out may equal x). */
+void l2_normalize(float *out, const float *x, int N, int D);
+
+/* Seconds spent in the big GEMMs (matmul_forward and friends) and in
+ * attention_forward since the last reset, for benchmarks: the rest of a
+ * forward pass is LayerNorm, activations and copies. */
+typedef struct {
+    double gemm, attention;
+} op_profile;
+extern op_profile op_prof;
+
+#endif

@@ -1,0 +1,69 @@
+#include "param_table.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+void pt_add(param_table *t, float **ptr, const char *name, int ndim, const int64_t *shape)
+{
+    if (t->n == t->cap) {
+        t->cap = t->cap ? 2 * t->cap : 64;
+        t->v = xrealloc(t->v, t->cap * sizeof *t->v);
+    }
+    param_spec *s = &t->v[t->n++];
+    s->name = xstrdup(name);
+    s->ndim = ndim;
+    s->numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        s->shape[i] = shape[i];
+        s->numel *= (size_t)shape[i];
+    }
+    s->offset = (t->total + 15) & ~(size_t)15;
+    s->ptr = ptr;
+    t->total = s->offset + s->numel;
+}
+
+void pt_alloc(param_table *t)
+{
+    size_t bytes = (t->total ? t->total : 1) * sizeof(float);
+    t->data = clip_alloc_big(bytes);
+    memset(t->data, 0, bytes);
+    for (int i = 0; i < t->n; i++) *t->v[i].ptr = t->data + t->v[i].offset;
+}
+
+void pt_free(param_table *t)
+{
+    if (t->data) clip_free_big(t->data, (t->total ? t->total : 1) * sizeof(float));
+    for (int i = 0; i < t->n; i++) free(t->v[i].name);
+    free(t->v);
+    memset(t, 0, sizeof *t);
+}
+
+const param_spec *pt_find(const param_table *t, const char *name)
+{
+    for (int i = 0; i < t->n; i++)
+        if (!strcmp(t->v[i].name, name)) return &t->v[i];
+    return NULL;
+}
+
+int pt_load_spec(const param_spec *s, const ckpt *c, const char *ckname)
+{
+    return ckpt_read_f32(c, ckname, s->ndim, s->shape, *s->ptr);
+}
+
+int pt_load(const param_table *t, const ckpt *c, const char *strip, const char *add)
+{
+    size_t ls = strip ? strlen(strip) : 0;
+    for (int i = 0; i < t->n; i++) {
+        const char *name = t->v[i].name;
+        char buf[256];
+        if (ls && !strncmp(name, strip, ls)) {
+            snprintf(buf, sizeof buf, "%s%s", add ? add : "", name + ls);
+            name = buf;
+        }
+        if (pt_load_spec(&t->v[i], c, name)) return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,186 @@
+#include "util.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+static _Thread_local char error_buf[1024];
+const char *clip_progname = "clip";
+
+void clip_set_error(const char *fmt, ...)
+{
+    char tmp[sizeof error_buf];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tmp, sizeof tmp, fmt, ap); /* fmt may use clip_error() itself */
+    va_end(ap);
+    memcpy(error_buf, tmp, sizeof tmp);
+}
+
+const char *clip_error(void) { return error_buf[0] ? error_buf : "unknown error"; }
+
+void clip_set_progname(const char *argv0)
+{
+    const char *s = strrchr(argv0, '/');
+    clip_progname = s ? s + 1 : argv0;
+}
+
+void die(const char *fmt, ...)
+{
+    va_list ap;
+    fflush(stdout);
+    fprintf(stderr, "%s: ", clip_progname);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(1);
+}
+
+void warn(const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "%s: ", clip_progname);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) die("out of memory (%zu bytes)", n);
+    return p;
+}
+
+void *xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) die("out of memory (%zu x %zu bytes)", n, size);
+    return p;
+}
+
+void *xrealloc(void *p, size_t n)
+{
+    p = realloc(p, n ? n : 1);
+    if (!p) die("out of memory (%zu bytes)", n);
+    return p;
+}
+
+char *xstrdup(const char *s) { return xstrndup(s, strlen(s)); }
+
+char *xstrndup(const char *s, size_t n)
+{
+    char *d = xmalloc(n + 1);
+    memcpy(d, s, n);
+    d[n] = 0;
+    return d;
+}
+
+#define BIG_THRESHOLD (1u << 21)
+
+void *clip_alloc_big(size_t bytes)
+{
+    if (bytes < BIG_THRESHOLD) {
+        void *p = NULL;
+        if (posix_memalign(&p, 64, bytes ? bytes : 64)) die("out of memory (%zu bytes)", bytes);
+        return p;
+    }
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) die("out of memory (%zu bytes)", bytes);
+    madvise(p, bytes, MADV_HUGEPAGE);
+    return p;
+}
+
+void clip_free_big(void *p, size_t bytes)
+{
+    if (!p) return;
+    if (bytes < BIG_THRESHOLD) free(p);
+    else munmap(p, bytes);
+}
+
+char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        clip_set_error("%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 1 << 16, n = 0;
+    char *buf = xmalloc(cap);
+    for (;;) {
+        if (n + 1 >= cap) buf = xrealloc(buf, cap *= 2);
+        size_t got = fread(buf + n, 1, cap - n - 1, f);
+        n += got;
+        if (got == 0) break;
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (err) {
+        free(buf);
+        clip_set_error("%s: read error", path);
+        return NULL;
+    }
+    buf[n] = 0;
+    if (len) *len = n;
+    return buf;
+}
+
+double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void progress_start(progress *p, const char *label, const char *unit, size_t total, int enabled)
+{
+    p->label = label;
+    p->unit = unit;
+    p->total = total;
+    p->enabled = enabled;
+    p->t0 = p->last = now_seconds();
+}
+
+static void progress_print(progress *p, size_t done, int final)
+{
+    double t = now_seconds() - p->t0;
+    double rate = t > 0 ? done / t : 0;
+    if (p->total) {
+        double eta = rate > 0 ? (p->total - (done < p->total ? done : p->total)) / rate : 0;
+        fprintf(stderr, "\r%s: %zu/%zu %s (%.1f/s, %s %.0fs)%s", p->label, done, p->total, p->unit,
+                rate, final ? "took" : "ETA", final ? t : eta, final ? "\n" : "   ");
+    } else {
+        fprintf(stderr, "\r%s: %zu %s (%.1f/s, %.0fs)%s", p->label, done, p->unit, rate, t,
+                final ? "\n" : "   ");
+    }
+}
+
+void progress_update(progress *p, size_t done)
+{
+    if (!p->enabled) return;
+    double t = now_seconds();
+    if (t - p->last < 0.25) return;
+    p->last = t;
+    progress_print(p, done, 0);
+}
+
+void progress_end(progress *p, size_t done)
+{
+    if (p->enabled) progress_print(p, done, 1);
+}
+
+long parse_long_option(const char *opt, const char *val, long min, long max)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(val ? val : "", &end, 10);
+    if (!val || !*val || *end || errno || v < min || v > max)
+        die("%s: expected an integer in [%ld, %ld], got '%s'", opt, min, max, val ? val : "");
+    return v;
+}

@@ -1,0 +1,52 @@
+/* Errors, allocation and small helpers shared by every tool and library file. */
+#ifndef CLIP_UTIL_H
+#define CLIP_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdnoreturn.h>
+
+/* Library functions report failure by returning -1 (or NULL) after
+ * clip_set_error(); the message is per thread and names the file/sample. */
+void clip_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+const char *clip_error(void);
+
+/* Tools: "prog: message" on stderr. */
+extern const char *clip_progname;
+void clip_set_progname(const char *argv0);
+noreturn void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+
+/* 64-byte aligned buffer; large ones are backed by transparent huge pages
+ * (first-touch faults are slow here). Free with clip_free_big(). */
+void *clip_alloc_big(size_t bytes);
+void clip_free_big(void *p, size_t bytes);
+
+/* Whole file into memory (NUL-terminated, *len excludes the NUL). */
+char *read_file(const char *path, size_t *len);
+
+double now_seconds(void);
+
+/* Progress on stderr: "label: done/total (rate/s, ETA)". total 0 = unknown.
+ * Rate limited to a few updates per second; progress_end prints the summary. */
+typedef struct {
+    const char *label;
+    const char *unit;
+    double t0, last;
+    size_t total;
+    int enabled;
+} progress;
+void progress_start(progress *p, const char *label, const char *unit, size_t total, int enabled);
+void progress_update(progress *p, size_t done);
+void progress_end(progress *p, size_t done);
+
+/* Parse a positive integer option value or die naming the option. */
+long parse_long_option(const char *opt, const char *val, long min, long max);
+
+#endif

@@ -1,0 +1,191 @@
+#include "vit.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "blas.h"
+#include "ops.h"
+#include "util.h"
+
+
+static const float clip_mean[3] = {0.48145466f, 0.4578275f, 0.40821073f};
+static const float clip_std[3] = {0.26862954f, 0.26130258f, 0.27577711f};
+
+int vit_config_from_ckpt(const ckpt *c, vit_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    const ckpt_tensor *conv = ckpt_find(c, "visual.conv1.weight");
+    const ckpt_tensor *pos = ckpt_find(c, "visual.positional_embedding");
+    const ckpt_tensor *proj = ckpt_find(c, "visual.proj");
+    const ckpt_tensor *fc = ckpt_find(c, "visual.transformer.resblocks.0.mlp.c_fc.weight");
+    if (!conv || !pos || !proj || !fc) {
+        clip_set_error("no ViT image tower: missing %s",
+                       !conv ? "visual.conv1.weight"
+                       : !pos ? "visual.positional_embedding"
+                       : !proj ? "visual.proj"
+                               : "visual.transformer.resblocks.0.mlp.c_fc.weight");
+        return -1;
+    }
+    if (conv->ndim != 4 || conv->shape[1] != 3 || conv->shape[2] != conv->shape[3] ||
+        pos->ndim != 2 || proj->ndim != 2 || fc->ndim != 2) {
+        clip_set_error("visual.conv1.weight, visual.positional_embedding or visual.proj has an "
+                       "unexpected shape");
+        return -1;
+    }
+    cfg->width = (int)conv->shape[0];
+    cfg->patch = (int)conv->shape[2];
+    cfg->tokens = (int)pos->shape[0];
+    cfg->grid = (int)lround(sqrt((double)(cfg->tokens - 1)));
+    if (cfg->grid * cfg->grid + 1 != cfg->tokens || pos->shape[1] != cfg->width) {
+        clip_set_error("visual.positional_embedding: shape [%lld, %lld] does not fit a square grid "
+                       "of width %d",
+                       (long long)pos->shape[0], (long long)pos->shape[1], cfg->width);
+        return -1;
+    }
+    cfg->resolution = cfg->grid * cfg->patch;
+    cfg->mlp = (int)fc->shape[0];
+    cfg->out_dim = (int)proj->shape[1];
+    if (cfg->width % 64) {
+        clip_set_error("visual: width %d is not a multiple of 64 (heads = width / 64)", cfg->width);
+        return -1;
+    }
+    cfg->heads = cfg->width / 64;
+    char name[128];
+    for (;;) {
+        snprintf(name, sizeof name, "visual.transformer.resblocks.%d.ln_1.weight", cfg->layers);
+        if (!ckpt_find(c, name)) break;
+        cfg->layers++;
+    }
+    return 0;
+}
+
+static void vit_layout(const vit_config *g, vit_params *p, param_table *t)
+{
+    int W = g->width, P = g->patch;
+    pt_add(t, &p->class_emb, "visual.class_embedding", 1, (int64_t[]){W});
+    pt_add(t, &p->pos_emb, "visual.positional_embedding", 2, (int64_t[]){g->tokens, W});
+    pt_add(t, &p->proj, "visual.proj", 2, (int64_t[]){W, g->out_dim});
+    pt_add(t, &p->conv1_w, "visual.conv1.weight", 4, (int64_t[]){W, 3, P, P});
+    pt_add(t, &p->ln_pre_w, "visual.ln_pre.weight", 1, (int64_t[]){W});
+    pt_add(t, &p->ln_pre_b, "visual.ln_pre.bias", 1, (int64_t[]){W});
+    for (int i = 0; i < g->layers; i++) {
+        char prefix[64];
+        snprintf(prefix, sizeof prefix, "visual.transformer.resblocks.%d.", i);
+        resblock_layout_params(t, &p->blocks[i], prefix, W, g->mlp);
+    }
+    pt_add(t, &p->ln_post_w, "visual.ln_post.weight", 1, (int64_t[]){W});
+    pt_add(t, &p->ln_post_b, "visual.ln_post.bias", 1, (int64_t[]){W});
+}
+
+vit *vit_create(const vit_config *cfg)
+{
+    vit *m = xcalloc(1, sizeof *m);
+    m->cfg = *cfg;
+    m->params.blocks = xcalloc(cfg->layers, sizeof(resblock_params));
+    m->acts.blocks = xcalloc(cfg->layers, sizeof(resblock_acts));
+    vit_layout(cfg, &m->params, &m->ptable);
+    pt_alloc(&m->ptable);
+    return m;
+}
+
+int vit_load(vit *m, const ckpt *c)
+{
+    return pt_load(&m->ptable, c, NULL, NULL);
+}
+
+void vit_free(vit *m)
+{
+    if (!m) return;
+    pt_free(&m->ptable);
+    pt_free(&m->atable);
+    free(m->params.blocks);
+    free(m->acts.blocks);
+    free(m);
+}
+
+void vit_reserve(vit *m, int B, int keep_layers)
+{
+    if (m->atable.data && B <= m->act_batch && keep_layers == m->act_keep) return;
+    pt_free(&m->atable);
+    const vit_config *g = &m->cfg;
+    vit_acts *a = &m->acts;
+    param_table *t = &m->atable;
+    int64_t W = g->width, NP = (int64_t)B * g->grid * g->grid, N = (int64_t)B * g->tokens;
+    pt_add(t, &a->patches, "patches", 2, (int64_t[]){NP, 3 * g->patch * g->patch});
+    pt_add(t, &a->patch_emb, "patch_emb", 2, (int64_t[]){NP, W});
+    pt_add(t, &a->emb, "emb", 2, (int64_t[]){N, W});
+    pt_add(t, &a->ln_pre, "ln_pre", 2, (int64_t[]){N, W});
+    pt_add(t, &a->ln_pre_mean, "ln_pre_mean", 1, (int64_t[]){N});
+    pt_add(t, &a->ln_pre_rstd, "ln_pre_rstd", 1, (int64_t[]){N});
+    int slots = keep_layers ? g->layers : 1;
+    for (int i = 0; i < slots; i++)
+        resblock_layout_acts(t, &a->blocks[i], B, g->tokens, g->width, g->mlp, g->heads);
+    pt_add(t, &a->cls, "cls", 2, (int64_t[]){B, W});
+    pt_add(t, &a->ln_post, "ln_post", 2, (int64_t[]){B, W});
+    pt_add(t, &a->ln_post_mean, "ln_post_mean", 1, (int64_t[]){B});
+    pt_add(t, &a->ln_post_rstd, "ln_post_rstd", 1, (int64_t[]){B});
+    pt_add(t, &a->out, "out", 2, (int64_t[]){B, g->out_dim});
+    pt_alloc(t);
+    for (int i = slots; i < g->layers; i++) a->blocks[i] = a->blocks[0];
+    m->act_batch = B;
+    m->act_keep = keep_layers;
+}
+
+/* uint8 HWC pixels -> normalised patches, one row per patch in the
+ * (channel, y, x) order of conv1's weight. */
+static void im2col_normalize(float *patches, const uint8_t *pixels, int B, int G, int P)
+{
+    int R = G * P, K = 3 * P * P;
+    float scale[3], shift[3];
+    for (int ch = 0; ch < 3; ch++) {
+        scale[ch] = 1.0f / (255.0f * clip_std[ch]);
+        shift[ch] = -clip_mean[ch] / clip_std[ch];
+    }
+#pragma omp parallel for schedule(static)
+    for (int bp = 0; bp < B * G * G; bp++) {
+        int b = bp / (G * G), gy = bp / G % G, gx = bp % G;
+        float *row = patches + (size_t)bp * K;
+        for (int y = 0; y < P; y++) {
+            const uint8_t *src = pixels + (((size_t)b * R + gy * P + y) * R + gx * P) * 3;
+            for (int x = 0; x < P; x++)
+                for (int ch = 0; ch < 3; ch++)
+                    row[(ch * P + y) * P + x] = src[x * 3 + ch] * scale[ch] + shift[ch];
+        }
+    }
+}
+
+void vit_forward(vit *m, const uint8_t *pixels, int B, float *out)
+{
+    const vit_config *g = &m->cfg;
+    const vit_params *p = &m->params;
+    vit_reserve(m, B, m->act_keep);
+    vit_acts *a = &m->acts;
+    int W = g->width, T = g->tokens, GG = g->grid * g->grid, N = B * T;
+
+    im2col_normalize(a->patches, pixels, B, g->grid, g->patch);
+    matmul_forward(a->patch_emb, W, a->patches, p->conv1_w, NULL, B * GG, 3 * g->patch * g->patch, W);
+#pragma omp parallel for schedule(static)
+    for (int bt = 0; bt < N; bt++) {
+        int b = bt / T, t = bt % T;
+        const float *src = t ? a->patch_emb + ((size_t)b * GG + t - 1) * W : p->class_emb;
+        const float *pos = p->pos_emb + (size_t)t * W;
+        float *dst = a->emb + (size_t)bt * W;
+        for (int j = 0; j < W; j++) dst[j] = src[j] + pos[j];
+    }
+    layernorm_forward(a->ln_pre, a->ln_pre_mean, a->ln_pre_rstd, a->emb, p->ln_pre_w, p->ln_pre_b, N,
+                      W, 1e-5f);
+
+    const float *x = a->ln_pre;
+    for (int l = 0; l < g->layers; l++) {
+        resblock_forward(&p->blocks[l], &a->blocks[l], x, B, T, W, g->mlp, g->heads, 0);
+        x = a->blocks[l].out;
+    }
+    for (int b = 0; b < B; b++) memcpy(a->cls + (size_t)b * W, x + (size_t)b * T * W, W * sizeof(float));
+    layernorm_forward(a->ln_post, a->ln_post_mean, a->ln_post_rstd, a->cls, p->ln_post_w,
+                      p->ln_post_b, B, W, 1e-5f);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, g->out_dim, W, 1.0f, a->ln_post, W,
+                p->proj, g->out_dim, 0.0f, a->out, g->out_dim);
+    if (out) memcpy(out, a->out, (size_t)B * g->out_dim * sizeof(float));
+}

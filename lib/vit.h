@@ -1,0 +1,63 @@
+/* The image tower: OpenAI CLIP VisionTransformer (keys under `visual.`).
+ * Configuration is inferred from the checkpoint's tensor shapes. */
+#ifndef CLIP_VIT_H
+#define CLIP_VIT_H
+
+#include <stdint.h>
+
+#include "checkpoint.h"
+#include "param_table.h"
+#include "resblock.h"
+
+typedef struct {
+    int width, layers, heads, mlp; /* heads = width / 64, mlp = 4 * width */
+    int patch, grid, resolution;   /* resolution = grid * patch pixels */
+    int tokens;                    /* 1 + grid^2 */
+    int out_dim;                   /* proj [width, out_dim] */
+} vit_config;
+
+typedef struct {
+    float *conv1_w;   /* [W, 3, P, P] used as [W, 3*P*P] */
+    float *class_emb; /* [W] */
+    float *pos_emb;   /* [T, W] */
+    float *ln_pre_w, *ln_pre_b;
+    resblock_params *blocks;
+    float *ln_post_w, *ln_post_b;
+    float *proj; /* [W, D] */
+} vit_params;
+
+typedef struct {
+    float *patches;   /* [B*G*G, 3*P*P] normalised pixels, im2col */
+    float *patch_emb; /* [B*G*G, W] */
+    float *emb;       /* [B*T, W] class + patches + positions */
+    float *ln_pre, *ln_pre_mean, *ln_pre_rstd;
+    resblock_acts *blocks; /* all alias one slot unless kept for training */
+    float *cls;            /* [B, W] the last block's class tokens */
+    float *ln_post, *ln_post_mean, *ln_post_rstd;
+    float *out; /* [B, D] */
+} vit_acts;
+
+typedef struct {
+    vit_config cfg;
+    vit_params params;
+    param_table ptable;
+    vit_acts acts;
+    param_table atable;
+    int act_batch, act_keep; /* what the activations are sized for */
+} vit;
+
+/* 0, or -1 with an error if `visual.*` is absent or inconsistent. */
+int vit_config_from_ckpt(const ckpt *c, vit_config *cfg);
+vit *vit_create(const vit_config *cfg);
+int vit_load(vit *m, const ckpt *c);
+void vit_free(vit *m);
+
+/* Size the activations for batch B; keep_layers keeps every block's
+ * activations (training) instead of reusing one slot. */
+void vit_reserve(vit *m, int B, int keep_layers);
+
+/* pixels: uint8 [B, R, R, 3] (R = cfg.resolution), normalised with CLIP's
+ * mean/std here. out: [B, out_dim] unnormalised features. */
+void vit_forward(vit *m, const uint8_t *pixels, int B, float *out);
+
+#endif

@@ -1,0 +1,14 @@
+# clip-recall: the recall fixture from the NumPy reference, and a timing run.
+
+# regenerate tests/fixtures/recall (NumPy only)
+fixtures-recall:
+	/usr/bin/python3 tests/ref/recall_ref.py --make-fixture tests/fixtures/recall
+
+# BENCH_RECALL_N images x 5 captions x 512 dims, synthetic
+BENCH_RECALL_N ?= 10000
+bench-recall: bin/clip-recall
+	@mkdir -p build
+	/usr/bin/python3 tests/ref/recall_bench_stream.py build/recall_bench.tar $(BENCH_RECALL_N) 5 512
+	bin/clip-recall -v --table -i build/recall_bench.tar
+
+.PHONY: fixtures-recall bench-recall

@@ -1,0 +1,314 @@
+/* clip-prep: annotations + images (folder or archive) -> a sample stream with
+ * preprocessed pixels (img.npy) and captions (json). See clip-prep(1). */
+#include "annotations.h"
+#include "image.h"
+#include "image_source.h"
+#include "stream.h"
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char usage[] =
+    "usage: clip-prep --annotations FILE.json --root DIR|ARCHIVE [options]\n"
+    "       clip-prep [options] IMAGE...\n"
+    "Preprocess images (and their captions) into a sample stream: <key>.img.npy\n"
+    "(uint8 [size,size,3]) and <key>.json ({\"image\", \"captions\"}).\n"
+    "  --annotations FILE  JSON list of {\"image\": path, \"caption\": [...]}\n"
+    "  --root DIR|ARCHIVE  where the image paths are: a folder, .zip, .tar, .tar.gz\n"
+    "  -o OUT              output: -, FILE.tar, tcp://..., ipc://... (default -)\n"
+    "  --size N            output side in pixels (default 224)\n"
+    "  --resize MODE       crop (default), letterbox or squash\n"
+    "  --keep-original     also store the original bytes as <key>.jpg / .png\n"
+    "  --skip-bad          warn about bad images and go on (exit 0)\n"
+    "  --threads N         decoding threads (default: number of cores)\n"
+    "  --progress          progress on stderr\n"
+    "  -h, --help          this help\n";
+
+typedef struct {
+    const char *image; /* path as given / as in the annotations */
+    char **captions;
+    int n_captions;
+} job;
+
+typedef struct {
+    int done;
+    unsigned char *px, *orig;
+    size_t orig_len;
+    char *err;
+} slot;
+
+typedef struct {
+    const job *jobs;
+    size_t n, next, consumed, ring;
+    slot *slots;
+    image_source *src;
+    int size, mode, keep_original, stop;
+    pthread_mutex_t lock;
+    pthread_cond_t space, done;
+} pool;
+
+static void process(pool *p, const job *j, slot *out)
+{
+    size_t len;
+    unsigned char *bytes = image_source_read(p->src, j->image, &len);
+    if (!bytes) {
+        out->err = xstrdup(clip_error());
+        return;
+    }
+    out->px = xmalloc((size_t)p->size * p->size * 3);
+    if (image_load(bytes, len, p->size, p->mode, out->px, j->image)) {
+        out->err = xstrdup(clip_error());
+        free(out->px);
+        out->px = NULL;
+        free(bytes);
+        return;
+    }
+    if (p->keep_original) {
+        out->orig = bytes;
+        out->orig_len = len;
+    } else {
+        free(bytes);
+    }
+}
+
+/* Workers take jobs in order but stay at most `ring` ahead of the writer. */
+static void *worker(void *arg)
+{
+    pool *p = arg;
+    for (;;) {
+        pthread_mutex_lock(&p->lock);
+        while (!p->stop && p->next < p->n && p->next >= p->consumed + p->ring)
+            pthread_cond_wait(&p->space, &p->lock);
+        if (p->stop || p->next >= p->n) {
+            pthread_mutex_unlock(&p->lock);
+            break;
+        }
+        size_t i = p->next++;
+        pthread_mutex_unlock(&p->lock);
+        slot r = {0};
+        process(p, &p->jobs[i], &r);
+        r.done = 1;
+        pthread_mutex_lock(&p->lock);
+        p->slots[i % p->ring] = r;
+        pthread_cond_broadcast(&p->done);
+        pthread_mutex_unlock(&p->lock);
+    }
+    image_thread_done();
+    return NULL;
+}
+
+/* WebDataset key: file name without extension, other dots -> '_'. */
+static char *make_key(const char *path)
+{
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    char *key = xstrdup(base);
+    char *dot = strrchr(key, '.');
+    if (dot && dot != key) *dot = 0;
+    for (char *c = key; *c; c++)
+        if (*c == '.') *c = '_';
+    if (!*key) {
+        free(key);
+        key = xstrdup("_");
+    }
+    return key;
+}
+
+static char *meta_json(const job *j)
+{
+    json_t *caps = json_array();
+    for (int i = 0; i < j->n_captions; i++) json_array_append_new(caps, json_string(j->captions[i]));
+    char *image = xstrdup(j->image);
+    for (char *c = image; *c; c++)
+        if (*c == '\\') *c = '/';
+    json_t *o = json_pack("{s:s, s:o}", "image", image, "captions", caps);
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    free(image);
+    return s;
+}
+
+int main(int argc, char **argv)
+{
+    clip_set_progname(argv[0]);
+    /* per-image buffers (~150 KB) would otherwise be fresh mmaps, each page faulted in */
+    mallopt(M_MMAP_THRESHOLD, 64 << 20);
+    mallopt(M_TRIM_THRESHOLD, 256 << 20);
+    const char *ann_path = NULL, *root = NULL, *out = "-";
+    int size = 224, mode = IMAGE_CROP, keep = 0, skip_bad = 0, show = 0;
+    long threads = sysconf(_SC_NPROCESSORS_ONLN);
+    char **paths = xmalloc((argc + 1) * sizeof *paths);
+    size_t n_paths = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            fputs(usage, stdout);
+            return 0;
+        } else if (!strcmp(a, "--annotations")) {
+            if (!val) die("--annotations needs a file");
+            ann_path = argv[++i];
+        } else if (!strcmp(a, "--root")) {
+            if (!val) die("--root needs a folder or archive");
+            root = argv[++i];
+        } else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
+            if (!val) die("%s needs an output", a);
+            out = argv[++i];
+        } else if (!strcmp(a, "--size")) {
+            size = (int)parse_long_option(a, val, 1, 8192);
+            i++;
+        } else if (!strcmp(a, "--resize")) {
+            if (!val || (mode = image_resize_parse(val)) < 0)
+                die("--resize: expected crop, letterbox or squash, got '%s'", val ? val : "");
+            i++;
+        } else if (!strcmp(a, "--threads")) {
+            threads = parse_long_option(a, val, 1, 256);
+            i++;
+        } else if (!strcmp(a, "--keep-original")) {
+            keep = 1;
+        } else if (!strcmp(a, "--skip-bad")) {
+            skip_bad = 1;
+        } else if (!strcmp(a, "--progress")) {
+            show = 1;
+        } else if (!strcmp(a, "--")) {
+            while (++i < argc) paths[n_paths++] = argv[i];
+        } else if (a[0] == '-' && a[1]) {
+            die("unknown option %s (see --help)", a);
+        } else {
+            paths[n_paths++] = argv[i];
+        }
+    }
+    if (ann_path && n_paths) die("give either --annotations or image paths, not both");
+    if (!ann_path && !n_paths) die("no input: --annotations FILE.json or image paths (see --help)");
+    if (threads < 1) threads = 1;
+
+    annotations *ann = NULL;
+    job *jobs;
+    size_t n;
+    if (ann_path) {
+        if (!(ann = annotations_load(ann_path))) die("%s", clip_error());
+        n = ann->n;
+        jobs = xcalloc(n + 1, sizeof *jobs);
+        for (size_t i = 0; i < n; i++)
+            jobs[i] = (job){ann->items[i].image, ann->items[i].captions, ann->items[i].n_captions};
+    } else {
+        n = n_paths;
+        jobs = xcalloc(n + 1, sizeof *jobs);
+        for (size_t i = 0; i < n; i++) jobs[i] = (job){paths[i], NULL, 0};
+    }
+
+    if (image_init(argv[0])) die("%s", clip_error());
+    image_source *src = image_source_open(root);
+    if (!src) die("%s", clip_error());
+    for (size_t i = 0; i < n; i++) image_source_want(src, jobs[i].image);
+
+    /* a file is written under a temporary name and renamed at the end, so a
+     * failed run leaves neither a partial file nor a clobbered old one */
+    char *tmp = NULL;
+    struct stat st;
+    if (strcmp(out, "-") && !stream_is_zmq(out) && !stat(out, &st) && !S_ISREG(st.st_mode)) {
+        /* a device or fifo (/dev/null, a named pipe): write to it directly */
+        int fd = open(out, O_WRONLY);
+        if (fd < 0 || dup2(fd, 1) < 0) die("%s: %s", out, strerror(errno));
+        close(fd);
+        out = "-";
+    }
+    if (strcmp(out, "-") && !stream_is_zmq(out)) {
+        size_t len = strlen(out) + 32;
+        tmp = xmalloc(len);
+        snprintf(tmp, len, "%s.part-%ld", out, (long)getpid());
+    }
+    stream_writer *w = stream_open_write(tmp ? tmp : out);
+    if (!w) die("%s", clip_error());
+
+    pool p = {.jobs = jobs, .n = n, .ring = 4 * threads, .src = src, .size = size, .mode = mode,
+              .keep_original = keep};
+    p.slots = xcalloc(p.ring, sizeof *p.slots);
+    pthread_mutex_init(&p.lock, NULL);
+    pthread_cond_init(&p.space, NULL);
+    pthread_cond_init(&p.done, NULL);
+    pthread_t *tids = xmalloc(threads * sizeof *tids);
+    for (long t = 0; t < threads; t++) pthread_create(&tids[t], NULL, worker, &p);
+
+    progress prog;
+    progress_start(&prog, "clip-prep", "images", n, show);
+    sample s;
+    sample_init(&s);
+    size_t written = 0, bad = 0;
+    char *fatal = NULL;
+    int64_t shape[3] = {size, size, 3};
+    for (size_t i = 0; i < n && !fatal; i++) {
+        pthread_mutex_lock(&p.lock);
+        while (!p.slots[i % p.ring].done) pthread_cond_wait(&p.done, &p.lock);
+        slot r = p.slots[i % p.ring];
+        memset(&p.slots[i % p.ring], 0, sizeof r);
+        p.consumed = i + 1;
+        pthread_cond_broadcast(&p.space);
+        pthread_mutex_unlock(&p.lock);
+        if (r.err) {
+            if (skip_bad) {
+                warn("skipping %s", r.err);
+                bad++;
+                free(r.err);
+            } else {
+                fatal = r.err;
+            }
+            continue;
+        }
+        sample_clear(&s);
+        char *key = make_key(jobs[i].image);
+        sample_set_key(&s, key);
+        free(key);
+        char *meta = meta_json(&jobs[i]);
+        sample_set(&s, "json", meta, strlen(meta));
+        sample_set_npy(&s, "img.npy", NPY_U8, 3, shape, r.px);
+        free(r.px);
+        if (r.orig) sample_set(&s, image_type(r.orig, r.orig_len), r.orig, r.orig_len);
+        if (stream_write(w, &s)) fatal = xstrdup(clip_error());
+        else written++;
+        progress_update(&prog, written + bad);
+    }
+
+    pthread_mutex_lock(&p.lock);
+    p.stop = 1;
+    pthread_cond_broadcast(&p.space);
+    pthread_mutex_unlock(&p.lock);
+    for (long t = 0; t < threads; t++) pthread_join(tids[t], NULL);
+    for (size_t i = 0; i < p.ring; i++) {
+        free(p.slots[i].px);
+        free(p.slots[i].orig);
+        free(p.slots[i].err);
+    }
+    int close_failed = stream_close_write(w);
+    if (!fatal && close_failed) fatal = xstrdup(clip_error());
+    if (tmp) {
+        if (fatal) unlink(tmp);
+        else if (rename(tmp, out)) {
+            char msg[1024];
+            snprintf(msg, sizeof msg, "%s: %s", out, strerror(errno));
+            fatal = xstrdup(msg);
+            unlink(tmp);
+        }
+    }
+    if (fatal) die("%s", fatal);
+    progress_end(&prog, written + bad);
+    if (bad) warn("%zu bad image%s skipped, %zu written", bad, bad == 1 ? "" : "s", written);
+    sample_free(&s);
+    image_source_close(src);
+    annotations_free(ann);
+    free(jobs);
+    free(paths);
+    free(p.slots);
+    free(tids);
+    free(tmp);
+    return 0;
+}
