@@ -377,7 +377,34 @@ struct stream_writer {
     time_t mtime;
     int failed;
     void *ctx, *sock;
+    stream_writer *next_open;
 };
+
+/* Temporary files of writers still open when the program exits (die() on
+ * bad input) are removed, so no partial output is left behind. */
+static stream_writer *open_writers;
+
+static void remove_unfinished_outputs(void)
+{
+    for (stream_writer *w = open_writers; w; w = w->next_open) unlink(w->tmp_path);
+}
+
+static void track_writer(stream_writer *w)
+{
+    static int registered;
+    if (!registered) atexit(remove_unfinished_outputs), registered = 1;
+    w->next_open = open_writers;
+    open_writers = w;
+}
+
+static void untrack_writer(stream_writer *w)
+{
+    for (stream_writer **p = &open_writers; *p; p = &(*p)->next_open)
+        if (*p == w) {
+            *p = w->next_open;
+            return;
+        }
+}
 
 stream_writer *stream_open_write(const char *endpoint)
 {
@@ -397,14 +424,18 @@ stream_writer *stream_open_write(const char *endpoint)
     archive_write_set_format_pax_restricted(w->aw);
     archive_write_set_bytes_in_last_block(w->aw, 1);
     int rc;
+    struct stat st;
     if (!endpoint || !strcmp(endpoint, "-")) {
         rc = archive_write_open_fd(w->aw, 1);
+    } else if (!stat(endpoint, &st) && !S_ISREG(st.st_mode)) {
+        rc = archive_write_open_filename(w->aw, endpoint);
     } else {
         w->path = xstrdup(endpoint);
         size_t n = strlen(endpoint) + 32;
         w->tmp_path = xmalloc(n);
         snprintf(w->tmp_path, n, "%s.tmp-%ld", endpoint, (long)getpid());
         rc = archive_write_open_filename(w->aw, w->tmp_path);
+        if (rc == ARCHIVE_OK) track_writer(w);
     }
     if (rc != ARCHIVE_OK) {
         clip_set_error("%s: %s", endpoint, archive_error_string(w->aw));
@@ -502,6 +533,7 @@ int stream_close_write(stream_writer *w)
     }
     archive_write_free(w->aw);
     if (w->tmp_path) {
+        untrack_writer(w);
         if (rc || w->failed) {
             unlink(w->tmp_path);
             rc = -1;
@@ -515,6 +547,12 @@ int stream_close_write(stream_writer *w)
     free(w->tmp_path);
     free(w);
     return rc;
+}
+
+void stream_abort_write(stream_writer *w)
+{
+    w->failed = 1;
+    stream_close_write(w);
 }
 
 /* ---- random access over an uncompressed tar file ---- */

@@ -21,8 +21,13 @@ void stream_close_read(stream_reader *r);
 
 stream_writer *stream_open_write(const char *endpoint);
 int stream_write(stream_writer *w, const sample *s);
-/* Flushes; -1 if anything failed (e.g. disk full). */
+/* A file endpoint is written under a temporary name and renamed at close, so
+ * a failed run leaves neither a partial file nor a clobbered old one; devices
+ * and fifos (/dev/null, named pipes) are written directly.
+ * Close flushes; -1 if anything failed (e.g. disk full). Abort drops the
+ * output (removes the temporary file). */
 int stream_close_write(stream_writer *w);
+void stream_abort_write(stream_writer *w);
 
 /* Random access over a tar file: indexed once, sample i read on demand. */
 typedef struct sample_file sample_file;

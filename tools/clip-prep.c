@@ -211,23 +211,8 @@ int main(int argc, char **argv)
     if (!src) die("%s", clip_error());
     for (size_t i = 0; i < n; i++) image_source_want(src, jobs[i].image);
 
-    /* a file is written under a temporary name and renamed at the end, so a
-     * failed run leaves neither a partial file nor a clobbered old one */
-    char *tmp = NULL;
-    struct stat st;
-    if (strcmp(out, "-") && !stream_is_zmq(out) && !stat(out, &st) && !S_ISREG(st.st_mode)) {
-        /* a device or fifo (/dev/null, a named pipe): write to it directly */
-        int fd = open(out, O_WRONLY);
-        if (fd < 0 || dup2(fd, 1) < 0) die("%s: %s", out, strerror(errno));
-        close(fd);
-        out = "-";
-    }
-    if (strcmp(out, "-") && !stream_is_zmq(out)) {
-        size_t len = strlen(out) + 32;
-        tmp = xmalloc(len);
-        snprintf(tmp, len, "%s.part-%ld", out, (long)getpid());
-    }
-    stream_writer *w = stream_open_write(tmp ? tmp : out);
+    /* a file output appears only when complete (see stream_open_write) */
+    stream_writer *w = stream_open_write(out);
     if (!w) die("%s", clip_error());
 
     pool p = {.jobs = jobs, .n = n, .ring = 4 * threads, .src = src, .size = size, .mode = mode,
@@ -288,17 +273,8 @@ int main(int argc, char **argv)
         free(p.slots[i].orig);
         free(p.slots[i].err);
     }
-    int close_failed = stream_close_write(w);
-    if (!fatal && close_failed) fatal = xstrdup(clip_error());
-    if (tmp) {
-        if (fatal) unlink(tmp);
-        else if (rename(tmp, out)) {
-            char msg[1024];
-            snprintf(msg, sizeof msg, "%s: %s", out, strerror(errno));
-            fatal = xstrdup(msg);
-            unlink(tmp);
-        }
-    }
+    if (fatal) stream_abort_write(w);
+    else if (stream_close_write(w)) fatal = xstrdup(clip_error());
     if (fatal) die("%s", fatal);
     progress_end(&prog, written + bad);
     if (bad) warn("%zu bad image%s skipped, %zu written", bad, bad == 1 ? "" : "s", written);
@@ -309,6 +285,5 @@ int main(int argc, char **argv)
     free(paths);
     free(p.slots);
     free(tids);
-    free(tmp);
     return 0;
 }
