@@ -245,12 +245,7 @@ int bert_forward(bert *m, const int32_t *ids, int B, int L, float *out)
         clip_set_error("text length %d exceeds BERT's %d positions", L, g->max_pos);
         return -1;
     }
-    for (size_t i = 0; i < (size_t)B * L; i++)
-        if (ids[i] < 0 || ids[i] >= g->vocab) {
-            clip_set_error("token id %d (text %zu, position %zu) is outside the vocabulary of %d",
-                           ids[i], i / L, i % L, g->vocab);
-            return -1;
-        }
+    if (check_token_ids(ids, B, L, g->vocab)) return -1;
     bert_reserve(m, B, L, m->act_keep);
     bert_acts *a = &m->acts;
     int H = g->hidden, FF = g->intermediate, N = B * L;

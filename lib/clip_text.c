@@ -122,12 +122,7 @@ int clip_text_forward(clip_text *m, const int32_t *ids, int B, int L, float *out
         clip_set_error("text length %d exceeds the CLIP text context of %d", L, g->context);
         return -1;
     }
-    for (size_t i = 0; i < (size_t)B * L; i++)
-        if (ids[i] < 0 || ids[i] >= g->vocab) {
-            clip_set_error("token id %d (text %zu, position %zu) is outside the vocabulary of %d",
-                           ids[i], i / L, i % L, g->vocab);
-            return -1;
-        }
+    if (check_token_ids(ids, B, L, g->vocab)) return -1;
     clip_text_reserve(m, B, L, m->act_keep);
     clip_text_acts *a = &m->acts;
     int W = g->width, N = B * L;

@@ -187,3 +187,14 @@ void l2_normalize(float *out, const float *x, int N, int D)
         for (int j = 0; j < D; j++) out[(size_t)i * D + j] = r[j] * inv;
     }
 }
+
+int check_token_ids(const int32_t *ids, int B, int L, int vocab)
+{
+    for (size_t i = 0; i < (size_t)B * L; i++)
+        if (ids[i] < 0 || ids[i] >= vocab) {
+            clip_set_error("token id %d (text %zu, position %zu) is outside the vocabulary of %d",
+                           ids[i], i / L, i % L, vocab);
+            return -1;
+        }
+    return 0;
+}

@@ -37,6 +37,8 @@ void softmax_row(float *x, int n);
 
 /* out[i] = x[i] / ||x[i]|| for N rows of D (out may equal x). */
 void l2_normalize(float *out, const float *x, int N, int D);
+/* -1 with an error naming the text and position of an id outside [0, vocab). */
+int check_token_ids(const int32_t *ids, int B, int L, int vocab);
 
 /* Seconds spent in the big GEMMs (matmul_forward and friends) and in
  * attention_forward since the last reset, for benchmarks: the rest of a
