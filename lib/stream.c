@@ -47,7 +47,7 @@ static int parse_zmq_endpoint(const char *endpoint, int bind_default, zmq_endpoi
 {
     z->bind = bind_default;
     z->producers = 1;
-    z->hwm = 1000;
+    z->hwm = 16;
     if (*endpoint == '@') z->bind = 1, endpoint++;
     else if (*endpoint == '>') z->bind = 0, endpoint++;
     snprintf(z->addr, sizeof z->addr, "%s", endpoint);
@@ -75,7 +75,12 @@ static void *zmq_open(const char *endpoint, int type, int bind_default, zmq_endp
     void *sock = zmq_socket(*ctx, type);
     int linger = -1; /* never drop queued samples at close */
     zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(sock, type == ZMQ_PUSH ? ZMQ_SNDHWM : ZMQ_RCVHWM, &z->hwm, sizeof z->hwm);
+    /* libzmq drops what is in flight when a writer disconnects while the
+     * reader's queue is at its high-water mark (the end-of-stream marker
+     * with it), so the reader queue is unbounded and only writers block. */
+    int unbounded = 0;
+    if (type == ZMQ_PUSH) zmq_setsockopt(sock, ZMQ_SNDHWM, &z->hwm, sizeof z->hwm);
+    else zmq_setsockopt(sock, ZMQ_RCVHWM, &unbounded, sizeof unbounded);
     int rc = z->bind ? zmq_bind(sock, z->addr) : zmq_connect(sock, z->addr);
     if (rc) {
         clip_set_error("%s: cannot %s: %s", z->addr, z->bind ? "bind" : "connect",

@@ -238,6 +238,10 @@ int main(void)
     snprintf(ipc, sizeof ipc, "ipc:///tmp/clip-test-%d.ipc", (int)getpid());
     test_zmq(ipc, ipc, 1);
     test_zmq("tcp://127.0.0.1:47311", "tcp://127.0.0.1:47311", 3);
+    /* writers far ahead of the reader: back-pressure, and nothing lost at disconnect */
+    char ipc_hwm[160];
+    snprintf(ipc_hwm, sizeof ipc_hwm, "%s?hwm=2", ipc);
+    test_zmq(ipc, ipc_hwm, 2);
     unlink(ipc + 6);
     return unit_done();
 }
