@@ -1,5 +1,6 @@
 /* clip-query: text -> image and image -> caption search over an embedded
  * sample stream, and zero-shot labelling of an image. See clip-query(1). */
+#include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
@@ -7,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zmq.h>
 
 #include "blas.h"
 #include "clip_model.h"
@@ -19,7 +21,8 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: %s --model CKPT --vocab VOCAB.txt (--text TEXT | --image FILE) [options]\n"
+            "usage: %s --model CKPT --vocab VOCAB.txt (--text TEXT | --image FILE | --serve ADDR) [options]\n"
+            "       %s --request ADDR JSON\n"
             "Search an embedded sample stream (clip-embed output) by text or image, or label\n"
             "an image zero-shot.\n"
             "\n"
@@ -35,9 +38,13 @@ static void usage(FILE *f)
             "                           (no --index needed)\n"
             "  -k N                     results shown (default 5)\n"
             "      --json               print a JSON array instead of lines\n"
+            "      --serve ADDR         load once, then answer JSON requests on a ZeroMQ REP\n"
+            "                           socket bound to ADDR (e.g. tcp://127.0.0.1:5557)\n"
+            "      --request ADDR JSON  send one request to a --serve ADDR and print the reply\n"
+            "      --timeout SEC        --request: seconds to wait for the reply (default 600)\n"
             "  -t, --threads N          OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
             "  -h, --help               this help\n",
-            clip_progname);
+            clip_progname, clip_progname);
 }
 
 typedef struct {
@@ -67,71 +74,112 @@ static void add_entry(index_set *ix, int dim, const char *key, const char *image
     ix->n++;
 }
 
-/* want_images: one entry per sample (img_emb.npy, required); otherwise one
- * entry per caption row of txt_emb.npy (samples without one are skipped). */
-static void load_index(const char *path, int dim, int want_images, index_set *ix)
+/* One pass over the index: img gets one entry per sample (img_emb.npy, required
+ * when img is given); cap gets one entry per caption row of txt_emb.npy (samples
+ * without one are skipped). Either may be NULL. */
+static int load_index(const char *path, int dim, index_set *img, index_set *cap)
 {
     stream_reader *r = stream_open_read(path);
-    if (!r) die("%s", clip_error());
+    if (!r) return -1;
     sample s;
     sample_init(&s);
-    int rc;
+    int rc, err = -1;
+    json_t *meta = NULL;
     while ((rc = stream_read(r, &s)) > 0) {
-        const char *field = want_images ? "img_emb.npy" : "txt_emb.npy";
-        if (!sample_get(&s, field)) {
-            if (want_images)
-                die("%s: sample %s has no img_emb.npy (run clip-embed on the index)", path, s.key);
-            continue;
+        for (int want_images = 1; want_images >= 0; want_images--) {
+            index_set *ix = want_images ? img : cap;
+            if (!ix) continue;
+            const char *field = want_images ? "img_emb.npy" : "txt_emb.npy";
+            if (!sample_get(&s, field)) {
+                if (!want_images) continue;
+                clip_set_error("%s: sample %s has no img_emb.npy (run clip-embed on the index)",
+                               path, s.key);
+                goto out;
+            }
+            npy_array a;
+            if (sample_get_npy(&s, field, &a)) {
+                clip_set_error("%s: %s", path, clip_error());
+                goto out;
+            }
+            if (a.dtype != NPY_F32 || a.ndim != (want_images ? 1 : 2)) {
+                clip_set_error("%s: sample %s: %s must be float32 of rank %d", path, s.key, field,
+                               want_images ? 1 : 2);
+                goto out;
+            }
+            int64_t d = a.shape[a.ndim - 1];
+            if (d != dim) {
+                clip_set_error("%s: sample %s: %s has dimension %lld but the model embeds in %d",
+                               path, s.key, field, (long long)d, dim);
+                goto out;
+            }
+            const sample_field *jf = sample_get(&s, "json");
+            meta = jf ? json_loadb((const char *)jf->data, jf->size, 0, NULL) : NULL;
+            const char *image = json_string_value(json_object_get(meta, "image"));
+            json_t *caps = json_object_get(meta, "captions");
+            float row[dim];
+            int rows = want_images ? 1 : (int)a.shape[0];
+            for (int i = 0; i < rows; i++) {
+                memcpy(row, (const char *)a.data + (size_t)i * dim * sizeof(float),
+                       dim * sizeof(float));
+                add_entry(ix, dim, s.key, image,
+                          want_images ? NULL : json_string_value(json_array_get(caps, i)), row);
+            }
+            json_decref(meta);
+            meta = NULL;
         }
-        npy_array a;
-        if (sample_get_npy(&s, field, &a)) die("%s: %s", path, clip_error());
-        int ok = a.dtype == NPY_F32 && (want_images ? a.ndim == 1 : a.ndim == 2);
-        if (!ok) die("%s: sample %s: %s must be float32 of rank %d", path, s.key, field,
-                     want_images ? 1 : 2);
-        int64_t d = a.shape[a.ndim - 1];
-        if (d != dim)
-            die("%s: sample %s: %s has dimension %lld but the model embeds in %d", path, s.key,
-                field, (long long)d, dim);
-        json_t *meta = NULL;
-        const sample_field *jf = sample_get(&s, "json");
-        if (jf) meta = json_loadb((const char *)jf->data, jf->size, 0, NULL);
-        const char *image = json_string_value(json_object_get(meta, "image"));
-        json_t *caps = json_object_get(meta, "captions");
-        float row[dim];
-        int rows = want_images ? 1 : (int)a.shape[0];
-        for (int i = 0; i < rows; i++) {
-            memcpy(row, (const char *)a.data + (size_t)i * dim * sizeof(float), dim * sizeof(float));
-            add_entry(ix, dim, s.key, image,
-                      want_images ? NULL : json_string_value(json_array_get(caps, i)), row);
-        }
-        json_decref(meta);
     }
-    if (rc < 0) die("%s", clip_error());
+    if (rc < 0) goto out;
+    if (img && !img->n) {
+        clip_set_error("%s: no samples with img_emb.npy", path);
+        goto out;
+    }
+    if (cap && !cap->n && !img) {
+        clip_set_error("%s: no samples with txt_emb.npy", path);
+        goto out;
+    }
+    err = 0;
+out:
+    json_decref(meta);
     stream_close_read(r);
     sample_free(&s);
-    if (!ix->n) die("%s: no samples with %s", path, want_images ? "img_emb.npy" : "txt_emb.npy");
+    return err;
 }
 
-static void encode_texts(clip_model *m, tokenizer *tok, int ctx, char **texts, int n, float *out)
+static int encode_texts(clip_model *m, tokenizer *tok, int ctx, char **texts, int n, float *out)
 {
     int32_t *ids = xcalloc((size_t)n * ctx, sizeof *ids);
+    int err = -1;
     for (int i = 0; i < n; i++)
-        if (tokenizer_encode(tok, texts[i], strlen(texts[i]), ids + (size_t)i * ctx, ctx) < 0)
-            die("text '%s': %s", texts[i], clip_error());
-    if (clip_encode_texts(m, ids, n, ctx, out)) die("encoding text: %s", clip_error());
+        if (tokenizer_encode(tok, texts[i], strlen(texts[i]), ids + (size_t)i * ctx, ctx) < 0) {
+            clip_set_error("text '%s': %s", texts[i], clip_error());
+            goto out;
+        }
+    if (clip_encode_texts(m, ids, n, ctx, out)) {
+        clip_set_error("encoding text: %s", clip_error());
+        goto out;
+    }
+    err = 0;
+out:
     free(ids);
+    return err;
 }
 
-static void encode_image(clip_model *m, const char *path, float *out)
+static int encode_image(clip_model *m, const char *path, float *out)
 {
-    int res = clip_image_resolution(m);
+    int res = clip_image_resolution(m), err = -1;
     size_t len;
     char *buf = read_file(path, &len);
-    if (!buf) die("%s", clip_error());
+    if (!buf) return -1;
     uint8_t *px = xmalloc((size_t)res * res * 3);
-    if (image_load(buf, len, res, IMAGE_CROP, px, path)) die("%s", clip_error());
-    if (clip_encode_images(m, px, 1, out)) die("encoding %s: %s", path, clip_error());
+    if (image_load(buf, len, res, IMAGE_CROP, px, path)) goto out;
+    if (clip_encode_images(m, px, 1, out)) {
+        clip_set_error("encoding %s: %s", path, clip_error());
+        goto out;
+    }
+    err = 0;
+out:
     free(px), free(buf);
+    return err;
 }
 
 static double cosine(const float *a, const float *b, int dim)
@@ -157,16 +205,8 @@ static size_t *rank(const double *score, size_t n)
     return order;
 }
 
-static void print_json(json_t *a)
-{
-    char *s = json_dumps(a, JSON_INDENT(1));
-    puts(s);
-    free(s);
-    json_decref(a);
-}
-
-/* text -> images, or image -> captions */
-static void search(const index_set *ix, const float *q, int dim, int k, int captions, int as_json)
+/* text -> images, or image -> captions: a JSON array of {key, score, image|caption} */
+static json_t *search(const index_set *ix, const float *q, int dim, int k, int captions)
 {
     double *score = xmalloc(ix->n * sizeof *score);
     for (size_t i = 0; i < ix->n; i++) score[i] = cosine(q, ix->emb + i * dim, dim);
@@ -176,35 +216,24 @@ static void search(const index_set *ix, const float *q, int dim, int k, int capt
     for (size_t r = 0; r < top; r++) {
         const entry *e = &ix->e[order[r]];
         const char *what = captions ? e->caption : e->image;
-        if (as_json) {
-            json_t *o = json_pack("{s:s, s:f}", "key", e->key, "score", score[order[r]]);
-            json_object_set_new(o, captions ? "caption" : "image",
-                                what ? json_string(what) : json_null());
-            json_array_append_new(arr, o);
-        } else {
-            printf("%zu %.6f %s %s\n", r + 1, score[order[r]], e->key, what ? what : "-");
-        }
+        json_t *o = json_pack("{s:s, s:f}", "key", e->key, "score", score[order[r]]);
+        json_object_set_new(o, captions ? "caption" : "image", what ? json_string(what) : json_null());
+        json_array_append_new(arr, o);
     }
-    if (as_json) print_json(arr);
-    else json_decref(arr);
     free(order), free(score);
+    return arr;
 }
 
-static void zero_shot(clip_model *m, tokenizer *tok, int ctx, const float *img, char *labels_arg,
-                      int as_json)
+/* a JSON array of {label, prob}, highest first; NULL after clip_set_error */
+static json_t *zero_shot(clip_model *m, tokenizer *tok, int ctx, const float *img, char **labels,
+                         int n)
 {
-    int n = 0;
-    char **labels = xmalloc((strlen(labels_arg) + 1) * sizeof *labels);
-    for (char *p = strtok(labels_arg, ","); p; p = strtok(NULL, ",")) {
-        while (*p == ' ') p++;
-        char *end = p + strlen(p);
-        while (end > p && end[-1] == ' ') *--end = 0;
-        if (*p) labels[n++] = p;
-    }
-    if (!n) die("--labels: no labels given");
     int dim = m->embed_dim;
     float *emb = xmalloc((size_t)n * dim * sizeof(float));
-    encode_texts(m, tok, ctx, labels, n, emb);
+    if (encode_texts(m, tok, ctx, labels, n, emb)) {
+        free(emb);
+        return NULL;
+    }
     double *p = xmalloc(n * sizeof *p), scale = exp(m->logit_scale), mx = -INFINITY, sum = 0;
     for (int i = 0; i < n; i++) {
         p[i] = scale * cosine(img, emb + (size_t)i * dim, dim);
@@ -216,14 +245,169 @@ static void zero_shot(clip_model *m, tokenizer *tok, int ctx, const float *img, 
     json_t *arr = json_array();
     for (int r = 0; r < n; r++) {
         int i = (int)order[r];
-        if (as_json)
-            json_array_append_new(arr, json_pack("{s:s, s:f}", "label", labels[i], "prob", p[i]));
-        else
-            printf("%.6f %s\n", p[i], labels[i]);
+        json_array_append_new(arr, json_pack("{s:s, s:f}", "label", labels[i], "prob", p[i]));
     }
-    if (as_json) print_json(arr);
-    else json_decref(arr);
-    free(order), free(p), free(emb), free(labels);
+    free(order), free(p), free(emb);
+    return arr;
+}
+
+static void print_result(json_t *a, int as_json)
+{
+    if (as_json) {
+        char *s = json_dumps(a, JSON_INDENT(1));
+        puts(s);
+        free(s);
+    } else {
+        size_t i;
+        json_t *o;
+        json_array_foreach(a, i, o) {
+            const char *label = json_string_value(json_object_get(o, "label"));
+            if (label) {
+                printf("%.6f %s\n", json_real_value(json_object_get(o, "prob")), label);
+                continue;
+            }
+            json_t *what = json_object_get(o, "image");
+            if (!what) what = json_object_get(o, "caption");
+            printf("%zu %.6f %s %s\n", i + 1, json_real_value(json_object_get(o, "score")),
+                   json_string_value(json_object_get(o, "key")),
+                   json_is_string(what) ? json_string_value(what) : "-");
+        }
+    }
+}
+
+typedef struct {
+    clip_model *m;
+    tokenizer *tok;
+    int ctx, dim;
+    index_set img, cap;
+    int have_index;
+} server;
+
+/* One request -> reply; *quit set by {"quit": true}. Never exits. */
+static json_t *answer(server *sv, const char *req, size_t len, int *quit)
+{
+    json_error_t jerr;
+    json_t *r = json_loadb(req, len, 0, &jerr), *out = NULL;
+    char **labels = NULL;
+    float *q = xmalloc(sv->dim * sizeof(float));
+    if (!r || !json_is_object(r)) {
+        clip_set_error("request: %s", r ? "not a JSON object" : jerr.text);
+        goto out;
+    }
+    if (json_is_true(json_object_get(r, "quit"))) {
+        *quit = 1;
+        out = json_pack("{s:b}", "ok", 1);
+        goto out;
+    }
+    json_t *jk = json_object_get(r, "k"), *jl = json_object_get(r, "labels");
+    const char *text = json_string_value(json_object_get(r, "text"));
+    const char *image = json_string_value(json_object_get(r, "image"));
+    int k = 5;
+    if (jk && (!json_is_integer(jk) || json_integer_value(jk) < 1)) {
+        clip_set_error("request: \"k\" must be a positive integer");
+        goto out;
+    }
+    if (jk) k = json_integer_value(jk) > (1 << 30) ? 1 << 30 : (int)json_integer_value(jk);
+    if (!text == !image) {
+        clip_set_error("request: give one of \"text\" or \"image\" (or \"quit\": true)");
+        goto out;
+    }
+    if ((text || jl) && !sv->tok) {
+        clip_set_error("request: text needs the server started with --vocab");
+        goto out;
+    }
+    if (jl) {
+        size_t n = json_array_size(jl), i;
+        json_t *v;
+        if (!text && n) labels = xmalloc(n * sizeof *labels);
+        json_array_foreach(jl, i, v) {
+            if (!json_is_string(v) || !labels) break;
+            labels[i] = (char *)json_string_value(v);
+        }
+        if (text || !n || i < n) {
+            clip_set_error("request: \"labels\" must be a non-empty array of strings with \"image\"");
+            goto out;
+        }
+    }
+    if (!jl && !sv->have_index) {
+        clip_set_error("request: search needs the server started with --index");
+        goto out;
+    }
+    if (text) {
+        char *t = (char *)text;
+        if (encode_texts(sv->m, sv->tok, sv->ctx, &t, 1, q)) goto out;
+        out = search(&sv->img, q, sv->dim, k, 0);
+    } else {
+        if (!clip_image_resolution(sv->m)) {
+            clip_set_error("request: the model has no image tower");
+            goto out;
+        }
+        if (encode_image(sv->m, image, q)) goto out;
+        if (jl) out = zero_shot(sv->m, sv->tok, sv->ctx, q, labels, (int)json_array_size(jl));
+        else if (!sv->cap.n) clip_set_error("request: the index has no txt_emb.npy captions");
+        else out = search(&sv->cap, q, sv->dim, k, 1);
+    }
+out:
+    if (!out) out = json_pack("{s:s}", "error", clip_error());
+    json_decref(r);
+    free(labels), free(q);
+    return out;
+}
+
+static void send_json(void *sock, json_t *j)
+{
+    char *s = json_dumps(j, JSON_COMPACT);
+    if (zmq_send(sock, s, strlen(s), 0) < 0) warn("send: %s", zmq_strerror(zmq_errno()));
+    free(s);
+}
+
+static int serve(server *sv, const char *addr)
+{
+    void *ctx = zmq_ctx_new(), *sock = zmq_socket(ctx, ZMQ_REP);
+    if (zmq_bind(sock, addr)) die("%s: cannot bind: %s", addr, zmq_strerror(zmq_errno()));
+    fprintf(stderr, "%s: serving on %s\n", clip_progname, addr);
+    int quit = 0;
+    while (!quit) {
+        zmq_msg_t msg;
+        zmq_msg_init(&msg);
+        if (zmq_msg_recv(&msg, sock, 0) < 0) {
+            if (zmq_errno() == EINTR) continue;
+            die("%s: receive: %s", addr, zmq_strerror(zmq_errno()));
+        }
+        json_t *reply = answer(sv, zmq_msg_data(&msg), zmq_msg_size(&msg), &quit);
+        zmq_msg_close(&msg);
+        send_json(sock, reply);
+        json_decref(reply);
+    }
+    int linger = 1000;
+    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(sock);
+    zmq_ctx_term(ctx);
+    return 0;
+}
+
+/* --request ADDR JSON: exit 0 with the reply on stdout, 1 if it is {"error": ...} */
+static int request(const char *addr, const char *req, int timeout_ms)
+{
+    void *ctx = zmq_ctx_new(), *sock = zmq_socket(ctx, ZMQ_REQ);
+    int linger = 0;
+    zmq_setsockopt(sock, ZMQ_RCVTIMEO, &timeout_ms, sizeof timeout_ms);
+    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    if (zmq_connect(sock, addr)) die("%s: cannot connect: %s", addr, zmq_strerror(zmq_errno()));
+    if (zmq_send(sock, req, strlen(req), 0) < 0) die("%s: send: %s", addr, zmq_strerror(zmq_errno()));
+    zmq_msg_t msg;
+    zmq_msg_init(&msg);
+    if (zmq_msg_recv(&msg, sock, 0) < 0)
+        die("%s: no reply within %d s: %s", addr, timeout_ms / 1000, zmq_strerror(zmq_errno()));
+    fwrite(zmq_msg_data(&msg), 1, zmq_msg_size(&msg), stdout);
+    putchar('\n');
+    json_t *j = json_loadb(zmq_msg_data(&msg), zmq_msg_size(&msg), 0, NULL);
+    int rc = json_object_get(j, "error") ? 1 : 0;
+    json_decref(j);
+    zmq_msg_close(&msg);
+    zmq_close(sock);
+    zmq_ctx_term(ctx);
+    return rc;
 }
 
 int main(int argc, char **argv)
@@ -231,7 +415,7 @@ int main(int argc, char **argv)
     blas_setup(argc, argv);
     clip_set_progname(argv[0]);
     enum { OPT_TEXT_MODEL = 256, OPT_VOCAB, OPT_CTX, OPT_INDEX, OPT_TEXT, OPT_IMAGE, OPT_LABELS,
-           OPT_JSON };
+           OPT_JSON, OPT_SERVE, OPT_REQUEST, OPT_TIMEOUT };
     static const struct option opts[] = {
         {"model", required_argument, NULL, 'm'},
         {"text-model", required_argument, NULL, OPT_TEXT_MODEL},
@@ -242,14 +426,17 @@ int main(int argc, char **argv)
         {"image", required_argument, NULL, OPT_IMAGE},
         {"labels", required_argument, NULL, OPT_LABELS},
         {"json", no_argument, NULL, OPT_JSON},
+        {"serve", required_argument, NULL, OPT_SERVE},
+        {"request", required_argument, NULL, OPT_REQUEST},
+        {"timeout", required_argument, NULL, OPT_TIMEOUT},
         {"threads", required_argument, NULL, 't'},
         {"help", no_argument, NULL, 'h'},
         {0},
     };
     const char *model = NULL, *text_model = NULL, *vocab = NULL, *index = NULL, *text = NULL,
-               *image = NULL;
+               *image = NULL, *serve_addr = NULL, *request_addr = NULL;
     char *labels = NULL;
-    int k = 5, ctx = 0, threads = 0, as_json = 0, c;
+    int k = 5, ctx = 0, threads = 0, as_json = 0, timeout = 600, c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "m:k:t:h", opts, NULL)) != -1) {
         switch (c) {
@@ -262,6 +449,9 @@ int main(int argc, char **argv)
         case OPT_IMAGE: image = optarg; break;
         case OPT_LABELS: labels = optarg; break;
         case OPT_JSON: as_json = 1; break;
+        case OPT_SERVE: serve_addr = optarg; break;
+        case OPT_REQUEST: request_addr = optarg; break;
+        case OPT_TIMEOUT: timeout = (int)parse_long_option("--timeout", optarg, 1, 1000000); break;
         case 'k': k = (int)parse_long_option("-k", optarg, 1, 1 << 30); break;
         case 't': threads = (int)parse_long_option("--threads", optarg, 1, 1024); break;
         case 'h': usage(stdout); return 0;
@@ -271,14 +461,21 @@ int main(int argc, char **argv)
             die("option '%s' is unknown or needs a value (see --help)", argv[optind - 1]);
         }
     }
+    if (request_addr) {
+        if (optind != argc - 1) die("--request ADDR needs one JSON argument (see --help)");
+        return request(request_addr, argv[optind], timeout * 1000);
+    }
     if (optind < argc) die("unexpected argument '%s' (see --help)", argv[optind]);
     if (!model) die("--model CKPT is required (see --help)");
-    if (!text == !image) die("give one of --text TEXT or --image FILE (see --help)");
+    if (serve_addr && (text || image || labels))
+        die("--serve takes its queries as requests, not --text/--image/--labels");
+    if (!serve_addr && !text == !image)
+        die("give one of --text TEXT, --image FILE or --serve ADDR (see --help)");
     if (labels && !image) die("--labels needs --image FILE");
-    if (!labels && !index) die("--index FILE is required (see --help)");
+    if (!serve_addr && !labels && !index) die("--index FILE is required (see --help)");
     if ((text || labels) && !vocab) die("--vocab VOCAB.txt is required for text (see --help)");
     if (threads) omp_set_num_threads(threads);
-    if (image && image_init(argv[0])) die("%s", clip_error());
+    if ((image || serve_addr) && image_init(argv[0])) die("%s", clip_error());
 
     tokenizer *tok = NULL;
     if (vocab && !(tok = tokenizer_open_wordpiece(vocab))) die("%s", clip_error());
@@ -303,23 +500,45 @@ int main(int argc, char **argv)
         if (f) fclose(f);
     }
     float *q = xmalloc(dim * sizeof(float));
-    if (text) {
-        load_index(index, dim, 1, &ix);
+    json_t *res = NULL;
+    int rc = 0;
+    if (serve_addr) {
+        server sv = {.m = m, .tok = tok, .ctx = ctx, .dim = dim, .have_index = !!index};
+        if (index && load_index(index, dim, &sv.img, &sv.cap)) die("%s", clip_error());
+        rc = serve(&sv, serve_addr);
+        ix = sv.img;
+        for (size_t i = 0; i < sv.cap.n; i++)
+            free(sv.cap.e[i].key), free(sv.cap.e[i].image), free(sv.cap.e[i].caption);
+        free(sv.cap.e), free(sv.cap.emb);
+    } else if (text) {
+        if (load_index(index, dim, &ix, NULL)) die("%s", clip_error());
         char *t = (char *)text;
-        encode_texts(m, tok, ctx, &t, 1, q);
-        search(&ix, q, dim, k, 0, as_json);
+        if (encode_texts(m, tok, ctx, &t, 1, q)) die("%s", clip_error());
+        res = search(&ix, q, dim, k, 0);
     } else {
-        encode_image(m, image, q);
+        if (encode_image(m, image, q)) die("%s", clip_error());
         if (labels) {
-            zero_shot(m, tok, ctx, q, labels, as_json);
+            int n = 0;
+            char **lv = xmalloc((strlen(labels) + 1) * sizeof *lv);
+            for (char *p = strtok(labels, ","); p; p = strtok(NULL, ",")) {
+                while (*p == ' ') p++;
+                char *end = p + strlen(p);
+                while (end > p && end[-1] == ' ') *--end = 0;
+                if (*p) lv[n++] = p;
+            }
+            if (!n) die("--labels: no labels given");
+            if (!(res = zero_shot(m, tok, ctx, q, lv, n))) die("%s", clip_error());
+            free(lv);
         } else {
-            load_index(index, dim, 0, &ix);
-            search(&ix, q, dim, k, 1, as_json);
+            if (load_index(index, dim, NULL, &ix)) die("%s", clip_error());
+            res = search(&ix, q, dim, k, 1);
         }
     }
+    if (res) print_result(res, as_json);
+    json_decref(res);
     for (size_t i = 0; i < ix.n; i++) free(ix.e[i].key), free(ix.e[i].image), free(ix.e[i].caption);
     free(ix.e), free(ix.emb), free(q);
     if (tok) tokenizer_close(tok);
     clip_model_free(m);
-    return 0;
+    return rc;
 }

@@ -15,6 +15,10 @@ setup() {
     Q="$BIN/clip-query -m $MODEL --vocab $T/vocab.txt -t 1"
 }
 
+teardown() {
+    [ -z "${SPID:-}" ] || kill "$SPID" 2>/dev/null || true
+}
+
 mkindex() {
     "$BIN/clip-prep" --annotations "$FIX/flickr8k-mini/cn_mini.json" --root "$FIX/flickr8k-mini" \
         --size 32 --threads 1 |
@@ -109,4 +113,48 @@ assert abs(sum(p) - 1) < 1e-6 and p == sorted(p, reverse=True), p'
         --size 32 --threads 1 -o "$T/noemb.tar"
     run $Q --index "$T/noemb.tar" --text a
     [ "$status" -ne 0 ]; [[ "$output" == *"sample 2090545563_a4e66ec76b"*img_emb.npy* ]]
+}
+
+@test "serve: text, image and label requests; errors keep it serving; quit exits 0" {
+    mkindex
+    PORT=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    ADDR="tcp://127.0.0.1:$PORT"
+    $Q --index "$T/idx.tar" --serve "$ADDR" 2> "$T/serve.err" &
+    SPID=$!
+    R="timeout 60 $BIN/clip-query --request $ADDR"
+    $Q --index "$T/idx.tar" --text '! # [MASK]' -k 3 --json > "$T/cli.json"
+    run $R '{"text": "! # [MASK]", "k": 3}'
+    [ "$status" -eq 0 ]
+    echo "$output" > "$T/srv.json"
+    run $R '{"image": "/nonexistent/x.jpg"}'
+    [ "$status" -eq 1 ]; [[ "$output" == *'"error"'*/nonexistent/x.jpg* ]]
+    run $R 'not json'
+    [ "$status" -eq 1 ]; [[ "$output" == *'"error"'* ]]
+    run $R "{\"image\": \"$IMG\", \"k\": 4}"
+    [ "$status" -eq 0 ]; echo "$output" > "$T/img.json"
+    $Q --index "$T/idx.tar" --image "$IMG" -k 4 --json > "$T/cli-img.json"
+    run $R "{\"image\": \"$IMG\", \"labels\": [\"!\", \"#\", \"\$\"]}"
+    [ "$status" -eq 0 ]; echo "$output" > "$T/lab.json"
+    $Q --image "$IMG" --labels '!,#,$' --json > "$T/cli-lab.json"
+    run $R '{"quit": true}'
+    [ "$status" -eq 0 ]; [[ "$output" == *'"ok": true'* || "$output" == *'"ok":true'* ]]
+    wait $SPID
+    SPID=
+    /usr/bin/python3 - "$T" <<'PY'
+import json, sys
+t = sys.argv[1]
+for a, b in [("cli.json", "srv.json"), ("cli-img.json", "img.json"), ("cli-lab.json", "lab.json")]:
+    x, y = json.load(open(f"{t}/{a}")), json.load(open(f"{t}/{b}"))
+    assert len(x) == len(y) > 0, (a, x, y)
+    for p, q in zip(x, y):
+        assert p.keys() == q.keys(), (p, q)
+        for key in p:
+            if isinstance(p[key], float): assert abs(p[key] - q[key]) < 1e-6, (p, q)
+            else: assert p[key] == q[key], (p, q)
+PY
+}
+
+@test "request: no server answering gives a one-line error" {
+    run timeout 20 $BIN/clip-query --request tcp://127.0.0.1:1 --timeout 1 '{"quit": true}'
+    [ "$status" -eq 1 ]; [[ "$output" == *"tcp://127.0.0.1:1: no reply"* ]]; [ "${#lines[@]}" -eq 1 ]
 }
