@@ -187,14 +187,35 @@ int clip_encode_texts(clip_model *m, const int32_t *ids, int B, int L, float *ou
         clip_set_error("the model has no text tower");
         return -1;
     }
+    int32_t *trimmed = NULL;
     for (int b = 0; b < B; b += m->max_batch) {
         int n = B - b < m->max_batch ? B - b : m->max_batch;
         float *o = out + (size_t)b * m->embed_dim;
         const int32_t *x = ids + (size_t)b * L;
-        int rc = m->text == CLIP_TEXT_BERT ? bert_forward(m->bert, x, n, L, o)
-                                           : clip_text_forward(m->ctext, x, n, L, o);
-        if (rc) return -1;
+        /* Trailing padding changes nothing (BERT masks it; the CLIP tower is
+         * causal and reads the EOT position), so encode only up to the
+         * longest text of the chunk: captions are mostly padding. */
+        int used = 1;
+        for (int i = 0; i < n; i++)
+            for (int t = L - 1; t >= used; t--)
+                if (x[(size_t)i * L + t]) {
+                    used = t + 1;
+                    break;
+                }
+        if (used < L) {
+            if (!trimmed) trimmed = xmalloc((size_t)m->max_batch * L * sizeof *trimmed);
+            for (int i = 0; i < n; i++)
+                memcpy(trimmed + (size_t)i * used, x + (size_t)i * L, used * sizeof *trimmed);
+            x = trimmed;
+        }
+        int rc = m->text == CLIP_TEXT_BERT ? bert_forward(m->bert, x, n, used, o)
+                                           : clip_text_forward(m->ctext, x, n, used, o);
+        if (rc) {
+            free(trimmed);
+            return -1;
+        }
         l2_normalize(o, o, n, m->embed_dim);
     }
+    free(trimmed);
     return 0;
 }
