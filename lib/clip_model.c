@@ -165,6 +165,13 @@ int clip_image_resolution(const clip_model *m)
     return m->visual ? m->visual->cfg.resolution : 0;
 }
 
+void clip_text_limits(const clip_model *m, int *vocab, int *max_len)
+{
+    *vocab = *max_len = 0;
+    if (m->text == CLIP_TEXT_BERT) *vocab = m->bert->cfg.vocab, *max_len = m->bert->cfg.max_pos;
+    else if (m->text == CLIP_TEXT_CLIP) *vocab = m->ctext->cfg.vocab, *max_len = m->ctext->cfg.context;
+}
+
 int clip_encode_images(clip_model *m, const uint8_t *pixels, int B, float *out)
 {
     if (!m->visual) {

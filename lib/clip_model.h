@@ -34,6 +34,8 @@ void clip_model_free(clip_model *m);
 
 /* Image side length the image tower expects (0 without one). */
 int clip_image_resolution(const clip_model *m);
+/* The text tower's vocabulary size and most ids per text (0, 0 without one). */
+void clip_text_limits(const clip_model *m, int *vocab, int *max_len);
 
 /* pixels: uint8 [B, R, R, 3], R = clip_image_resolution(). out: [B, embed_dim]
  * L2-normalised. 0, or -1 with an error. */

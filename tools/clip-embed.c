@@ -8,6 +8,7 @@
 
 #include "blas.h"
 #include "clip_model.h"
+#include "ops.h"
 #include "sample.h"
 #include "stream.h"
 #include "util.h"
@@ -78,11 +79,7 @@ static int take_captions(embedder *e, const sample *s, const npy_array *a)
     }
     int32_t *dst = e->ids + (size_t)e->n_txt * L;
     memcpy(dst, a->data, (size_t)n * L * sizeof(int32_t));
-    for (size_t i = 0; i < (size_t)n * L; i++)
-        if (dst[i] < 0 || dst[i] >= e->vocab)
-            die("sample %s: tok.npy caption %zu: token id %d outside the model's vocabulary "
-                "(0..%d)",
-                s->key, i / L, dst[i], e->vocab - 1);
+    if (check_token_ids(dst, n, L, e->vocab)) die("sample %s: tok.npy: %s", s->key, clip_error());
     e->n_txt += n;
     e->txt_len = L;
     return n;
@@ -234,10 +231,7 @@ int main(int argc, char **argv)
     if (do_images && !e.res) die("%s: no image tower (use --no-images)", model);
     if (do_texts && m->text == CLIP_TEXT_NONE)
         die("%s: no text tower (use --no-texts or --text-model DIR)", model);
-    if (m->text == CLIP_TEXT_BERT)
-        e.vocab = m->bert->cfg.vocab, e.max_len = m->bert->cfg.max_pos;
-    else if (m->text == CLIP_TEXT_CLIP)
-        e.vocab = m->ctext->cfg.vocab, e.max_len = m->ctext->cfg.context;
+    clip_text_limits(m, &e.vocab, &e.max_len);
     e.buf = xcalloc(batch, sizeof *e.buf);
     for (int i = 0; i < batch; i++) sample_init(&e.buf[i]);
     e.has_img = xcalloc(batch, sizeof *e.has_img);

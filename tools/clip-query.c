@@ -481,9 +481,8 @@ int main(int argc, char **argv)
     if (vocab && !(tok = tokenizer_open_wordpiece(vocab))) die("%s", clip_error());
     clip_model *m = clip_model_load(model, text_model);
     if (!m) die("%s", clip_error());
-    int dim = m->embed_dim, max_len = 0;
-    if (m->text == CLIP_TEXT_BERT) max_len = m->bert->cfg.max_pos;
-    else if (m->text == CLIP_TEXT_CLIP) max_len = m->ctext->cfg.context;
+    int dim = m->embed_dim, vocab_size, max_len;
+    clip_text_limits(m, &vocab_size, &max_len);
     if (tok) {
         if (m->text == CLIP_TEXT_NONE) die("%s: no text tower (use --text-model DIR)", model);
         if (!ctx) ctx = tokenizer_default_context(tok) < max_len ? tokenizer_default_context(tok)
