@@ -21,7 +21,8 @@ UNIT_TESTS := $(patsubst tests/unit/%.c,build/tests/%,$(wildcard tests/unit/test
 MANPAGES := $(wildcard man/*.1 man/*.5)
 
 DEB_PACKAGES := build-essential pkg-config libarchive-dev libjansson-dev libvips-dev \
-                libopenblas-openmp-dev libzmq3-dev libutf8proc-dev libjpeg-dev bats python3 python3-numpy
+                libopenblas-openmp-dev libzmq3-dev libutf8proc-dev libjpeg-dev bats python3 python3-numpy \
+                gnuplot-nox
 # the PyTorch reference: fixtures regeneration and benchmarks only
 DEB_REFERENCE := python3-torch python3-torchvision python3-pil
 
@@ -43,6 +44,10 @@ build/libclip.a: $(LIB_OBJ)
 	ar rcs $@ $^
 
 bin/%: tools/%.c build/libclip.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $< build/libclip.a $(LDLIBS)
+
+build/bench/%: tests/bench/%.c build/libclip.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< build/libclip.a $(LDLIBS)
 

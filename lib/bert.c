@@ -185,8 +185,11 @@ void bert_free(bert *m)
     if (!m) return;
     pt_free(&m->ptable);
     pt_free(&m->atable);
+    pt_free(&m->gtable);
+    pt_free(&m->dtable);
     free(m->acts.key_valid);
     free(m->params.layers);
+    free(m->grads.layers);
     free(m->acts.layers);
     free(m);
 }
@@ -217,7 +220,8 @@ void bert_reserve(bert *m, int B, int L, int keep_layers)
         pt_add(t, &l->ln_1_mean, "ln_1_mean", 1, (int64_t[]){N});
         pt_add(t, &l->ln_1_rstd, "ln_1_rstd", 1, (int64_t[]){N});
         pt_add(t, &l->fc, "fc", 2, (int64_t[]){N, FF});
-        pt_add(t, &l->fc_act, "fc_act", 2, (int64_t[]){N, FF});
+        if (i == 0) /* shared by kept layers, recomputed by the backward */
+            pt_add(t, &l->fc_act, "fc_act", 2, (int64_t[]){N, FF});
         pt_add(t, &l->res_2, "res_2", 2, (int64_t[]){N, H});
         pt_add(t, &l->out, "out", 2, (int64_t[]){N, H});
         pt_add(t, &l->out_mean, "out_mean", 1, (int64_t[]){N});
@@ -231,6 +235,7 @@ void bert_reserve(bert *m, int B, int L, int keep_layers)
     pt_add(t, &a->ln_final_rstd, "ln_final_rstd", 1, (int64_t[]){B});
     pt_add(t, &a->out, "out", 2, (int64_t[]){B, g->out_dim});
     pt_alloc(t);
+    for (int i = 1; i < slots; i++) a->layers[i].fc_act = a->layers[0].fc_act;
     for (int i = slots; i < g->layers; i++) a->layers[i] = a->layers[0];
     m->act_batch = B;
     m->act_len = L;
@@ -287,4 +292,140 @@ int bert_forward(bert *m, const int32_t *ids, int B, int L, float *out)
                 p->text_proj, g->out_dim, 0.0f, a->out, g->out_dim);
     if (out) memcpy(out, a->out, (size_t)B * g->out_dim * sizeof(float));
     return 0;
+}
+
+static void bert_reserve_dacts(bert *m, int B, int L)
+{
+    if (m->dtable.data && B <= m->dact_batch && L <= m->dact_len) return;
+    pt_free(&m->dtable);
+    const bert_config *g = &m->cfg;
+    bert_dacts *d = &m->dacts;
+    param_table *t = &m->dtable;
+    int64_t H = g->hidden, N = (int64_t)B * L;
+    pt_add(t, &d->dx, "dx", 2, (int64_t[]){N, H});
+    pt_add(t, &d->dres, "dres", 2, (int64_t[]){N, H});
+    pt_add(t, &d->dln, "dln", 2, (int64_t[]){N, H});
+    pt_add(t, &d->datty, "datty", 2, (int64_t[]){N, H});
+    pt_add(t, &d->dqkv, "dqkv", 2, (int64_t[]){N, 3 * H});
+    pt_add(t, &d->datt, "datt", 4, (int64_t[]){B, g->heads, L, L});
+    pt_add(t, &d->dfc_act, "dfc_act", 2, (int64_t[]){N, g->intermediate});
+    pt_add(t, &d->dfc, "dfc", 2, (int64_t[]){N, g->intermediate});
+    pt_add(t, &d->dln_final, "dln_final", 2, (int64_t[]){B, H});
+    pt_add(t, &d->dpooled, "dpooled", 2, (int64_t[]){B, H});
+    pt_add(t, &d->dpool_pre, "dpool_pre", 2, (int64_t[]){B, H});
+    pt_add(t, &d->dcls, "dcls", 2, (int64_t[]){B, H});
+    pt_alloc(t);
+    m->dact_batch = B;
+    m->dact_len = L;
+}
+
+void bert_alloc_grads(bert *m)
+{
+    if (!m->gtable.data) {
+        m->grads.layers = xcalloc(m->cfg.layers, sizeof(bert_layer_params));
+        bert_layout(&m->cfg, &m->grads, &m->gtable);
+        pt_alloc(&m->gtable);
+    }
+    if (m->act_batch) bert_reserve_dacts(m, m->act_batch, m->act_len);
+}
+
+#define EMB_COLS 32
+
+void bert_backward(bert *m, const int32_t *ids, const float *dout, int B, int L)
+{
+    const bert_config *g = &m->cfg;
+    const bert_params *p = &m->params;
+    const bert_acts *a = &m->acts;
+    if (!m->act_keep || !m->atable.data || B > m->act_batch || L > m->act_len)
+        die("bert_backward: no activations kept for %d x %d tokens (bert_reserve(m, B, L, 1) "
+            "before the forward)", B, L);
+    bert_alloc_grads(m);
+    bert_reserve_dacts(m, B, L);
+    bert_params *gr = &m->grads;
+    bert_dacts *d = &m->dacts;
+    int H = g->hidden, FF = g->intermediate, D = g->out_dim;
+    size_t N = (size_t)B * L, BH = (size_t)B * H;
+
+    /* head: out = ln_final(tanh(pooler(cls))) @ text_projection */
+    double t0 = now_seconds();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, H, D, 1.0f, dout, D, p->text_proj, D,
+                0.0f, d->dln_final, H);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, H, D, B, 1.0f, a->ln_final, H, dout, D, 1.0f,
+                gr->text_proj, D);
+    op_prof.gemm += now_seconds() - t0;
+    memset(d->dpooled, 0, BH * sizeof(float));
+    memset(d->dpool_pre, 0, BH * sizeof(float));
+    memset(d->dcls, 0, BH * sizeof(float));
+    layernorm_backward(d->dpooled, gr->ln_final_w, gr->ln_final_b, d->dln_final, a->pooled,
+                       p->ln_final_w, a->ln_final_mean, a->ln_final_rstd, B, H);
+    tanh_backward(d->dpool_pre, a->pooled, d->dpooled, BH);
+    matmul_backward(d->dcls, gr->pooler_w, gr->pooler_b, d->dpool_pre, H, a->cls, p->pooler_w, B, H,
+                    H);
+    zero_floats(d->dx, N * H);
+    for (int b = 0; b < B; b++)
+        memcpy(d->dx + (size_t)b * L * H, d->dcls + (size_t)b * H, H * sizeof(float));
+
+    for (int i = g->layers - 1; i >= 0; i--) {
+        const bert_layer_params *lp = &p->layers[i];
+        bert_layer_params *lg = &gr->layers[i];
+        const bert_layer_acts *l = &a->layers[i];
+        const float *x = i ? a->layers[i - 1].out : a->emb_ln;
+        /* out = LN(res_2), res_2 = ln_1 + output.dense(gelu(intermediate.dense(ln_1))) */
+        zero_floats(d->dres, N * H);
+        layernorm_backward(d->dres, lg->o_ln_w, lg->o_ln_b, d->dx, l->res_2, lp->o_ln_w, l->out_mean,
+                           l->out_rstd, N, H);
+        memcpy(d->dln, d->dres, N * H * sizeof(float));
+        gelu_erf_forward(l->fc_act, l->fc, N * FF); /* the slot is shared: recompute */
+        zero_floats(d->dfc_act, N * FF);
+        zero_floats(d->dfc, N * FF);
+        matmul_backward(d->dfc_act, lg->o_w, lg->o_b, d->dres, H, l->fc_act, lp->o_w, N, FF, H);
+        gelu_erf_backward(d->dfc, l->fc, d->dfc_act, N * FF);
+        matmul_backward(d->dln, lg->i_w, lg->i_b, d->dfc, FF, l->ln_1, lp->i_w, N, H, FF);
+        /* ln_1 = LN(res_1), res_1 = x + attention.output.dense(attn(q, k, v of x)) */
+        zero_floats(d->dres, N * H);
+        layernorm_backward(d->dres, lg->ao_ln_w, lg->ao_ln_b, d->dln, l->res_1, lp->ao_ln_w,
+                           l->ln_1_mean, l->ln_1_rstd, N, H);
+        memcpy(d->dx, d->dres, N * H * sizeof(float));
+        zero_floats(d->datty, N * H);
+        zero_floats(d->dqkv, N * 3 * H);
+        matmul_backward(d->datty, lg->ao_w, lg->ao_b, d->dres, H, l->atty, lp->ao_w, N, H, H);
+        attention_backward(d->dqkv, d->datt, d->datty, l->qkv, l->att, B, L, H, g->heads);
+        matmul_backward(d->dx, lg->q_w, lg->q_b, d->dqkv, 3 * H, x, lp->q_w, N, H, H);
+        matmul_backward(d->dx, lg->k_w, lg->k_b, d->dqkv + H, 3 * H, x, lp->k_w, N, H, H);
+        matmul_backward(d->dx, lg->v_w, lg->v_b, d->dqkv + 2 * H, 3 * H, x, lp->v_w, N, H, H);
+    }
+
+    /* emb = word[id] + position[t] + token_type[0]; emb_ln = LN(emb) */
+    float *demb = d->dres;
+    zero_floats(demb, N * H);
+    layernorm_backward(demb, gr->emb_ln_w, gr->emb_ln_b, d->dx, a->emb, p->emb_ln_w, a->emb_ln_mean,
+                       a->emb_ln_rstd, N, H);
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < L; t++) {
+        float *dpos = gr->pos_emb + (size_t)t * H;
+        for (int b = 0; b < B; b++) {
+            const float *src = demb + ((size_t)b * L + t) * H;
+            for (int j = 0; j < H; j++) dpos[j] += src[j];
+        }
+    }
+    /* the word scatter-add by column blocks: rows sharing an id never race */
+#pragma omp parallel for schedule(static)
+    for (int c0 = 0; c0 < H; c0 += EMB_COLS) {
+        int n = H - c0 < EMB_COLS ? H - c0 : EMB_COLS;
+        float st[EMB_COLS] = {0};
+        for (size_t bt = 0; bt < N; bt++) {
+            const float *src = demb + bt * H + c0;
+            for (int j = 0; j < n; j++) st[j] += src[j];
+            if (ids[bt] == 0) continue; /* padding_idx */
+            float *dw = gr->word_emb + (size_t)ids[bt] * H + c0;
+            for (int j = 0; j < n; j++) dw[j] += src[j];
+        }
+        for (int j = 0; j < n; j++) gr->type_emb[c0 + j] += st[j];
+    }
+}
+
+double bert_forward_flops(const bert_config *g, int L)
+{
+    double H = g->hidden, F = g->intermediate;
+    return g->layers * (L * 2 * (4 * H * H + 2 * H * F) + 4.0 * L * L * H);
 }

@@ -38,7 +38,8 @@ typedef struct {
     float *atty;                    /* [N, H] */
     float *res_1;                   /* [N, H] x + attention output dense */
     float *ln_1, *ln_1_mean, *ln_1_rstd;
-    float *fc, *fc_act;             /* [N, I] before / after GELU */
+    float *fc, *fc_act;             /* [N, I] before / after GELU; fc_act: one slot shared by
+                                       all layers (bert_backward recomputes it) */
     float *res_2;                   /* [N, H] ln_1 + output dense */
     float *out, *out_mean, *out_rstd; /* [N, H] the layer's output LayerNorm */
 } bert_layer_acts;
@@ -53,6 +54,16 @@ typedef struct {
     float *out;                      /* [B, D] */
 } bert_acts;
 
+/* Backward scratch: one layer's worth, reused by every layer. */
+typedef struct {
+    float *dx;                 /* [N, H] gradient of the residual stream */
+    float *dres, *dln, *datty; /* [N, H] */
+    float *dqkv;               /* [N, 3H] */
+    float *datt;               /* [B, NH, L, L] */
+    float *dfc_act, *dfc;      /* [N, I] after / before GELU */
+    float *dln_final, *dpooled, *dpool_pre, *dcls; /* [B, H] */
+} bert_dacts;
+
 typedef struct {
     bert_config cfg;
     bert_params params;
@@ -60,6 +71,13 @@ typedef struct {
     bert_acts acts;
     param_table atable;
     int act_batch, act_len, act_keep;
+    /* training (bert_alloc_grads): gradients in the parameters' layout, and
+     * the backward scratch sized for dact_batch x dact_len tokens */
+    bert_params grads;
+    param_table gtable;
+    bert_dacts dacts;
+    param_table dtable;
+    int dact_batch, dact_len;
 } bert;
 
 /* Config from tensor shapes under `prefix` ("transformer.", "bert." or "");
@@ -80,5 +98,18 @@ void bert_reserve(bert *m, int B, int L, int keep_layers);
 /* ids: int32 [B, L], 0 = [PAD] (masked). out: [B, out_dim] unnormalised.
  * -1 with an error for an id outside the vocabulary or L > max positions. */
 int bert_forward(bert *m, const int32_t *ids, int B, int L, float *out);
+
+/* Allocate (zeroed) the gradients, and the backward scratch for the shape
+ * the activations are reserved for; does nothing the second time. */
+void bert_alloc_grads(bert *m);
+/* Backward of the bert_forward just run on the same ids, with activations
+ * kept (bert_reserve(m, B, L, 1) before the forward). dout: [B, out_dim]
+ * gradient w.r.t. the unnormalised output. Accumulates into m->grads (zero
+ * m->gtable.data between steps). As nn.Embedding(padding_idx=0), the [PAD]
+ * row of the word embeddings gets no gradient. */
+void bert_backward(bert *m, const int32_t *ids, const float *dout, int B, int L);
+
+/* FLOPs of one text of L tokens through the layers (GEMMs and attention). */
+double bert_forward_flops(const bert_config *cfg, int L);
 
 #endif

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "gemm_bf16.h"
 #include "ops.h"
 #include "util.h"
 
@@ -27,6 +28,23 @@ const char *blas_describe(void)
     return buf;
 }
 
+static int use_bf16;
+
+void blas_set_bf16(int on) { use_bf16 = on; }
+
+/* row-major C = op(A) @ op(B) + beta C through OpenBLAS or the bf16 kernel */
+static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda, const float *B,
+                 int ldb, float beta, float *C, int ldc)
+{
+    double t0 = now_seconds();
+    if (use_bf16)
+        gemm_bf16(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+    else
+        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                    M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+    op_prof.gemm += now_seconds() - t0;
+}
+
 void matmul_forward(float *out, int ldo, const float *inp, const float *weight, const float *bias,
                     int M, int K, int N)
 {
@@ -36,10 +54,7 @@ void matmul_forward(float *out, int ldo, const float *inp, const float *weight, 
         for (int i = 0; i < M; i++) memcpy(out + (size_t)i * ldo, bias, N * sizeof(float));
         beta = 1.0f;
     }
-    double t0 = now_seconds();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, inp, K, weight, K, beta,
-                out, ldo);
-    op_prof.gemm += now_seconds() - t0;
+    gemm(0, 1, M, N, K, inp, K, weight, K, beta, out, ldo);
 }
 
 void matmul_residual_forward(float *out, const float *inp, const float *weight, const float *bias,
@@ -52,8 +67,27 @@ void matmul_residual_forward(float *out, const float *inp, const float *weight, 
 #pragma omp simd
         for (int j = 0; j < N; j++) o[j] = r[j] + (bias ? bias[j] : 0.0f);
     }
-    double t0 = now_seconds();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, inp, K, weight, K, 1.0f, out,
-                N);
-    op_prof.gemm += now_seconds() - t0;
+    gemm(0, 1, M, N, K, inp, K, weight, K, 1.0f, out, N);
+}
+
+#define BIAS_COLS 64
+
+void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, int ldd,
+                     const float *inp, const float *weight, int M, int K, int N)
+{
+    if (dinp) gemm(0, 0, M, K, N, dout, ldd, weight, K, 1.0f, dinp, K);
+    if (dweight) gemm(1, 0, N, K, M, dout, ldd, inp, K, 1.0f, dweight, K);
+    if (!dbias) return;
+    /* columns split between tasks, rows summed in order: race-free, deterministic */
+#pragma omp parallel for schedule(static)
+    for (int c0 = 0; c0 < N; c0 += BIAS_COLS) {
+        int n = N - c0 < BIAS_COLS ? N - c0 : BIAS_COLS;
+        float s[BIAS_COLS] = {0};
+        for (int i = 0; i < M; i++) {
+            const float *d = dout + (size_t)i * ldd + c0;
+#pragma omp simd
+            for (int j = 0; j < n; j++) s[j] += d[j];
+        }
+        for (int j = 0; j < n; j++) dbias[c0 + j] += s[j];
+    }
 }

@@ -13,6 +13,10 @@ void blas_setup(int argc, char **argv);
 /* "SkylakeX, 2 threads" for logs and benchmarks. */
 const char *blas_describe(void);
 
+/* 1: the matmul_* functions below round their operands to bf16 and
+ * accumulate in fp32 (gemm_bf16.h; torch.autocast's numerics), 0: fp32. */
+void blas_set_bf16(int on);
+
 /* out[M, N] = inp[M, K] @ weight[N, K]^T (+ bias[N]): a PyTorch Linear with
  * its weight in the checkpoint layout. bias may be NULL. ldo: row stride of
  * out (N when contiguous), so that Q, K and V can land side by side. */
@@ -22,5 +26,12 @@ void matmul_forward(float *out, int ldo, const float *inp, const float *weight, 
  * residual connection, in one pass over out. */
 void matmul_residual_forward(float *out, const float *inp, const float *weight, const float *bias,
                              const float *resid, int M, int K, int N);
+
+/* Backward of matmul_forward (out[M, N] = inp[M, K] @ weight[N, K]^T + bias),
+ * accumulating: dinp[M, K] += dout @ weight; dweight[N, K] += dout^T @ inp;
+ * dbias[N] += column sums of dout. Any of dinp/dweight/dbias may be NULL.
+ * ldd: row stride of dout (N when contiguous). */
+void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, int ldd,
+                     const float *inp, const float *weight, int M, int K, int N);
 
 #endif

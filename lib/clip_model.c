@@ -6,33 +6,36 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <jansson.h>
+
 #include "ops.h"
 #include "util.h"
-
-/* splitmix64 + Box-Muller: a reproducible N(0, std) initialisation */
-static uint64_t rng_next(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static void fill_normal(float *x, size_t n, float std, uint64_t seed)
-{
-    for (size_t i = 0; i < n; i += 2) {
-        double u1 = ((rng_next(&seed) >> 11) + 1.0) * 0x1.0p-53;
-        double u2 = (rng_next(&seed) >> 11) * 0x1.0p-53;
-        double r = sqrt(-2.0 * log(u1));
-        x[i] = (float)(std * r * cos(2 * M_PI * u2));
-        if (i + 1 < n) x[i + 1] = (float)(std * r * sin(2 * M_PI * u2));
-    }
-}
 
 static int file_exists(const char *path)
 {
     struct stat st;
     return stat(path, &st) == 0;
+}
+
+/* clip-train's safetensors carry the text heads and eps, which tensor shapes
+ * do not tell, in their "clip_config" metadata. */
+static int text_config_from_metadata(const ckpt *c, bert_config *cfg)
+{
+    const char *meta = ckpt_metadata(c, "clip_config");
+    if (!meta) return 0;
+    json_t *j = json_loads(meta, 0, NULL), *text = json_object_get(j, "text");
+    json_t *heads = json_object_get(text, "heads"), *eps = json_object_get(text, "eps");
+    int rc = 0;
+    if (json_is_integer(heads) && json_integer_value(heads) > 0 &&
+        cfg->hidden % json_integer_value(heads) == 0)
+        cfg->heads = (int)json_integer_value(heads);
+    else if (heads || !j) {
+        clip_set_error("clip_config metadata: bad text heads");
+        rc = -1;
+    }
+    if (json_is_number(eps)) cfg->eps = (float)json_number_value(eps);
+    json_decref(j);
+    return rc;
 }
 
 static int load_bert(clip_model *m, const ckpt *c, const char *bert_dir, int head_in_ckpt)
@@ -55,6 +58,7 @@ static int load_bert(clip_model *m, const ckpt *c, const char *bert_dir, int hea
     }
     bert_config cfg;
     if (bert_config_from_ckpt(src, prefix, &cfg)) goto out;
+    if (src == c && text_config_from_metadata(c, &cfg)) goto out;
     if (bert_dir) {
         snprintf(path, sizeof path, "%s/config.json", bert_dir);
         if (file_exists(path) && bert_config_from_json(path, &cfg)) goto out;

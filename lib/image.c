@@ -405,13 +405,7 @@ int image_load(const void *buf, size_t len, int size, enum image_resize mode, un
 
 /* ---- training augmentation */
 
-uint64_t image_rng_next(uint64_t *state) /* splitmix64 */
-{
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+uint64_t image_rng_next(uint64_t *state) { return splitmix64(state); }
 
 double image_rng_uniform(uint64_t *state) { return (image_rng_next(state) >> 11) * 0x1p-53; }
 

@@ -198,3 +198,158 @@ int check_token_ids(const int32_t *ids, int B, int L, int vocab)
         }
     return 0;
 }
+
+/* ---- backward passes ---- */
+
+void zero_floats(float *x, size_t n)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < n; c += CHUNK) memset(x + c, 0, (c + CHUNK < n ? CHUNK : n - c) * sizeof(float));
+}
+
+#define LN_COLS 64
+
+void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                        const float *inp, const float *weight, const float *mean, const float *rstd,
+                        int N, int C)
+{
+    if (dinp) {
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < N; i++) {
+            const float *x = inp + (size_t)i * C, *dy = dout + (size_t)i * C;
+            float *dx = dinp + (size_t)i * C;
+            float m = mean[i], r = rstd[i], a = 0.0f, b = 0.0f;
+#pragma omp simd reduction(+ : a, b)
+            for (int j = 0; j < C; j++) {
+                float dn = weight[j] * dy[j];
+                a += dn;
+                b += dn * (x[j] - m) * r;
+            }
+            a /= C;
+            b /= C;
+#pragma omp simd
+            for (int j = 0; j < C; j++) dx[j] += r * (weight[j] * dy[j] - a - (x[j] - m) * r * b);
+        }
+    }
+    if (!dweight && !dbias) return;
+    /* one block of columns per task: each sums its columns over all rows */
+#pragma omp parallel for schedule(static)
+    for (int c0 = 0; c0 < C; c0 += LN_COLS) {
+        int n = C - c0 < LN_COLS ? C - c0 : LN_COLS;
+        float sw[LN_COLS] = {0}, sb[LN_COLS] = {0};
+        for (int i = 0; i < N; i++) {
+            const float *x = inp + (size_t)i * C + c0, *dy = dout + (size_t)i * C + c0;
+            float m = mean[i], r = rstd[i];
+#pragma omp simd
+            for (int j = 0; j < n; j++) {
+                sb[j] += dy[j];
+                sw[j] += dy[j] * (x[j] - m) * r;
+            }
+        }
+        for (int j = 0; j < n; j++) {
+            if (dweight) dweight[c0 + j] += sw[j];
+            if (dbias) dbias[c0 + j] += sb[j];
+        }
+    }
+}
+
+void gelu_erf_backward(float *dinp, const float *inp, const float *dout, size_t n)
+{
+    /* d/dx x*Phi(x) = Phi(x) + x*phi(x) */
+    const float inv_sqrt_2pi = 0.39894228040143268f;
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < n; c += CHUNK) {
+        size_t i = c, end = c + CHUNK < n ? c + CHUNK : n;
+#ifdef __AVX512F__
+        const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f),
+                     rs2 = _mm512_set1_ps(0.70710678118654752f), mhalf = _mm512_set1_ps(-0.5f),
+                     lo = _mm512_set1_ps(-80.0f), k = _mm512_set1_ps(inv_sqrt_2pi);
+        for (; i + 16 <= end; i += 16) {
+            __m512 x = _mm512_loadu_ps(inp + i);
+            __m512 cdf = _mm512_mul_ps(half, _mm512_add_ps(one, _ZGVeN16v_erff(_mm512_mul_ps(x, rs2))));
+            __m512 e = _ZGVeN16v_expf(_mm512_max_ps(_mm512_mul_ps(mhalf, _mm512_mul_ps(x, x)), lo));
+            __m512 g = _mm512_fmadd_ps(_mm512_mul_ps(x, k), e, cdf);
+            _mm512_storeu_ps(dinp + i, _mm512_fmadd_ps(_mm512_loadu_ps(dout + i), g,
+                                                       _mm512_loadu_ps(dinp + i)));
+        }
+#endif
+        for (; i < end; i++) {
+            float x = inp[i];
+            float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+            dinp[i] += dout[i] * (cdf + x * inv_sqrt_2pi * expf(fmaxf(-0.5f * x * x, -80.0f)));
+        }
+    }
+}
+
+void quickgelu_backward(float *dinp, const float *inp, const float *dout, size_t n)
+{
+    /* s = sigmoid(1.702 x): d/dx x*s = s * (1 + 1.702 x (1 - s)) */
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < n; c += CHUNK) {
+        size_t i = c, end = c + CHUNK < n ? c + CHUNK : n;
+#ifdef __AVX512F__
+        const __m512 k = _mm512_set1_ps(-1.702f), kp = _mm512_set1_ps(1.702f),
+                     one = _mm512_set1_ps(1.0f), lo = _mm512_set1_ps(-80.0f),
+                     hi = _mm512_set1_ps(80.0f);
+        for (; i + 16 <= end; i += 16) {
+            __m512 x = _mm512_loadu_ps(inp + i);
+            __m512 a = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(x, k), lo), hi);
+            __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, _ZGVeN16v_expf(a)));
+            __m512 g = _mm512_mul_ps(s, _mm512_fmadd_ps(_mm512_mul_ps(kp, x), _mm512_sub_ps(one, s), one));
+            _mm512_storeu_ps(dinp + i, _mm512_fmadd_ps(_mm512_loadu_ps(dout + i), g,
+                                                       _mm512_loadu_ps(dinp + i)));
+        }
+#endif
+        for (; i < end; i++) {
+            float x = inp[i];
+            float s = 1.0f / (1.0f + expf(fminf(fmaxf(-1.702f * x, -80.0f), 80.0f)));
+            dinp[i] += dout[i] * s * (1.0f + 1.702f * x * (1.0f - s));
+        }
+    }
+}
+
+void tanh_backward(float *dinp, const float *out, const float *dout, size_t n)
+{
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) dinp[i] += dout[i] * (1.0f - out[i] * out[i]);
+}
+
+void attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
+                        const float *att, int B, int T, int C, int NH)
+{
+    int hs = C / NH;
+    int C3 = 3 * C;
+    float scale = 1.0f / sqrtf((float)hs);
+    double t0 = now_seconds();
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int bh = 0; bh < B * NH; bh++) {
+        int b = bh / NH, h = bh % NH;
+        size_t off = (size_t)b * T * C3 + h * hs;
+        const float *q = qkv + off, *k = q + C, *v = q + 2 * C;
+        float *dq = dqkv + off, *dk = dq + C, *dv = dq + 2 * C;
+        const float *a = att + (size_t)bh * T * T;
+        float *da = datt + (size_t)bh * T * T;
+        const float *dy = dout + (size_t)b * T * C + h * hs;
+        /* dP = dY V^T, dV += P^T dY */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, 1.0f, dy, C, v, C3, 0.0f, da,
+                    T);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, a, T, dy, C, 1.0f, dv,
+                    C3);
+        /* softmax: dS = P * (dP - sum(P * dP)) */
+        for (int t = 0; t < T; t++) {
+            const float *p = a + (size_t)t * T;
+            float *d = da + (size_t)t * T;
+            float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+            for (int j = 0; j < T; j++) s += p[j] * d[j];
+#pragma omp simd
+            for (int j = 0; j < T; j++) d[j] = p[j] * (d[j] - s);
+        }
+        /* S = scale Q K^T: dQ += scale dS K, dK += scale dS^T Q */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, scale, da, T, k, C3, 1.0f,
+                    dq, C3);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, scale, da, T, q, C3, 1.0f, dk,
+                    C3);
+    }
+    op_prof.attention += now_seconds() - t0;
+}

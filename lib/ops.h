@@ -40,6 +40,31 @@ void l2_normalize(float *out, const float *x, int N, int D);
 /* -1 with an error naming the text and position of an id outside [0, vocab). */
 int check_token_ids(const int32_t *ids, int B, int L, int vocab);
 
+/* ---- backward passes ----
+ * Each accumulates (+=) into the gradients it is given (llm.c convention: the
+ * caller zeroes them before a step); a NULL gradient is skipped. Gradient
+ * buffers must not alias the buffers they are computed from. */
+
+/* mean/rstd: what layernorm_forward saved. dweight/dbias are reduced over
+ * rows by column blocks (race-free, deterministic). */
+void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                        const float *inp, const float *weight, const float *mean, const float *rstd,
+                        int N, int C);
+void gelu_erf_backward(float *dinp, const float *inp, const float *dout, size_t n);
+void quickgelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
+/* out: tanh's output (forward result), not its input. */
+void tanh_backward(float *dinp, const float *out, const float *dout, size_t n);
+/* dqkv [B*T, 3C] += gradient of attention_forward w.r.t. qkv, given dout
+ * [B*T, C] and the forward's qkv and att. datt: caller scratch [B, NH, T, T]
+ * (overwritten). Masked (padding or causal) entries have att == 0 and so get
+ * no gradient; a sequence with no valid key was attended unmasked forward
+ * and is differentiated the same way. */
+void attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
+                        const float *att, int B, int T, int C, int NH);
+
+/* x[0..n) = 0, in parallel (backward scratch). */
+void zero_floats(float *x, size_t n);
+
 /* Seconds spent in the big GEMMs (matmul_forward and friends) and in
  * attention_forward since the last reset, for benchmarks: the rest of a
  * forward pass is LayerNorm, activations and copies. */

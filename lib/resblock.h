@@ -26,15 +26,41 @@ typedef struct {
     float *res_1;                        /* [N, C] x + attention */
     float *ln_2, *ln_2_mean, *ln_2_rstd;
     float *fc;                           /* [N, F] before QuickGELU */
-    float *fc_act;                       /* [N, F] */
+    float *fc_act;                       /* [N, F]; may be a slot shared between blocks */
     float *out;                          /* [N, C] the block's output */
 } resblock_acts;
+
+/* Backward scratch: one slot, reused by every block of a tower. */
+typedef struct {
+    float *dres;          /* [N, C] the residual stream when dinp != dout */
+    float *dln;           /* [N, C] gradient of ln_2, then of ln_1 */
+    float *datty;         /* [N, C] */
+    float *dqkv;          /* [N, 3C] */
+    float *datt;          /* [B, NH, T, T] */
+    float *dfc_act, *dfc; /* [N, F] after / before QuickGELU */
+} resblock_dacts;
 
 /* Parameters in checkpoint key order, names `prefix` + "ln_1.weight" etc. */
 void resblock_layout_params(param_table *t, resblock_params *p, const char *prefix, int C, int F);
 void resblock_layout_acts(param_table *t, resblock_acts *a, int B, int T, int C, int F, int NH);
+/* The same without fc_act, for blocks whose activations are kept for
+ * training: the caller points their fc_act at one shared [N, F] slot, which
+ * resblock_backward recomputes from fc (saves N*F floats per block). */
+void resblock_layout_acts_kept(param_table *t, resblock_acts *a, int B, int T, int C, int F, int NH);
 
 void resblock_forward(const resblock_params *p, resblock_acts *a, const float *inp, int B, int T,
                       int C, int F, int NH, int causal);
+void resblock_layout_dacts(param_table *t, resblock_dacts *d, int B, int T, int C, int F, int NH);
+
+/* Backward of resblock_forward, right after it (a: that block's kept
+ * activations, inp: its input). dout: gradient w.r.t. the block's output.
+ * Accumulates the parameter gradients into g (NULL: none). dinp == dout is
+ * the intended use: the buffer holding the residual stream's gradient is
+ * updated in place from d(out) to d(inp) (overwritten, not accumulated).
+ * Otherwise dinp += d(inp) and dout is left unchanged. d is scratch (zeroed
+ * here as needed); a->fc_act is rewritten (recomputed from a->fc). */
+void resblock_backward(const resblock_params *p, resblock_params *g, const resblock_acts *a,
+                       resblock_dacts *d, float *dinp, const float *dout, const float *inp, int B,
+                       int T, int C, int F, int NH);
 
 #endif

@@ -1,6 +1,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -183,4 +184,23 @@ long parse_long_option(const char *opt, const char *val, long min, long max)
     if (!val || !*val || *end || errno || v < min || v > max)
         die("%s: expected an integer in [%ld, %ld], got '%s'", opt, min, max, val ? val : "");
     return v;
+}
+
+uint64_t splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+void fill_normal(float *x, size_t n, float std, uint64_t seed)
+{
+    for (size_t i = 0; i < n; i += 2) {
+        double u1 = ((splitmix64(&seed) >> 11) + 1.0) * 0x1.0p-53;
+        double u2 = (splitmix64(&seed) >> 11) * 0x1.0p-53;
+        double r = sqrt(-2.0 * log(u1));
+        x[i] = (float)(std * r * cos(2 * M_PI * u2));
+        if (i + 1 < n) x[i + 1] = (float)(std * r * sin(2 * M_PI * u2));
+    }
 }

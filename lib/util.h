@@ -33,6 +33,11 @@ char *read_file(const char *path, size_t *len);
 
 double now_seconds(void);
 
+/* splitmix64: a small seedable RNG (state advanced in place). */
+uint64_t splitmix64(uint64_t *state);
+/* n samples of N(0, std) from splitmix64 + Box-Muller, reproducible from seed. */
+void fill_normal(float *x, size_t n, float std, uint64_t seed);
+
 /* Progress on stderr: "label: done/total (rate/s, ETA)". total 0 = unknown.
  * Rate limited to a few updates per second; progress_end prints the summary. */
 typedef struct {

@@ -100,7 +100,10 @@ void vit_free(vit *m)
     if (!m) return;
     pt_free(&m->ptable);
     pt_free(&m->atable);
+    pt_free(&m->gtable);
+    pt_free(&m->dtable);
     free(m->params.blocks);
+    free(m->grads.blocks);
     free(m->acts.blocks);
     free(m);
 }
@@ -120,14 +123,17 @@ void vit_reserve(vit *m, int B, int keep_layers)
     pt_add(t, &a->ln_pre_mean, "ln_pre_mean", 1, (int64_t[]){N});
     pt_add(t, &a->ln_pre_rstd, "ln_pre_rstd", 1, (int64_t[]){N});
     int slots = keep_layers ? g->layers : 1;
+    /* kept blocks share block 0's fc_act (recomputed by the backward) */
     for (int i = 0; i < slots; i++)
-        resblock_layout_acts(t, &a->blocks[i], B, g->tokens, g->width, g->mlp, g->heads);
+        (i ? resblock_layout_acts_kept : resblock_layout_acts)(t, &a->blocks[i], B, g->tokens,
+                                                               g->width, g->mlp, g->heads);
     pt_add(t, &a->cls, "cls", 2, (int64_t[]){B, W});
     pt_add(t, &a->ln_post, "ln_post", 2, (int64_t[]){B, W});
     pt_add(t, &a->ln_post_mean, "ln_post_mean", 1, (int64_t[]){B});
     pt_add(t, &a->ln_post_rstd, "ln_post_rstd", 1, (int64_t[]){B});
     pt_add(t, &a->out, "out", 2, (int64_t[]){B, g->out_dim});
     pt_alloc(t);
+    for (int i = 1; i < slots; i++) a->blocks[i].fc_act = a->blocks[0].fc_act;
     for (int i = slots; i < g->layers; i++) a->blocks[i] = a->blocks[0];
     m->act_batch = B;
     m->act_keep = keep_layers;
@@ -188,4 +194,89 @@ void vit_forward(vit *m, const uint8_t *pixels, int B, float *out)
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, g->out_dim, W, 1.0f, a->ln_post, W,
                 p->proj, g->out_dim, 0.0f, a->out, g->out_dim);
     if (out) memcpy(out, a->out, (size_t)B * g->out_dim * sizeof(float));
+}
+
+static void vit_reserve_dacts(vit *m, int B)
+{
+    if (m->dtable.data && B <= m->dact_batch) return;
+    pt_free(&m->dtable);
+    const vit_config *g = &m->cfg;
+    param_table *t = &m->dtable;
+    resblock_layout_dacts(t, &m->dacts, B, g->tokens, g->width, g->mlp, g->heads);
+    pt_add(t, &m->dx, "dx", 2, (int64_t[]){(int64_t)B * g->tokens, g->width});
+    pt_add(t, &m->dln_post, "dln_post", 2, (int64_t[]){B, g->width});
+    pt_add(t, &m->dcls, "dcls", 2, (int64_t[]){B, g->width});
+    pt_alloc(t);
+    m->dact_batch = B;
+}
+
+void vit_alloc_grads(vit *m)
+{
+    if (!m->gtable.data) {
+        m->grads.blocks = xcalloc(m->cfg.layers, sizeof(resblock_params));
+        vit_layout(&m->cfg, &m->grads, &m->gtable);
+        pt_alloc(&m->gtable);
+    }
+    if (m->act_batch) vit_reserve_dacts(m, m->act_batch);
+}
+
+void vit_backward(vit *m, const float *dout, int B)
+{
+    const vit_config *g = &m->cfg;
+    const vit_params *p = &m->params;
+    const vit_acts *a = &m->acts;
+    if (!m->act_keep || !m->atable.data || B > m->act_batch)
+        die("vit_backward: no activations kept for batch %d (vit_reserve(m, B, 1) before the "
+            "forward)", B);
+    vit_alloc_grads(m);
+    vit_reserve_dacts(m, B);
+    vit_params *gr = &m->grads;
+    int W = g->width, T = g->tokens, D = g->out_dim, GG = g->grid * g->grid, N = B * T;
+    int K = 3 * g->patch * g->patch;
+
+    /* out = ln_post(cls) @ proj */
+    double t0 = now_seconds();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, W, D, 1.0f, dout, D, p->proj, D, 0.0f,
+                m->dln_post, W);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, W, D, B, 1.0f, a->ln_post, W, dout, D, 1.0f,
+                gr->proj, D);
+    op_prof.gemm += now_seconds() - t0;
+    memset(m->dcls, 0, (size_t)B * W * sizeof(float));
+    layernorm_backward(m->dcls, gr->ln_post_w, gr->ln_post_b, m->dln_post, a->cls, p->ln_post_w,
+                       a->ln_post_mean, a->ln_post_rstd, B, W);
+    zero_floats(m->dx, (size_t)N * W);
+    for (int b = 0; b < B; b++)
+        memcpy(m->dx + (size_t)b * T * W, m->dcls + (size_t)b * W, W * sizeof(float));
+
+    for (int l = g->layers - 1; l >= 0; l--) {
+        const float *inp = l ? a->blocks[l - 1].out : a->ln_pre;
+        resblock_backward(&p->blocks[l], &gr->blocks[l], &a->blocks[l], &m->dacts, m->dx, m->dx, inp,
+                          B, T, W, g->mlp, g->heads);
+    }
+
+    /* emb = [class | patches] + positions; ln_pre = LN(emb) */
+    float *demb = m->dacts.dln, *dpatch = m->dacts.datty; /* free again: [N, W] each */
+    zero_floats(demb, (size_t)N * W);
+    layernorm_backward(demb, gr->ln_pre_w, gr->ln_pre_b, m->dx, a->emb, p->ln_pre_w, a->ln_pre_mean,
+                       a->ln_pre_rstd, N, W);
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        float *dpos = gr->pos_emb + (size_t)t * W;
+        for (int b = 0; b < B; b++) {
+            const float *src = demb + ((size_t)b * T + t) * W;
+            for (int j = 0; j < W; j++) dpos[j] += src[j];
+            if (t == 0)
+                for (int j = 0; j < W; j++) gr->class_emb[j] += src[j];
+            else
+                memcpy(dpatch + ((size_t)b * GG + t - 1) * W, src, W * sizeof(float));
+        }
+    }
+    matmul_backward(NULL, gr->conv1_w, NULL, dpatch, W, a->patches, p->conv1_w, B * GG, K, W);
+}
+
+double vit_forward_flops(const vit_config *g)
+{
+    double T = g->tokens, W = g->width, F = g->mlp, P = g->patch;
+    return g->layers * (T * 2 * (4 * W * W + 2 * W * F) + 4 * T * T * W) +
+           2.0 * g->grid * g->grid * 3 * P * P * W;
 }

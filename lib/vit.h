@@ -44,6 +44,15 @@ typedef struct {
     vit_acts acts;
     param_table atable;
     int act_batch, act_keep; /* what the activations are sized for */
+    /* training (vit_alloc_grads): gradients in the parameters' layout, and
+     * one block's worth of backward scratch sized for dact_batch */
+    vit_params grads;
+    param_table gtable;
+    resblock_dacts dacts;
+    float *dx;              /* [B*T, W] gradient of the residual stream */
+    float *dln_post, *dcls; /* [B, W] */
+    param_table dtable;
+    int dact_batch;
 } vit;
 
 /* 0, or -1 with an error if `visual.*` is absent or inconsistent. */
@@ -59,5 +68,18 @@ void vit_reserve(vit *m, int B, int keep_layers);
 /* pixels: uint8 [B, R, R, 3] (R = cfg.resolution), normalised with CLIP's
  * mean/std here. out: [B, out_dim] unnormalised features. */
 void vit_forward(vit *m, const uint8_t *pixels, int B, float *out);
+
+/* Allocate (zeroed) the gradients, and the backward scratch for the batch
+ * the activations are reserved for; does nothing the second time. */
+void vit_alloc_grads(vit *m);
+/* Backward of the vit_forward just run on the same batch, with activations
+ * kept (vit_reserve(m, B, 1) before the forward). dout: [B, out_dim]
+ * gradient w.r.t. the unnormalised output. Accumulates into m->grads (zero
+ * m->gtable.data between steps). No gradient w.r.t. the pixels. */
+void vit_backward(vit *m, const float *dout, int B);
+
+/* Multiply-add FLOPs (2 per MAC) of one image's forward pass: the GEMMs
+ * and attention products, for benchmarks. */
+double vit_forward_flops(const vit_config *cfg);
 
 #endif

@@ -7,10 +7,6 @@ fixtures-model:
 build/bench/vit-b-16-bert-base.pth: tests/ref/model_ref.py
 	/usr/bin/python3 tests/ref/model_ref.py bench build/bench
 
-build/bench/bench_embed: tests/bench/bench_embed.c build/libclip.a
-	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $< build/libclip.a $(LDLIBS)
-
 bench-embed: build/bench/bench_embed build/bench/vit-b-16-bert-base.pth
 	/usr/bin/python3 tests/ref/bench_embed.py build/bench/vit-b-16-bert-base.pth build/bench/bench_embed
 

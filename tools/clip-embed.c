@@ -29,6 +29,8 @@ static void usage(FILE *f)
             "      --device NAME      only cpu in this build\n"
             "      --no-images        do not embed images (img.npy passes through)\n"
             "      --no-texts         do not embed captions (tok.npy passes through)\n"
+            "      --amp              bf16 matrix products (fp32 accumulation): about twice as\n"
+            "                         fast, embeddings within ~1e-2 of fp32\n"
             "      --progress         progress on stderr\n"
             "  -h, --help             this help\n",
             clip_progname);
@@ -181,7 +183,7 @@ int main(int argc, char **argv)
 {
     blas_setup(argc, argv);
     clip_set_progname(argv[0]);
-    enum { OPT_TEXT_MODEL = 256, OPT_DEVICE, OPT_PROGRESS, OPT_NO_IMAGES, OPT_NO_TEXTS };
+    enum { OPT_TEXT_MODEL = 256, OPT_DEVICE, OPT_PROGRESS, OPT_NO_IMAGES, OPT_NO_TEXTS, OPT_AMP };
     static const struct option opts[] = {
         {"model", required_argument, NULL, 'm'},
         {"text-model", required_argument, NULL, OPT_TEXT_MODEL},
@@ -193,6 +195,7 @@ int main(int argc, char **argv)
         {"progress", no_argument, NULL, OPT_PROGRESS},
         {"no-images", no_argument, NULL, OPT_NO_IMAGES},
         {"no-texts", no_argument, NULL, OPT_NO_TEXTS},
+        {"amp", no_argument, NULL, OPT_AMP},
         {"help", no_argument, NULL, 'h'},
         {0},
     };
@@ -211,6 +214,7 @@ int main(int argc, char **argv)
         case OPT_PROGRESS: show_progress = 1; break;
         case OPT_NO_IMAGES: do_images = 0; break;
         case OPT_NO_TEXTS: do_texts = 0; break;
+        case OPT_AMP: blas_set_bf16(1); break;
         case 'h': usage(stdout); return 0;
         default:
             if (optopt && optopt < 256 && !strchr("miobth", optopt))

@@ -1,4 +1,4 @@
-/* Embedding throughput of the C towers: bench_embed CKPT [B_IMG] [B_TXT] [L]
+/* Embedding throughput of the C towers, fp32 then bf16 (--amp): bench_embed CKPT [B_IMG] [B_TXT] [L]
  * prints "key value" lines (read by tests/ref/bench_embed.py): the OpenBLAS
  * kernel, a 4096^3 sgemm's GFLOP/s, images/s and texts/s with their
  * GFLOP/s and the share of time in big GEMMs and attention. */
@@ -25,19 +25,6 @@ static double sgemm_peak(void)
     return 2.0 * n * n * n / s / 1e9;
 }
 
-static double vit_flops(const vit_config *g)
-{
-    double T = g->tokens, W = g->width, F = g->mlp, P = g->patch;
-    return g->layers * (T * 2 * (4 * W * W + 2 * W * F) + 4 * T * T * W) +
-           2.0 * g->grid * g->grid * 3 * P * P * W;
-}
-
-static double bert_flops(const bert_config *g, int L)
-{
-    double H = g->hidden, F = g->intermediate;
-    return g->layers * (L * 2 * (4 * H * H + 2 * H * F) + 4.0 * L * L * H);
-}
-
 int main(int argc, char **argv)
 {
     blas_setup(argc, argv);
@@ -52,39 +39,44 @@ int main(int argc, char **argv)
     if (!m) die("%s", clip_error());
     m->max_batch = bi > bt ? bi : bt;
 
-    if (m->visual && bi > 0) {
-        int R = clip_image_resolution(m);
-        uint8_t *px = xmalloc((size_t)bi * R * R * 3);
-        for (size_t i = 0; i < (size_t)bi * R * R * 3; i++) px[i] = (uint8_t)(i * 2654435761u >> 24);
-        float *emb = xmalloc((size_t)bi * m->embed_dim * sizeof(float));
-        clip_encode_images(m, px, bi, emb); /* warm-up: page faults, thread start */
-        memset(&op_prof, 0, sizeof op_prof);
-        double t0 = now_seconds();
-        for (int r = 0; r < reps; r++) clip_encode_images(m, px, bi, emb);
-        double s = (now_seconds() - t0) / reps;
-        printf("images_per_s %.2f\n", bi / s);
-        printf("image_gflops %.1f\n", vit_flops(&m->visual->cfg) * bi / s / 1e9);
-        printf("image_gemm_share %.3f\nimage_attention_share %.3f\n", op_prof.gemm / reps / s,
-               op_prof.attention / reps / s);
-        fflush(stdout);
-        free(px), free(emb);
-    }
-    if (m->bert && bt > 0) {
-        int32_t *ids = xmalloc((size_t)bt * L * sizeof(int32_t));
-        for (int b = 0; b < bt; b++)
-            for (int t = 0; t < L; t++)
-                ids[b * L + t] = t == 0 ? 101 : t == L - 1 ? 102 : 1000 + (b * 131 + t * 71) % 20000;
-        float *emb = xmalloc((size_t)bt * m->embed_dim * sizeof(float));
-        if (clip_encode_texts(m, ids, bt, L, emb)) die("%s", clip_error());
-        memset(&op_prof, 0, sizeof op_prof);
-        double t0 = now_seconds();
-        for (int r = 0; r < reps; r++) clip_encode_texts(m, ids, bt, L, emb);
-        double s = (now_seconds() - t0) / reps;
-        printf("texts_per_s %.2f\n", bt / s);
-        printf("text_gflops %.1f\n", bert_flops(&m->bert->cfg, L) * bt / s / 1e9);
-        printf("text_gemm_share %.3f\ntext_attention_share %.3f\n", op_prof.gemm / reps / s,
-               op_prof.attention / reps / s);
-        free(ids), free(emb);
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        blas_set_bf16(bf16);
+        const char *sfx = bf16 ? "_bf16" : "";
+        if (m->visual && bi > 0) {
+            int R = clip_image_resolution(m);
+            uint8_t *px = xmalloc((size_t)bi * R * R * 3);
+            for (size_t i = 0; i < (size_t)bi * R * R * 3; i++) px[i] = (uint8_t)(i * 2654435761u >> 24);
+            float *emb = xmalloc((size_t)bi * m->embed_dim * sizeof(float));
+            clip_encode_images(m, px, bi, emb); /* warm-up: page faults, thread start */
+            memset(&op_prof, 0, sizeof op_prof);
+            double t0 = now_seconds();
+            for (int r = 0; r < reps; r++) clip_encode_images(m, px, bi, emb);
+            double s = (now_seconds() - t0) / reps;
+            printf("images_per_s%s %.2f\n", sfx, bi / s);
+            printf("image_gflops%s %.1f\n", sfx, vit_forward_flops(&m->visual->cfg) * bi / s / 1e9);
+            printf("image_gemm_share%s %.3f\nimage_attention_share%s %.3f\n", sfx,
+                   op_prof.gemm / reps / s, sfx, op_prof.attention / reps / s);
+            fflush(stdout);
+            free(px), free(emb);
+        }
+        if (m->bert && bt > 0) {
+            int32_t *ids = xmalloc((size_t)bt * L * sizeof(int32_t));
+            for (int b = 0; b < bt; b++)
+                for (int t = 0; t < L; t++)
+                    ids[b * L + t] = t == 0 ? 101 : t == L - 1 ? 102 : 1000 + (b * 131 + t * 71) % 20000;
+            float *emb = xmalloc((size_t)bt * m->embed_dim * sizeof(float));
+            if (clip_encode_texts(m, ids, bt, L, emb)) die("%s", clip_error());
+            memset(&op_prof, 0, sizeof op_prof);
+            double t0 = now_seconds();
+            for (int r = 0; r < reps; r++) clip_encode_texts(m, ids, bt, L, emb);
+            double s = (now_seconds() - t0) / reps;
+            printf("texts_per_s%s %.2f\n", sfx, bt / s);
+            printf("text_gflops%s %.1f\n", sfx, bert_forward_flops(&m->bert->cfg, L) * bt / s / 1e9);
+            printf("text_gemm_share%s %.3f\ntext_attention_share%s %.3f\n", sfx,
+                   op_prof.gemm / reps / s, sfx, op_prof.attention / reps / s);
+            fflush(stdout);
+            free(ids), free(emb);
+        }
     }
     clip_model_free(m);
     return 0;

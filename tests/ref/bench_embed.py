@@ -54,7 +54,9 @@ def torch_bench(ckpt):
                          for t in range(L)] for b in range(B_TXT)])
     s_img = timed(lambda: encode_image(model, pixels), REPS)
     s_txt = timed(lambda: model.encode_text(ids), REPS)
-    return B_IMG / s_img, B_TXT / s_txt
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a_img = timed(lambda: encode_image(model, pixels), REPS)
+    return B_IMG / s_img, B_TXT / s_txt, B_IMG / a_img
 
 
 def main():
@@ -62,7 +64,7 @@ def main():
         sys.exit(__doc__)
     ckpt, exe = sys.argv[1], sys.argv[2]
     c = c_bench(ckpt, exe)
-    t_img, t_txt = torch_bench(ckpt)
+    t_img, t_txt, t_img_amp = torch_bench(ckpt)
     peak = c["sgemm_gflops"]
     print(f"OpenBLAS {c['blas']}; sgemm 4096^3: {peak:.0f} GFLOP/s; "
           f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -73,6 +75,17 @@ def main():
              "image_attention_share"),
             (f"BERT-base texts/s L={L}", "texts_per_s", t_txt, "text_gflops", "text_gemm_share",
              "text_attention_share")):
+        print(f"{what:24}{c[ck]:10.2f}{tv:10.2f}{c[ck] / tv:10.2f}x{c[g]:9.0f}{c[g] / peak:9.0%}"
+              f"{c[gs]:9.0%}{c[at]:10.0%}")
+    print("C in bf16 (clip-embed --amp) against PyTorch's torch.autocast(bfloat16) (its BERT "
+          "head does not run under CPU autocast in 1.13) and fp32")
+    for what, ck, tv, g, gs, at in (
+            (f"ViT-B/16 vs PyTorch bf16", "images_per_s_bf16", t_img_amp, "image_gflops_bf16",
+             "image_gemm_share_bf16", "image_attention_share_bf16"),
+            (f"ViT-B/16 vs PyTorch fp32", "images_per_s_bf16", t_img, "image_gflops_bf16",
+             "image_gemm_share_bf16", "image_attention_share_bf16"),
+            (f"BERT-base vs PyTorch fp32", "texts_per_s_bf16", t_txt, "text_gflops_bf16",
+             "text_gemm_share_bf16", "text_attention_share_bf16")):
         print(f"{what:24}{c[ck]:10.2f}{tv:10.2f}{c[ck] / tv:10.2f}x{c[g]:9.0f}{c[g] / peak:9.0%}"
               f"{c[gs]:9.0%}{c[at]:10.0%}")
 

@@ -1,0 +1,18 @@
+# Training: PyTorch-reference parity fixtures and the step benchmark (both need
+# make deps-reference).
+#   make bench-train                          ViT-B/16 + BERT-base, batch 8 and 32, fp32 and bf16
+#   make bench-train BENCH_ARCH=small BENCH_CONFIGS=64   the from-scratch model
+
+BENCH_ARCH ?= base
+BENCH_CONFIGS ?= 8,8amp,32,32amp
+BENCH_STEPS ?= 2
+
+bench-train: build/bench/bench_train
+	/usr/bin/python3 tests/ref/bench_train.py build/bench/bench_train --arch $(BENCH_ARCH) \
+	    --configs $(BENCH_CONFIGS) --steps $(BENCH_STEPS)
+
+fixtures-train:
+	rm -rf tests/fixtures/train
+	/usr/bin/python3 tests/ref/train_ref.py fixtures tests/fixtures/train
+
+.PHONY: bench-train fixtures-train

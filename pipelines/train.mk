@@ -1,0 +1,71 @@
+# The reference workflow on a Flickr8k-CN layout (cn_train.json, cn_val.json,
+# flickr8k-images/): prepare, fine-tune, evaluate, draw the curves.
+#
+#   make train INIT=ViT-B-16-OpenAI.pth TEXT_MODEL=bert-from-clip-chinese-1M  # fine-tune
+#   make train ARCH=small EPOCHS=30 BATCH=64 LR=5e-4                          # from scratch
+#   make eval     make plots
+#
+# `make train` resumes an interrupted run (its state is $(RUN)/model.pth.state);
+# `make clean-train` starts over.
+
+DATA ?= ../shared/data/flickr8k-cn
+VOCAB ?= ../shared/data/vocab/bert-chinese-vocab.txt
+INIT ?=
+TEXT_MODEL ?=
+ARCH ?=
+EPOCHS ?= 40
+BATCH ?= 32
+LR ?= 5e-5
+WARMUP ?= 100
+AMP ?= 0
+DEVICE ?= cpu
+SEED ?= 0
+# image side stored by clip-prep: the model's resolution (112 for ARCH=small)
+SIZE ?= $(if $(findstring small,$(ARCH)),112,$(if $(findstring tiny,$(ARCH)),32,224))
+RUN ?= runs/$(if $(ARCH),$(subst =,-,$(subst $(comma),_,$(ARCH))),finetune)
+TRAIN_FLAGS ?=
+comma := ,
+
+MODEL_ARGS = $(if $(ARCH),--arch $(ARCH),--init $(INIT) $(if $(TEXT_MODEL),--text-model $(TEXT_MODEL)))
+
+$(RUN)/train-$(SIZE).tar: | all
+	@mkdir -p $(@D)
+	bin/clip-prep --annotations $(DATA)/cn_train.json --root $(DATA) --size $(SIZE) --progress \
+	  | bin/clip-tokenize --vocab $(VOCAB) -o $@
+
+$(RUN)/val-$(SIZE).tar: | all
+	@mkdir -p $(@D)
+	bin/clip-prep --annotations $(DATA)/cn_val.json --root $(DATA) --size $(SIZE) --progress \
+	  | bin/clip-tokenize --vocab $(VOCAB) -o $@
+
+train: all $(RUN)/train-$(SIZE).tar $(RUN)/val-$(SIZE).tar
+	@test -n "$(ARCH)$(INIT)" || { echo "make train: set INIT=CKPT [TEXT_MODEL=DIR] or ARCH=small" >&2; exit 2; }
+	bin/clip-train $(MODEL_ARGS) --train $(RUN)/train-$(SIZE).tar --val $(RUN)/val-$(SIZE).tar \
+	    --epochs $(EPOCHS) -b $(BATCH) --lr $(LR) --warmup $(WARMUP) --seed $(SEED) \
+	    --device $(DEVICE) $(if $(filter 1 yes,$(AMP)),--amp) --eval-at-start \
+	    --save $(RUN)/model.safetensors --log $(RUN)/log.jsonl --resume --progress $(TRAIN_FLAGS)
+
+eval: all $(RUN)/val-$(SIZE).tar
+	bin/clip-embed --model $(RUN)/model.safetensors -i $(RUN)/val-$(SIZE).tar --progress \
+	  | bin/clip-recall --table --json-out $(RUN)/recall.json
+
+# loss per step and recall per epoch from the JSON-lines log, drawn with gnuplot
+plots: $(RUN)/log.jsonl
+	grep '"loss"' $< | sed 's/.*"step":\([0-9]*\).*"loss":\([-0-9.e]*\).*/\1 \2/' > $(RUN)/loss.dat
+	grep '"val"' $< | sed 's/.*"epoch":\([0-9]*\).*"txt_r_mean":\([0-9.e-]*\).*"img_r_mean":\([0-9.e-]*\),"r_mean":\([0-9.e-]*\).*/\1 \2 \3 \4/' > $(RUN)/recall.dat
+	gnuplot -e "set terminal pngcairo size 900,500; set output '$(RUN)/loss.png'; \
+	    set title 'training loss ($(RUN))'; set xlabel 'step'; set ylabel 'loss'; set grid; \
+	    plot '$(RUN)/loss.dat' using 1:2 with lines lc rgb '#bbbbbb' title 'per step', \
+	         '' using 1:2 smooth bezier lw 2 lc rgb '#1f77b4' title 'smoothed'"
+	gnuplot -e "set terminal pngcairo size 900,500; set output '$(RUN)/recall.png'; \
+	    set title 'Flickr8k-CN val recall ($(RUN))'; set xlabel 'epoch'; set ylabel 'mean recall (%)'; \
+	    set grid; set key left top; \
+	    plot '$(RUN)/recall.dat' using 1:2 with linespoints title 'image->text R mean', \
+	         '' using 1:3 with linespoints title 'text->image R mean', \
+	         '' using 1:4 with linespoints lw 2 title 'overall mean'"
+	@echo "$(RUN)/loss.png $(RUN)/recall.png"
+
+clean-train:
+	rm -f $(RUN)/model.safetensors $(RUN)/model.safetensors.state $(RUN)/log.jsonl
+
+.PHONY: train eval plots clean-train

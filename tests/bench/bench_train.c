@@ -1,0 +1,72 @@
+/* Training-step speed of the C trainer: bench_train ARCH BATCH STEPS [amp]
+ * runs STEPS + 1 steps (the first warms up) of a randomly initialised model
+ * (ARCH as clip-train --arch) on random images and captions of 10..30 tokens
+ * in a context of 52, and prints one JSON line: seconds per step (median),
+ * its parts, achieved GFLOP/s and peak RSS. Read by tests/ref/bench_train.py. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "blas.h"
+#include "train.h"
+#include "util.h"
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+int main(int argc, char **argv)
+{
+    blas_setup(argc, argv);
+    clip_set_progname(argv[0]);
+    if (argc < 4) die("usage: bench_train ARCH BATCH STEPS [amp]");
+    train_arch arch;
+    if (train_arch_parse(argv[1], &arch)) die("%s", clip_error());
+    int B = atoi(argv[2]), steps = atoi(argv[3]), amp = argc > 4 && !strcmp(argv[4], "amp");
+    enum { L = 52 };
+    train_config cfg;
+    train_config_defaults(&cfg);
+    cfg.lr = 1e-5;
+    cfg.warmup = 0;
+    cfg.total_steps = steps + 1;
+    cfg.amp = amp;
+    trainer *t = trainer_create(train_model_create(&arch, 1), &cfg, B, L);
+    int R = arch.vit.resolution;
+    uint8_t *px = xmalloc((size_t)B * R * R * 3);
+    int32_t *ids = xcalloc((size_t)B * L, sizeof *ids);
+    uint64_t rng = 7;
+    for (size_t i = 0; i < (size_t)B * R * R * 3; i++) px[i] = (uint8_t)(splitmix64(&rng) >> 56);
+    for (int b = 0; b < B; b++) {
+        int n = 10 + (int)(splitmix64(&rng) % 21);
+        ids[b * L] = 101;
+        for (int j = 1; j < n - 1; j++) ids[b * L + j] = 1000 + (int)(splitmix64(&rng) % 20000);
+        ids[b * L + n - 1] = 102;
+    }
+    double *sec = xmalloc((steps + 1) * sizeof *sec);
+    train_stats st, sum = {0};
+    for (int s = 0; s <= steps; s++) {
+        double t0 = now_seconds();
+        if (trainer_step(t, px, ids, B, L, &st)) die("step %d: %s", s, clip_error());
+        sec[s] = now_seconds() - t0;
+        if (s) sum.sec_image += st.sec_image, sum.sec_text += st.sec_text, sum.sec_optim += st.sec_optim;
+        fprintf(stderr, "bench_train: step %d: %.2f s, loss %.4f\n", s, sec[s], st.loss);
+    }
+    qsort(sec + 1, steps, sizeof *sec, cmp_double);
+    double med = sec[1 + steps / 2];
+    /* multiply-adds of forward + backward = 3 x forward, GEMMs and attention */
+    int longest = 30;
+    double flops = 3.0 * B * (vit_forward_flops(&arch.vit) + bert_forward_flops(&arch.bert, longest));
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("{\"impl\": \"c\", \"arch\": \"%s\", \"batch\": %d, \"amp\": %s, \"sec_per_step\": %.3f, "
+           "\"steps\": %d, \"image_s\": %.3f, \"text_s\": %.3f, \"optim_s\": %.3f, \"gflops\": %.1f, "
+           "\"peak_rss_mib\": %.0f, \"blas\": \"%s\"}\n",
+           argv[1], B, amp ? "true" : "false", med, steps, sum.sec_image / steps,
+           sum.sec_text / steps, sum.sec_optim / steps, flops / med / 1e9, ru.ru_maxrss / 1024.0,
+           blas_describe());
+    trainer_free(t);
+    return 0;
+}

@@ -1,0 +1,337 @@
+#!/usr/bin/python3
+"""PyTorch reference for clip-train: the training recipe in plain torch.
+
+  train_ref.py fixtures OUTDIR
+      tiny seeded model + train/val tars + per-step losses, lrs, logit
+      scales and gradient norms of two short runs, the step-1 gradients and
+      the final weights (step-for-step parity fixtures for the C trainer)
+  train_ref.py bench --arch base|small --batch N --steps K [--amp] [--threads T]
+      K timed training steps (after one warm-up) of a random-weight model;
+      prints one JSON line
+
+The recipe (clip-train implements exactly this):
+  batch     B consecutive samples in file order (no shuffle), last incomplete
+            batch of an epoch dropped; caption = first row of tok.npy; pixels
+            as stored (already at the model resolution), /255, CLIP mean/std
+  loss      logits = exp(logit_scale) * img_n @ txt_n.T;
+            CE(logits, arange B) + CE(logits.T, arange B)  (a sum, not a mean)
+  optimiser AdamW betas (0.9, 0.999), eps 1e-8; weight decay wd on parameters
+            with ndim >= 2, 0 on the rest; optional clip_grad_norm_ after
+            backward (the pre-clip norm is reported)
+  lr        for step s: s < W: base*(s+1)/W; else cosine from base to
+            0.01*base over S-W steps (`constant`: base)
+  after     logit_scale clamped to [0, ln 100]
+"""
+import os
+import sys
+
+# PyTorch's OpenBLAS/OpenMP read these at load time
+if os.environ.get("OPENBLAS_CORETYPE") is not None or os.environ.get("OMP_WAIT_POLICY") != "PASSIVE":
+    os.environ.pop("OPENBLAS_CORETYPE", None)
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.execv(sys.executable, [sys.executable] + sys.argv)
+
+import argparse  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import tarfile  # noqa: E402
+import time  # noqa: E402
+from collections import OrderedDict  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from model_ref import ChineseCLIP, bert_config, encode_image, randomise  # noqa: E402
+import recall_ref  # noqa: E402
+
+LOGIT_SCALE_MAX = math.log(100)
+
+
+# ---- the recipe ----
+
+def lr_at(s, base, warmup, total, schedule):
+    if s < warmup:
+        return base * (s + 1) / warmup
+    if schedule == "constant":
+        return base
+    min_lr = 0.01 * base
+    p = (s - warmup) / max(1, total - warmup)
+    return min_lr + 0.5 * (base - min_lr) * (1 + math.cos(math.pi * p))
+
+
+def make_optimizer(model, lr, wd):
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": wd},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+def clip_loss(img, txt, logit_scale):
+    img_n = img / img.norm(dim=-1, keepdim=True)
+    txt_n = txt / txt.norm(dim=-1, keepdim=True)
+    logits = logit_scale.exp() * img_n @ txt_n.t()
+    labels = torch.arange(logits.shape[0])
+    return F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)
+
+
+def grad_norm(model):
+    """The total L2 norm as clip_grad_norm_ computes it."""
+    return torch.norm(torch.stack([torch.norm(p.grad.detach(), 2) for p in model.parameters()]), 2)
+
+
+def train_step(model, opt, pixels, ids, lr, grad_clip=0.0, amp=False, on_grads=None):
+    """One optimizer step on pixels uint8 [B,R,R,3] (numpy), ids int [B,L]
+    (torch). Returns (loss, pre-clip grad norm) as floats."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        img = encode_image(model, pixels)
+        txt = model.encode_text(ids)
+        loss = clip_loss(img, txt, model.logit_scale)
+    loss.backward()
+    if on_grads:
+        on_grads(model)
+    if grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    else:
+        norm = grad_norm(model)
+    opt.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+    return loss.item(), norm.item()
+
+
+def batches(samples, B, steps):
+    """No-shuffle order: consecutive samples, incomplete tail dropped, epochs
+    restart at sample 0. Yields (pixels uint8 [B,R,R,3], ids long [B,L])."""
+    per_epoch = len(samples) // B
+    for s in range(steps):
+        chunk = samples[(s % per_epoch) * B:(s % per_epoch + 1) * B]
+        pixels = np.stack([x["img"] for x in chunk])
+        ids = torch.from_numpy(np.stack([x["tok"][0] for x in chunk]).astype(np.int64))
+        yield pixels, ids
+
+
+# ---- sample streams ----
+
+def read_tar(path):
+    """[{"key", "json", "img", "tok"}] in stream order."""
+    out, index = [], {}
+    with tarfile.open(path, "r:*") as tf:
+        for m in tf:
+            if not m.isfile():
+                continue
+            key, field = m.name.split(".", 1)
+            if key not in index:
+                index[key] = len(out)
+                out.append({"key": key})
+            data = tf.extractfile(m).read()
+            s = out[index[key]]
+            if field == "json":
+                s["json"] = json.loads(data)
+            elif field == "img.npy":
+                s["img"] = np.load(io.BytesIO(data))
+            elif field == "tok.npy":
+                s["tok"] = np.load(io.BytesIO(data))
+    return out
+
+
+def write_tar(path, samples):
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tf:
+        for s in samples:
+            fields = [("json", json.dumps(s["json"], ensure_ascii=False).encode("utf-8"))]
+            for field, a in (("img.npy", s["img"]), ("tok.npy", s["tok"])):
+                b = io.BytesIO()
+                np.save(b, a)
+                fields.append((field, b.getvalue()))
+            for field, data in fields:
+                ti = tarfile.TarInfo(f"{s['key']}.{field}")
+                ti.size, ti.mtime, ti.mode = len(data), 0, 0o644
+                tf.addfile(ti, io.BytesIO(data))
+
+
+CAPTIONS = ["一只狗在草地上奔跑。", "两个孩子在海边玩耍。", "一个穿红衣服的女人站在街上。",
+            "一群人在公园里散步。", "一只猫躺在沙发上。", "一个男人骑着自行车过桥。"]
+
+
+def make_samples(rs, n, R=32, L=12):
+    """n samples with blob images and [CLS] ids [SEP] [PAD].. token rows of
+    lengths 3..12; in every group of 4, one sample's first row is full."""
+    yy, xx = np.mgrid[0:R, 0:R].astype(np.float64)
+    ids_pool = np.array([i for i in range(1, 256) if i not in (101, 102)])
+    out = []
+    for i in range(n):
+        img = np.broadcast_to(rs.uniform(0, 255, 3), (R, R, 3)).copy()
+        for _ in range(3):
+            cy, cx = rs.uniform(0, R, 2)
+            r = rs.uniform(3, 10)
+            w = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))[..., None]
+            img = img * (1 - w) + w * rs.uniform(0, 255, 3)
+        img = np.clip(np.rint(img + rs.normal(0, 4, img.shape)), 0, 255).astype(np.uint8)
+        lens = rs.randint(3, L + 1, 2)
+        tok = np.zeros((2, L), np.int32)
+        for row, m in enumerate(lens):
+            tok[row, :m] = [101] + list(rs.choice(ids_pool, m - 2)) + [102]
+        caps = [CAPTIONS[rs.randint(len(CAPTIONS))] for _ in range(2)]
+        out.append({"key": f"s{i:02d}", "json": {"image": f"s{i:02d}.jpg", "captions": caps},
+                    "img": img, "tok": tok})
+    for g in range(0, n, 4):  # force one full-length first caption per batch of 4
+        s = out[g + rs.randint(min(4, n - g))]
+        s["tok"][0] = [101] + list(rs.choice(ids_pool, L - 2)) + [102]
+    return out
+
+
+# ---- fixtures ----
+
+def tiny_model():
+    torch.manual_seed(0)
+    vit = dict(resolution=32, patch=8, width=128, layers=2, heads=2, mlp=256, out_dim=32)
+    cfg = bert_config(64, 2, 2, 128, 256, 32)
+    model = ChineseCLIP(vit, cfg, 32).train()
+    randomise(model, torch.Generator().manual_seed(1))
+    return model, cfg
+
+
+def val_recall(model, samples):
+    with torch.no_grad():
+        img = encode_image(model, np.stack([s["img"] for s in samples]))
+        ids = torch.from_numpy(np.concatenate([s["tok"] for s in samples]).astype(np.int64))
+        txt = model.encode_text(ids)
+    img, txt = img.double().numpy(), txt.double().numpy()
+    rows = [(s["key"], img[i], txt[2 * i:2 * i + 2]) for i, s in enumerate(samples)]
+    img_rank, txt_rank, S, own = recall_ref.ranks(rows)
+    margin = recall_ref.min_margin(S, own, img_rank, txt_rank)
+    return recall_ref.metrics(img_rank, txt_rank), margin
+
+
+RUNS = OrderedDict([
+    ("cosine", dict(lr=1e-3, wd=0.01, warmup=2, steps=6, schedule="cosine", grad_clip=0)),
+    ("clip", dict(lr=2e-3, wd=0.1, warmup=0, steps=4, schedule="constant", grad_clip=0.5)),
+])
+B_FIXTURE = 4
+
+
+def fixtures(out):
+    torch.set_num_threads(1)
+    os.makedirs(os.path.join(out, "bert"), exist_ok=True)
+    model, cfg = tiny_model()
+    init = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
+    torch.save(init, os.path.join(out, "init.pth"))
+    with open(os.path.join(out, "bert", "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+
+    rs = np.random.RandomState(2024)
+    write_tar(os.path.join(out, "train.tar"), make_samples(rs, 12))
+    write_tar(os.path.join(out, "val.tar"), make_samples(rs, 8))
+    train = read_tar(os.path.join(out, "train.tar"))
+    val = read_tar(os.path.join(out, "val.tar"))
+
+    expected = OrderedDict(batch=B_FIXTURE, runs=OrderedDict())
+    for name, r in RUNS.items():
+        model.load_state_dict(init)
+        opt = make_optimizer(model, r["lr"], r["wd"])
+        rec = OrderedDict(r, loss=[], lr_used=[], logit_scale=[], grad_norm=[])
+        for s, (pixels, ids) in enumerate(batches(train, B_FIXTURE, r["steps"])):
+            lr = lr_at(s, r["lr"], r["warmup"], r["steps"], r["schedule"])
+            hook = None
+            if name == "cosine" and s == 0:
+                def hook(m):
+                    torch.save(OrderedDict((k, p.grad.detach().clone()) for k, p in m.named_parameters()),
+                               os.path.join(out, "grads_step1.pth"))
+            loss, norm = train_step(model, opt, pixels, ids, lr, r["grad_clip"], on_grads=hook)
+            rec["loss"].append(loss)
+            rec["lr_used"].append(lr)
+            rec["logit_scale"].append(model.logit_scale.item())
+            rec["grad_norm"].append(norm)
+            print(f"{name} step {s}: loss {loss:.6f} lr {lr:.3e} grad_norm {norm:.6f} "
+                  f"logit_scale {model.logit_scale.item():.6f}", file=sys.stderr)
+        expected["runs"][name] = rec
+        if name == "cosine":
+            torch.save(OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items()),
+                       os.path.join(out, "final.pth"))
+            final_recall, final_margin = val_recall(model, val)
+
+    model.load_state_dict(init)
+    expected["val_recall_init"], margin = val_recall(model, val)
+    expected["val_recall_final"] = final_recall
+    print(f"val recall score margins: init {margin:.2e}, final {final_margin:.2e}", file=sys.stderr)
+    with open(os.path.join(out, "expected.json"), "w") as f:
+        json.dump(expected, f, indent=1)
+        f.write("\n")
+
+    total = 0
+    for root, _, files in sorted(os.walk(out)):
+        for fn in sorted(files):
+            p = os.path.join(root, fn)
+            total += os.path.getsize(p)
+            print(f"{p}: {os.path.getsize(p)} bytes")
+    print(f"total: {total} bytes")
+
+
+# ---- bench ----
+
+ARCHS = {
+    "base": (dict(resolution=224, patch=16, width=768, layers=12, heads=12, mlp=3072, out_dim=512),
+             bert_config(768, 12, 12, 3072, 21128, 512), 512),
+    "small": (dict(resolution=112, patch=16, width=256, layers=6, heads=4, mlp=1024, out_dim=256),
+              bert_config(256, 4, 4, 1024, 21128, 512), 256),
+}
+
+
+def bench(argv):
+    ap = argparse.ArgumentParser(prog="train_ref.py bench")
+    ap.add_argument("--arch", choices=sorted(ARCHS), default="base")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--amp", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    vit, cfg, out_dim = ARCHS[a.arch]
+    model = ChineseCLIP(vit, cfg, out_dim).train()
+    opt = make_optimizer(model, 1e-5, 0.01)
+    if a.amp:
+        # CUDA autocast runs layer_norm in fp32; torch 1.13's CPU autocast leaves
+        # it alone and then fails on a bf16 input with fp32 weights (ln_final)
+        for m in model.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.register_forward_pre_hook(lambda mod, inp: tuple(x.float() for x in inp))
+
+    rs = np.random.RandomState(0)
+    R, L, B = vit["resolution"], 52, a.batch
+    pixels = rs.randint(0, 256, (B, R, R, 3)).astype(np.uint8)
+    ids = np.zeros((B, L), np.int64)
+    for b in range(B):
+        n = rs.randint(10, 31)
+        ids[b, :n] = [101] + list(rs.randint(103, cfg["vocab_size"], n - 2)) + [102]
+    ids = torch.from_numpy(ids)
+
+    times = []
+    for s in range(a.steps + 1):
+        t0 = time.perf_counter()
+        loss, _ = train_step(model, opt, pixels, ids, 1e-5, amp=a.amp)
+        dt = time.perf_counter() - t0
+        print(f"step {s}{' (warm-up)' if s == 0 else ''}: {dt:.3f} s, loss {loss:.4f}", file=sys.stderr)
+        if s:
+            times.append(dt)
+    print(json.dumps({"impl": "pytorch", "arch": a.arch, "batch": B, "amp": a.amp,
+                      "sec_per_step": statistics.median(times), "steps": a.steps,
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "torch": torch.__version__}))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "fixtures":
+        fixtures(sys.argv[2])
+    elif len(sys.argv) >= 2 and sys.argv[1] == "bench":
+        bench(sys.argv[2:])
+    else:
+        sys.exit(__doc__)

@@ -1,0 +1,228 @@
+/* The C backward passes against PyTorch autograd (tests/ref/backward_ref.py,
+ * fixtures in tests/fixtures/backward): every parameter gradient of
+ *   loss = sum(vit(pixels) * r_img) + sum(bert(ids) * r_txt)
+ * must satisfy, per tensor, max |g_c - g_ref| <= 1e-4 * max |g_ref| + 1e-6
+ * (fp32 on both sides; measured worst ratio ~0.01). Also: every parameter is
+ * covered, gradients accumulate, resblock_backward's non-aliased form, and
+ * attention_backward directly with a causal and a key mask.
+ * Run from the repository root; the speed is measured by make bench-train. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "blas.h"
+#include "checkpoint.h"
+#include "clip_model.h"
+#include "npy.h"
+#include "ops.h"
+#include "unit.h"
+#include "util.h"
+
+#define FIX "tests/fixtures/backward/"
+#define RTOL 1e-4
+#define ATOL 1e-6
+
+static double worst_ratio;
+static char worst_name[256];
+
+/* an .npy fixture copied into an aligned buffer; checks dtype and count */
+static void *load_npy(const char *path, enum npy_dtype dt, size_t count)
+{
+    size_t len;
+    npy_array a;
+    char *buf = read_file(path, &len);
+    if (!buf || npy_parse(buf, len, &a, path)) die("%s", clip_error());
+    if (a.dtype != dt || a.count != count)
+        die("%s: expected %zu %s, found %zu %s", path, count, npy_dtype_name(dt), a.count,
+            npy_dtype_name(a.dtype));
+    void *out = xmalloc(count * npy_dtype_size(dt));
+    memcpy(out, a.data, count * npy_dtype_size(dt));
+    free(buf);
+    return out;
+}
+
+/* max |got - mult * want| against RTOL * max |mult * want| + ATOL */
+static void check_close(const char *what, const float *got, const float *want, size_t n, float mult)
+{
+    double maxref = 0, maxdiff = 0;
+    for (size_t i = 0; i < n; i++) {
+        maxref = fmax(maxref, fabs(mult * want[i]));
+        maxdiff = fmax(maxdiff, fabs(got[i] - mult * want[i]));
+    }
+    double ratio = maxdiff / (RTOL * maxref + ATOL);
+    CHECK(ratio <= 1.0, "%s: max abs diff %.3g, max |ref| %.3g (ratio to tolerance %.3f)", what,
+          maxdiff, maxref, ratio);
+    if (ratio > worst_ratio) {
+        worst_ratio = ratio;
+        snprintf(worst_name, sizeof worst_name, "%s", what);
+    }
+    if (getenv("VERBOSE"))
+        fprintf(stderr, "%-64s max|ref| %.3e  max diff %.3e  ratio %.4f\n", what, maxref, maxdiff,
+                ratio);
+}
+
+/* every tensor of a gradient table against its reference; returns how many */
+static int check_table(const param_table *gt, const ckpt *ref, float mult)
+{
+    int found = 0;
+    for (int i = 0; i < gt->n; i++) {
+        const param_spec *s = &gt->v[i];
+        float *want = xmalloc(s->numel * sizeof(float));
+        int rc = ckpt_read_f32(ref, s->name, s->ndim, s->shape, want);
+        CHECK(rc == 0, "reference gradient %s: %s", s->name, clip_error());
+        /* the key biases' gradients are zero in exact arithmetic (softmax
+         * is shift-invariant): both sides are rounding noise under ATOL */
+        if (rc == 0) {
+            found++;
+            check_close(s->name, *s->ptr, want, s->numel, mult);
+        }
+        free(want);
+    }
+    return found;
+}
+
+/* per tensor, so that a sanitizer build may leave poisoned gaps between them */
+static void zero_table(param_table *t)
+{
+    for (int i = 0; i < t->n; i++) memset(*t->v[i].ptr, 0, t->v[i].numel * sizeof(float));
+}
+
+static float *copy_table(const param_table *t, float *dst)
+{
+    for (int i = 0; i < t->n; i++) memcpy(dst + t->v[i].offset, *t->v[i].ptr, t->v[i].numel * sizeof(float));
+    return dst;
+}
+
+static void run_step(clip_model *m, const uint8_t *pixels, const int32_t *ids, const float *r_img,
+                     const float *r_txt, int B, int L)
+{
+    vit_forward(m->visual, pixels, B, NULL);
+    vit_backward(m->visual, r_img, B);
+    CHECK(bert_forward(m->bert, ids, B, L, NULL) == 0, "bert_forward: %s", clip_error());
+    bert_backward(m->bert, ids, r_txt, B, L);
+}
+
+static void test_towers(void)
+{
+    clip_model *m = clip_model_load(FIX "joint.pth", NULL);
+    ckpt *ref = ckpt_load(FIX "grads.pth");
+    if (!m || !ref) die("%s", clip_error());
+    vit *v = m->visual;
+    bert *t = m->bert;
+    /* 2 heads of 32 (from shapes the loader infers width / 64 = 1) */
+    v->cfg.heads = 2;
+    t->cfg.heads = 2;
+    const int B = 3, L = 12, R = v->cfg.resolution, D = m->embed_dim;
+    uint8_t *pixels = load_npy(FIX "pixels.npy", NPY_U8, (size_t)B * R * R * 3);
+    int32_t *ids = load_npy(FIX "ids.npy", NPY_I32, (size_t)B * L);
+    float *r_img = load_npy(FIX "r_img.npy", NPY_F32, (size_t)B * D);
+    float *r_txt = load_npy(FIX "r_txt.npy", NPY_F32, (size_t)B * D);
+
+    vit_reserve(v, B, 1);
+    vit_alloc_grads(v);
+    bert_reserve(t, B, L, 1);
+    bert_alloc_grads(t);
+    CHECK(v->gtable.total == v->ptable.total && t->gtable.total == t->ptable.total &&
+              v->gtable.n == v->ptable.n && t->gtable.n == t->ptable.n,
+          "gradient tables in the parameters' layout");
+    run_step(m, pixels, ids, r_img, r_txt, B, L);
+    int n = check_table(&v->gtable, ref, 1.0f) + check_table(&t->gtable, ref, 1.0f);
+    CHECK(n == v->gtable.n + t->gtable.n && (size_t)n == ckpt_count(ref),
+          "coverage: %d of %d parameters checked, %zu reference gradients", n,
+          v->gtable.n + t->gtable.n, ckpt_count(ref));
+    printf("checked %d parameter gradients (ViT %d, BERT %d); worst ratio to tolerance %.4f (%s)\n",
+           n, v->gtable.n, t->gtable.n, worst_ratio, worst_name);
+
+    /* padding_idx = 0: the [PAD] row gets exactly nothing; nor do positions >= L */
+    const float *w0 = t->grads.word_emb;
+    int pad_zero = 1, pos_zero = 1;
+    for (int j = 0; j < t->cfg.hidden; j++) pad_zero &= w0[j] == 0.0f;
+    for (size_t j = (size_t)L * t->cfg.hidden; j < (size_t)t->cfg.max_pos * t->cfg.hidden; j++)
+        pos_zero &= t->grads.pos_emb[j] == 0.0f;
+    CHECK(pad_zero && pos_zero, "no gradient for the [PAD] word row or unused positions");
+
+    /* backward accumulates: a second step without zeroing doubles */
+    run_step(m, pixels, ids, r_img, r_txt, B, L);
+    check_table(&v->gtable, ref, 2.0f);
+    check_table(&t->gtable, ref, 2.0f);
+    /* and zeroing the tables is all a new step needs */
+    zero_table(&v->gtable);
+    zero_table(&t->gtable);
+    vit_alloc_grads(v); /* idempotent: keeps the same buffers */
+    bert_alloc_grads(t);
+    run_step(m, pixels, ids, r_img, r_txt, B, L);
+    check_table(&v->gtable, ref, 1.0f);
+    check_table(&t->gtable, ref, 1.0f);
+
+    /* resblock_backward with dinp != dout (+= into dinp, dout untouched) and
+     * no parameter gradients, against the in-place form, on the last block */
+    const vit_config *g = &v->cfg;
+    size_t N = (size_t)B * g->tokens * g->width;
+    int last = g->layers - 1;
+    float *dout = xmalloc(N * sizeof(float)), *d1 = xmalloc(N * sizeof(float)),
+          *d2 = xmalloc(N * sizeof(float)), *keep = xmalloc(N * sizeof(float));
+    float *gsave = xcalloc(v->gtable.total, sizeof(float)), *gnow = xcalloc(v->gtable.total, sizeof(float));
+    fill_normal(dout, N, 1.0f, 7);
+    memcpy(d1, dout, N * sizeof(float));
+    memcpy(keep, dout, N * sizeof(float));
+    for (size_t i = 0; i < N; i++) d2[i] = 1.0f;
+    copy_table(&v->gtable, gsave);
+    const float *inp = v->acts.blocks[last - 1].out;
+    resblock_backward(&v->params.blocks[last], NULL, &v->acts.blocks[last], &v->dacts, d1, d1, inp,
+                      B, g->tokens, g->width, g->mlp, g->heads);
+    resblock_backward(&v->params.blocks[last], NULL, &v->acts.blocks[last], &v->dacts, d2, dout,
+                      inp, B, g->tokens, g->width, g->mlp, g->heads);
+    double maxd = 0, maxv = 0;
+    for (size_t i = 0; i < N; i++) {
+        maxv = fmax(maxv, fabs(d1[i]));
+        maxd = fmax(maxd, fabs(d2[i] - 1.0f - d1[i]));
+    }
+    CHECK(maxd <= 1e-5 * maxv, "resblock_backward: aliased and separate dinp differ by %.3g", maxd);
+    CHECK(!memcmp(dout, keep, N * sizeof(float)), "resblock_backward changed a separate dout");
+    CHECK(!memcmp(gsave, copy_table(&v->gtable, gnow), v->gtable.total * sizeof(float)),
+          "resblock_backward with g = NULL changed gradients");
+    free(dout), free(d1), free(d2), free(keep), free(gsave), free(gnow);
+
+    free(pixels), free(ids), free(r_img), free(r_txt);
+    ckpt_free(ref);
+    clip_model_free(m);
+}
+
+static void test_attention(void)
+{
+    const int B = 2, T = 5, C = 16, NH = 2;
+    size_t nqkv = (size_t)B * T * 3 * C, nout = (size_t)B * T * C;
+    float *qkv = load_npy(FIX "attn_qkv.npy", NPY_F32, nqkv);
+    float *dout = load_npy(FIX "attn_dout.npy", NPY_F32, nout);
+    uint8_t *kv = load_npy(FIX "attn_key_valid.npy", NPY_U8, (size_t)B * T);
+    float *out = xmalloc(nout * sizeof(float)), *dqkv = xmalloc(nqkv * sizeof(float));
+    float *att = xmalloc((size_t)B * NH * T * T * sizeof(float));
+    float *datt = xmalloc((size_t)B * NH * T * T * sizeof(float));
+    for (int masked = 0; masked < 2; masked++) {
+        const char *name = masked ? "masked" : "causal";
+        char path[256], what[64];
+        attention_forward(out, att, qkv, masked ? kv : NULL, !masked, B, T, C, NH);
+        snprintf(path, sizeof path, FIX "attn_out_%s.npy", name);
+        float *want = load_npy(path, NPY_F32, nout);
+        snprintf(what, sizeof what, "attention_forward (%s)", name);
+        check_close(what, out, want, nout, 1.0f);
+        free(want);
+        memset(dqkv, 0, nqkv * sizeof(float));
+        attention_backward(dqkv, datt, dout, qkv, att, B, T, C, NH);
+        snprintf(path, sizeof path, FIX "attn_dqkv_%s.npy", name);
+        want = load_npy(path, NPY_F32, nqkv);
+        snprintf(what, sizeof what, "attention_backward (%s)", name);
+        check_close(what, dqkv, want, nqkv, 1.0f);
+        free(want);
+    }
+    free(qkv), free(dout), free(kv), free(out), free(dqkv), free(att), free(datt);
+}
+
+int main(int argc, char **argv)
+{
+    blas_setup(argc, argv);
+    test_towers();
+    test_attention();
+    printf("worst ratio to tolerance overall: %.4f (%s)\n", worst_ratio, worst_name);
+    return unit_done();
+}
