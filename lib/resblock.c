@@ -29,21 +29,21 @@ void resblock_layout_params(param_table *t, resblock_params *p, const char *pref
 }
 
 static void layout_acts(param_table *t, resblock_acts *a, int B, int T, int C, int F, int NH,
-                        int with_fc_act)
+                        int with_shared)
 {
     int64_t N = (int64_t)B * T;
-    pt_add(t, &a->ln_1, "ln_1", 2, (int64_t[]){N, C});
+    if (with_shared) pt_add(t, &a->ln_1, "ln_1", 2, (int64_t[]){N, C});
     pt_add(t, &a->ln_1_mean, "ln_1_mean", 1, (int64_t[]){N});
     pt_add(t, &a->ln_1_rstd, "ln_1_rstd", 1, (int64_t[]){N});
     pt_add(t, &a->qkv, "qkv", 2, (int64_t[]){N, 3 * C});
-    pt_add(t, &a->att, "att", 4, (int64_t[]){B, NH, T, T});
+    if (with_shared) pt_add(t, &a->att, "att", 4, (int64_t[]){B, NH, T, T});
     pt_add(t, &a->atty, "atty", 2, (int64_t[]){N, C});
     pt_add(t, &a->res_1, "res_1", 2, (int64_t[]){N, C});
-    pt_add(t, &a->ln_2, "ln_2", 2, (int64_t[]){N, C});
+    if (with_shared) pt_add(t, &a->ln_2, "ln_2", 2, (int64_t[]){N, C});
     pt_add(t, &a->ln_2_mean, "ln_2_mean", 1, (int64_t[]){N});
     pt_add(t, &a->ln_2_rstd, "ln_2_rstd", 1, (int64_t[]){N});
     pt_add(t, &a->fc, "fc", 2, (int64_t[]){N, F});
-    if (with_fc_act) pt_add(t, &a->fc_act, "fc_act", 2, (int64_t[]){N, F});
+    if (with_shared) pt_add(t, &a->fc_act, "fc_act", 2, (int64_t[]){N, F});
     pt_add(t, &a->out, "out", 2, (int64_t[]){N, C});
 }
 
@@ -88,7 +88,7 @@ void resblock_layout_dacts(param_table *t, resblock_dacts *d, int B, int T, int 
 
 void resblock_backward(const resblock_params *p, resblock_params *g, const resblock_acts *a,
                        resblock_dacts *d, float *dinp, const float *dout, const float *inp, int B,
-                       int T, int C, int F, int NH)
+                       int T, int C, int F, int NH, int causal)
 {
 #define G(f) (g ? g->f : NULL)
     size_t N = (size_t)B * T;
@@ -97,7 +97,10 @@ void resblock_backward(const resblock_params *p, resblock_params *g, const resbl
         dx = d->dres;
         memcpy(dx, dout, N * C * sizeof(float));
     }
-    quickgelu_forward(a->fc_act, a->fc, N * F); /* the slot may be shared: recompute */
+    /* the shared slots hold another block's values: recompute this one's */
+    layernorm_forward(a->ln_2, a->ln_2_mean, a->ln_2_rstd, a->res_1, p->ln_2_w, p->ln_2_b, N, C,
+                      1e-5f);
+    quickgelu_forward(a->fc_act, a->fc, N * F);
     zero_floats(d->dfc_act, N * F);
     zero_floats(d->dfc, N * F);
     zero_floats(d->dln, N * C);
@@ -111,8 +114,10 @@ void resblock_backward(const resblock_params *p, resblock_params *g, const resbl
                        a->ln_2_rstd, N, C);
     /* res_1 = inp + out_proj(attn(in_proj(ln_1(inp)))); dx: d(res_1) -> d(inp) */
     matmul_backward(d->datty, G(out_proj_w), G(out_proj_b), dx, C, a->atty, p->out_proj_w, N, C, C);
+    attention_forward(a->atty, a->att, a->qkv, NULL, causal, B, T, C, NH);
     attention_backward(d->dqkv, d->datt, d->datty, a->qkv, a->att, B, T, C, NH);
     zero_floats(d->dln, N * C);
+    layernorm_forward(a->ln_1, a->ln_1_mean, a->ln_1_rstd, inp, p->ln_1_w, p->ln_1_b, N, C, 1e-5f);
     matmul_backward(d->dln, G(in_proj_w), G(in_proj_b), d->dqkv, 3 * C, a->ln_1, p->in_proj_w, N, C,
                     3 * C);
     layernorm_backward(dx, G(ln_1_w), G(ln_1_b), d->dln, inp, p->ln_1_w, a->ln_1_mean, a->ln_1_rstd,

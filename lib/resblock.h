@@ -19,9 +19,9 @@ typedef struct {
 
 /* What one block's forward keeps for its backward (N = B*T rows). */
 typedef struct {
-    float *ln_1, *ln_1_mean, *ln_1_rstd; /* [N, C], [N], [N] */
+    float *ln_1, *ln_1_mean, *ln_1_rstd; /* [N, C], [N], [N]; ln_1, att, ln_2 and */
     float *qkv;                          /* [N, 3C] */
-    float *att;                          /* [B, NH, T, T] */
+    float *att;                          /* [B, NH, T, T]  fc_act may be shared */
     float *atty;                         /* [N, C] heads before out_proj */
     float *res_1;                        /* [N, C] x + attention */
     float *ln_2, *ln_2_mean, *ln_2_rstd;
@@ -43,9 +43,10 @@ typedef struct {
 /* Parameters in checkpoint key order, names `prefix` + "ln_1.weight" etc. */
 void resblock_layout_params(param_table *t, resblock_params *p, const char *prefix, int C, int F);
 void resblock_layout_acts(param_table *t, resblock_acts *a, int B, int T, int C, int F, int NH);
-/* The same without fc_act, for blocks whose activations are kept for
- * training: the caller points their fc_act at one shared [N, F] slot, which
- * resblock_backward recomputes from fc (saves N*F floats per block). */
+/* The same without ln_1, att, ln_2 and fc_act, for blocks whose activations
+ * are kept for training: the caller points those at one shared slot (block
+ * 0's), which resblock_backward recomputes from what each block keeps
+ * (saves 3 N*C + N*F + B*NH*T*T floats per block; ~1/3 of ViT-B/16's). */
 void resblock_layout_acts_kept(param_table *t, resblock_acts *a, int B, int T, int C, int F, int NH);
 
 void resblock_forward(const resblock_params *p, resblock_acts *a, const float *inp, int B, int T,
@@ -58,9 +59,10 @@ void resblock_layout_dacts(param_table *t, resblock_dacts *d, int B, int T, int 
  * the intended use: the buffer holding the residual stream's gradient is
  * updated in place from d(out) to d(inp) (overwritten, not accumulated).
  * Otherwise dinp += d(inp) and dout is left unchanged. d is scratch (zeroed
- * here as needed); a->fc_act is rewritten (recomputed from a->fc). */
+ * here as needed); a->ln_1, att, atty, ln_2 and fc_act are recomputed (the
+ * same values: causal as in the forward). */
 void resblock_backward(const resblock_params *p, resblock_params *g, const resblock_acts *a,
                        resblock_dacts *d, float *dinp, const float *dout, const float *inp, int B,
-                       int T, int C, int F, int NH);
+                       int T, int C, int F, int NH, int causal);
 
 #endif

@@ -169,9 +169,9 @@ static void test_towers(void)
     copy_table(&v->gtable, gsave);
     const float *inp = v->acts.blocks[last - 1].out;
     resblock_backward(&v->params.blocks[last], NULL, &v->acts.blocks[last], &v->dacts, d1, d1, inp,
-                      B, g->tokens, g->width, g->mlp, g->heads);
+                      B, g->tokens, g->width, g->mlp, g->heads, 0);
     resblock_backward(&v->params.blocks[last], NULL, &v->acts.blocks[last], &v->dacts, d2, dout,
-                      inp, B, g->tokens, g->width, g->mlp, g->heads);
+                      inp, B, g->tokens, g->width, g->mlp, g->heads, 0);
     double maxd = 0, maxv = 0;
     for (size_t i = 0; i < N; i++) {
         maxv = fmax(maxv, fabs(d1[i]));
