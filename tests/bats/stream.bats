@@ -12,10 +12,12 @@ teardown() { rm -rf "$TMP"; }
 
 @test "samples pass through ZeroMQ from two producers exactly once" {
     port=$((20000 + RANDOM % 20000))
-    $BIN/clip-tokenize --vocab $VOCAB -i "tcp://127.0.0.1:$port?producers=2" -o "$TMP/all.tar" &
+    # timeouts: a writer waits for its reader forever, so a reader that died
+    # (bad vocabulary path, port taken) must fail the test, not hang it
+    timeout 60 $BIN/clip-tokenize --vocab $VOCAB -i "tcp://127.0.0.1:$port?producers=2" -o "$TMP/all.tar" &
     consumer=$!
-    $BIN/clip-prep --annotations $MINI/cn_mini.json --root $MINI -o "tcp://127.0.0.1:$port" &
-    $BIN/clip-prep --annotations $MINI/cn_mini.json --root $MINI -o "tcp://127.0.0.1:$port"
+    timeout 60 $BIN/clip-prep --annotations $MINI/cn_mini.json --root $MINI -o "tcp://127.0.0.1:$port" &
+    timeout 60 $BIN/clip-prep --annotations $MINI/cn_mini.json --root $MINI -o "tcp://127.0.0.1:$port"
     wait %2
     wait $consumer
     run bash -c "tar tf $TMP/all.tar | grep -c 'tok.npy$'"
