@@ -96,6 +96,13 @@ clip_model *clip_model_load(const char *ckpt_path, const char *bert_dir)
 {
     ckpt *c = ckpt_load(ckpt_path);
     if (!c) return NULL;
+    clip_model *m = clip_model_from_ckpt(c, ckpt_path, bert_dir);
+    ckpt_free(c);
+    return m;
+}
+
+clip_model *clip_model_from_ckpt(const ckpt *c, const char *ckpt_path, const char *bert_dir)
+{
     clip_model *m = xcalloc(1, sizeof *m);
     m->max_batch = 32;
     m->logit_scale = logf(1.0f / 0.07f);
@@ -142,7 +149,6 @@ clip_model *clip_model_load(const char *ckpt_path, const char *bert_dir)
                        m->embed_dim);
         goto fail;
     }
-    ckpt_free(c);
     return m;
 fail:;
     /* name the file unless the message already does */
@@ -150,7 +156,6 @@ fail:;
     snprintf(msg, sizeof msg, "%s", clip_error());
     if (!strstr(msg, ckpt_path) && !(bert_dir && strstr(msg, bert_dir)))
         clip_set_error("%s: %s", ckpt_path, msg);
-    ckpt_free(c);
     clip_model_free(m);
     return NULL;
 }
@@ -203,22 +208,10 @@ int clip_encode_texts(clip_model *m, const int32_t *ids, int B, int L, float *ou
         int n = B - b < m->max_batch ? B - b : m->max_batch;
         float *o = out + (size_t)b * m->embed_dim;
         const int32_t *x = ids + (size_t)b * L;
-        /* Trailing padding changes nothing (BERT masks it; the CLIP tower is
-         * causal and reads the EOT position), so encode only up to the
-         * longest text of the chunk: captions are mostly padding. */
-        int used = 1;
-        for (int i = 0; i < n; i++)
-            for (int t = L - 1; t >= used; t--)
-                if (x[(size_t)i * L + t]) {
-                    used = t + 1;
-                    break;
-                }
-        if (used < L) {
-            if (!trimmed) trimmed = xmalloc((size_t)m->max_batch * L * sizeof *trimmed);
-            for (int i = 0; i < n; i++)
-                memcpy(trimmed + (size_t)i * used, x + (size_t)i * L, used * sizeof *trimmed);
-            x = trimmed;
-        }
+        /* captions are mostly padding: encode up to the chunk's longest */
+        if (!trimmed) trimmed = xmalloc((size_t)m->max_batch * L * sizeof *trimmed);
+        int used = trim_padding(trimmed, x, n, L);
+        if (used < L) x = trimmed;
         int rc = m->text == CLIP_TEXT_BERT ? bert_forward(m->bert, x, n, used, o)
                                            : clip_text_forward(m->ctext, x, n, used, o);
         if (rc) {

@@ -30,6 +30,8 @@ typedef struct {
  * text_projection is drawn from N(0, hidden^-0.5) with a fixed seed (with a
  * warning). NULL with clip_error() naming the file/tensor on failure. */
 clip_model *clip_model_load(const char *ckpt_path, const char *bert_dir);
+/* The same from a checkpoint already loaded (ckpt_path names it in messages). */
+clip_model *clip_model_from_ckpt(const ckpt *c, const char *ckpt_path, const char *bert_dir);
 void clip_model_free(clip_model *m);
 
 /* Image side length the image tower expects (0 without one). */

@@ -353,3 +353,18 @@ void attention_backward(float *dqkv, float *datt, const float *dout, const float
     }
     op_prof.attention += now_seconds() - t0;
 }
+
+int trim_padding(int32_t *out, const int32_t *ids, int B, int L)
+{
+    int used = 1;
+    for (int i = 0; i < B; i++)
+        for (int t = L - 1; t >= used; t--)
+            if (ids[(size_t)i * L + t]) {
+                used = t + 1;
+                break;
+            }
+    if (used < L)
+        for (int i = 0; i < B; i++)
+            memcpy(out + (size_t)i * used, ids + (size_t)i * L, used * sizeof *out);
+    return used;
+}

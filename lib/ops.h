@@ -39,6 +39,11 @@ void softmax_row(float *x, int n);
 void l2_normalize(float *out, const float *x, int N, int D);
 /* -1 with an error naming the text and position of an id outside [0, vocab). */
 int check_token_ids(const int32_t *ids, int B, int L, int vocab);
+/* Length of the longest of B texts of L ids (trailing 0s are padding; at
+ * least 1). When shorter than L, the texts are copied into out as [B, used]:
+ * trailing padding changes no text tower's output (BERT masks it; the CLIP
+ * tower is causal and reads the EOT position). */
+int trim_padding(int32_t *out, const int32_t *ids, int B, int L);
 
 /* ---- backward passes ----
  * Each accumulates (+=) into the gradients it is given (llm.c convention: the

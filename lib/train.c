@@ -9,6 +9,7 @@
 
 #include "blas.h"
 #include "checkpoint.h"
+#include "ops.h"
 #include "util.h"
 
 void train_config_defaults(train_config *c)
@@ -166,24 +167,24 @@ static int used_by_model(const clip_model *m, const char *name)
 
 clip_model *train_model_load(const char *init, const char *text_dir)
 {
-    clip_model *m = clip_model_load(init, text_dir);
-    if (!m) return NULL;
-    if (!m->visual || !m->bert) {
+    ckpt *c = ckpt_load(init);
+    if (!c) return NULL;
+    clip_model *m = clip_model_from_ckpt(c, init, text_dir);
+    if (m && (!m->visual || !m->bert)) {
         clip_set_error("%s: %s", init,
                        !m->visual ? "no ViT image tower (visual.*) to train"
                                   : "no BERT text tower: give --text-model DIR (a Hugging Face "
                                     "BERT directory) or a checkpoint with transformer.embeddings.*");
         clip_model_free(m);
+        m = NULL;
+    }
+    if (!m) {
+        ckpt_free(c);
         return NULL;
     }
     clip_text_free(m->ctext);
     m->ctext = NULL;
     m->text = CLIP_TEXT_BERT;
-    ckpt *c = ckpt_load(init);
-    if (!c) {
-        clip_model_free(m);
-        return NULL;
-    }
     size_t unused = 0;
     char list[512] = "";
     for (size_t i = 0; i < ckpt_count(c); i++) {
@@ -300,16 +301,8 @@ int trainer_compute_grads(trainer *t, const uint8_t *pixels, const int32_t *ids,
     double t0 = now_seconds();
     t->image_dev->vit_forward(m->visual, pixels, B, t->img);
     double t1 = now_seconds();
-    /* trailing padding changes nothing (masked keys): train on the longest text */
-    int used = 1;
-    for (int i = 0; i < B; i++)
-        for (int j = L - 1; j >= used; j--)
-            if (ids[(size_t)i * L + j]) {
-                used = j + 1;
-                break;
-            }
-    for (int i = 0; i < B; i++)
-        memcpy(t->ids + (size_t)i * used, ids + (size_t)i * L, used * sizeof(int32_t));
+    int used = trim_padding(t->ids, ids, B, L);
+    if (used == L) memcpy(t->ids, ids, (size_t)B * L * sizeof *ids); /* kept for the backward */
     if (t->text_dev->bert_forward(m->bert, t->ids, B, used, t->txt)) {
         blas_set_bf16(0);
         return -1;

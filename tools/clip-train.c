@@ -110,29 +110,45 @@ static void loader_epoch(loader *d, long epoch, int shuffle)
     }
 }
 
+/* img.npy uint8 [H, W, 3] and tok.npy int32 [n, L] of a sample; dies naming it */
+static void get_fields(const char *path, const sample *s, npy_array *img, npy_array *tok)
+{
+    if (sample_get_npy(s, "img.npy", img) || sample_get_npy(s, "tok.npy", tok))
+        die("%s: %s", path, clip_error());
+    if (img->dtype != NPY_U8 || img->ndim != 3 || img->shape[2] != 3 || img->shape[0] < 1 ||
+        img->shape[1] < 1)
+        die("%s: sample %s: img.npy must be uint8 [H, W, 3]", path, s->key);
+    if (tok->dtype != NPY_I32 || tok->ndim != 2)
+        die("%s: sample %s: tok.npy must be int32 [n_captions, L]", path, s->key);
+}
+
+/* the evaluation view: the stored pixels when already R x R, else the centre crop */
+static void eval_pixels(const npy_array *img, int R, uint8_t *out)
+{
+    image_rgb im = {(int)img->shape[1], (int)img->shape[0], (unsigned char *)img->data};
+    if (im.w == R && im.h == R) memcpy(out, img->data, (size_t)R * R * 3);
+    else image_preprocess(&im, R, IMAGE_CROP, out);
+}
+
 /* pixels at the model's resolution (centre crop, or the random resized
  * crop + flip) and one caption row; dies naming the sample */
 static void take_sample(loader *d, const sample *s, int slot, uint64_t rng)
 {
     npy_array img, tok;
-    if (sample_get_npy(s, "img.npy", &img) || sample_get_npy(s, "tok.npy", &tok))
-        die("%s: %s", d->path, clip_error());
-    if (img.dtype != NPY_U8 || img.ndim != 3 || img.shape[2] != 3 || img.shape[0] < 1 ||
-        img.shape[1] < 1)
-        die("%s: sample %s: img.npy must be uint8 [H, W, 3]", d->path, s->key);
-    if (tok.dtype != NPY_I32 || tok.ndim != 2 || tok.shape[0] < 1)
-        die("%s: sample %s: tok.npy must be int32 [n_captions, L] with at least one caption",
-            d->path, s->key);
+    get_fields(d->path, s, &img, &tok);
+    if (tok.shape[0] < 1) die("%s: sample %s: tok.npy has no caption", d->path, s->key);
     if (tok.shape[1] > d->len)
         die("%s: sample %s: tok.npy has %lld tokens per caption, more than the %d of the first "
             "sample",
             d->path, s->key, (long long)tok.shape[1], d->len);
     int R = d->res;
     uint8_t *out = d->pixels + (size_t)slot * R * R * 3;
-    image_rgb im = {(int)img.shape[1], (int)img.shape[0], (unsigned char *)img.data};
-    if (d->augment) image_random_resized_crop(&im, R, &rng, out);
-    else if (im.w == R && im.h == R) memcpy(out, img.data, (size_t)R * R * 3);
-    else image_preprocess(&im, R, IMAGE_CROP, out);
+    if (d->augment) {
+        image_rgb im = {(int)img.shape[1], (int)img.shape[0], (unsigned char *)img.data};
+        image_random_resized_crop(&im, R, &rng, out);
+    } else {
+        eval_pixels(&img, R, out);
+    }
     int64_t row = d->first_caption ? 0 : image_rng_int(&rng, tok.shape[0]);
     int32_t *dst = d->ids + (size_t)slot * d->len;
     memset(dst, 0, d->len * sizeof *dst);
@@ -176,10 +192,8 @@ static int loader_batch(loader *d, long epoch, long b, int B)
 /* the first sample fixes the token length */
 static void loader_probe(loader *d, const sample *s)
 {
-    npy_array tok;
-    if (sample_get_npy(s, "tok.npy", &tok)) die("%s: %s", d->path, clip_error());
-    if (tok.dtype != NPY_I32 || tok.ndim != 2)
-        die("%s: sample %s: tok.npy must be int32 [n_captions, L]", d->path, s->key);
+    npy_array img, tok;
+    get_fields(d->path, s, &img, &tok);
     d->len = (int)tok.shape[1];
 }
 
@@ -208,20 +222,13 @@ static void val_load(val_set *v, const char *path, int res)
     for (size_t i = 0; i < n; i++) {
         npy_array img, tok;
         sample_clear(&s);
-        if (sample_file_read(f, i, &s) < 0 || sample_get_npy(&s, "img.npy", &img) ||
-            sample_get_npy(&s, "tok.npy", &tok))
-            die("%s: %s", path, clip_error());
-        if (img.dtype != NPY_U8 || img.ndim != 3 || img.shape[2] != 3 || tok.dtype != NPY_I32 ||
-            tok.ndim != 2)
-            die("%s: sample %s: needs img.npy uint8 [H, W, 3] and tok.npy int32 [n, L]", path, s.key);
+        if (sample_file_read(f, i, &s) < 0) die("%s: %s", path, clip_error());
+        get_fields(path, &s, &img, &tok);
         if (!v->len) v->len = (int)tok.shape[1];
         if (tok.shape[1] != v->len)
             die("%s: sample %s: tok.npy has %lld tokens per caption, the first sample %d", path,
                 s.key, (long long)tok.shape[1], v->len);
-        image_rgb im = {(int)img.shape[1], (int)img.shape[0], (unsigned char *)img.data};
-        uint8_t *out = v->pixels + i * res * res * 3;
-        if (im.w == res && im.h == res) memcpy(out, img.data, (size_t)res * res * 3);
-        else image_preprocess(&im, res, IMAGE_CROP, out);
+        eval_pixels(&img, res, v->pixels + i * res * res * 3);
         v->txt_off[i] = v->n_texts;
         size_t need = ((size_t)v->n_texts + tok.shape[0]) * v->len;
         if (need > cap) {
