@@ -1,11 +1,13 @@
 #include "blas.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "gemm_bf16.h"
+#include "gemm_int8.h"
 #include "ops.h"
 #include "util.h"
 
@@ -32,6 +34,58 @@ static int use_bf16;
 
 void blas_set_bf16(int on) { use_bf16 = on; }
 
+/* --int8: each weight is quantised on its first use and kept, keyed by its
+ * address (the weights of a loaded model do not move or change) */
+typedef struct {
+    const float *w;
+    int N, K;
+    qweight *q;
+} qcache_entry;
+
+static int use_int8;
+static qcache_entry *qcache;
+static size_t qcache_n, qcache_cap;
+static pthread_mutex_t qcache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void blas_set_int8(int on)
+{
+    pthread_mutex_lock(&qcache_lock);
+    use_int8 = on;
+    if (!on) {
+        for (size_t i = 0; i < qcache_n; i++) qweight_free(qcache[i].q);
+        free(qcache);
+        qcache = NULL, qcache_n = qcache_cap = 0;
+    }
+    pthread_mutex_unlock(&qcache_lock);
+}
+
+size_t blas_int8_bytes(void)
+{
+    size_t b = 0;
+    pthread_mutex_lock(&qcache_lock);
+    for (size_t i = 0; i < qcache_n; i++) b += qweight_bytes(qcache[i].q);
+    pthread_mutex_unlock(&qcache_lock);
+    return b;
+}
+
+static const qweight *quantised(const float *w, int N, int K)
+{
+    pthread_mutex_lock(&qcache_lock);
+    qweight *q = NULL;
+    for (size_t i = 0; i < qcache_n && !q; i++) /* ~100 weights, once per layer call */
+        if (qcache[i].w == w && qcache[i].N == N && qcache[i].K == K) q = qcache[i].q;
+    if (!q) {
+        if (qcache_n == qcache_cap) {
+            qcache_cap = qcache_cap ? 2 * qcache_cap : 128;
+            qcache = xrealloc(qcache, qcache_cap * sizeof *qcache);
+        }
+        q = qweight_make(w, N, K);
+        qcache[qcache_n++] = (qcache_entry){w, N, K, q};
+    }
+    pthread_mutex_unlock(&qcache_lock);
+    return q;
+}
+
 /* row-major C = op(A) @ op(B) + beta C through OpenBLAS or the bf16 kernel */
 static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda, const float *B,
                  int ldb, float beta, float *C, int ldc)
@@ -54,6 +108,12 @@ void matmul_forward(float *out, int ldo, const float *inp, const float *weight, 
         for (int i = 0; i < M; i++) memcpy(out + (size_t)i * ldo, bias, N * sizeof(float));
         beta = 1.0f;
     }
+    if (use_int8) {
+        double t0 = now_seconds();
+        gemm_int8(out, ldo, inp, M, K, quantised(weight, N, K), bias != NULL);
+        op_prof.gemm += now_seconds() - t0;
+        return;
+    }
     gemm(0, 1, M, N, K, inp, K, weight, K, beta, out, ldo);
 }
 
@@ -66,6 +126,12 @@ void matmul_residual_forward(float *out, const float *inp, const float *weight, 
         const float *r = resid + (size_t)i * N;
 #pragma omp simd
         for (int j = 0; j < N; j++) o[j] = r[j] + (bias ? bias[j] : 0.0f);
+    }
+    if (use_int8) {
+        double t0 = now_seconds();
+        gemm_int8(out, N, inp, M, K, quantised(weight, N, K), 1);
+        op_prof.gemm += now_seconds() - t0;
+        return;
     }
     gemm(0, 1, M, N, K, inp, K, weight, K, 1.0f, out, N);
 }

@@ -17,6 +17,14 @@ const char *blas_describe(void);
  * accumulate in fp32 (gemm_bf16.h; torch.autocast's numerics), 0: fp32. */
 void blas_set_bf16(int on);
 
+/* 1: matmul_forward and matmul_residual_forward run in int8 (gemm_int8.h:
+ * weights quantised per output channel on first use and kept, inputs per row
+ * at each call); inference only, the weights must not change while it is on.
+ * 0: back to fp32/bf16, the quantised weights freed. */
+void blas_set_int8(int on);
+/* memory held by the quantised weights */
+size_t blas_int8_bytes(void);
+
 /* out[M, N] = inp[M, K] @ weight[N, K]^T (+ bias[N]): a PyTorch Linear with
  * its weight in the checkpoint layout. bias may be NULL. ldo: row stride of
  * out (N when contiguous), so that Q, K and V can land side by side. */

@@ -16,7 +16,6 @@
 #include "gemm_bf16.h"
 
 #include <cblas.h>
-#include <cpuid.h>
 #include <immintrin.h>
 #include <omp.h>
 #include <stdint.h>
@@ -41,33 +40,7 @@ void gemm_bf16_force_fallback(int on)
     force_fallback = on;
 }
 
-static int detect_bf16(void)
-{
-    unsigned a, b, c, d;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
-    unsigned max_sub = a;
-    int f = (b >> 16) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1;
-    if (!f || !bw || !vl || max_sub < 1) return 0;
-    __cpuid_count(7, 1, a, b, c, d);
-    if (!((a >> 5) & 1)) return 0;
-    /* the OS must save the opmask and zmm state */
-    __cpuid(1, a, b, c, d);
-    if (!((c >> 27) & 1)) return 0; /* OSXSAVE */
-    unsigned lo, hi;
-    __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    return (lo & 0xe6) == 0xe6;
-}
-
-int gemm_bf16_available(void)
-{
-    static int avail = -1;
-    int v = __atomic_load_n(&avail, __ATOMIC_RELAXED);
-    if (v < 0) {
-        v = detect_bf16();
-        __atomic_store_n(&avail, v, __ATOMIC_RELAXED);
-    }
-    return v;
-}
+int gemm_bf16_available(void) { return cpu_has(CPU_AVX512_BF16); }
 
 static float round_bf16(float x)
 {

@@ -1,7 +1,9 @@
 #include "image.h"
 #include "util.h"
 
+#include <dlfcn.h>
 #include <math.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,18 +15,76 @@
 
 #define MAX_PIXELS (1L << 28) /* refuse decompression bombs */
 
+/* libvips is loaded with dlopen on the first image that is not a JPEG, not
+ * linked: it and the ~80 libraries it pulls in cost ~40 ms of start-up per
+ * process (the decode of 150 small JPEGs) in a tool whose input is nearly
+ * always JPEG. */
+static struct {
+    __typeof__(vips_init) *init;
+    __typeof__(vips_concurrency_set) *concurrency_set;
+    __typeof__(vips_cache_set_max) *cache_set_max;
+    __typeof__(vips_thread_shutdown) *thread_shutdown;
+    __typeof__(vips_error_buffer) *error_buffer;
+    __typeof__(vips_error_clear) *error_clear;
+    __typeof__(vips_image_new_from_buffer) *new_from_buffer;
+    __typeof__(vips_image_hasalpha) *hasalpha;
+    __typeof__(vips_extract_band) *extract_band;
+    __typeof__(vips_colourspace) *colourspace;
+    __typeof__(vips_cast_uchar) *cast_uchar;
+    __typeof__(vips_image_write_to_memory) *write_to_memory;
+    __typeof__(g_object_unref) *unref;
+    __typeof__(g_free) *free;
+} vips;
+static const char *vips_argv0 = "clip";
+static pthread_once_t vips_once = PTHREAD_ONCE_INIT;
+static int vips_ready;         /* 1 loaded, -1 failed; set once, read with acquire */
+static char vips_failure[256]; /* why, when -1 */
+
+static void vips_load(void)
+{
+    char so[32];
+    snprintf(so, sizeof so, "libvips.so.%d", VIPS_LIBRARY_CURRENT - VIPS_LIBRARY_AGE);
+    void *h = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+    int ok = h != NULL;
+#define SYM(field, name) if (ok && !(*(void **)&vips.field = dlsym(h, #name))) ok = 0
+    SYM(init, vips_init);
+    SYM(concurrency_set, vips_concurrency_set);
+    SYM(cache_set_max, vips_cache_set_max);
+    SYM(thread_shutdown, vips_thread_shutdown);
+    SYM(error_buffer, vips_error_buffer);
+    SYM(error_clear, vips_error_clear);
+    SYM(new_from_buffer, vips_image_new_from_buffer);
+    SYM(hasalpha, vips_image_hasalpha);
+    SYM(extract_band, vips_extract_band);
+    SYM(colourspace, vips_colourspace);
+    SYM(cast_uchar, vips_cast_uchar);
+    SYM(write_to_memory, vips_image_write_to_memory);
+    SYM(unref, g_object_unref);
+    SYM(free, g_free);
+#undef SYM
+    if (!ok) {
+        snprintf(vips_failure, sizeof vips_failure, "cannot load %s: %s", so, dlerror());
+    } else if (vips.init(vips_argv0)) {
+        snprintf(vips_failure, sizeof vips_failure, "libvips: %s", vips.error_buffer());
+        vips_failure[strcspn(vips_failure, "\n")] = 0;
+        ok = 0;
+    } else {
+        vips.concurrency_set(1);
+        vips.cache_set_max(0);
+    }
+    __atomic_store_n(&vips_ready, ok ? 1 : -1, __ATOMIC_RELEASE);
+}
+
 int image_init(const char *argv0)
 {
-    if (VIPS_INIT(argv0)) {
-        clip_set_error("libvips: %s", vips_error_buffer());
-        return -1;
-    }
-    vips_concurrency_set(1);
-    vips_cache_set_max(0);
+    if (argv0) vips_argv0 = argv0;
     return 0;
 }
 
-void image_thread_done(void) { vips_thread_shutdown(); }
+void image_thread_done(void)
+{
+    if (__atomic_load_n(&vips_ready, __ATOMIC_ACQUIRE) == 1) vips.thread_shutdown();
+}
 
 int image_resize_parse(const char *name)
 {
@@ -75,8 +135,11 @@ static void jpeg_on_message(j_common_ptr c, int level)
     if (level < 0 && c->err->msg_code == JWRN_JPEG_EOF) ((jpeg_err *)c->err)->truncated = 1;
 }
 
-/* 1 = decoded, 0 = not for this decoder (CMYK: left to libvips), -1 = error */
-static int decode_jpeg(const void *buf, size_t len, image_rgb *out, const char *what)
+/* 1 = decoded into a new out->px, 2 = the image is fit x fit and was decoded
+ * straight into fit_px (out->px NULL), 0 = not for this decoder (CMYK: left
+ * to libvips), -1 = error */
+static int decode_jpeg(const void *buf, size_t len, image_rgb *out, int fit,
+                       unsigned char *fit_px, const char *what)
 {
     struct jpeg_decompress_struct ci;
     jpeg_err err;
@@ -87,7 +150,7 @@ static int decode_jpeg(const void *buf, size_t len, image_rgb *out, const char *
     err.truncated = 0;
     if (setjmp(err.jb)) {
         jpeg_destroy_decompress(&ci);
-        free(px);
+        if (px != fit_px) free(px);
         clip_set_error("%s: corrupt JPEG: %s", what, err.msg);
         return -1;
     }
@@ -106,7 +169,8 @@ static int decode_jpeg(const void *buf, size_t len, image_rgb *out, const char *
         clip_set_error("%s: image too large (%dx%d)", what, w, h);
         return -1;
     }
-    px = xmalloc((size_t)w * h * 3);
+    int direct = fit_px && w == fit && h == fit;
+    px = direct ? fit_px : xmalloc((size_t)w * h * 3);
     while (ci.output_scanline < ci.output_height && !err.truncated) {
         JSAMPROW row = px + (size_t)ci.output_scanline * w * 3;
         jpeg_read_scanlines(&ci, &row, 1);
@@ -114,54 +178,59 @@ static int decode_jpeg(const void *buf, size_t len, image_rgb *out, const char *
     if (!err.truncated) jpeg_finish_decompress(&ci);
     jpeg_destroy_decompress(&ci);
     if (err.truncated) {
-        free(px);
+        if (!direct) free(px);
         clip_set_error("%s: corrupt JPEG: premature end of data (truncated file?)", what);
         return -1;
     }
     out->w = w;
     out->h = h;
-    out->px = px;
-    return 1;
+    out->px = direct ? NULL : px;
+    return direct ? 2 : 1;
 }
 
 /* ---- everything else via libvips */
 
 static int decode_vips(const void *buf, size_t len, image_rgb *out, const char *what)
 {
-    VipsImage *im = vips_image_new_from_buffer(buf, len, "", "access", VIPS_ACCESS_SEQUENTIAL,
-                                               "fail_on", VIPS_FAIL_ON_ERROR, NULL);
+    pthread_once(&vips_once, vips_load);
+    if (vips_ready < 0) {
+        clip_set_error("%s: cannot decode image: %s", what, vips_failure);
+        return -1;
+    }
+    VipsImage *im = vips.new_from_buffer(buf, len, "", "access", VIPS_ACCESS_SEQUENTIAL,
+                                         "fail_on", VIPS_FAIL_ON_ERROR, NULL);
     VipsImage *t;
     if (!im) goto fail;
     if ((long)im->Xsize * im->Ysize > MAX_PIXELS) {
         clip_set_error("%s: image too large (%dx%d)", what, im->Xsize, im->Ysize);
-        g_object_unref(im);
-        vips_error_clear();
+        vips.unref(im);
+        vips.error_clear();
         return -1;
     }
-    if (vips_image_hasalpha(im)) { /* PIL's convert("RGB") drops alpha */
-        if (vips_extract_band(im, &t, 0, "n", im->Bands - 1, NULL)) goto fail;
-        g_object_unref(im);
+    if (vips.hasalpha(im)) { /* PIL's convert("RGB") drops alpha */
+        if (vips.extract_band(im, &t, 0, "n", im->Bands - 1, NULL)) goto fail;
+        vips.unref(im);
         im = t;
     }
     int grey8 = im->Bands == 1 && im->BandFmt == VIPS_FORMAT_UCHAR;
     if (!grey8 && !(im->Bands == 3 && im->BandFmt == VIPS_FORMAT_UCHAR)) {
-        if (vips_colourspace(im, &t, VIPS_INTERPRETATION_sRGB, NULL)) goto fail;
-        g_object_unref(im);
+        if (vips.colourspace(im, &t, VIPS_INTERPRETATION_sRGB, NULL)) goto fail;
+        vips.unref(im);
         im = t;
-        if (vips_cast_uchar(im, &t, NULL)) goto fail;
-        g_object_unref(im);
+        if (vips.cast_uchar(im, &t, NULL)) goto fail;
+        vips.unref(im);
         im = t;
         if (im->Bands != 3) {
             clip_set_error("%s: cannot convert %d bands to RGB", what, im->Bands);
-            g_object_unref(im);
+            vips.unref(im);
             return -1;
         }
     }
     size_t n;
-    unsigned char *mem = vips_image_write_to_memory(im, &n);
+    unsigned char *mem = vips.write_to_memory(im, &n);
     if (!mem) goto fail;
     int w = im->Xsize, h = im->Ysize;
-    g_object_unref(im);
+    vips.unref(im);
     out->w = w;
     out->h = h;
     out->px = xmalloc((size_t)w * h * 3);
@@ -171,20 +240,23 @@ static int decode_vips(const void *buf, size_t len, image_rgb *out, const char *
     } else {
         memcpy(out->px, mem, (size_t)w * h * 3);
     }
-    g_free(mem);
+    vips.free(mem);
     return 0;
 fail:;
     /* first line of the libvips message only: one-line errors */
     char msg[256];
-    snprintf(msg, sizeof msg, "%s", vips_error_buffer());
+    snprintf(msg, sizeof msg, "%s", vips.error_buffer());
     msg[strcspn(msg, "\n")] = 0;
-    vips_error_clear();
-    if (im) g_object_unref(im);
+    vips.error_clear();
+    if (im) vips.unref(im);
     clip_set_error("%s: cannot decode image: %s", what, *msg ? msg : "unknown format");
     return -1;
 }
 
-int image_decode(const void *buf, size_t len, image_rgb *out, const char *what)
+/* image_decode, or with fit_px set: 1 if the image was fit x fit and is
+ * decoded into fit_px (out left empty). */
+static int decode(const void *buf, size_t len, image_rgb *out, int fit, unsigned char *fit_px,
+                  const char *what)
 {
     memset(out, 0, sizeof *out);
     const char *type = image_type(buf, len);
@@ -193,10 +265,15 @@ int image_decode(const void *buf, size_t len, image_rgb *out, const char *what)
         return -1;
     }
     if (!strcmp(type, "jpg")) {
-        int rc = decode_jpeg(buf, len, out, what);
-        if (rc) return rc < 0 ? -1 : 0;
+        int rc = decode_jpeg(buf, len, out, fit, fit_px, what);
+        if (rc) return rc < 0 ? -1 : rc - 1;
     }
     return decode_vips(buf, len, out, what);
+}
+
+int image_decode(const void *buf, size_t len, image_rgb *out, const char *what)
+{
+    return decode(buf, len, out, 0, NULL, what);
 }
 
 /* ---- Pillow-compatible bicubic resampling */
@@ -396,8 +473,11 @@ void image_preprocess(const image_rgb *in, int size, enum image_resize mode, uns
 int image_load(const void *buf, size_t len, int size, enum image_resize mode, unsigned char *out,
                const char *what)
 {
+    /* an image that already has the output size is its own preprocessing
+     * (every mode is the identity then): it is decoded in place */
     image_rgb im;
-    if (image_decode(buf, len, &im, what)) return -1;
+    int rc = decode(buf, len, &im, size, out, what);
+    if (rc) return rc < 0 ? -1 : 0;
     image_preprocess(&im, size, mode, out);
     image_free(&im);
     return 0;

@@ -9,9 +9,10 @@
  *
  * JPEG is decoded with libjpeg(-turbo) directly (the same decoder and default
  * settings as Pillow; libvips' per-image pipeline overhead is several times
- * the decode of a small photo), every other format with libvips. Like the
- * reference (PIL open + convert("RGB")) EXIF orientation is not applied,
- * alpha is dropped (not composited) and grey is replicated to RGB. */
+ * the decode of a small photo), every other format with libvips (loaded on
+ * first use). Like the reference (PIL open + convert("RGB")) EXIF
+ * orientation is not applied, alpha is dropped (not composited) and grey is
+ * replicated to RGB. */
 #ifndef CLIP_IMAGE_H
 #define CLIP_IMAGE_H
 
@@ -30,10 +31,13 @@ enum image_resize { IMAGE_CROP, IMAGE_LETTERBOX, IMAGE_SQUASH };
 #define IMAGE_PAD_G 117
 #define IMAGE_PAD_B 104
 
-/* Call once from main before any decoding (initialises libvips: one thread
- * per call, operation cache off). */
+/* Call once from main before any decoding. libvips is loaded (dlopen) and
+ * initialised (one thread per call, operation cache off) only when the first
+ * non-JPEG image is decoded; if it cannot be, that image's decode fails with
+ * the reason. */
 int image_init(const char *argv0);
-/* Call at the end of each worker thread that decoded (frees libvips' per-thread state). */
+/* Call at the end of each worker thread that decoded (frees libvips'
+ * per-thread state, if it was loaded). */
 void image_thread_done(void);
 
 /* Parse "crop" | "letterbox" | "squash"; -1 if unknown. */
@@ -60,7 +64,8 @@ void image_resize_window(const image_rgb *in, int out_w, int out_h, int x0, int 
  *  squash:    both sides -> size (Chinese-CLIP's Resize((size, size))). */
 void image_preprocess(const image_rgb *in, int size, enum image_resize mode, unsigned char *out);
 
-/* Decode + preprocess in one call. */
+/* Decode + preprocess in one call; a JPEG that is already size x size is
+ * decoded straight into out. */
 int image_load(const void *buf, size_t len, int size, enum image_resize mode, unsigned char *out,
                const char *what);
 

@@ -48,7 +48,7 @@ unsigned char *npy_encode(enum npy_dtype t, int ndim, const int64_t *shape, cons
     memcpy(out + 10, hdr, n);
     memset(out + 10 + n, ' ', padded - 10 - n - 1);
     out[padded - 1] = '\n';
-    if (dlen) memcpy(out + padded, data, dlen);
+    if (dlen && data) memcpy(out + padded, data, dlen);
     *len = padded + dlen;
     return out;
 }

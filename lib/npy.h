@@ -24,7 +24,8 @@ const char *npy_dtype_name(enum npy_dtype t); /* "uint8", "int32", ... */
  * (what = the name used in the message, e.g. "key.img.npy"). */
 int npy_parse(const void *buf, size_t len, npy_array *out, const char *what);
 
-/* Encode to a malloc'd buffer; *len receives its size. */
+/* Encode to a malloc'd buffer; *len receives its size. data NULL: the data
+ * part (the last count * dtype size bytes) is left for the caller to fill. */
 unsigned char *npy_encode(enum npy_dtype t, int ndim, const int64_t *shape, const void *data,
                           size_t *len);
 

@@ -427,6 +427,7 @@ stream_writer *stream_open_write(const char *endpoint)
     w->mtime = sde ? (time_t)strtoll(sde, NULL, 10) : time(NULL);
     w->aw = archive_write_new();
     archive_write_set_format_pax_restricted(w->aw);
+    archive_write_set_bytes_per_block(w->aw, 64 << 10); /* 10 KB: ~15 writes per image */
     archive_write_set_bytes_in_last_block(w->aw, 1);
     int rc;
     struct stat st;

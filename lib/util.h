@@ -54,4 +54,8 @@ void progress_end(progress *p, size_t done);
 /* Parse a positive integer option value or die naming the option. */
 long parse_long_option(const char *opt, const char *val, long min, long max);
 
+/* CPU features checked once at run time (CPUID and the OS's XCR0 state) */
+enum cpu_feature { CPU_AVX512_BF16, CPU_AVX512_VNNI };
+int cpu_has(enum cpu_feature f);
+
 #endif

@@ -3,6 +3,7 @@
 #include "annotations.h"
 #include "image.h"
 #include "image_source.h"
+#include "npy.h"
 #include "stream.h"
 #include "util.h"
 
@@ -39,22 +40,30 @@ typedef struct {
 
 typedef struct {
     int done;
-    unsigned char *px, *orig;
-    size_t orig_len;
+    unsigned char *npy, *orig; /* img.npy (header + pixels), original bytes */
+    size_t npy_len, orig_len;
     char *err;
 } slot;
 
+/* Workers decode jobs in order into a ring of slots, at most `ring` ahead of
+ * the writer. Each side sleeps only when it must and is woken once per batch
+ * of ring/2 images, not once per image. */
 typedef struct {
     const job *jobs;
-    size_t n, next, consumed, ring;
+    size_t n, next, consumed, ring, batch_end;
     slot *slots;
     image_source *src;
     int size, mode, keep_original, stop;
+    const unsigned char *npy_header; /* the .npy header of uint8 [size, size, 3] */
+    size_t npy_header_len;
+    int writer_waits, workers_waiting;
     pthread_mutex_t lock;
     pthread_cond_t space, done;
 } pool;
 
-static void process(pool *p, const job *j, slot *out)
+/* The pixels are decoded straight behind a copy of the .npy header, so the
+ * img.npy field needs no copy of its own. */
+static void process(const pool *p, const job *j, slot *out)
 {
     size_t len;
     unsigned char *bytes = image_source_read(p->src, j->image, &len);
@@ -62,11 +71,13 @@ static void process(pool *p, const job *j, slot *out)
         out->err = xstrdup(clip_error());
         return;
     }
-    out->px = xmalloc((size_t)p->size * p->size * 3);
-    if (image_load(bytes, len, p->size, p->mode, out->px, j->image)) {
+    out->npy_len = p->npy_header_len + (size_t)p->size * p->size * 3;
+    out->npy = xmalloc(out->npy_len);
+    memcpy(out->npy, p->npy_header, p->npy_header_len);
+    if (image_load(bytes, len, p->size, p->mode, out->npy + p->npy_header_len, j->image)) {
         out->err = xstrdup(clip_error());
-        free(out->px);
-        out->px = NULL;
+        free(out->npy);
+        out->npy = NULL;
         free(bytes);
         return;
     }
@@ -78,14 +89,24 @@ static void process(pool *p, const job *j, slot *out)
     }
 }
 
-/* Workers take jobs in order but stay at most `ring` ahead of the writer. */
+/* are slots [p->consumed, p->batch_end) all done? (under the lock) */
+static int batch_ready(const pool *p)
+{
+    for (size_t i = p->consumed; i < p->batch_end; i++)
+        if (!p->slots[i % p->ring].done) return 0;
+    return 1;
+}
+
 static void *worker(void *arg)
 {
     pool *p = arg;
     for (;;) {
         pthread_mutex_lock(&p->lock);
-        while (!p->stop && p->next < p->n && p->next >= p->consumed + p->ring)
+        while (!p->stop && p->next < p->n && p->next >= p->consumed + p->ring) {
+            p->workers_waiting++;
             pthread_cond_wait(&p->space, &p->lock);
+            p->workers_waiting--;
+        }
         if (p->stop || p->next >= p->n) {
             pthread_mutex_unlock(&p->lock);
             break;
@@ -97,11 +118,43 @@ static void *worker(void *arg)
         r.done = 1;
         pthread_mutex_lock(&p->lock);
         p->slots[i % p->ring] = r;
-        pthread_cond_broadcast(&p->done);
+        if (p->writer_waits && i < p->batch_end && batch_ready(p)) {
+            p->writer_waits = 0;
+            pthread_cond_signal(&p->done);
+        }
         pthread_mutex_unlock(&p->lock);
     }
     image_thread_done();
     return NULL;
+}
+
+/* Move the next batch of results (from slot `first`) into out; returns its size. */
+static size_t take_batch(pool *p, size_t first, slot *out)
+{
+    size_t k = p->ring / 2 ? p->ring / 2 : 1;
+    if (k > p->n - first) k = p->n - first;
+    pthread_mutex_lock(&p->lock);
+    p->batch_end = first + k;
+    while (!batch_ready(p)) {
+        p->writer_waits = 1;
+        pthread_cond_wait(&p->done, &p->lock);
+    }
+    p->writer_waits = 0;
+    for (size_t i = 0; i < k; i++) {
+        out[i] = p->slots[(first + i) % p->ring];
+        memset(&p->slots[(first + i) % p->ring], 0, sizeof *out);
+    }
+    p->consumed = first + k;
+    if (p->workers_waiting) pthread_cond_broadcast(&p->space);
+    pthread_mutex_unlock(&p->lock);
+    return k;
+}
+
+static void slot_free(slot *r)
+{
+    free(r->npy);
+    free(r->orig);
+    free(r->err);
 }
 
 /* WebDataset key: file name without extension, other dots -> '_'. */
@@ -213,30 +266,42 @@ int main(int argc, char **argv)
     stream_writer *w = stream_open_write(out);
     if (!w) die("%s", clip_error());
 
+    int64_t shape[3] = {size, size, 3};
+    size_t npy_len;
+    unsigned char *npy_header = npy_encode(NPY_U8, 3, shape, NULL, &npy_len);
     pool p = {.jobs = jobs, .n = n, .ring = 4 * threads, .src = src, .size = size, .mode = mode,
-              .keep_original = keep};
+              .keep_original = keep, .npy_header = npy_header,
+              .npy_header_len = npy_len - (size_t)size * size * 3};
+    /* one thread: decode in this one, no hand-over at all */
+    long n_workers = threads > 1 ? threads : 0;
     p.slots = xcalloc(p.ring, sizeof *p.slots);
+    slot *batch = xcalloc(p.ring, sizeof *batch);
     pthread_mutex_init(&p.lock, NULL);
     pthread_cond_init(&p.space, NULL);
     pthread_cond_init(&p.done, NULL);
     pthread_t *tids = xmalloc(threads * sizeof *tids);
-    for (long t = 0; t < threads; t++) pthread_create(&tids[t], NULL, worker, &p);
+    for (long t = 0; t < n_workers; t++) pthread_create(&tids[t], NULL, worker, &p);
 
     progress prog;
     progress_start(&prog, "clip-prep", "images", n, show);
     sample s;
     sample_init(&s);
-    size_t written = 0, bad = 0;
+    size_t written = 0, bad = 0, i = 0, k = 0, b = 0;
     char *fatal = NULL;
-    int64_t shape[3] = {size, size, 3};
-    for (size_t i = 0; i < n && !fatal; i++) {
-        pthread_mutex_lock(&p.lock);
-        while (!p.slots[i % p.ring].done) pthread_cond_wait(&p.done, &p.lock);
-        slot r = p.slots[i % p.ring];
-        memset(&p.slots[i % p.ring], 0, sizeof r);
-        p.consumed = i + 1;
-        pthread_cond_broadcast(&p.space);
-        pthread_mutex_unlock(&p.lock);
+    while (i < n && !fatal) {
+        if (b == k) {
+            b = 0;
+            if (n_workers) {
+                k = take_batch(&p, i, batch);
+            } else {
+                k = 1;
+                batch[0] = (slot){0};
+                process(&p, &jobs[i], &batch[0]);
+            }
+        }
+        slot r = batch[b];
+        batch[b++] = (slot){0};
+        const job *j = &jobs[i++];
         if (r.err) {
             if (skip_bad) {
                 warn("skipping %s", r.err);
@@ -248,13 +313,12 @@ int main(int argc, char **argv)
             continue;
         }
         sample_clear(&s);
-        char *key = make_key(jobs[i].image);
+        char *key = make_key(j->image);
         sample_set_key(&s, key);
         free(key);
-        char *meta = meta_json(&jobs[i]);
+        char *meta = meta_json(j);
         sample_set(&s, "json", meta, strlen(meta));
-        sample_set_npy(&s, "img.npy", NPY_U8, 3, shape, r.px);
-        free(r.px);
+        sample_set(&s, "img.npy", r.npy, r.npy_len);
         if (r.orig) sample_set(&s, image_type(r.orig, r.orig_len), r.orig, r.orig_len);
         if (stream_write(w, &s)) fatal = xstrdup(clip_error());
         else written++;
@@ -265,11 +329,10 @@ int main(int argc, char **argv)
     p.stop = 1;
     pthread_cond_broadcast(&p.space);
     pthread_mutex_unlock(&p.lock);
-    for (long t = 0; t < threads; t++) pthread_join(tids[t], NULL);
-    for (size_t i = 0; i < p.ring; i++) {
-        free(p.slots[i].px);
-        free(p.slots[i].orig);
-        free(p.slots[i].err);
+    for (long t = 0; t < n_workers; t++) pthread_join(tids[t], NULL);
+    for (size_t t = 0; t < p.ring; t++) {
+        slot_free(&p.slots[t]);
+        slot_free(&batch[t]);
     }
     if (fatal) stream_abort_write(w);
     else if (stream_close_write(w)) fatal = xstrdup(clip_error());
@@ -282,6 +345,8 @@ int main(int argc, char **argv)
     free(jobs);
     free(paths);
     free(p.slots);
+    free(batch);
+    free(npy_header);
     free(tids);
     return 0;
 }

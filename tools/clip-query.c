@@ -5,9 +5,11 @@
 #include <jansson.h>
 #include <math.h>
 #include <omp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "blas.h"
@@ -39,7 +41,8 @@ static void usage(FILE *f)
             "  -k N                     results shown (default 5)\n"
             "      --json               print a JSON array instead of lines\n"
             "      --serve ADDR         load once, then answer JSON requests on a ZeroMQ REP\n"
-            "                           socket bound to ADDR (e.g. tcp://127.0.0.1:5557)\n"
+            "                           socket bound to ADDR (e.g. tcp://127.0.0.1:5557) until\n"
+            "                           {\"quit\": true}, SIGINT or SIGTERM\n"
             "      --request ADDR JSON  send one request to a --serve ADDR and print the reply\n"
             "      --timeout SEC        --request: seconds to wait for the reply (default 600)\n"
             "  -t, --threads N          OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
@@ -357,33 +360,58 @@ out:
 static void send_json(void *sock, json_t *j)
 {
     char *s = json_dumps(j, JSON_COMPACT);
-    if (zmq_send(sock, s, strlen(s), 0) < 0) warn("send: %s", zmq_strerror(zmq_errno()));
+    int rc;
+    while ((rc = zmq_send(sock, s, strlen(s), 0)) < 0 && zmq_errno() == EINTR) {}
+    if (rc < 0) warn("send: %s", zmq_strerror(zmq_errno()));
     free(s);
 }
 
+static volatile sig_atomic_t stop_signal;
+static void on_signal(int sig) { stop_signal = sig; }
+
+/* Answers until {"quit": true} (returns 0) or SIGINT/SIGTERM (returns 128 + the
+ * signal). The handlers restart interrupted system calls, so a request being
+ * answered (say, an image read from a pipe) finishes and its reply goes out; the
+ * loop waits in zmq_poll, which a signal always interrupts, with a timeout in case
+ * the signal went to another thread (OpenMP, OpenBLAS). */
 static int serve(server *sv, const char *addr)
 {
     void *ctx = zmq_ctx_new(), *sock = zmq_socket(ctx, ZMQ_REP);
     if (zmq_bind(sock, addr)) die("%s: cannot bind: %s", addr, zmq_strerror(zmq_errno()));
+    struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESTART};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     fprintf(stderr, "%s: serving on %s\n", clip_progname, addr);
     int quit = 0;
-    while (!quit) {
+    while (!quit && !stop_signal) {
+        zmq_pollitem_t it = {.socket = sock, .events = ZMQ_POLLIN};
+        int n = zmq_poll(&it, 1, 200);
+        if (n < 0 && zmq_errno() != EINTR) die("%s: poll: %s", addr, zmq_strerror(zmq_errno()));
+        if (n <= 0 || stop_signal) continue;
         zmq_msg_t msg;
         zmq_msg_init(&msg);
-        if (zmq_msg_recv(&msg, sock, 0) < 0) {
-            if (zmq_errno() == EINTR) continue;
-            die("%s: receive: %s", addr, zmq_strerror(zmq_errno()));
+        if (zmq_msg_recv(&msg, sock, ZMQ_DONTWAIT) < 0) {
+            int e = zmq_errno();
+            zmq_msg_close(&msg);
+            if (e == EINTR || e == EAGAIN) continue;
+            die("%s: receive: %s", addr, zmq_strerror(e));
         }
         json_t *reply = answer(sv, zmq_msg_data(&msg), zmq_msg_size(&msg), &quit);
         zmq_msg_close(&msg);
         send_json(sock, reply);
         json_decref(reply);
     }
+    /* not 0: the last reply may still be queued; 1 s bounds the wait for a client
+     * that went away */
     int linger = 1000;
     zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_close(sock);
-    zmq_ctx_term(ctx);
-    return 0;
+    while (zmq_ctx_term(ctx) < 0 && zmq_errno() == EINTR) {}
+    const char *path = strncmp(addr, "ipc://", 6) ? NULL : addr + 6;
+    if (path && *path != '@' && strcmp(path, "*")) unlink(path); /* libzmq 4.3 leaves it */
+    if (!stop_signal) return 0;
+    fprintf(stderr, "%s: stopped by %s\n", clip_progname, stop_signal == SIGINT ? "SIGINT" : "SIGTERM");
+    return 128 + stop_signal;
 }
 
 /* --request ADDR JSON: exit 0 with the reply on stdout, 1 if it is {"error": ...} */

@@ -158,3 +158,102 @@ PY
     run timeout 20 $BIN/clip-query --request tcp://127.0.0.1:1 --timeout 1 '{"quit": true}'
     [ "$status" -eq 1 ]; [[ "$output" == *"tcp://127.0.0.1:1: no reply"* ]]; [ "${#lines[@]}" -eq 1 ]
 }
+
+@test "errors: an index embedded in another dimension names the file, sample and both dims" {
+    # sample a is right (32, the fixture model's dimension), sample b has 16
+    /usr/bin/python3 - "$T" <<'PY'
+import io, json, sys, tarfile
+import numpy as np
+t = sys.argv[1]
+def add(tf, name, data):
+    ti = tarfile.TarInfo(name); ti.size = len(data); tf.addfile(ti, io.BytesIO(data))
+def npy(a):
+    b = io.BytesIO(); np.save(b, a); return b.getvalue()
+with tarfile.open(f"{t}/dim.tar", "w", format=tarfile.USTAR_FORMAT) as tf:
+    for key, d in [("a", 32), ("b", 16)]:
+        add(tf, f"{key}.json", json.dumps({"image": f"{key}.jpg", "captions": ["x", "y"]}).encode())
+        add(tf, f"{key}.img_emb.npy", npy(np.ones(d, np.float32) / d ** 0.5))
+        add(tf, f"{key}.txt_emb.npy", npy(np.ones((2, d), np.float32) / d ** 0.5))
+PY
+    run $Q --index "$T/dim.tar" --text a
+    [ "$status" -eq 1 ]; [ "${#lines[@]}" -eq 1 ]
+    [[ "$output" == *"$T/dim.tar: sample b: img_emb.npy has dimension 16 but the model embeds in 32" ]]
+    run $Q --index "$T/dim.tar" --image "$IMG"
+    [ "$status" -eq 1 ]; [ "${#lines[@]}" -eq 1 ]
+    [[ "$output" == *"$T/dim.tar: sample b: txt_emb.npy has dimension 16 but the model embeds in 32" ]]
+    # a server reads its index before it binds: the same error, nothing served
+    run timeout 60 $Q --index "$T/dim.tar" --serve "ipc://$T/dim.sock"
+    [ "$status" -eq 1 ]; [ "${#lines[@]}" -eq 1 ]
+    [[ "$output" == *"$T/dim.tar: sample b: img_emb.npy has dimension 16 but the model embeds in 32" ]]
+    [ ! -e "$T/dim.sock" ]
+}
+
+# a server on ipc:// in $T, once it has answered a request
+start_server() {
+    ADDR="ipc://$T/q.sock"
+    $Q --serve "$ADDR" 2> "$T/serve.err" &
+    SPID=$!
+    run timeout 60 $BIN/clip-query --request "$ADDR" '{"image": "'"$IMG"'", "labels": ["!", "#"]}'
+    [ "$status" -eq 0 ]; [[ "$output" == *'"label"'* ]]
+}
+
+# the server's exit status in $st; fails unless it exits within 5 s
+reap() {
+    timeout 5 tail --pid="$SPID" -s 0.1 -f /dev/null || { kill -9 "$SPID"; false; }
+    st=0
+    wait "$SPID" || st=$?
+    SPID=
+}
+
+@test "serve: SIGTERM stops it with status 143, one line, the ipc socket file removed" {
+    start_server
+    [ -S "$T/q.sock" ]
+    kill -TERM "$SPID"
+    reap
+    [ "$st" -eq 143 ]
+    [ "$(tail -n 1 "$T/serve.err")" = "clip-query: stopped by SIGTERM" ]
+    [ "$(wc -l < "$T/serve.err")" -eq 2 ] # "serving on ...", then that
+    [ ! -e "$T/q.sock" ]
+}
+
+@test "serve: SIGINT stops it with status 130" {
+    start_server
+    kill -INT "$SPID"
+    reap
+    [ "$st" -eq 130 ]
+    [ "$(tail -n 1 "$T/serve.err")" = "clip-query: stopped by SIGINT" ]
+    [ ! -e "$T/q.sock" ]
+}
+
+@test "serve: SIGTERM while a request is being answered: its reply goes out, then it stops" {
+    start_server
+    mkfifo "$T/img.fifo"
+    timeout 60 $BIN/clip-query --request "$ADDR" \
+        '{"image": "'"$T/img.fifo"'", "labels": ["!", "#"]}' > "$T/reply.json" &
+    CPID=$!
+    # the server blocks opening the fifo: once a writer can open it, the request is being
+    # answered; let it block reading, signal it, and only then give it the image
+    /usr/bin/python3 - "$T/img.fifo" "$SPID" "$IMG" <<'PY'
+import errno, os, signal, sys, time
+fifo, pid, img = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+for _ in range(1200):
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        break
+    except OSError as e:
+        if e.errno != errno.ENXIO: raise
+        time.sleep(0.05)
+else:
+    sys.exit("the server never opened the fifo")
+time.sleep(0.3)
+os.kill(pid, signal.SIGTERM)
+time.sleep(0.3)
+os.set_blocking(fd, True)
+with os.fdopen(fd, "wb") as f: f.write(open(img, "rb").read())
+PY
+    wait "$CPID" # the client got a reply, and not an error
+    grep -q '"label"' "$T/reply.json"
+    reap
+    [ "$st" -eq 143 ]
+    [ "$(tail -n 1 "$T/serve.err")" = "clip-query: stopped by SIGTERM" ]
+}

@@ -1,4 +1,4 @@
-/* Embedding throughput of the C towers, fp32 then bf16 (--amp): bench_embed CKPT [B_IMG] [B_TXT] [L]
+/* Embedding throughput of the C towers, fp32, bf16 (--amp), then int8 (--int8): bench_embed CKPT [B_IMG] [B_TXT] [L]
  * prints "key value" lines (read by tests/ref/bench_embed.py): the OpenBLAS
  * kernel, a 4096^3 sgemm's GFLOP/s, images/s and texts/s with their
  * GFLOP/s and the share of time in big GEMMs and attention. */
@@ -39,9 +39,10 @@ int main(int argc, char **argv)
     if (!m) die("%s", clip_error());
     m->max_batch = bi > bt ? bi : bt;
 
-    for (int bf16 = 0; bf16 < 2; bf16++) {
-        blas_set_bf16(bf16);
-        const char *sfx = bf16 ? "_bf16" : "";
+    for (int mode = 0; mode < 3; mode++) {
+        blas_set_bf16(mode == 1);
+        blas_set_int8(mode == 2);
+        const char *sfx = mode == 1 ? "_bf16" : mode == 2 ? "_int8" : "";
         if (m->visual && bi > 0) {
             int R = clip_image_resolution(m);
             uint8_t *px = xmalloc((size_t)bi * R * R * 3);

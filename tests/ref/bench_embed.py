@@ -2,7 +2,9 @@
 """bench_embed.py CKPT C_BENCH: images/s (ViT-B/16, B=32) and texts/s
 (BERT-base, B=32, L=52) of the C towers (C_BENCH, tests/bench/bench_embed.c)
 and of PyTorch at its best here (OpenBLAS's own kernel, passive OpenMP
-waits, 2 threads) on the same checkpoint and inputs, in one table."""
+waits, 2 threads) on the same checkpoint and inputs, in one table; then how
+far clip-embed's fp32, --amp and --int8 embeddings of the first ACC_N cn_val
+images and captions are from PyTorch's fp32 ones (cosine)."""
 import os
 import subprocess
 import sys
@@ -21,6 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_ref import ChineseCLIP, bert_config, encode_image  # noqa: E402
 
 B_IMG, B_TXT, L, REPS = 32, 32, 52, 2
+ACC_N = 64
+DATA = "../shared/data/flickr8k-cn"
 VIT_GFLOP_PER_IMAGE = 35.1
 
 
@@ -56,7 +60,45 @@ def torch_bench(ckpt):
     s_txt = timed(lambda: model.encode_text(ids), REPS)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         a_img = timed(lambda: encode_image(model, pixels), REPS)
-    return B_IMG / s_img, B_TXT / s_txt, B_IMG / a_img
+    # PyTorch's own int8: dynamic quantisation of every nn.Linear (fbgemm). The ViT's
+    # attention in/out projections (nn.MultiheadAttention) stay fp32 there.
+    q = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    q_img = timed(lambda: encode_image(q, pixels), REPS)
+    q_txt = timed(lambda: q.encode_text(ids), REPS)
+    return B_IMG / s_img, B_TXT / s_txt, B_IMG / a_img, B_IMG / q_img, B_TXT / q_txt, model
+
+
+def accuracy(ckpt, model):
+    """min and mean cosine of clip-embed's embeddings to PyTorch fp32's, per mode"""
+    import io
+    import json
+    import tarfile
+    import tempfile
+    from model_ref import normalize
+    with tempfile.TemporaryDirectory() as tmp:
+        ann = json.load(open(f"{DATA}/cn_val.json"))[:ACC_N]
+        json.dump(ann, open(f"{tmp}/ann.json", "w"))
+        subprocess.run(f"bin/clip-prep --annotations {tmp}/ann.json --root {DATA} | bin/clip-tokenize "
+                       f"--vocab {DATA}/../vocab/bert-chinese-vocab.txt > {tmp}/in.tar", shell=True, check=True)
+        rows = []
+        for flag in ("", "--amp", "--int8"):
+            subprocess.run(f"bin/clip-embed --model {ckpt} {flag} < {tmp}/in.tar > {tmp}/out.tar",
+                           shell=True, check=True)
+            ci, ct = [], []
+            with tarfile.open(f"{tmp}/out.tar") as tf, torch.no_grad():
+                s = {}
+                for m in tf:
+                    key, field = m.name.split(".", 1)
+                    if field.endswith(".npy"):
+                        s.setdefault(key, {})[field] = np.load(io.BytesIO(tf.extractfile(m).read()))
+                px = np.stack([v["img.npy"] for v in s.values()])
+                ref_img = normalize(encode_image(model, px))
+                for i, v in enumerate(s.values()):
+                    ci.append(float(ref_img[i] @ v["img_emb.npy"]))
+                    ref_txt = normalize(model.encode_text(torch.from_numpy(v["tok.npy"]).long()))
+                    ct += [float(a @ b) for a, b in zip(ref_txt, v["txt_emb.npy"])]
+            rows.append((flag or "fp32", min(ci), np.mean(ci), min(ct), np.mean(ct), len(ci), len(ct)))
+    return rows
 
 
 def main():
@@ -64,30 +106,40 @@ def main():
         sys.exit(__doc__)
     ckpt, exe = sys.argv[1], sys.argv[2]
     c = c_bench(ckpt, exe)
-    t_img, t_txt, t_img_amp = torch_bench(ckpt)
+    t_img, t_txt, t_img_amp, t_img_q, t_txt_q, model = torch_bench(ckpt)
     peak = c["sgemm_gflops"]
     print(f"OpenBLAS {c['blas']}; sgemm 4096^3: {peak:.0f} GFLOP/s; "
           f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'':24}{'C':>10}{'PyTorch':>10}{'C/PyTorch':>11}{'GFLOP/s':>9}{'of peak':>9}"
           f"{'in GEMM':>9}{'attention':>10}")
-    for what, ck, tv, g, gs, at in (
-            (f"ViT-B/16 images/s B={B_IMG}", "images_per_s", t_img, "image_gflops", "image_gemm_share",
-             "image_attention_share"),
-            (f"BERT-base texts/s L={L}", "texts_per_s", t_txt, "text_gflops", "text_gemm_share",
-             "text_attention_share")):
-        print(f"{what:24}{c[ck]:10.2f}{tv:10.2f}{c[ck] / tv:10.2f}x{c[g]:9.0f}{c[g] / peak:9.0%}"
-              f"{c[gs]:9.0%}{c[at]:10.0%}")
+
+    def row(what, tower, sfx, tv):
+        """tower: image or text; sfx: the C mode's key suffix; tv: PyTorch's rate"""
+        rate = c[("images_per_s" if tower == "image" else "texts_per_s") + sfx]
+        g = c[f"{tower}_gflops{sfx}"]
+        print(f"{what:24}{rate:10.2f}{tv:10.2f}{rate / tv:10.2f}x{g:9.0f}{g / peak:9.0%}"
+              f"{c[f'{tower}_gemm_share{sfx}']:9.0%}{c[f'{tower}_attention_share{sfx}']:10.0%}")
+
+    row(f"ViT-B/16 images/s B={B_IMG}", "image", "", t_img)
+    row(f"BERT-base texts/s L={L}", "text", "", t_txt)
     print("C in bf16 (clip-embed --amp) against PyTorch's torch.autocast(bfloat16) (its BERT "
           "head does not run under CPU autocast in 1.13) and fp32")
-    for what, ck, tv, g, gs, at in (
-            (f"ViT-B/16 vs PyTorch bf16", "images_per_s_bf16", t_img_amp, "image_gflops_bf16",
-             "image_gemm_share_bf16", "image_attention_share_bf16"),
-            (f"ViT-B/16 vs PyTorch fp32", "images_per_s_bf16", t_img, "image_gflops_bf16",
-             "image_gemm_share_bf16", "image_attention_share_bf16"),
-            (f"BERT-base vs PyTorch fp32", "texts_per_s_bf16", t_txt, "text_gflops_bf16",
-             "text_gemm_share_bf16", "text_attention_share_bf16")):
-        print(f"{what:24}{c[ck]:10.2f}{tv:10.2f}{c[ck] / tv:10.2f}x{c[g]:9.0f}{c[g] / peak:9.0%}"
-              f"{c[gs]:9.0%}{c[at]:10.0%}")
+    row("ViT-B/16 vs PyTorch bf16", "image", "_bf16", t_img_amp)
+    row("ViT-B/16 vs PyTorch fp32", "image", "_bf16", t_img)
+    row("BERT-base vs PyTorch fp32", "text", "_bf16", t_txt)
+    print("C in int8 (clip-embed --int8) against PyTorch's quantize_dynamic(nn.Linear, qint8) "
+          "and fp32; GFLOP/s counts the int8 multiply-adds as flops")
+    row("ViT-B/16 vs PyTorch int8", "image", "_int8", t_img_q)
+    row("ViT-B/16 vs PyTorch fp32", "image", "_int8", t_img)
+    row("BERT-base vs PyTorch int8", "text", "_int8", t_txt_q)
+    row("BERT-base vs PyTorch fp32", "text", "_int8", t_txt)
+
+    rows = accuracy(ckpt, model)
+    print(f"cosine to PyTorch fp32 on the first {rows[0][5]} cn_val images and their {rows[0][6]} captions "
+          "(random weights of the real shapes)")
+    print(f"{'clip-embed':24}{'img min':>10}{'img mean':>10}{'txt min':>10}{'txt mean':>10}")
+    for flag, a, b, c, d, _, _ in rows:
+        print(f"{flag:24}{a:10.5f}{b:10.5f}{c:10.5f}{d:10.5f}")
 
 
 if __name__ == "__main__":

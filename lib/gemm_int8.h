@@ -1,0 +1,31 @@
+/* int8 inference matmul (AVX512_VNNI vpdpbusd): the --int8 Linear layers. */
+#ifndef CLIP_GEMM_INT8_H
+#define CLIP_GEMM_INT8_H
+
+#include <stddef.h>
+
+/* A Linear weight W[N, K] quantised once: per output channel n, symmetric,
+ * scale_w[n] = max_k |W[n, k]| / 127, q = round-half-even(W * (127 / max_k
+ * |W[n, k]|)) in fp32, in [-127, 127]; kept packed for the kernel. */
+typedef struct qweight qweight;
+
+qweight *qweight_make(const float *W, int N, int K);
+void qweight_free(qweight *q);
+size_t qweight_bytes(const qweight *q);
+
+/* out[M, N] (row stride ldo) = (accumulate ? out : 0) + deq(x) @ deq(W)^T with
+ * x = inp[M, K] quantised per row the same way (dynamic: the scales come from
+ * each call's rows; a row holding NaN or an infinity gives NaN outputs). The integer products are exact
+ * (int32), so out = scale_x[m] * scale_w[n] * sum_k qx[m, k] * qw[n, k]
+ * up to fp32 rounding of that one product. Parallel over the OpenMP pool. */
+void gemm_int8(float *out, int ldo, const float *inp, int M, int K, const qweight *w,
+               int accumulate);
+
+/* 1 when the CPU has AVX512_VNNI (checked once); otherwise gemm_int8 runs the
+ * same integer arithmetic in plain C (same results, much slower). */
+int gemm_int8_available(void);
+
+/* Test hook: 1 forces the plain-C path even where AVX512_VNNI exists. */
+void gemm_int8_force_fallback(int on);
+
+#endif
