@@ -102,17 +102,17 @@ static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda, c
 void matmul_forward(float *out, int ldo, const float *inp, const float *weight, const float *bias,
                     int M, int K, int N)
 {
+    if (use_int8) { /* bias added in the kernel's epilogue */
+        double t0 = now_seconds();
+        gemm_int8(out, ldo, inp, M, K, quantised(weight, N, K), bias, NULL, 0);
+        op_prof.gemm += now_seconds() - t0;
+        return;
+    }
     float beta = 0.0f;
     if (bias) {
 #pragma omp parallel for
         for (int i = 0; i < M; i++) memcpy(out + (size_t)i * ldo, bias, N * sizeof(float));
         beta = 1.0f;
-    }
-    if (use_int8) {
-        double t0 = now_seconds();
-        gemm_int8(out, ldo, inp, M, K, quantised(weight, N, K), bias != NULL);
-        op_prof.gemm += now_seconds() - t0;
-        return;
     }
     gemm(0, 1, M, N, K, inp, K, weight, K, beta, out, ldo);
 }
@@ -120,18 +120,18 @@ void matmul_forward(float *out, int ldo, const float *inp, const float *weight, 
 void matmul_residual_forward(float *out, const float *inp, const float *weight, const float *bias,
                              const float *resid, int M, int K, int N)
 {
+    if (use_int8) {
+        double t0 = now_seconds();
+        gemm_int8(out, N, inp, M, K, quantised(weight, N, K), bias, resid, N);
+        op_prof.gemm += now_seconds() - t0;
+        return;
+    }
 #pragma omp parallel for
     for (int i = 0; i < M; i++) {
         float *o = out + (size_t)i * N;
         const float *r = resid + (size_t)i * N;
 #pragma omp simd
         for (int j = 0; j < N; j++) o[j] = r[j] + (bias ? bias[j] : 0.0f);
-    }
-    if (use_int8) {
-        double t0 = now_seconds();
-        gemm_int8(out, N, inp, M, K, quantised(weight, N, K), 1);
-        op_prof.gemm += now_seconds() - t0;
-        return;
     }
     gemm(0, 1, M, N, K, inp, K, weight, K, 1.0f, out, N);
 }

@@ -122,8 +122,14 @@ static inline float dequant(int32_t acc, int32_t corr, float sa, float sw)
     return (float)(acc - corr) * (sa * sw);
 }
 
+/* the epilogue's extra terms: bias[n] + resid[m, n], either may be NULL */
+typedef struct {
+    const float *bias, *resid;
+    int ldr;
+} addend;
+
 static void kernel_c(int kq, const uint8_t *a, const int8_t *b, float *c, int ldc, int m, int n,
-                     const float *sa, const float *sw, const int32_t *corr, int accumulate)
+                     const float *sa, const float *sw, const int32_t *corr, addend add)
 {
     for (int r = 0; r < m; r++)
         for (int j = 0; j < n; j++) {
@@ -132,7 +138,9 @@ static void kernel_c(int kq, const uint8_t *a, const int8_t *b, float *c, int ld
                 for (int t = 0; t < 4; t++)
                     acc += (int32_t)a[(size_t)p * MR * 4 + r * 4 + t] * b[(size_t)p * NR * 4 + j * 4 + t];
             float v = dequant(acc, corr[j], sa[r], sw[j]);
-            c[(size_t)r * ldc + j] = accumulate ? c[(size_t)r * ldc + j] + v : v;
+            if (add.bias) v += add.bias[j];
+            if (add.resid) v += add.resid[(size_t)r * add.ldr + j];
+            c[(size_t)r * ldc + j] = v;
         }
 }
 
@@ -177,7 +185,7 @@ VNNI_TARGET static void quantise_rows_avx512(const float *inp, int K, int K4, in
 
 VNNI_TARGET static void kernel_avx512(int kq, const uint8_t *restrict a, const int8_t *restrict b,
                                       float *c, int ldc, int m, int n, const float *sa,
-                                      const float *sw, const int32_t *corr, int accumulate)
+                                      const float *sw, const int32_t *corr, addend add)
 {
     __m512i acc[MR][2];
 #pragma GCC unroll 16
@@ -198,17 +206,21 @@ VNNI_TARGET static void kernel_avx512(int kq, const uint8_t *restrict a, const i
     __m512i c0 = _mm512_loadu_si512(corr), c1 = _mm512_loadu_si512(corr + 16);
     __m512 s0 = _mm512_loadu_ps(sw), s1 = _mm512_loadu_ps(sw + 16);
     __mmask16 m0 = mask16(n), m1 = mask16(n - 16);
+    __m512 bias0 = _mm512_setzero_ps(), bias1 = _mm512_setzero_ps();
+    if (add.bias) bias0 = _mm512_maskz_loadu_ps(m0, add.bias), bias1 = _mm512_maskz_loadu_ps(m1, add.bias + 16);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; r++) {
         if (r >= m) break;
         __m512 vs = _mm512_set1_ps(sa[r]);
         __m512 x0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][0], c0)), _mm512_mul_ps(vs, s0));
         __m512 x1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][1], c1)), _mm512_mul_ps(vs, s1));
-        float *cr = c + (size_t)r * ldc;
-        if (accumulate) {
-            x0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cr), x0);
-            x1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cr + 16), x1);
+        x0 = _mm512_add_ps(x0, bias0), x1 = _mm512_add_ps(x1, bias1); /* same order as kernel_c */
+        if (add.resid) {
+            const float *rr = add.resid + (size_t)r * add.ldr;
+            x0 = _mm512_add_ps(x0, _mm512_maskz_loadu_ps(m0, rr));
+            x1 = _mm512_add_ps(x1, _mm512_maskz_loadu_ps(m1, rr + 16));
         }
+        float *cr = c + (size_t)r * ldc;
         _mm512_mask_storeu_ps(cr, m0, x0);
         _mm512_mask_storeu_ps(cr + 16, m1, x1);
     }
@@ -229,7 +241,7 @@ static uint8_t *rows_buffer(size_t bytes)
 }
 
 void gemm_int8(float *out, int ldo, const float *inp, int M, int K, const qweight *w,
-               int accumulate)
+               const float *bias, const float *resid, int ldr)
 {
     if (M <= 0 || w->N <= 0) return;
     if (K != w->K) die("gemm_int8: K %d against a weight of K %d", K, w->K);
@@ -257,10 +269,12 @@ void gemm_int8(float *out, int ldo, const float *inp, int M, int K, const qweigh
                 int m = rows - i < MR ? rows - i : MR;
                 float *c = out + (size_t)(r0 + i) * ldo + n0;
                 const uint8_t *a = apack + (size_t)i * K4;
+                addend add = {bias ? bias + n0 : NULL,
+                              resid ? resid + (size_t)(r0 + i) * ldr + n0 : NULL, ldr};
                 if (vnni)
-                    kernel_avx512(kq, a, b, c, ldo, m, n, sa + i, w->scale + n0, w->corr + n0, accumulate);
+                    kernel_avx512(kq, a, b, c, ldo, m, n, sa + i, w->scale + n0, w->corr + n0, add);
                 else
-                    kernel_c(kq, a, b, c, ldo, m, n, sa + i, w->scale + n0, w->corr + n0, accumulate);
+                    kernel_c(kq, a, b, c, ldo, m, n, sa + i, w->scale + n0, w->corr + n0, add);
             }
         }
     }

@@ -13,13 +13,16 @@ qweight *qweight_make(const float *W, int N, int K);
 void qweight_free(qweight *q);
 size_t qweight_bytes(const qweight *q);
 
-/* out[M, N] (row stride ldo) = (accumulate ? out : 0) + deq(x) @ deq(W)^T with
- * x = inp[M, K] quantised per row the same way (dynamic: the scales come from
- * each call's rows; a row holding NaN or an infinity gives NaN outputs). The integer products are exact
- * (int32), so out = scale_x[m] * scale_w[n] * sum_k qx[m, k] * qw[n, k]
- * up to fp32 rounding of that one product. Parallel over the OpenMP pool. */
+/* out[M, N] (row stride ldo) = deq(x) @ deq(W)^T + bias[n] + resid[M, N] (row
+ * stride ldr; may be out itself), bias and resid optional (NULL), with x =
+ * inp[M, K] quantised per row the same way (dynamic: the scales come from
+ * each call's rows; a row holding NaN or an infinity gives NaN outputs).
+ * The integer products are exact (int32), so the product term is
+ * scale_x[m] * scale_w[n] * sum_k qx[m, k] * qw[n, k] up to fp32 rounding of
+ * that one product; bias and resid are added in the same pass. Parallel over
+ * the OpenMP pool. */
 void gemm_int8(float *out, int ldo, const float *inp, int M, int K, const qweight *w,
-               int accumulate);
+               const float *bias, const float *resid, int ldr);
 
 /* 1 when the CPU has AVX512_VNNI (checked once); otherwise gemm_int8 runs the
  * same integer arithmetic in plain C (same results, much slower). */

@@ -31,7 +31,7 @@ static void run(int impl, int ta, int tb, int M, int N, int K)
     else if (impl == 1)
         gemm_bf16(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N);
     else
-        gemm_int8(C, N, A, M, K, QB, 0);
+        gemm_int8(C, N, A, M, K, QB, NULL, NULL, 0);
 }
 
 /* best GFLOP/s of each implementation; the two alternate so that both see the

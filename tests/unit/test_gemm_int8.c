@@ -2,16 +2,17 @@
  *
  * 1. the stated scheme in exact arithmetic: per-row / per-channel scales,
  *    round half even, int64 sums, dequantised in double. Tolerance per
- *    element: 1e-6 * scale_x * scale_w * sum_k |qx qw| (the only rounding
- *    left is the fp32 conversion of the exact sum and one product).
+ *    element: 1e-6 * (scale_x * scale_w * sum_k |qx qw| + |bias| + |resid|)
+ *    (the only rounding left is the fp32 conversion of the exact sum, one
+ *    product and the two additions).
  * 2. the plain fp32 product in double: the int8 result must lie within the
  *    quantisation bound sum_k (|x| sw + |w| sx) / 2 + sx sw / 4, +1e-5 of
  *    sum_k |x w|. This is what makes the scheme an approximation of the matmul
  *    and not just self-consistent.
  *
- * Odd shapes, padded output rows, accumulation, zero and NaN rows, the
- * plain-C path against the VNNI one bit for bit, and calls from a parallel
- * region. */
+ * With and without bias and residual (in place), odd shapes, padded output
+ * rows, zero and NaN rows, the plain-C path against the VNNI one bit for bit,
+ * and calls from a parallel region. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -45,9 +46,10 @@ static double ref_quant(const float *x, int K, int *q)
     return amax / 127.0f;
 }
 
-static void check_case(int M, int N, int K, int pad, int accumulate)
+/* add: 0 nothing, 1 bias, 2 bias + a residual read from out itself (in place) */
+static void check_case(int M, int N, int K, int pad, int add)
 {
-    int ldo = N + pad;
+    int ldo = N + pad, accumulate = add == 2;
     float *X = xmalloc((size_t)M * K * 4), *W = xmalloc((size_t)N * K * 4);
     float *C = xmalloc((size_t)M * ldo * 4), *C0 = xmalloc((size_t)M * ldo * 4);
     fill(X, (size_t)M * K, M * 31 + K, 3.0f);
@@ -56,8 +58,10 @@ static void check_case(int M, int N, int K, int pad, int accumulate)
     if (N > 2) W[(size_t)2 * K] *= 40.0f; /* one outlier weight in a channel */
     fill(C0, (size_t)M * ldo, 7, 1.0f);
     memcpy(C, C0, (size_t)M * ldo * 4);
+    float *bias = xmalloc(N * 4);
+    fill(bias, N, 11, add ? 0.5f : 0.0f);
     qweight *qw = qweight_make(W, N, K);
-    gemm_int8(C, ldo, X, M, K, qw, accumulate);
+    gemm_int8(C, ldo, X, M, K, qw, add ? bias : NULL, accumulate ? C : NULL, ldo);
 
     int *qx = xmalloc((size_t)M * K * sizeof(int)), *qwr = xmalloc((size_t)N * K * sizeof(int));
     double *sx = xmalloc(M * 8), *sw = xmalloc(N * 8);
@@ -66,7 +70,9 @@ static void check_case(int M, int N, int K, int pad, int accumulate)
     int bad_exact = 0, bad_bound = 0, bad_pad = 0;
     for (int m = 0; m < M; m++)
         for (int n = 0; n < ldo; n++) {
-            double got = C[(size_t)m * ldo + n], base = accumulate ? C0[(size_t)m * ldo + n] : 0.0;
+            double got = C[(size_t)m * ldo + n];
+            double r0 = accumulate ? C0[(size_t)m * ldo + n] : 0.0, b0 = n < N ? bias[n] : 0.0;
+            double base = r0 + b0, base_abs = fabs(r0) + fabs(b0); /* terms rounded one by one */
             if (n >= N) {
                 bad_pad += got != C0[(size_t)m * ldo + n];
                 continue;
@@ -80,34 +86,34 @@ static void check_case(int M, int N, int K, int pad, int accumulate)
                 exact += x * w, xabs += fabs(x), wabs += fabs(w), xw += fabs(x * w);
             }
             double scheme = base + sx[m] * sw[n] * (double)s;
-            double tol1 = 1e-6 * (sx[m] * sw[n] * (double)sabs + fabs(base)) + 1e-30;
+            double tol1 = 1e-6 * (sx[m] * sw[n] * (double)sabs + base_abs) + 1e-30;
             double e1 = fabs(got - scheme) / tol1;
             double tol2 = (xabs * sw[n] + wabs * sx[m]) / 2 + K * sx[m] * sw[n] / 4 +
-                          1e-5 * (xw + fabs(base)) + 1e-30;
+                          1e-5 * (xw + base_abs) + 1e-30;
             double e2 = fabs(got - base - exact) / tol2;
             if (e1 > worst_exact) worst_exact = e1;
             if (e2 > worst_bound) worst_bound = e2;
             bad_exact += !(e1 <= 1.0);
             bad_bound += !(e2 <= 1.0);
         }
-    CHECK(bad_exact == 0, "M=%d N=%d K=%d acc=%d: %d outputs off the exact scheme", M, N, K,
-          accumulate, bad_exact);
-    CHECK(bad_bound == 0, "M=%d N=%d K=%d acc=%d: %d outputs outside the quantisation bound", M,
-          N, K, accumulate, bad_bound);
+    CHECK(bad_exact == 0, "M=%d N=%d K=%d add=%d: %d outputs off the exact scheme", M, N, K, add,
+          bad_exact);
+    CHECK(bad_bound == 0, "M=%d N=%d K=%d add=%d: %d outputs outside the quantisation bound", M,
+          N, K, add, bad_bound);
     CHECK(bad_pad == 0, "M=%d N=%d K=%d: %d padding columns written", M, N, K, bad_pad);
 
     if (gemm_int8_available()) { /* the plain-C path gives the same bits */
         float *F = xmalloc((size_t)M * ldo * 4);
         memcpy(F, C0, (size_t)M * ldo * 4);
         gemm_int8_force_fallback(1);
-        gemm_int8(F, ldo, X, M, K, qw, accumulate);
+        gemm_int8(F, ldo, X, M, K, qw, add ? bias : NULL, accumulate ? F : NULL, ldo);
         gemm_int8_force_fallback(0);
         CHECK(!memcmp(F, C, (size_t)M * ldo * 4), "M=%d N=%d K=%d: plain C differs from VNNI", M,
               N, K);
         free(F);
     }
     qweight_free(qw);
-    free(X), free(W), free(C), free(C0), free(qx), free(qwr), free(sx), free(sw);
+    free(X), free(W), free(C), free(C0), free(bias), free(qx), free(qwr), free(sx), free(sw);
 }
 
 /* a NaN or infinity in a row turns that row's outputs into NaN, the others are unaffected */
@@ -120,7 +126,7 @@ static void check_nonfinite(void)
     qweight *qw = qweight_make(W, N, K);
     for (int fb = 0; fb < 2; fb++) {
         gemm_int8_force_fallback(fb);
-        gemm_int8(C, N, X, M, K, qw, 0);
+        gemm_int8(C, N, X, M, K, qw, NULL, NULL, 0);
         int nan_rows = 0, finite_rows = 0;
         for (int m = 0; m < M; m++) {
             int nans = 0;
@@ -143,9 +149,9 @@ static void check_concurrent(void)
     float *ref = xmalloc((size_t)M * N * 4), *out = xmalloc((size_t)4 * M * N * 4);
     fill(X, (size_t)M * K, 5, 1.0f), fill(W, (size_t)N * K, 6, 1.0f);
     qweight *qw = qweight_make(W, N, K);
-    gemm_int8(ref, N, X, M, K, qw, 0);
+    gemm_int8(ref, N, X, M, K, qw, NULL, NULL, 0);
 #pragma omp parallel for num_threads(2)
-    for (int t = 0; t < 4; t++) gemm_int8(out + (size_t)t * M * N, N, X, M, K, qw, 0);
+    for (int t = 0; t < 4; t++) gemm_int8(out + (size_t)t * M * N, N, X, M, K, qw, NULL, NULL, 0);
     int diff = 0;
     for (int t = 0; t < 4; t++) diff += memcmp(ref, out + (size_t)t * M * N, (size_t)M * N * 4) != 0;
     CHECK(diff == 0, "%d of 4 calls from a parallel region differ", diff);
@@ -163,7 +169,8 @@ int main(void)
 {
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         check_case(shapes[s][0], shapes[s][1], shapes[s][2], 0, 0);
-        check_case(shapes[s][0], shapes[s][1], shapes[s][2], 3, 1);
+        check_case(shapes[s][0], shapes[s][1], shapes[s][2], 3, 2);
+        if (s % 2) check_case(shapes[s][0], shapes[s][1], shapes[s][2], 1, 1);
     }
     check_nonfinite();
     check_concurrent();
