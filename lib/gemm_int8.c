@@ -56,7 +56,11 @@ static float absmax(const float *x, int K)
 {
     float amax = 0.0f;
     int nan = 0;
-    for (int k = 0; k < K; k++) amax = fmaxf(amax, fabsf(x[k])), nan |= x[k] != x[k];
+    for (int k = 0; k < K; k++) {
+        float a = fabsf(x[k]);
+        amax = a > amax ? a : amax; /* fmaxf is a libm call at -O2 */
+        nan |= x[k] != x[k];
+    }
     return nan ? NAN : amax;
 }
 
