@@ -8,6 +8,7 @@
 
 #include "blas.h"
 #include "clip_model.h"
+#include "gemm_int8.h"
 #include "ops.h"
 #include "sample.h"
 #include "stream.h"
@@ -218,7 +219,12 @@ int main(int argc, char **argv)
         case OPT_NO_IMAGES: do_images = 0; break;
         case OPT_NO_TEXTS: do_texts = 0; break;
         case OPT_AMP: blas_set_bf16(1); break;
-        case OPT_INT8: blas_set_int8(1); break;
+        case OPT_INT8:
+            blas_set_int8(1);
+            if (!gemm_int8_available())
+                warn("--int8: this CPU has no AVX512_VNNI, so the int8 layers run in plain C, "
+                     "slower than fp32");
+            break;
         case 'h': usage(stdout); return 0;
         default:
             if (optopt && optopt < 256 && !strchr("miobth", optopt))
