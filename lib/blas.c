@@ -59,15 +59,6 @@ void blas_set_int8(int on)
     pthread_mutex_unlock(&qcache_lock);
 }
 
-size_t blas_int8_bytes(void)
-{
-    size_t b = 0;
-    pthread_mutex_lock(&qcache_lock);
-    for (size_t i = 0; i < qcache_n; i++) b += qweight_bytes(qcache[i].q);
-    pthread_mutex_unlock(&qcache_lock);
-    return b;
-}
-
 static const qweight *quantised(const float *w, int N, int K)
 {
     pthread_mutex_lock(&qcache_lock);
@@ -86,6 +77,15 @@ static const qweight *quantised(const float *w, int N, int K)
     return q;
 }
 
+/* the int8 path of both Linear forwards: bias and residual go in the epilogue */
+static void linear_int8(float *out, int ldo, const float *inp, const float *weight,
+                        const float *bias, const float *resid, int M, int K, int N)
+{
+    double t0 = now_seconds();
+    gemm_int8(out, ldo, inp, M, K, quantised(weight, N, K), bias, resid, ldo);
+    op_prof.gemm += now_seconds() - t0;
+}
+
 /* row-major C = op(A) @ op(B) + beta C through OpenBLAS or the bf16 kernel */
 static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda, const float *B,
                  int ldb, float beta, float *C, int ldc)
@@ -102,10 +102,8 @@ static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda, c
 void matmul_forward(float *out, int ldo, const float *inp, const float *weight, const float *bias,
                     int M, int K, int N)
 {
-    if (use_int8) { /* bias added in the kernel's epilogue */
-        double t0 = now_seconds();
-        gemm_int8(out, ldo, inp, M, K, quantised(weight, N, K), bias, NULL, 0);
-        op_prof.gemm += now_seconds() - t0;
+    if (use_int8) {
+        linear_int8(out, ldo, inp, weight, bias, NULL, M, K, N);
         return;
     }
     float beta = 0.0f;
@@ -121,9 +119,7 @@ void matmul_residual_forward(float *out, const float *inp, const float *weight, 
                              const float *resid, int M, int K, int N)
 {
     if (use_int8) {
-        double t0 = now_seconds();
-        gemm_int8(out, N, inp, M, K, quantised(weight, N, K), bias, resid, N);
-        op_prof.gemm += now_seconds() - t0;
+        linear_int8(out, N, inp, weight, bias, resid, M, K, N);
         return;
     }
 #pragma omp parallel for

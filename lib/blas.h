@@ -22,8 +22,6 @@ void blas_set_bf16(int on);
  * at each call); inference only, the weights must not change while it is on.
  * 0: back to fp32/bf16, the quantised weights freed. */
 void blas_set_int8(int on);
-/* memory held by the quantised weights */
-size_t blas_int8_bytes(void);
 
 /* out[M, N] = inp[M, K] @ weight[N, K]^T (+ bias[N]): a PyTorch Linear with
  * its weight in the checkpoint layout. bias may be NULL. ldo: row stride of

@@ -30,7 +30,6 @@ struct qweight {
     int8_t *packed; /* [npan][K4 / 4][NR][4] */
     float *scale;   /* [npan * NR], 0 past N */
     int32_t *corr;  /* [npan * NR]: 128 * sum_k q[n, k] */
-    size_t bytes;
 };
 
 static int force_fallback;
@@ -75,7 +74,6 @@ qweight *qweight_make(const float *W, int N, int K)
     qweight *q = xcalloc(1, sizeof *q);
     q->N = N, q->K = K, q->K4 = (K + 3) & ~3, q->npan = (N + NR - 1) / NR;
     size_t np = (size_t)q->npan * NR;
-    q->bytes = np * q->K4 + np * (sizeof(float) + sizeof(int32_t));
     q->packed = clip_alloc_big(np * q->K4);
     memset(q->packed, 0, np * q->K4);
     q->scale = xcalloc(np, sizeof(float));
@@ -104,8 +102,6 @@ void qweight_free(qweight *q)
     free(q->corr);
     free(q);
 }
-
-size_t qweight_bytes(const qweight *q) { return q->bytes; }
 
 /* Plain C: rows [r0, r0 + rows) of inp into micro-panels of u = q + 128. */
 static void quantise_rows(const float *inp, int K, int K4, int rows, uint8_t *apack, float *sa)

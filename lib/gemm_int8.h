@@ -2,8 +2,6 @@
 #ifndef CLIP_GEMM_INT8_H
 #define CLIP_GEMM_INT8_H
 
-#include <stddef.h>
-
 /* A Linear weight W[N, K] quantised once: per output channel n, symmetric,
  * scale_w[n] = max_k |W[n, k]| / 127, q = round-half-even(W * (127 / max_k
  * |W[n, k]|)) in fp32, in [-127, 127]; kept packed for the kernel. */
@@ -11,7 +9,6 @@ typedef struct qweight qweight;
 
 qweight *qweight_make(const float *W, int N, int K);
 void qweight_free(qweight *q);
-size_t qweight_bytes(const qweight *q);
 
 /* out[M, N] (row stride ldo) = deq(x) @ deq(W)^T + bias[n] + resid[M, N] (row
  * stride ldr; may be out itself), bias and resid optional (NULL), with x =
