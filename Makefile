@@ -14,6 +14,12 @@ CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-sign-c
 LDLIBS += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) \
           -lopenblas -lm -lpthread
 
+DATADIR = $(PREFIX)/share/clip-tools
+DATA_FILES := share/clip-tools/bert-chinese-vocab.txt share/clip-tools/bpe_simple_vocab_16e6.txt.gz \
+              share/clip-tools/README.md
+# where an installed program looks for its data when it is not beside ../share/clip-tools
+build/lib/datafile.o: CFLAGS += -DCLIP_DATADIR='"$(DATADIR)"'
+
 LIB_SRC := $(wildcard lib/*.c)
 LIB_OBJ := $(LIB_SRC:lib/%.c=build/lib/%.o)
 TOOLS := $(patsubst tools/%.c,bin/%,$(wildcard tools/clip-*.c))
@@ -60,7 +66,9 @@ check: all $(UNIT_TESTS)
 	bats tests/bats
 
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5 \
+	    $(DESTDIR)$(DATADIR)
+	install -m 644 $(DATA_FILES) $(DESTDIR)$(DATADIR)
 	install -m 755 $(TOOLS) $(DESTDIR)$(PREFIX)/bin
 	install -m 644 $(filter %.1,$(MANPAGES)) $(DESTDIR)$(PREFIX)/share/man/man1
 	install -m 644 $(filter %.5,$(MANPAGES)) $(DESTDIR)$(PREFIX)/share/man/man5

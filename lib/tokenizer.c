@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include "bpe.h"
+#include "datafile.h"
 #include "pystr.h"
 #include "util.h"
 #include "wordpiece.h"
@@ -36,6 +37,16 @@ tokenizer *tokenizer_open_bpe(const char *merges_path)
     t->bpe = b;
     t->start = BPE_START_ID;
     t->end = BPE_END_ID;
+    return t;
+}
+
+tokenizer *tokenizer_open_shipped(int bpe)
+{
+    char *path = clip_data_path(bpe ? BPE_MERGES_FILE : WORDPIECE_VOCAB_FILE);
+    if (!path)
+        return NULL;
+    tokenizer *t = bpe ? tokenizer_open_bpe(path) : tokenizer_open_wordpiece(path);
+    free(path);
     return t;
 }
 

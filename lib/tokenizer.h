@@ -11,6 +11,9 @@ typedef struct tokenizer tokenizer;
 /* NULL with clip_error() naming the file. */
 tokenizer *tokenizer_open_wordpiece(const char *vocab_path);
 tokenizer *tokenizer_open_bpe(const char *merges_path);
+/* The vocabulary shipped with clip-tools (clip_data_path): the Chinese BERT
+ * WordPiece one, or CLIP's BPE merges when bpe. NULL with clip_error(). */
+tokenizer *tokenizer_open_shipped(int bpe);
 void tokenizer_close(tokenizer *t);
 
 /* Encode UTF-8 text as start + tokens + end, truncated to context_len as the

@@ -8,8 +8,9 @@
 # `make train` resumes an interrupted run (its state is $(RUN)/model.pth.state);
 # `make clean-train` starts over.
 
-DATA ?= ../shared/data/flickr8k-cn
-VOCAB ?= ../shared/data/vocab/bert-chinese-vocab.txt
+# DATA: a Flickr8k-CN folder (not shipped: bring your own copy)
+DATA ?=
+VOCAB ?=
 INIT ?=
 TEXT_MODEL ?=
 ARCH ?=
@@ -28,15 +29,22 @@ comma := ,
 
 MODEL_ARGS = $(if $(ARCH),--arch $(ARCH),--init $(INIT) $(if $(TEXT_MODEL),--text-model $(TEXT_MODEL)))
 
+define need_data
+	@test -n "$(DATA)" || { echo "make $@: set DATA=FOLDER, a Flickr8k-CN layout (cn_train.json, cn_val.json, flickr8k-images/)" >&2; exit 2; }
+	@test -f "$(DATA)/$(1)" || { echo "make $@: $(DATA)/$(1): not found (DATA must hold cn_train.json, cn_val.json, flickr8k-images/)" >&2; exit 2; }
+endef
+
 $(RUN)/train-$(SIZE).tar: | all
+	$(call need_data,cn_train.json)
 	@mkdir -p $(@D)
 	bin/clip-prep --annotations $(DATA)/cn_train.json --root $(DATA) --size $(SIZE) --progress \
-	  | bin/clip-tokenize --vocab $(VOCAB) -o $@
+	  | bin/clip-tokenize $(if $(VOCAB),--vocab $(VOCAB)) -o $@
 
 $(RUN)/val-$(SIZE).tar: | all
+	$(call need_data,cn_val.json)
 	@mkdir -p $(@D)
 	bin/clip-prep --annotations $(DATA)/cn_val.json --root $(DATA) --size $(SIZE) --progress \
-	  | bin/clip-tokenize --vocab $(VOCAB) -o $@
+	  | bin/clip-tokenize $(if $(VOCAB),--vocab $(VOCAB)) -o $@
 
 train: all $(RUN)/train-$(SIZE).tar $(RUN)/val-$(SIZE).tar
 	@test -n "$(ARCH)$(INIT)" || { echo "make train: set INIT=CKPT [TEXT_MODEL=DIR] or ARCH=small" >&2; exit 2; }

@@ -17,20 +17,23 @@
 #include "image.h"
 #include "sample.h"
 #include "stream.h"
+#include "datafile.h"
 #include "tokenizer.h"
 #include "util.h"
 
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: %s --model CKPT --vocab VOCAB.txt (--text TEXT | --image FILE | --serve ADDR) [options]\n"
+            "usage: %s --model CKPT (--text TEXT | --image FILE | --serve ADDR) [options]\n"
             "       %s --request ADDR JSON\n"
             "Search an embedded sample stream (clip-embed output) by text or image, or label\n"
             "an image zero-shot.\n"
             "\n"
             "  -m, --model FILE         joint CLIP checkpoint (.pth, .bin, .safetensors)\n"
             "      --text-model DIR     Hugging Face BERT directory (when the checkpoint has none)\n"
-            "      --vocab FILE         Chinese BERT WordPiece vocabulary (vocab.txt)\n"
+            "      --vocab FILE         the text tower's vocabulary: WordPiece vocab.txt (BERT)\n"
+            "                           or BPE merges .txt.gz (English CLIP tower); default:\n"
+            "                           the one shipped with clip-tools\n"
             "      --context-length N   ids per text incl. start/end (default 52, at most the\n"
             "                           model's positions)\n"
             "      --index FILE         embedded sample stream (img_emb.npy, txt_emb.npy, json)\n"
@@ -316,7 +319,7 @@ static json_t *answer(server *sv, const char *req, size_t len, int *quit)
         goto out;
     }
     if ((text || jl) && !sv->tok) {
-        clip_set_error("request: text needs the server started with --vocab");
+        clip_set_error("request: text needs a model with a text tower (--text-model DIR)");
         goto out;
     }
     if (jl) {
@@ -501,18 +504,27 @@ int main(int argc, char **argv)
         die("give one of --text TEXT, --image FILE or --serve ADDR (see --help)");
     if (labels && !image) die("--labels needs --image FILE");
     if (!serve_addr && !labels && !index) die("--index FILE is required (see --help)");
-    if ((text || labels) && !vocab) die("--vocab VOCAB.txt is required for text (see --help)");
     if (threads) omp_set_num_threads(threads);
     if ((image || serve_addr) && image_init(argv[0])) die("%s", clip_error());
 
-    tokenizer *tok = NULL;
-    if (vocab && !(tok = tokenizer_open_wordpiece(vocab))) die("%s", clip_error());
     clip_model *m = clip_model_load(model, text_model);
     if (!m) die("%s", clip_error());
     int dim = m->embed_dim, vocab_size, max_len;
     clip_text_limits(m, &vocab_size, &max_len);
-    if (tok) {
-        if (m->text == CLIP_TEXT_NONE) die("%s: no text tower (use --text-model DIR)", model);
+    if ((text || labels) && m->text == CLIP_TEXT_NONE)
+        die("%s: no text tower (use --text-model DIR)", model);
+    tokenizer *tok = NULL;
+    if (m->text != CLIP_TEXT_NONE && (text || labels || serve_addr)) {
+        int bpe = m->text == CLIP_TEXT_CLIP;
+        tok = !vocab ? tokenizer_open_shipped(bpe)
+              : bpe  ? tokenizer_open_bpe(vocab)
+                     : tokenizer_open_wordpiece(vocab);
+        if (!tok) die("%s", clip_error());
+        if (tokenizer_vocab_size(tok) > vocab_size)
+            die("%s: vocabulary of %d ids, the text tower of %s has %d (use --vocab FILE "
+                "with the model's own vocabulary)",
+                vocab ? vocab : bpe ? BPE_MERGES_FILE : WORDPIECE_VOCAB_FILE,
+                tokenizer_vocab_size(tok), model, vocab_size);
         if (!ctx) ctx = tokenizer_default_context(tok) < max_len ? tokenizer_default_context(tok)
                                                                  : max_len;
         if (ctx > max_len)

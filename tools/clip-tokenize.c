@@ -15,11 +15,13 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: %s (--vocab VOCAB.txt | --bpe MERGES.txt.gz) [options]\n"
+            "usage: %s [--vocab VOCAB.txt | --bpe [MERGES.txt.gz]] [options]\n"
             "Tokenise the captions of a sample stream into a tok.npy field, or lines of text.\n"
             "\n"
-            "  --vocab FILE           Chinese BERT WordPiece vocabulary (vocab.txt)\n"
-            "  --bpe FILE             OpenAI CLIP BPE merges (bpe_simple_vocab_16e6.txt.gz)\n"
+            "  --vocab FILE           Chinese BERT WordPiece vocabulary (default: the shipped\n"
+            "                         bert-chinese-vocab.txt, see FILES in the man page)\n"
+            "  --bpe [FILE]           OpenAI CLIP BPE instead (default FILE: the shipped\n"
+            "                         bpe_simple_vocab_16e6.txt.gz)\n"
             "  --context-length N     ids per caption incl. start/end (default 52 WordPiece,\n"
             "                         77 BPE); longer texts are truncated, shorter 0-padded\n"
             "  -i, --input ENDPOINT   sample stream in: -, FILE.tar, tcp://..., ipc://... (default -)\n"
@@ -138,7 +140,7 @@ int main(int argc, char **argv)
     enum { OPT_VOCAB = 256, OPT_BPE, OPT_CONTEXT, OPT_FIELD, OPT_LINES };
     static const struct option opts[] = {
         {"vocab", required_argument, NULL, OPT_VOCAB},
-        {"bpe", required_argument, NULL, OPT_BPE},
+        {"bpe", optional_argument, NULL, OPT_BPE},
         {"context-length", required_argument, NULL, OPT_CONTEXT},
         {"input", required_argument, NULL, 'i'},
         {"output", required_argument, NULL, 'o'},
@@ -149,12 +151,18 @@ int main(int argc, char **argv)
         {0},
     };
     const char *vocab = NULL, *merges = NULL, *in = "-", *out = "-", *field = "tok.npy";
-    int ctx = 0, lines = 0, quiet = 0, c;
+    int ctx = 0, lines = 0, quiet = 0, bpe = 0, c;
     opterr = 0; /* our own one-line message */
     while ((c = getopt_long(argc, argv, "i:o:qh", opts, NULL)) != -1) {
         switch (c) {
         case OPT_VOCAB: vocab = optarg; break;
-        case OPT_BPE: merges = optarg; break;
+        case OPT_BPE:
+            bpe = 1;
+            /* --bpe FILE as well as --bpe=FILE: this tool takes no operands */
+            if (!optarg && optind < argc && argv[optind][0] != '-')
+                optarg = argv[optind++];
+            merges = optarg;
+            break;
         case OPT_CONTEXT: ctx = parse_long_option("--context-length", optarg, 2, 65536); break;
         case 'i': in = optarg; break;
         case 'o': out = optarg; break;
@@ -170,11 +178,13 @@ int main(int argc, char **argv)
     }
     if (optind < argc)
         die("unexpected argument '%s' (see --help)", argv[optind]);
-    if (!vocab == !merges)
-        die("give exactly one of --vocab (WordPiece) or --bpe (CLIP BPE); see --help");
+    if (vocab && bpe)
+        die("give one of --vocab (WordPiece) or --bpe (CLIP BPE), not both; see --help");
     if (!*field || strchr(field, '/'))
         die("--field: '%s' is not a field name", field);
-    tokenizer *t = vocab ? tokenizer_open_wordpiece(vocab) : tokenizer_open_bpe(merges);
+    tokenizer *t = vocab    ? tokenizer_open_wordpiece(vocab)
+                   : merges ? tokenizer_open_bpe(merges)
+                            : tokenizer_open_shipped(bpe);
     if (!t)
         die("%s", clip_error());
     if (!ctx)

@@ -10,7 +10,7 @@ setup() {
     MODEL="$FIX/model/joint.pth"
     T="$BATS_TEST_TMPDIR"
     # the fixture BERT has 256 ids and 32 positions
-    head -256 "$ROOT/../shared/data/vocab/bert-chinese-vocab.txt" > "$T/vocab.txt"
+    head -256 "$ROOT/share/clip-tools/bert-chinese-vocab.txt" > "$T/vocab.txt"
     IMG="$FIX/flickr8k-mini/flickr8k-images/2090545563_a4e66ec76b.jpg"
     Q="$BIN/clip-query -m $MODEL --vocab $T/vocab.txt -t 1"
 }
@@ -104,8 +104,13 @@ assert abs(sum(p) - 1) < 1e-6 and p == sorted(p, reverse=True), p'
     [ "$status" -ne 0 ]; [[ "$output" == *missing.tar* ]]
     run $BIN/clip-query --vocab "$T/vocab.txt" --index "$T/idx.tar" --text a
     [ "$status" -ne 0 ]; [[ "$output" == *--model* ]]
+    # without --vocab: the shipped vocabulary of the tower's kind, refused when the model is smaller
     run $BIN/clip-query -m "$MODEL" --index "$T/idx.tar" --text a
-    [ "$status" -ne 0 ]; [[ "$output" == *--vocab* ]]
+    [ "$status" -ne 0 ]; [ "${#lines[@]}" -eq 1 ]
+    [[ "$output" == *"bert-chinese-vocab.txt: vocabulary of 21128 ids"*"has 256"*--vocab* ]]
+    run $BIN/clip-query -m "$FIX/model/openai.pth" --image "$IMG" --labels a,b
+    [ "$status" -ne 0 ]; [ "${#lines[@]}" -eq 1 ]
+    [[ "$output" == *"bpe_simple_vocab_16e6.txt.gz: vocabulary of 49408 ids"*"has 512"* ]]
     run $Q --index "$T/idx.tar" --image /etc/passwd
     [ "$status" -ne 0 ]; [[ "$output" == */etc/passwd* ]]; [ "${#lines[@]}" -eq 1 ]
     # an index without img_emb.npy: name the sample

@@ -5,7 +5,7 @@ setup() {
     BIN=${CLIP_BIN:-bin}
     TMP=$(mktemp -d)
     MINI=tests/fixtures/flickr8k-mini
-    VOCAB=../shared/data/vocab/bert-chinese-vocab.txt
+    VOCAB=share/clip-tools/bert-chinese-vocab.txt
 }
 
 teardown() { rm -rf "$TMP"; }

@@ -4,9 +4,9 @@
 setup() {
     REPO="$(cd "$BATS_TEST_DIRNAME/../.." && pwd)"
     TOK="$REPO/bin/clip-tokenize"
-    VOCAB="$REPO/../shared/data/vocab/bert-chinese-vocab.txt"
-    BPE="$REPO/../shared/data/vocab/bpe_simple_vocab_16e6.txt.gz"
-    VECTORS="$REPO/../shared/testvectors"
+    VOCAB="$REPO/share/clip-tools/bert-chinese-vocab.txt"
+    BPE="$REPO/share/clip-tools/bpe_simple_vocab_16e6.txt.gz"
+    VECTORS="$REPO/tests/fixtures/tokenize"
     T="$BATS_TEST_TMPDIR"
 }
 
@@ -53,12 +53,47 @@ npy_values() { tar xOf "$1" "$2" | od -An -v -t d4 -j 128 | tr -s ' \n' ' ' | se
     [[ "$output" == *"no-such-option"* ]]
 }
 
-@test "needs exactly one of --vocab and --bpe" {
-    run "$TOK" --lines < /dev/null
-    [ "$status" -ne 0 ]
-    [[ "$output" == *"--vocab"* ]]
+@test "--vocab and --bpe together are an error" {
     run "$TOK" --vocab "$VOCAB" --bpe "$BPE" --lines < /dev/null
     [ "$status" -ne 0 ]
+    [[ "$output" == *"--vocab"*"--bpe"* ]]
+}
+
+@test "without --vocab the shipped Chinese vocabulary is used; --bpe alone the shipped merges" {
+    run bash -c "echo 一只狗 | '$TOK' --lines"
+    [ "$status" -eq 0 ]
+    [ "$output" = "101 671 1372 4318 102" ]
+    run bash -c "echo 'a black dog' | '$TOK' --bpe --lines"
+    [ "$status" -eq 0 ]
+    [ "$output" = "49406 320 1449 1929 49407" ]
+    # the file may follow --bpe as its own word or after '='
+    run bash -c "echo 'a black dog' | '$TOK' --bpe '$BPE' --lines"
+    [ "$output" = "49406 320 1449 1929 49407" ]
+    run bash -c "echo 'a black dog' | '$TOK' --bpe='$BPE' --lines"
+    [ "$output" = "49406 320 1449 1929 49407" ]
+}
+
+@test "an installed tree finds its vocabularies wherever it was installed" {
+    make -s -C "$REPO" install PREFIX="$T/prefix" > /dev/null
+    [ -f "$T/prefix/share/clip-tools/bert-chinese-vocab.txt" ]
+    [ -f "$T/prefix/share/clip-tools/bpe_simple_vocab_16e6.txt.gz" ]
+    mv "$T/prefix" "$T/moved"   # relocated after installation
+    cd "$T"
+    run bash -c "echo 一只狗 | '$T/moved/bin/clip-tokenize' --lines"
+    [ "$status" -eq 0 ]
+    [ "$output" = "101 671 1372 4318 102" ]
+}
+
+@test "CLIP_TOOLS_DATA overrides where the vocabularies are looked for" {
+    mkdir "$T/data" "$T/empty"
+    head -1000 "$VOCAB" > "$T/data/bert-chinese-vocab.txt"
+    run bash -c "echo 一只狗 | CLIP_TOOLS_DATA='$T/data' '$TOK' --lines"
+    [ "$status" -eq 0 ]
+    [ "$output" = "101 671 100 100 102" ]   # 只 (1372) and 狗 (4318) are past line 1000: [UNK]
+    run bash -c "echo 一只狗 | CLIP_TOOLS_DATA='$T/empty' '$TOK' --lines"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"bert-chinese-vocab.txt"*"CLIP_TOOLS_DATA"*"$T/empty"* ]]
+    [ "${#lines[@]}" -eq 1 ]
 }
 
 @test "missing vocabulary file is named" {

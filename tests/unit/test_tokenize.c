@@ -7,8 +7,8 @@
 #include "unit.h"
 #include "util.h"
 
-#define VECTORS "../shared/testvectors/"
-#define VOCAB "../shared/data/vocab/"
+#define VECTORS "tests/fixtures/tokenize/"
+#define VOCAB "share/clip-tools/"
 
 static void run_vectors(tokenizer *t, const char *path, int context_len)
 {
