@@ -8,6 +8,6 @@ build/bench/vit-b-16-bert-base.pth: tests/ref/model_ref.py
 	/usr/bin/python3 tests/ref/model_ref.py bench build/bench
 
 bench-embed: build/bench/bench_embed build/bench/vit-b-16-bert-base.pth bin/clip-prep bin/clip-tokenize bin/clip-embed
-	/usr/bin/python3 tests/ref/bench_embed.py build/bench/vit-b-16-bert-base.pth build/bench/bench_embed
+	DATA='$(DATA)' /usr/bin/python3 tests/ref/bench_embed.py build/bench/vit-b-16-bert-base.pth build/bench/bench_embed
 
 .PHONY: fixtures-model bench-embed

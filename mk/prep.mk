@@ -5,10 +5,10 @@ fixtures-prep:
 	rm -rf tests/fixtures/prep
 	/usr/bin/python3 tests/ref/prep_ref.py fixtures tests/fixtures/prep
 
-# clip-prep vs the reference pipeline on the first BENCH_PREP_N cn_val images (1000 = all of
+# clip-prep vs the reference pipeline on the first BENCH_PREP_N cn_val images of DATA=FOLDER (1000 = all of
 # them, so that process start-up weighs little), with the libjpeg-turbo decode-alone ceiling
 BENCH_PREP_N ?= 1000
 bench-prep: bin/clip-prep build/bench/bench_decode
-	tests/ref/bench_prep.sh $(BENCH_PREP_N) 224 160
+	DATA='$(DATA)' tests/ref/bench_prep.sh $(BENCH_PREP_N) 224 160
 
 .PHONY: fixtures-prep bench-prep

@@ -1,4 +1,4 @@
-# clip-recall: the recall fixture from the NumPy reference, and a timing run.
+# clip-recall: the recall fixture from the NumPy reference, and its speed beside NumPy's.
 
 # regenerate tests/fixtures/recall (NumPy only)
 fixtures-recall:
@@ -10,5 +10,6 @@ bench-recall: bin/clip-recall
 	@mkdir -p build
 	/usr/bin/python3 tests/ref/recall_bench_stream.py build/recall_bench.tar $(BENCH_RECALL_N) 5 512
 	bin/clip-recall -v --table -i build/recall_bench.tar
+	/usr/bin/python3 tests/ref/bench_recall.py bin/clip-recall build/recall_bench.tar
 
 .PHONY: fixtures-recall bench-recall

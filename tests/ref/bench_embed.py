@@ -1,36 +1,36 @@
 #!/usr/bin/python3
 """bench_embed.py CKPT C_BENCH: images/s (ViT-B/16, B=32) and texts/s
 (BERT-base, B=32, L=52) of the C towers (C_BENCH, tests/bench/bench_embed.c)
-and of PyTorch at its best here (OpenBLAS's own kernel, passive OpenMP
-waits, 2 threads) on the same checkpoint and inputs, in one table; then how
-far clip-embed's fp32, --amp and --int8 embeddings of the first ACC_N cn_val
-images and captions are from PyTorch's fp32 ones (cosine)."""
+and of PyTorch at its best here (reference_env.py) on the same checkpoint and
+inputs, in one table; then how far clip-embed's fp32, --amp and --int8
+embeddings of the first ACC_N cn_val images and captions (of $DATA, a
+Flickr8k-CN folder; without it the 8 images of tests/fixtures/flickr8k-mini)
+are from PyTorch's fp32 ones (cosine)."""
 import os
 import subprocess
 import sys
 import time
 
-# PyTorch's OpenBLAS/OpenMP read these at load time
-if os.environ.get("OPENBLAS_CORETYPE") or os.environ.get("OMP_WAIT_POLICY") != "PASSIVE":
-    os.environ.pop("OPENBLAS_CORETYPE", None)
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    os.execv(sys.executable, [sys.executable] + sys.argv)
-
-import numpy as np
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import reference_env  # noqa: E402
+
+reference_env.ensure()  # before numpy and torch load their BLAS
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
 from model_ref import ChineseCLIP, bert_config, encode_image  # noqa: E402
 
 B_IMG, B_TXT, L, REPS = 32, 32, 52, 2
 ACC_N = 64
-DATA = "../shared/data/flickr8k-cn"
+MINI = "tests/fixtures/flickr8k-mini"
+DATA = os.environ.get("DATA") or MINI
 VIT_GFLOP_PER_IMAGE = 35.1
 
 
 def c_bench(ckpt, exe):
     out = subprocess.run([exe, ckpt, str(B_IMG), str(B_TXT), str(L), str(REPS)], check=True,
-                         capture_output=True, text=True).stdout
+                         capture_output=True, text=True, env=reference_env.ours_env()).stdout
     res = {}
     for line in out.splitlines():
         k, v = line.split(" ", 1)
@@ -47,7 +47,7 @@ def timed(fn, reps):
 
 
 def torch_bench(ckpt):
-    torch.set_num_threads(2)
+    torch.set_num_threads(reference_env.THREADS)
     torch.set_grad_enabled(False)
     vit = dict(resolution=224, patch=16, width=768, layers=12, heads=12, mlp=3072, out_dim=512)
     model = ChineseCLIP(vit, bert_config(768, 12, 12, 3072, 21128, 512), 512).eval()
@@ -76,14 +76,18 @@ def accuracy(ckpt, model):
     import tempfile
     from model_ref import normalize
     with tempfile.TemporaryDirectory() as tmp:
-        ann = json.load(open(f"{DATA}/cn_val.json"))[:ACC_N]
+        ann_file = f"{DATA}/cn_val.json" if DATA != MINI else f"{MINI}/cn_mini.json"
+        if not os.path.exists(ann_file):
+            sys.exit(f"bench_embed.py: DATA={DATA}: no cn_val.json (a Flickr8k-CN folder)")
+        ann = json.load(open(ann_file))[:ACC_N]
         json.dump(ann, open(f"{tmp}/ann.json", "w"))
+        ours = reference_env.ours_env()
         subprocess.run(f"bin/clip-prep --annotations {tmp}/ann.json --root {DATA} | bin/clip-tokenize "
-                       f"--vocab {DATA}/../vocab/bert-chinese-vocab.txt > {tmp}/in.tar", shell=True, check=True)
+                       f"> {tmp}/in.tar", shell=True, check=True, env=ours)
         rows = []
         for flag in ("", "--amp", "--int8"):
             subprocess.run(f"bin/clip-embed --model {ckpt} {flag} < {tmp}/in.tar > {tmp}/out.tar",
-                           shell=True, check=True)
+                           shell=True, check=True, env=ours)
             ci, ct = [], []
             with tarfile.open(f"{tmp}/out.tar") as tf, torch.no_grad():
                 s = {}
@@ -108,8 +112,8 @@ def main():
     c = c_bench(ckpt, exe)
     t_img, t_txt, t_img_amp, t_img_q, t_txt_q, model = torch_bench(ckpt)
     peak = c["sgemm_gflops"]
-    print(f"OpenBLAS {c['blas']}; sgemm 4096^3: {peak:.0f} GFLOP/s; "
-          f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"C: OpenBLAS {c['blas']}; sgemm 4096^3: {peak:.0f} GFLOP/s")
+    print(reference_env.describe())
     print(f"{'':24}{'C':>10}{'PyTorch':>10}{'C/PyTorch':>11}{'GFLOP/s':>9}{'of peak':>9}"
           f"{'in GEMM':>9}{'attention':>10}")
 
@@ -135,8 +139,9 @@ def main():
     row("BERT-base vs PyTorch fp32", "text", "_int8", t_txt)
 
     rows = accuracy(ckpt, model)
-    print(f"cosine to PyTorch fp32 on the first {rows[0][5]} cn_val images and their {rows[0][6]} captions "
-          "(random weights of the real shapes)")
+    where = "cn_val" if DATA != MINI else f"{MINI} (DATA= unset)"
+    print(f"cosine to PyTorch fp32 on the first {rows[0][5]} images of {where} and their "
+          f"{rows[0][6]} captions (random weights of the real shapes)")
     print(f"{'clip-embed':24}{'img min':>10}{'img mean':>10}{'txt min':>10}{'txt mean':>10}")
     for flag, a, b, c, d, _, _ in rows:
         print(f"{flag:24}{a:10.5f}{b:10.5f}{c:10.5f}{d:10.5f}")

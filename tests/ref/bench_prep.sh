@@ -1,6 +1,6 @@
 #!/bin/sh
 # bench_prep.sh N SIZE...: clip-prep vs the PyTorch/PIL reference (prep_ref.py bench) on the
-# first N cn_val images, the same files, crop mode, output discarded. Wall rates are the best
+# first N cn_val images of $DATA (a Flickr8k-CN folder: cn_val.json, flickr8k-images/), the same files, crop mode, output discarded. Wall rates are the best
 # of 3 runs (clip-prep's include process start-up); cpu/s = images per CPU-second (user+sys),
 # the per-core figure that holds up when the machine is shared. The last lines give the
 # ceiling: libjpeg-turbo decoding the same files from memory on one core
@@ -8,7 +8,8 @@
 # decodes them must pay.
 set -e
 n=${1:-1000}; shift
-data=../shared/data/flickr8k-cn
+data=${DATA:-}
+[ -f "$data/cn_val.json" ] || { echo "bench-prep: DATA='$data' has no cn_val.json: set DATA to a Flickr8k-CN folder (make bench-prep DATA=...)" >&2; exit 2; }
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 /usr/bin/python3 -c "
 import json

@@ -2,8 +2,8 @@
 """bench_train.py C_BENCH [--arch base] [--configs 8,8amp,32,32amp] [--steps K]
 
 Seconds per training step of the C trainer (C_BENCH, tests/bench/bench_train.c)
-and of PyTorch at its best here (tests/ref/train_ref.py bench: OpenBLAS's own
-kernel, passive OpenMP waits, 2 threads), each configuration in a fresh
+and of PyTorch at its best here (tests/ref/train_ref.py bench, configured by
+tests/ref/reference_env.py), each configuration in a fresh
 process of each so that the peak RSS is its own, printed side by side."""
 import argparse
 import json
@@ -37,7 +37,8 @@ def main():
                  "--batch", str(batch), "--steps", str(a.steps)] + (["--amp"] if amp else []))
         rows.append((batch, amp, c, t))
     print(f"\nclip-train step, {a.arch} (ViT + BERT), median of {a.steps} steps after a warm-up; "
-          f"C: {rows[0][2]['blas']}; PyTorch {rows[0][3].get('torch', '?')}, 2 threads")
+          f"C: {rows[0][2]['blas']}")
+    print(rows[0][3]["reference"])
     print(f"{'batch':>5} {'mode':>5} | {'C s/step':>9} {'PyTorch':>9} {'speed-up':>8} | "
           f"{'C GFLOP/s':>9} {'of peak':>7} | {'C RSS MiB':>9} {'PyTorch':>9} {'ratio':>6} | C parts: image/text/optim s")
     for batch, amp, c, t in rows:

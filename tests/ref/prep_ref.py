@@ -9,7 +9,7 @@
 Commands:
   fixtures OUTDIR   write the parity fixtures for tests/unit/test_image.c (cases.txt + PNGs)
   bench N SIZE...   images/s of PIL open + convert + transform + uint8 tensor on the first N
-                    cn_val images, 1 process and 2 processes (torch on 1 thread each):
+                    cn_val images of $DATA (a Flickr8k-CN folder), 1 process and 2 processes (torch on 1 thread each):
                     one line "SIZE RATE_1 RATE_2 RATE_PER_CPU_SECOND" per size, each the
                     best of 3 passes
 """
@@ -18,15 +18,20 @@ import os
 import sys
 import time
 
-import numpy as np
-import torch
-import torchvision.transforms as T
-from PIL import Image
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import reference_env  # noqa: E402
+
+reference_env.ensure()  # the reference at its best: before torch loads its BLAS
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torchvision.transforms as T  # noqa: E402
+from PIL import Image  # noqa: E402
 
 BICUBIC = T.InterpolationMode.BICUBIC
 PAD = (123, 117, 104)
 MINI = 'tests/fixtures/flickr8k-mini'
-DATA = '../shared/data/flickr8k-cn'
+DATA = os.environ.get('DATA', '')
 
 
 def preprocess(img, size, mode):
@@ -78,6 +83,8 @@ def fixtures(outdir):
 
 
 def bench_paths(n):
+    if not os.path.exists(f'{DATA}/cn_val.json'):
+        sys.exit(f"prep_ref.py bench: DATA='{DATA}' has no cn_val.json: set DATA to a Flickr8k-CN folder")
     ann = json.load(open(f'{DATA}/cn_val.json'))[:n]
     return [f'{DATA}/{a["image"]}' for a in ann]
 
@@ -95,6 +102,7 @@ def run_ref(args):
 def bench(n, sizes):
     import multiprocessing as mp
     paths = bench_paths(n)
+    print(reference_env.describe('reference (PIL + torchvision, 1 thread a process)'), file=sys.stderr)
     for size in sizes:
         run_ref((paths[:20], size))  # warm the page cache and imports
         one = cpu = two = 0.0  # best of 3, as for clip-prep

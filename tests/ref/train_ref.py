@@ -25,11 +25,10 @@ The recipe (clip-train implements exactly this):
 import os
 import sys
 
-# PyTorch's OpenBLAS/OpenMP read these at load time
-if os.environ.get("OPENBLAS_CORETYPE") is not None or os.environ.get("OMP_WAIT_POLICY") != "PASSIVE":
-    os.environ.pop("OPENBLAS_CORETYPE", None)
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    os.execv(sys.executable, [sys.executable] + sys.argv)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import reference_env  # noqa: E402
+
+reference_env.ensure()  # PyTorch at its best: before torch loads its BLAS
 
 import argparse  # noqa: E402
 import io  # noqa: E402
@@ -45,7 +44,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_ref import ChineseCLIP, bert_config, encode_image, randomise  # noqa: E402
 import recall_ref  # noqa: E402
 
@@ -291,7 +289,7 @@ def bench(argv):
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--amp", action="store_true")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=reference_env.THREADS)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -325,7 +323,7 @@ def bench(argv):
     print(json.dumps({"impl": "pytorch", "arch": a.arch, "batch": B, "amp": a.amp,
                       "sec_per_step": statistics.median(times), "steps": a.steps,
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "torch": torch.__version__}))
+                      "torch": torch.__version__, "reference": reference_env.describe()}))
 
 
 if __name__ == "__main__":
