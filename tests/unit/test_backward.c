@@ -1,8 +1,14 @@
 /* The C backward passes against PyTorch autograd (tests/ref/backward_ref.py,
  * fixtures in tests/fixtures/backward): every parameter gradient of
  *   loss = sum(vit(pixels) * r_img) + sum(bert(ids) * r_txt)
- * must satisfy, per tensor, max |g_c - g_ref| <= 1e-4 * max |g_ref| + 1e-6
- * (fp32 on both sides; measured worst ratio ~0.01). Also: every parameter is
+ * must satisfy, per tensor, max |g_c - g_ref| <= 1e-4 * G, G = max |g_ref|: the
+ * fp32 noise floor of a gradient, derived in tests/unit/test_train.c (two
+ * implementations, ~100 reductions of length <= 256 each; these towers are
+ * smaller still). No absolute floor: BERT's query/key/value biases and
+ * weights share the scale of the group, as ViT's fused in_proj does, since
+ * the key bias's exact gradient is 0 (softmax ignores a constant added to a
+ * row of scores) and both sides give rounding noise of terms of the query's
+ * and value's size. Measured worst ratio ~0.007. Also: every parameter is
  * covered, gradients accumulate, resblock_backward's non-aliased form, and
  * attention_backward directly with a causal and a key mask.
  * Run from the repository root; the speed is measured by make bench-train. */
@@ -20,7 +26,6 @@
 
 #define FIX "tests/fixtures/backward/"
 #define RTOL 1e-4
-#define ATOL 1e-6
 
 static double worst_ratio;
 static char worst_name[256];
@@ -41,24 +46,56 @@ static void *load_npy(const char *path, enum npy_dtype dt, size_t count)
     return out;
 }
 
-/* max |got - mult * want| against RTOL * max |mult * want| + ATOL */
-static void check_close(const char *what, const float *got, const float *want, size_t n, float mult)
+/* max |got - mult * want| against RTOL * scale (scale < 0: max |mult * want|) */
+static void check_close(const char *what, const float *got, const float *want, size_t n, float mult,
+                        double scale)
 {
     double maxref = 0, maxdiff = 0;
     for (size_t i = 0; i < n; i++) {
         maxref = fmax(maxref, fabs(mult * want[i]));
         maxdiff = fmax(maxdiff, fabs(got[i] - mult * want[i]));
     }
-    double ratio = maxdiff / (RTOL * maxref + ATOL);
-    CHECK(ratio <= 1.0, "%s: max abs diff %.3g, max |ref| %.3g (ratio to tolerance %.3f)", what,
-          maxdiff, maxref, ratio);
+    if (scale < 0) scale = maxref;
+    double ratio = maxdiff > 0 ? (scale > 0 ? maxdiff / (RTOL * scale) : INFINITY) : 0;
+    CHECK(ratio <= 1.0, "%s: max abs diff %.3g, max |ref| %.3g, scale %.3g (ratio to tolerance %.3f)",
+          what, maxdiff, maxref, scale, ratio);
     if (ratio > worst_ratio) {
         worst_ratio = ratio;
         snprintf(worst_name, sizeof worst_name, "%s", what);
     }
     if (getenv("VERBOSE"))
-        fprintf(stderr, "%-64s max|ref| %.3e  max diff %.3e  ratio %.4f\n", what, maxref, maxdiff,
-                ratio);
+        fprintf(stderr, "%-64s max|ref| %.3e  scale %.3e  max diff %.3e  ratio %.4f\n", what, maxref,
+                scale, maxdiff, ratio);
+}
+
+/* the scale of a reference gradient: max |g| over it, or over BERT's
+ * query/key/value group it belongs to */
+static double ref_scale(const ckpt *ref, const char *name)
+{
+    static const char *const qkv[3] = {"query", "key", "value"};
+    char names[3][256];
+    int k = 1;
+    snprintf(names[0], sizeof names[0], "%s", name);
+    const char *p = strstr(name, "attention.self.");
+    for (int j = 0; p && j < 3; j++) {
+        const char *q = p + strlen("attention.self.");
+        size_t n = strlen(qkv[j]);
+        if (strncmp(q, qkv[j], n) || q[n] != '.') continue;
+        for (int i = 0; i < 3; i++)
+            snprintf(names[i], sizeof names[i], "%.*s%s%s", (int)(q - name), name, qkv[i], q + n);
+        k = 3;
+        break;
+    }
+    double G = 0;
+    for (int j = 0; j < k; j++) {
+        const ckpt_tensor *t = ckpt_find(ref, names[j]);
+        if (!t) die("reference gradient %s missing", names[j]);
+        float *x = xmalloc(t->numel * sizeof(float));
+        if (ckpt_read_f32(ref, names[j], t->ndim, t->shape, x)) die("%s", clip_error());
+        for (size_t i = 0; i < t->numel; i++) G = fmax(G, fabs((double)x[i]));
+        free(x);
+    }
+    return G;
 }
 
 /* every tensor of a gradient table against its reference; returns how many */
@@ -70,11 +107,9 @@ static int check_table(const param_table *gt, const ckpt *ref, float mult)
         float *want = xmalloc(s->numel * sizeof(float));
         int rc = ckpt_read_f32(ref, s->name, s->ndim, s->shape, want);
         CHECK(rc == 0, "reference gradient %s: %s", s->name, clip_error());
-        /* the key biases' gradients are zero in exact arithmetic (softmax
-         * is shift-invariant): both sides are rounding noise under ATOL */
         if (rc == 0) {
             found++;
-            check_close(s->name, *s->ptr, want, s->numel, mult);
+            check_close(s->name, *s->ptr, want, s->numel, mult, fabs(mult) * ref_scale(ref, s->name));
         }
         free(want);
     }
@@ -205,14 +240,14 @@ static void test_attention(void)
         snprintf(path, sizeof path, FIX "attn_out_%s.npy", name);
         float *want = load_npy(path, NPY_F32, nout);
         snprintf(what, sizeof what, "attention_forward (%s)", name);
-        check_close(what, out, want, nout, 1.0f);
+        check_close(what, out, want, nout, 1.0f, -1);
         free(want);
         memset(dqkv, 0, nqkv * sizeof(float));
         attention_backward(dqkv, datt, dout, qkv, att, B, T, C, NH);
         snprintf(path, sizeof path, FIX "attn_dqkv_%s.npy", name);
         want = load_npy(path, NPY_F32, nqkv);
         snprintf(what, sizeof what, "attention_backward (%s)", name);
-        check_close(what, dqkv, want, nqkv, 1.0f);
+        check_close(what, dqkv, want, nqkv, 1.0f, -1);
         free(want);
     }
     free(qkv), free(dout), free(kv), free(out), free(dqkv), free(att), free(datt);
