@@ -92,6 +92,7 @@ npy_values() { tar xOf "$1" "$2" | od -An -v -t d4 -j 128 | tr -s ' \n' ' ' | se
     [ "$status" -eq 0 ]
     [ "$output" = "101 671 1372 102" ]
     run bash -c "echo 'a black dog in the snow' | '$TOK' --bpe '$BPE' --lines --context-length 4"
+    [ "$status" -eq 0 ]
     [ "$output" = "49406 320 1449 49407" ]
 }
 
