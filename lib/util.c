@@ -28,6 +28,8 @@ void clip_set_error(const char *fmt, ...)
 
 const char *clip_error(void) { return error_buf[0] ? error_buf : "unknown error"; }
 
+void clip_clear_error(void) { error_buf[0] = 0; }
+
 void clip_set_progname(const char *argv0)
 {
     const char *s = strrchr(argv0, '/');

@@ -10,6 +10,9 @@
  * clip_set_error(); the message is per thread and names the file/sample. */
 void clip_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 const char *clip_error(void);
+/* Forget the last error: clip_error() is "unknown error" until the next
+ * clip_set_error() (tests use it to see that a failure set its own message). */
+void clip_clear_error(void);
 
 /* Tools: "prog: message" on stderr. */
 extern const char *clip_progname;

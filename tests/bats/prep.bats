@@ -63,6 +63,8 @@ assert meta["captions"] == ann["caption"], meta
     for mode in crop letterbox squash; do
         $PREP --annotations $MINI/cn_mini.json --root $MINI --size 160 --resize $mode -o "$T/$mode.tar"
         run summary "$T/$mode.tar"
+        [ "$status" -eq 0 ]
+        [ "${#lines[@]}" -eq 8 ]
         [[ "${lines[0]}" == *" uint8 160x160x3 "* ]]
     done
     run $PREP --annotations $MINI/cn_mini.json --root $MINI --resize stretch
@@ -87,8 +89,12 @@ with zipfile.ZipFile("../images.zip", "w") as z:
     tar -C $MINI -czf "$T/images.tar.gz" flickr8k-images
     $PREP --annotations $MINI/cn_mini.json --root "$T/images.zip" --threads 2 > "$T/zip.tar"
     $PREP --annotations $MINI/cn_mini.json --root "$T/images.tar.gz" --threads 1 > "$T/tgz.tar"
-    summary "$T/zip.tar" | diff - "$T/dir.txt"
-    summary "$T/tgz.tar" | diff - "$T/dir.txt"
+    [ "$(wc -l < "$T/dir.txt")" -eq 8 ]
+    # not `summary | diff -`: the pipeline's status would be diff's alone
+    summary "$T/zip.tar" > "$T/zip.txt"
+    summary "$T/tgz.tar" > "$T/tgz.txt"
+    diff "$T/zip.txt" "$T/dir.txt"
+    diff "$T/tgz.txt" "$T/dir.txt"
 }
 
 @test "--keep-original stores the original bytes by type" {
@@ -101,6 +107,7 @@ with zipfile.ZipFile("../images.zip", "w") as z:
     cp $MINI/flickr8k-images/2090545563_a4e66ec76b.jpg "$T/my.photo.jpg"
     $PREP "$T/my.photo.jpg" $MINI/flickr8k-images/3393035454_2d2370ffd4.jpg > "$T/out.tar"
     run summary "$T/out.tar"
+    [ "$status" -eq 0 ]
     [ "${#lines[@]}" -eq 2 ]
     [[ "${lines[0]}" == "my_photo img.npy,json uint8 224x224x3 $T/my.photo.jpg 0 "* ]]
     [[ "${lines[1]}" == "3393035454_2d2370ffd4 "* ]]
@@ -130,6 +137,7 @@ make_bad_set() { # $T/bad: the mini set with entry 2's image truncated
     grep -q "1579798212_d30844b4c5.jpg" "$T/err"
     grep -q "2 bad images skipped" "$T/err"
     run summary "$T/out.tar"
+    [ "$status" -eq 0 ]
     [ "${#lines[@]}" -eq 6 ]
 }
 
@@ -161,5 +169,7 @@ make_bad_set() { # $T/bad: the mini set with entry 2's image truncated
     printf '[{"image": "flickr8k-images\\\\2090545563_a4e66ec76b.jpg", "caption": ["x"]}]' > "$T/win.json"
     $PREP --annotations "$T/win.json" --root $MINI > "$T/out.tar"
     run summary "$T/out.tar"
+    [ "$status" -eq 0 ]
+    [ "${#lines[@]}" -eq 1 ]
     [[ "${lines[0]}" == *" flickr8k-images/2090545563_a4e66ec76b.jpg 1 "* ]]
 }

@@ -20,6 +20,7 @@ teardown() {
 }
 
 mkindex() {
+    set -o pipefail # a failing clip-prep or clip-tokenize fails the test, not an empty index
     "$BIN/clip-prep" --annotations "$FIX/flickr8k-mini/cn_mini.json" --root "$FIX/flickr8k-mini" \
         --size 32 --threads 1 |
         "$BIN/clip-tokenize" --vocab "$T/vocab.txt" --context-length 32 -q |

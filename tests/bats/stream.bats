@@ -67,6 +67,11 @@ PY
 }
 
 @test "an empty stream is empty, not an error" {
-    run bash -c ": | $BIN/clip-tokenize --vocab $VOCAB | wc -c"
+    # (not `clip-tokenize | wc -c`: that status is wc's)
+    run bash -c ": | $BIN/clip-tokenize --vocab $VOCAB > $TMP/out.tar"
     [ "$status" -eq 0 ]
+    [ -z "$output" ]
+    run tar tf "$TMP/out.tar"
+    [ "$status" -eq 0 ]
+    [ -z "$output" ]
 }

@@ -12,7 +12,7 @@ setup() {
 
 # texts.txt and want.txt from a vector file (texts without newlines)
 split_vectors() {
-    python3 -c '
+    /usr/bin/python3 -c '
 import json, sys
 with open(sys.argv[1], encoding="utf-8") as f, \
      open(sys.argv[2], "w", encoding="utf-8") as t, open(sys.argv[3], "w") as w:
@@ -127,6 +127,7 @@ npy_values() { tar xOf "$1" "$2" | od -An -v -t d4 -j 128 | tr -s ' \n' ' ' | se
     [ "$status" -eq 0 ]
     [ "$output" = "101 671 1372 102" ]
     run bash -c "echo 'a black dog in the snow' | '$TOK' --bpe '$BPE' --lines --context-length 4"
+    [ "$status" -eq 0 ]
     [ "$output" = "49406 320 1449 49407" ]
 }
 

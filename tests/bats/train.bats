@@ -12,6 +12,11 @@ setup() {
     T="$BATS_TEST_TMPDIR"
     INIT=(--init "$FIX/init.pth" --text-model "$FIX/bert")
     DET=(--no-shuffle --no-augment --caption first)
+    set -o pipefail # clip-embed | clip-recall: a failing clip-embed fails the test
+}
+
+teardown() {
+    [ -z "${pid:-}" ] || kill "$pid" 2>/dev/null || true
 }
 
 # field NAME FILE: the values of a numeric key in a JSON-lines log, one per line
@@ -42,6 +47,7 @@ field() {
     field loss "$T/log.jsonl" > "$T/got"
     /usr/bin/python3 -c 'import json,sys; print("\n".join(map(str, json.load(open(sys.argv[1]))["runs"]["clip"]["loss"])))' \
         "$FIX/expected.json" > "$T/want"
+    [ "$(wc -l < "$T/got")" -eq 4 ]
     paste "$T/got" "$T/want" | awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 2e-3) { print "step " NR ": " $1 " vs " $2; bad = 1 } } END { exit bad }'
 }
 
@@ -57,7 +63,8 @@ field() {
     for ext in pth safetensors; do
         "$TRAIN" "${INIT[@]}" --train "$FIX/train.tar" --val "$FIX/val.tar" -b 4 --steps 5 \
             --lr 1e-3 --save "$T/m.$ext" --log "$T/log.$ext" --quiet
-        [ -f "$T/m.$ext" ] && [ -f "$T/m.$ext.state" ]
+        [ -f "$T/m.$ext" ]
+        [ -f "$T/m.$ext.state" ]
     done
     # the .pth needs the text model's config for its 2 heads; the safetensors carries it
     "$BIN/clip-embed" --model "$T/m.pth" --text-model "$FIX/bert" -i "$FIX/val.tar" |
@@ -65,6 +72,8 @@ field() {
     "$BIN/clip-embed" --model "$T/m.safetensors" -i "$FIX/val.tar" | "$BIN/clip-recall" > "$T/r.st"
     want=$(tail -1 "$T/log.pth" | grep -o '"r_mean":[0-9.]*' | cut -d: -f2)
     got=$(grep -o '"r_mean": *[0-9.]*' "$T/r.pth" | tr -d ' ' | cut -d: -f2)
+    [ -n "$want" ]
+    [ -n "$got" ]
     awk -v a="$got" -v b="$want" 'BEGIN { d = a - b; exit !(d < 1e-3 && d > -1e-3) }'
     cmp <(grep -v '^$' "$T/r.pth") <(grep -v '^$' "$T/r.st")
 }
@@ -77,21 +86,41 @@ field() {
     [[ "$output" == *"--resume continues"* ]]
     "$TRAIN" "${args[@]}" --save "$T/b.pth" --log "$T/b.jsonl" --resume
     cmp "$T/a.pth" "$T/b.pth"
-    diff <(field loss "$T/a.jsonl") <(field loss "$T/b.jsonl")
+    field loss "$T/a.jsonl" > "$T/a.loss"
+    field loss "$T/b.jsonl" > "$T/b.loss"
+    [ "$(wc -l < "$T/a.loss")" -eq 9 ] # 3 epochs of 3 batches
+    diff "$T/a.loss" "$T/b.loss"
 }
 
-@test "SIGTERM saves the state; --resume finishes the run" {
-    args=(--arch tiny --train "$FIX/train.tar" -b 4 --steps 400 --quiet --save "$T/m.safetensors")
-    "$TRAIN" "${args[@]}" &
+@test "SIGTERM: exit 143 after saving the state; --resume continues from that step to the end" {
+    args=(--arch tiny --train "$FIX/train.tar" -b 4 --steps 400 --quiet --save "$T/m.safetensors"
+          --log "$T/log.jsonl")
+    "$TRAIN" "${args[@]}" 2> "$T/err" &
     pid=$!
-    sleep 1
-    kill -TERM $pid
-    status=0
-    wait $pid || status=$?
-    [ "$status" -eq 143 ] || [ "$status" -eq 0 ] # 0: it finished first
-    [ -f "$T/m.safetensors.state" ]
-    "$TRAIN" "${args[@]}" --resume --log "$T/log.jsonl"
-    [ "$(tail -1 "$T/log.jsonl" | grep -o '"step":[0-9]*')" = '"step":400' ] || [ ! -s "$T/log.jsonl" ]
+    # signal once a step is logged: the handler is installed and training is under way
+    for _ in $(seq 600); do
+        if [ -s "$T/log.jsonl" ]; then break; fi
+        sleep 0.05
+    done
+    [ -s "$T/log.jsonl" ]
+    kill -TERM "$pid"
+    st=0
+    wait "$pid" || st=$?
+    pid=
+    cat "$T/err"
+    [ "$st" -eq 143 ] # clip-train(1): 128 + the signal number
+    n=$(sed -n 's/^clip-train: Terminated at step \([0-9]*\): saved; the same command with --resume continues$/\1/p' "$T/err")
+    [ -n "$n" ]
+    [ "$n" -lt 400 ]
+    [ "$(tail -1 "$T/log.jsonl" | grep -o '"step":[0-9]*')" = "\"step\":$n" ]
+    [ -s "$T/m.safetensors" ]
+    [ -s "$T/m.safetensors.state" ]
+    run "$TRAIN" "${args[@]}" --resume
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"resuming $T/m.safetensors.state at step $n "* ]]
+    # the log, appended to: steps 1 to 400, each once
+    field step "$T/log.jsonl" > "$T/steps"
+    seq 400 | diff - "$T/steps"
 }
 
 @test "--arch: a from-scratch model trains with augmentation, loss finite and falling" {
@@ -126,30 +155,40 @@ PY
     run "$TRAIN" --init "$T/nan.safetensors" --train "$FIX/train.tar" -b 4 --steps 3 --save "$T/after.pth"
     [ "$status" -ne 0 ]
     [[ "$output" == *"step 1 (epoch 1): the loss is NaN"* ]]
-    [ -f "$T/after.pth" ] && [ -f "$T/after.pth.state" ]
+    [ -f "$T/after.pth" ]
+    [ -f "$T/after.pth.state" ]
 }
 
 @test "bad input: one-line errors naming the file or sample, non-zero exit" {
     run "$TRAIN" --train "$FIX/train.tar"
-    [ "$status" -ne 0 ] && [[ "$output" == *"no model"* ]]
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"no model"* ]]
     run "$TRAIN" --arch tiny
-    [ "$status" -ne 0 ] && [[ "$output" == *"no training data"* ]]
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"no training data"* ]]
     run "$TRAIN" --arch huge --train "$FIX/train.tar"
-    [ "$status" -ne 0 ] && [[ "$output" == *"arch 'huge'"* ]]
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"arch 'huge'"* ]]
     run "$TRAIN" --arch tiny --train "$FIX/train.tar" --device sdaa:0
-    [ "$status" -ne 0 ] && [[ "$output" == *"no sdaa backend"* ]]
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"no sdaa backend"* ]]
     run "$TRAIN" --arch tiny,vocab=100 --train "$FIX/train.tar" -b 4 --steps 2
-    [ "$status" -ne 0 ] && [[ "$output" == *"tok.npy row"*"outside the vocabulary of 100"* ]]
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"tok.npy row"*"outside the vocabulary of 100"* ]]
     run "$TRAIN" --arch tiny --train "$T/missing.tar"
-    [ "$status" -ne 0 ] && [[ "$output" == *"missing.tar"* ]]
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"missing.tar"* ]]
     run "$TRAIN" --arch tiny --train "$FIX/train.tar" -b 64
-    [ "$status" -ne 0 ] && [[ "$output" == *"fewer than one batch"* ]]
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"fewer than one batch"* ]]
     run "$TRAIN" --init "$ROOT/tests/fixtures/model/bert/config.json" --train "$FIX/train.tar" -b 4
-    [ "$status" -ne 0 ] && [[ "$output" == *"config.json"* ]]
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"config.json"* ]]
     # truncated data: the sample file index fails naming the file
     head -c 30000 "$FIX/train.tar" > "$T/cut.tar"
     run "$TRAIN" --arch tiny --train "$T/cut.tar" -b 4 --steps 2
-    [ "$status" -ne 0 ] && [[ "$output" == *"cut.tar"* ]]
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"cut.tar"* ]]
     # a sample without tok.npy
     tar -cf "$T/notok.tar" -C "$T" --files-from /dev/null
     /usr/bin/python3 - "$FIX/train.tar" "$T/notok.tar" <<'PY'
@@ -161,7 +200,9 @@ for m in src.getmembers():
 dst.close()
 PY
     run "$TRAIN" --arch tiny --train "$T/notok.tar" -b 4 --steps 3 --no-shuffle
-    [ "$status" -ne 0 ] && [[ "$output" == *"s05"* ]] && [[ "$output" == *"tok.npy"* ]]
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"s05"* ]]
+    [[ "$output" == *"tok.npy"* ]]
     [ "${#lines[@]}" -le 3 ]
 }
 
@@ -178,8 +219,10 @@ PY
     field loss "$T/log.jsonl" > "$T/got"
     /usr/bin/python3 -c 'import json,sys; print("\n".join(map(str, json.load(open(sys.argv[1]))["runs"]["cosine"]["loss"])))' \
         "$FIX/expected.json" > "$T/want"
+    [ "$(wc -l < "$T/got")" -eq 6 ]
     paste "$T/got" "$T/want" | awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 2e-2) { print "step " NR ": " $1 " vs " $2; bad = 1 } } END { exit bad }'
-    ! cmp -s "$T/got" "$T/want" # bf16 really is in use
+    run cmp -s "$T/got" "$T/want"
+    [ "$status" -eq 1 ] # they differ: bf16 really is in use
 }
 
 @test "make plots draws the loss and recall curves of a run's log" {
@@ -188,7 +231,8 @@ PY
     "$TRAIN" --arch tiny --train "$FIX/train.tar" --val "$FIX/val.tar" --eval-at-start -b 4 \
         --epochs 3 --log "$T/run/log.jsonl" --quiet
     make -s -C "$ROOT" plots RUN="$T/run" > /dev/null
-    [ "$(wc -l < "$T/run/recall.dat")" -eq 4 ] && [ "$(wc -l < "$T/run/loss.dat")" -eq 9 ]
+    [ "$(wc -l < "$T/run/recall.dat")" -eq 4 ]
+    [ "$(wc -l < "$T/run/loss.dat")" -eq 9 ]
     head -c 8 "$T/run/loss.png" | od -An -c | grep -q 'P   N   G'
     head -c 8 "$T/run/recall.png" | od -An -c | grep -q 'P   N   G'
 }

@@ -1,5 +1,7 @@
-/* Fuzzes ckpt_load_buffer: every input must load or fail with an error,
- * never crash, leak or read out of bounds. Two builds:
+/* Fuzzes ckpt_load_buffer: every input must load or fail with an error
+ * message of its own that names the input ("fuzz-input: ..."), never crash,
+ * leak or read out of bounds; a load that succeeds leaves no error behind, and
+ * every tensor of a loaded checkpoint converts to float32. Two builds:
  *   clang -fsanitize=fuzzer,address,undefined -DUSE_LIBFUZZER ...  (libFuzzer; corpus:
  *     tests/fixtures/ckpt)
  *   cc -fsanitize=address,undefined ...  then
@@ -12,13 +14,33 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define NAME "fuzz-input"
+
+static long iteration = -1; /* the built-in mutator's, for the report */
+
+static void fail(const char *what, size_t size)
+{
+    fprintf(stderr, "fuzz_checkpoint: %s (input of %zu bytes", what, size);
+    if (iteration >= 0) fprintf(stderr, ", iteration %ld", iteration);
+    fprintf(stderr, "): %s\n", clip_error());
+    abort();
+}
+
+/* clip_error() falls back to this when no message was set */
+static int no_error(void) { return !strcmp(clip_error(), "unknown error"); }
+
 static int exercise(const unsigned char *data, size_t size)
 {
-    ckpt *c = ckpt_load_buffer(data, size, "fuzz");
+    clip_clear_error(); /* so that a stale message from an earlier input cannot pass */
+    ckpt *c = ckpt_load_buffer(data, size, NAME);
     if (!c) {
-        if (!clip_error()[0]) abort();
+        const char *e = clip_error();
+        if (no_error()) fail("a failed load set no error", size);
+        if (strncmp(e, NAME ": ", strlen(NAME ": ")) || !e[strlen(NAME ": ")])
+            fail("the error of a failed load does not start with the input's name", size);
         return 0;
     }
+    if (!no_error()) fail("a successful load left an error behind", size);
     size_t most = 0;
     for (size_t i = 0; i < ckpt_count(c); i++)
         if (ckpt_tensor_at(c, i)->numel > most) most = ckpt_tensor_at(c, i)->numel;
@@ -26,7 +48,8 @@ static int exercise(const unsigned char *data, size_t size)
         float *buf = xmalloc((most + 1) * sizeof *buf);
         for (size_t i = 0; i < ckpt_count(c); i++) {
             const ckpt_tensor *t = ckpt_tensor_at(c, i);
-            if (ckpt_read_f32(c, t->name, t->ndim, t->shape, buf) < 0) abort();
+            if (ckpt_read_f32(c, t->name, t->ndim, t->shape, buf) < 0)
+                fail("a tensor of a loaded checkpoint does not convert", size);
         }
         free(buf);
     }
@@ -107,14 +130,24 @@ int main(int argc, char **argv)
         if (len[i] + 64 > cap) cap = len[i] + 64;
     }
     unsigned char *buf = xmalloc(cap);
-    long loaded = 0;
+    long loaded = 0, failed = 0;
     for (long it = 0; it < iters; it++) {
         int f = rnd() % nf;
         memcpy(buf, orig[f], len[f]);
         size_t n = mutate(buf, len[f], cap);
-        loaded += exercise(buf, n); /* ckpt_load_buffer makes an exact-size copy */
+        iteration = it;
+        int ok = exercise(buf, n); /* ckpt_load_buffer makes an exact-size copy */
+        loaded += ok;
+        failed += !ok;
     }
-    printf("%ld iterations, %ld mutants loaded\n", iters, loaded);
+    iteration = -1;
+    printf("%ld iterations, %ld mutants loaded, %ld refused with a message naming the input\n",
+           iters, loaded, failed);
+    /* a smoke run that never reached a loader's error path checked nothing */
+    if (iters >= 1000 && (!loaded || !failed)) {
+        fprintf(stderr, "fuzz_checkpoint: the mutants never %s\n", loaded ? "failed" : "loaded");
+        return 1;
+    }
     for (int i = 0; i < nf; i++) free(orig[i]);
     free(orig);
     free(len);

@@ -87,6 +87,7 @@ static void check_against(const char *file, json_t *set)
 
 static void expect_error(const char *file, const char *part)
 {
+    clip_clear_error(); /* a stale message from the case before must not pass */
     ckpt *c = ckpt_load(file);
     CHECK(c == NULL, "%s loaded", file);
     if (c) ckpt_free(c);
@@ -211,16 +212,18 @@ static void truncations(const char *file)
     char *b = read_file(file, &n);
     CHECK(b != NULL, "%s", clip_error());
     if (!b) return;
-    const char *p = "truncated";
+    /* a name no message contains by itself ("truncated" does), set afresh for every cut */
+    const char *p = "cut-input";
     size_t loaded = 0;
     for (size_t k = 0; k < n; k++) {
+        clip_clear_error();
         ckpt *c = ckpt_load_buffer(b, k, p);
         if (c) {
             if (!loaded) fprintf(stderr, "%s truncated to %zu bytes loads\n", file, k);
             loaded++;
             ckpt_free(c);
-        } else if (!has(clip_error(), p)) {
-            CHECK(0, "%s at %zu: error does not name the file: %s", file, k, clip_error());
+        } else if (strncmp(clip_error(), "cut-input: ", 11)) {
+            CHECK(0, "%s at %zu: error does not start with the file's name: %s", file, k, clip_error());
         }
     }
     CHECK(loaded == 0, "%s: %zu truncations loaded", file, loaded);
@@ -262,6 +265,7 @@ static int same_tensors(const ckpt *a, const ckpt *b)
 static void test_round_trip(void)
 {
     ckpt *c = ckpt_load(FIX "small.pth");
+    CHECK(c != NULL, "round trip: %s", clip_error());
     if (!c) return;
     size_t n = ckpt_count(c);
     ckpt_out_tensor *out = xcalloc(n, sizeof *out);

@@ -1,0 +1,19 @@
+# A lint of the bats suite, part of `make check`. Under bats' `set -e` these
+# lines assert nothing unless they are the last command of a test:
+#   [ A ] && [[ B ]]   set -e ignores the failure of any command of an && list
+#                      but the last, so a failing A passes;
+#   ! cmd              set -e ignores negated commands (write `run cmd` and
+#                      check "$status").
+# One assertion a line instead.
+BATS_LINT_RE := ^[[:space:]]*(\[\[? .* \]\]? && |! )
+
+lint-tests:
+	@if grep -nE '$(BATS_LINT_RE)' tests/bats/*.bats; then \
+	    echo "tests/bats: the lines above assert nothing under set -e unless last in a test;" \
+	         "one assertion a line (see mk/lint.mk)" >&2; \
+	    exit 1; \
+	fi
+
+check: lint-tests
+
+.PHONY: lint-tests
