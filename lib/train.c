@@ -497,7 +497,7 @@ int trainer_save_weights(const trainer *t, const char *path)
         rc = ckpt_save_safetensors(path, l.v, l.n, meta);
         free(cfg);
     } else {
-        rc = ckpt_save_pth(path, l.v, l.n);
+        rc = ckpt_save_pth(path, l.v, l.n, NULL);
     }
     free(pos);
     tl_free(&l);
