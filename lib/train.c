@@ -472,13 +472,17 @@ static void tl_free(tensor_list *l)
     free(l->v);
 }
 
-/* the reference model's state dict: both towers, the head, logit_scale and
- * BERT's position_ids buffer (a strict load_state_dict wants it) */
+/* the reference model's state dict: both towers, the head, logit_scale and,
+ * when the model came with it (bert_config.position_ids), BERT's
+ * position_ids buffer: exactly the keys a strict load_state_dict of the
+ * reference model built from the same init expects. Returns the buffer's
+ * data (free it after writing), NULL without one. */
 static int64_t *model_tensors(tensor_list *l, const clip_model *m)
 {
     tl_add_table(l, "", &m->visual->ptable, m->visual->ptable.data);
     tl_add_table(l, "", &m->bert->ptable, m->bert->ptable.data);
     tl_add(l, "", "logit_scale", DT_F32, 0, NULL, &m->logit_scale);
+    if (!m->bert->cfg.position_ids) return NULL;
     int P = m->bert->cfg.max_pos;
     int64_t *pos = xmalloc(P * sizeof *pos);
     for (int i = 0; i < P; i++) pos[i] = i;
@@ -550,6 +554,8 @@ trainer *trainer_load_state(const char *path, const train_config *cfg, int batch
         goto fail;
     }
     if (arch_from_json(meta, &a)) goto fail;
+    /* the saved key set continues that of the run's init */
+    a.bert.position_ids = ckpt_find(c, "transformer.embeddings.position_ids") != NULL;
     t = trainer_create(train_model_create(&a, 0), cfg, batch, max_len);
     t->step = atol(step);
     for (int k = 0; k < 2; k++)
