@@ -23,10 +23,12 @@ needs_torch() {
 
 # fine_tune INIT_ARGS...: 3 steps of clip-train from the init, saved to
 # $T/m.pth, and clip-embed's embeddings of the validation samples ($T/emb.tar)
+# from the .pth alone: its recorded head counts (4 and 2 text heads in the
+# fixtures, where hidden / 64 would give 1), no --text-model
 fine_tune() {
     "$BIN/clip-train" "$@" --train "$FIX/train.tar" -b 4 --steps 3 --lr 1e-3 --warmup 1 \
         --save "$T/m.pth" --quiet
-    "$BIN/clip-embed" --model "$T/m.pth" "${EMBED_ARGS[@]}" -i "$FIX/val.tar" -o "$T/emb.tar"
+    "$BIN/clip-embed" --model "$T/m.pth" -i "$FIX/val.tar" -o "$T/emb.tar"
 }
 
 @test "torch.load reads a .pth written by ckpt_save_pth, bit for bit" {
@@ -47,7 +49,6 @@ fine_tune() {
 
 @test "a .pth fine-tuned from a seed-format init (BERT with position_ids) loads strictly into the init's reference models" {
     needs_torch
-    EMBED_ARGS=(--text-model "$SEED/bert")
     fine_tune --init "$SEED/openai.pth" --text-model "$SEED/bert"
     run /usr/bin/python3 tests/ref/load_strict.py "$T/m.pth" --init "$SEED/openai.pth" \
         --text-model "$SEED/bert" --embedded "$T/emb.tar"
@@ -60,7 +61,6 @@ fine_tune() {
 @test "a .pth fine-tuned from a seed-format init without position_ids (transformers >= 4.31) loads strictly into its reference models" {
     needs_torch
     /usr/bin/python3 tests/ref/without_position_ids.py "$SEED/bert" "$T/bert"
-    EMBED_ARGS=(--text-model "$T/bert")
     fine_tune --init "$SEED/openai.pth" --text-model "$T/bert"
     run /usr/bin/python3 tests/ref/load_strict.py "$T/m.pth" --init "$SEED/openai.pth" \
         --text-model "$T/bert" --embedded "$T/emb.tar"
@@ -74,7 +74,6 @@ fine_tune() {
 @test "a .pth fine-tuned from tests/ref's joint model, with and without position_ids, loads strictly into it" {
     needs_torch
     /usr/bin/python3 tests/ref/without_position_ids.py "$FIX/init.pth" "$T/init_new.pth"
-    EMBED_ARGS=(--text-model "$FIX/bert")
     for init in "$FIX/init.pth" "$T/init_new.pth"; do
         fine_tune --init "$init" --text-model "$FIX/bert"
         run /usr/bin/python3 tests/ref/load_strict.py "$T/m.pth" --init "$init" \
@@ -103,7 +102,8 @@ fine_tune() {
 
 @test "--arch saves follow current transformers (no position_ids); --position-ids adds the buffer" {
     needs_torch
-    "$BIN/clip-train" --arch tiny --train "$FIX/train.tar" -b 4 --steps 2 --save "$T/new.pth" --quiet
+    "$BIN/clip-train" --arch tiny,text_heads=4 --train "$FIX/train.tar" -b 4 --steps 2 \
+        --save "$T/new.pth" --quiet
     "$BIN/clip-embed" --model "$T/new.pth" -i "$FIX/val.tar" -o "$T/emb.tar"
     run /usr/bin/python3 tests/ref/load_strict.py "$T/new.pth" --arch --embedded "$T/emb.tar"
     echo "$output"
