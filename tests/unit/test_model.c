@@ -285,6 +285,39 @@ static void test_saved_heads(void)
     rmdir(dir);
 }
 
+/* the saved key set without PyTorch: a model from scratch has no position_ids
+ * buffer unless asked (checkpoint.bats loads them strictly into PyTorch) */
+static void test_saved_keys(void)
+{
+    char dir[] = "/tmp/test_model.XXXXXX", path[64];
+    if (!mkdtemp(dir)) die("mkdtemp");
+    snprintf(path, sizeof path, "%s/s.pth", dir);
+    for (int want = 0; want < 2; want++) {
+        train_arch a;
+        CHECK(train_arch_parse("tiny", &a) == 0 && !a.bert.position_ids, "%s", clip_error());
+        a.bert.position_ids = want;
+        train_config tc;
+        train_config_defaults(&tc);
+        trainer *t = trainer_create(train_model_create(&a, 1), &tc, 2, 8);
+        CHECK(trainer_save_weights(t, path) == 0, "%s", clip_error());
+        ckpt *c = ckpt_load(path);
+        const ckpt_tensor *p = c ? ckpt_find(c, "transformer.embeddings.position_ids") : NULL;
+        CHECK(c && !p == !want, "--arch%s: position_ids %s", want ? " --position-ids" : "",
+              p ? "saved" : "left out");
+        CHECK(!p || (p->dtype == DT_I64 && p->ndim == 2 && p->shape[0] == 1 &&
+                     p->shape[1] == a.bert.max_pos && ((const int64_t *)p->data)[5] == 5),
+              "position_ids: int64 [1, max_pos] = 0, 1, ...");
+        clip_model *r = c ? clip_model_from_ckpt(c, path, NULL) : NULL;
+        CHECK(r && r->bert->cfg.position_ids == want, "the reload keeps the key set: %s",
+              r ? "no" : clip_error());
+        clip_model_free(r);
+        ckpt_free(c);
+        trainer_free(t);
+    }
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(int argc, char **argv)
 {
     const char *joint = argc > 1 ? argv[1] : FIX "joint.pth";
@@ -292,5 +325,6 @@ int main(int argc, char **argv)
     test_openai_and_bert_dir();
     test_errors(joint);
     test_saved_heads();
+    test_saved_keys();
     return unit_done();
 }
