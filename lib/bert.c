@@ -43,6 +43,7 @@ int bert_config_from_ckpt(const ckpt *c, const char *prefix, bert_config *cfg)
     cfg->intermediate = (int)inter->shape[0];
     cfg->heads = cfg->hidden / 64 ? cfg->hidden / 64 : 1;
     cfg->eps = 1e-12f;
+    cfg->position_ids = find2(c, prefix, "embeddings.position_ids") != NULL;
     char name[128];
     for (;;) {
         snprintf(name, sizeof name, "encoder.layer.%d.attention.self.query.weight", cfg->layers);

@@ -15,6 +15,12 @@ typedef struct {
     int max_pos, type_vocab, vocab;
     float eps;   /* 1e-12 */
     int out_dim; /* text_projection [hidden, out_dim] */
+    /* 1: the state dict holds the int64 [1, max_pos] buffer
+     * `embeddings.position_ids` (0, 1, ..., max_pos - 1), as Hugging Face
+     * BertModel before transformers 4.31 kept it; later ones leave it out
+     * (persistent=False) and refuse it in a strict load. Saved checkpoints
+     * write it only when set: the key set of the checkpoint it came from. */
+    int position_ids;
 } bert_config;
 
 typedef struct {
@@ -81,7 +87,8 @@ typedef struct {
 } bert;
 
 /* Config from tensor shapes under `prefix` ("transformer.", "bert." or "");
- * heads = hidden / 64 and eps 1e-12 unless set by bert_config_from_json. */
+ * heads = hidden / 64 and eps 1e-12 unless set by bert_config_from_json;
+ * position_ids from the presence of `prefix`embeddings.position_ids. */
 int bert_config_from_ckpt(const ckpt *c, const char *prefix, bert_config *cfg);
 /* Overrides from a Hugging Face config.json. */
 int bert_config_from_json(const char *path, bert_config *cfg);

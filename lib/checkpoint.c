@@ -139,6 +139,44 @@ const char *ckpt_metadata(const ckpt *c, const char *key)
     return NULL;
 }
 
+int ckpt_set_metadata(ckpt *c, json_t *m, const char *what)
+{
+    if (!json_is_object(m)) {
+        clip_set_error("%s: %s is not an object", c->path, what);
+        return -1;
+    }
+    if (c->meta) {
+        clip_set_error("%s: %s: metadata given twice", c->path, what);
+        return -1;
+    }
+    const char *k;
+    json_t *v;
+    c->meta = xcalloc(2 * json_object_size(m) + 1, sizeof *c->meta);
+    json_object_foreach(m, k, v)
+    {
+        if (!json_is_string(v)) {
+            clip_set_error("%s: %s: metadata '%s' is not a string", c->path, what, k);
+            return -1;
+        }
+        c->meta[c->n_meta++] = xstrdup(k);
+        c->meta[c->n_meta++] = xstrdup(json_string_value(v));
+    }
+    return 0;
+}
+
+json_t *ckpt_metadata_object(const char *const *metadata)
+{
+    json_t *m = json_object();
+    int bad = 0;
+    for (size_t i = 0; metadata && metadata[i] && metadata[i + 1]; i += 2)
+        bad |= json_object_set_new(m, metadata[i], json_string(metadata[i + 1]));
+    if (bad) {
+        json_decref(m);
+        return NULL;
+    }
+    return m;
+}
+
 void ckpt_free(ckpt *c)
 {
     if (!c) return;

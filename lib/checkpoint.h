@@ -32,7 +32,8 @@ void ckpt_free(ckpt *c);
 size_t ckpt_count(const ckpt *c);
 const ckpt_tensor *ckpt_tensor_at(const ckpt *c, size_t i);
 const ckpt_tensor *ckpt_find(const ckpt *c, const char *name);
-/* Metadata string (safetensors __metadata__), NULL if absent. */
+/* Metadata string: safetensors' __metadata__, or the clip-tools record of a
+ * .pth written by ckpt_save_pth; NULL if absent. */
 const char *ckpt_metadata(const ckpt *c, const char *key);
 
 size_t ckpt_dtype_size(ckpt_dtype t);
@@ -55,7 +56,10 @@ typedef struct {
 /* safetensors; metadata: NULL or pairs {key, value, key, value, ..., NULL}. */
 int ckpt_save_safetensors(const char *path, const ckpt_out_tensor *t, size_t n,
                           const char *const *metadata);
-/* PyTorch zip format that torch.load() reads as an OrderedDict of tensors. */
-int ckpt_save_pth(const char *path, const ckpt_out_tensor *t, size_t n);
+/* PyTorch zip format that torch.load() reads as an OrderedDict of exactly
+ * these tensors. metadata (NULL or pairs, as above) goes into an extra
+ * member, archive/clip-tools/metadata.json, that torch.load ignores. */
+int ckpt_save_pth(const char *path, const ckpt_out_tensor *t, size_t n,
+                  const char *const *metadata);
 
 #endif

@@ -3,6 +3,8 @@
 #ifndef CLIP_CKPT_INTERNAL_H
 #define CLIP_CKPT_INTERNAL_H
 
+#include <jansson.h>
+
 #include "checkpoint.h"
 #include "pickle.h"
 
@@ -41,6 +43,14 @@ int ckpt_load_torch_legacy(ckpt *c);
 int ckpt_add_pickled(ckpt *c, const pk_obj *root);
 /* Replaces a big-endian storage's data by an owned little-endian copy. */
 void ckpt_swap_storage(ckpt *c, pk_storage *st);
+
+/* Metadata from a JSON object of strings (safetensors' __metadata__, a .pth's
+ * clip-tools record); `what` names it in messages. -1 unless every value is
+ * a string. Called at most once per checkpoint. */
+int ckpt_set_metadata(ckpt *c, json_t *m, const char *what);
+/* The pairs {key, value, ..., NULL} (or NULL: none) as a new JSON object;
+ * NULL when a key or value is not valid UTF-8. */
+json_t *ckpt_metadata_object(const char *const *metadata);
 
 /* Writes through fn into a temporary file beside path, fsyncs it and renames
  * it over path. fn returns -1 with the error set. */

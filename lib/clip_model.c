@@ -17,28 +17,78 @@ static int file_exists(const char *path)
     return stat(path, &st) == 0;
 }
 
-/* clip-train's safetensors carry the text heads and eps, which tensor shapes
- * do not tell, in their "clip_config" metadata. */
-static int text_config_from_metadata(const ckpt *c, bert_config *cfg)
+/* The record clip-train writes into its checkpoints (.safetensors and .pth
+ * alike: the "clip_config" metadata) of what tensor shapes do not tell: the
+ * head counts, BERT's eps. *rec: the parsed JSON (json_decref it), NULL when
+ * the checkpoint has none (a foreign one: shapes, config.json and width / 64
+ * decide). -1 with an error naming the file when the record is not JSON. */
+static int read_record(const ckpt *c, const char *path, json_t **rec)
 {
+    *rec = NULL;
     const char *meta = ckpt_metadata(c, "clip_config");
     if (!meta) return 0;
-    json_t *j = json_loads(meta, 0, NULL), *text = json_object_get(j, "text");
-    json_t *heads = json_object_get(text, "heads"), *eps = json_object_get(text, "eps");
-    int rc = 0;
-    if (json_is_integer(heads) && json_integer_value(heads) > 0 &&
-        cfg->hidden % json_integer_value(heads) == 0)
-        cfg->heads = (int)json_integer_value(heads);
-    else if (heads || !j) {
-        clip_set_error("clip_config metadata: bad text heads");
-        rc = -1;
+    json_error_t err;
+    json_t *j = json_loads(meta, 0, &err);
+    if (!json_is_object(j)) {
+        clip_set_error("%s: the clip_config metadata is not a JSON object (%s): the file was "
+                       "altered or damaged",
+                       path, j ? "another JSON value" : err.text);
+        json_decref(j);
+        return -1;
     }
-    if (json_is_number(eps)) cfg->eps = (float)json_number_value(eps);
-    json_decref(j);
-    return rc;
+    *rec = j;
+    return 0;
 }
 
-static int load_bert(clip_model *m, const ckpt *c, const char *bert_dir, int head_in_ckpt)
+/* The head count recorded for a tower ("image" or "text") of the given
+ * width: 0 when not recorded; -1 with an error naming the file unless it is
+ * a positive integer that divides the width. */
+static int recorded_heads(json_t *rec, const char *tower, int width, const char *path, int *heads)
+{
+    *heads = 0;
+    json_t *h = json_object_get(json_object_get(rec, tower), "heads");
+    if (!h) return 0;
+    if (!json_is_integer(h) || json_integer_value(h) <= 0 || json_integer_value(h) > width ||
+        width % json_integer_value(h)) {
+        char *s = json_dumps(h, JSON_ENCODE_ANY);
+        clip_set_error("%s: the clip_config metadata records %s heads = %s, not a positive "
+                       "divisor of the %s width %d: the file was altered or damaged (without "
+                       "the record, heads come from --text-model's config.json or width / 64)",
+                       path, tower, s ? s : "?", tower, width);
+        free(s);
+        return -1;
+    }
+    *heads = (int)json_integer_value(h);
+    return 0;
+}
+
+/* text heads and eps: the record when there is one, over config.json
+ * (json_path, NULL when not read) over the shapes' guess */
+static int text_config_from_record(json_t *rec, const char *path, const char *json_path,
+                                   bert_config *cfg)
+{
+    int heads;
+    if (recorded_heads(rec, "text", cfg->hidden, path, &heads)) return -1;
+    if (heads) {
+        if (json_path && heads != cfg->heads)
+            warn("%s says %d attention heads, %s records %d: using %d", json_path, cfg->heads,
+                 path, heads, heads);
+        cfg->heads = heads;
+    }
+    json_t *eps = json_object_get(json_object_get(rec, "text"), "eps");
+    if (eps) {
+        if (!json_is_number(eps) || !(json_number_value(eps) > 0 && json_number_value(eps) < 1)) {
+            clip_set_error("%s: the clip_config metadata records a text eps that is not a number "
+                           "in (0, 1): the file was altered or damaged", path);
+            return -1;
+        }
+        cfg->eps = (float)json_number_value(eps);
+    }
+    return 0;
+}
+
+static int load_bert(clip_model *m, const ckpt *c, const char *ckpt_path, json_t *rec,
+                     const char *bert_dir, int head_in_ckpt)
 {
     ckpt *hf = NULL;
     const ckpt *src = c;
@@ -58,11 +108,16 @@ static int load_bert(clip_model *m, const ckpt *c, const char *bert_dir, int hea
     }
     bert_config cfg;
     if (bert_config_from_ckpt(src, prefix, &cfg)) goto out;
-    if (src == c && text_config_from_metadata(c, &cfg)) goto out;
+    const char *json_path = NULL;
     if (bert_dir) {
         snprintf(path, sizeof path, "%s/config.json", bert_dir);
-        if (file_exists(path) && bert_config_from_json(path, &cfg)) goto out;
+        if (file_exists(path)) {
+            if (bert_config_from_json(path, &cfg)) goto out;
+            json_path = path;
+        }
     }
+    /* the record describes the BERT of this checkpoint, not one beside it */
+    if (src == c && text_config_from_record(rec, ckpt_path, json_path, &cfg)) goto out;
     const ckpt_tensor *tp = head_in_ckpt ? ckpt_find(c, "text_projection") : NULL;
     cfg.out_dim = tp && tp->ndim == 2 ? (int)tp->shape[1]
                   : m->visual          ? m->visual->cfg.out_dim
@@ -106,10 +161,16 @@ clip_model *clip_model_from_ckpt(const ckpt *c, const char *ckpt_path, const cha
     clip_model *m = xcalloc(1, sizeof *m);
     m->max_batch = 32;
     m->logit_scale = logf(1.0f / 0.07f);
+    json_t *rec;
+    if (read_record(c, ckpt_path, &rec)) goto fail;
 
     if (ckpt_find(c, "visual.conv1.weight")) {
         vit_config vc;
-        if (vit_config_from_ckpt(c, &vc)) goto fail;
+        const ckpt_tensor *conv = ckpt_find(c, "visual.conv1.weight");
+        int heads;
+        if (recorded_heads(rec, "image", conv->ndim ? (int)conv->shape[0] : 0, ckpt_path, &heads) ||
+            vit_config_from_ckpt(c, heads, &vc))
+            goto fail;
         m->visual = vit_create(&vc);
         if (vit_load(m->visual, c)) goto fail;
     }
@@ -124,7 +185,7 @@ clip_model *clip_model_from_ckpt(const ckpt *c, const char *ckpt_path, const cha
     /* the top-level ln_final/text_projection belong to whichever text tower
      * sits under `transformer.` */
     if (ckpt_find(c, "transformer.embeddings.word_embeddings.weight") || bert_dir)
-        if (load_bert(m, c, bert_dir, !has_ctext)) goto fail;
+        if (load_bert(m, c, ckpt_path, rec, bert_dir, !has_ctext)) goto fail;
 
     const ckpt_tensor *ls = ckpt_find(c, "logit_scale");
     if (ls) {
@@ -149,8 +210,10 @@ clip_model *clip_model_from_ckpt(const ckpt *c, const char *ckpt_path, const cha
                        m->embed_dim);
         goto fail;
     }
+    json_decref(rec);
     return m;
 fail:;
+    json_decref(rec);
     /* name the file unless the message already does */
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", clip_error());

@@ -26,7 +26,10 @@ typedef struct {
 /* ckpt_path: joint checkpoint (.pth, .bin, .safetensors). bert_dir (or NULL):
  * Hugging Face BERT directory (config.json + pytorch_model.bin or
  * model.safetensors), whose weights are used when the checkpoint has no BERT
- * under `transformer.`; its config.json sets heads and eps. A missing
+ * under `transformer.`. Head counts (and BERT's eps): the checkpoint's
+ * "clip_config" metadata record when it has one (clip-train writes it, in
+ * .safetensors and .pth), validated (a positive divisor of the width, else
+ * an error naming the file); else config.json; else width / 64. A missing
  * text_projection is drawn from N(0, hidden^-0.5) with a fixed seed (with a
  * warning). NULL with clip_error() naming the file/tensor on failure. */
 clip_model *clip_model_load(const char *ckpt_path, const char *bert_dir);

@@ -98,27 +98,6 @@ static int load_tensor(ckpt *c, const char *name, json_t *v, const unsigned char
     return ckpt_add(c, name, dt, ndim, shape, p);
 }
 
-static int load_metadata(ckpt *c, json_t *m)
-{
-    if (!json_is_object(m)) {
-        clip_set_error("%s: safetensors __metadata__ is not an object", c->path);
-        return -1;
-    }
-    const char *k;
-    json_t *v;
-    c->meta = xcalloc(2 * json_object_size(m) + 1, sizeof *c->meta);
-    json_object_foreach(m, k, v)
-    {
-        if (!json_is_string(v)) {
-            clip_set_error("%s: safetensors metadata '%s' is not a string", c->path, k);
-            return -1;
-        }
-        c->meta[c->n_meta++] = xstrdup(k);
-        c->meta[c->n_meta++] = xstrdup(json_string_value(v));
-    }
-    return 0;
-}
-
 int ckpt_load_safetensors(ckpt *c)
 {
     const char *path = c->path;
@@ -155,7 +134,7 @@ int ckpt_load_safetensors(ckpt *c)
     json_object_foreach(root, k, v)
     {
         if (!strcmp(k, "__metadata__")) {
-            if (load_metadata(c, v) < 0) goto out_ranges;
+            if (ckpt_set_metadata(c, v, "safetensors __metadata__") < 0) goto out_ranges;
             continue;
         }
         if (load_tensor(c, k, v, data, data_len, &ranges[nr]) < 0) goto out_ranges;
@@ -235,10 +214,8 @@ int ckpt_save_safetensors(const char *path, const ckpt_out_tensor *t, size_t n,
     json_t *root = json_object();
     int bad = 0;
     if (metadata && metadata[0]) {
-        json_t *m = json_object();
-        for (size_t i = 0; metadata[i] && metadata[i + 1]; i += 2)
-            bad |= json_object_set_new(m, metadata[i], json_string(metadata[i + 1]));
-        json_object_set_new(root, "__metadata__", m);
+        json_t *m = ckpt_metadata_object(metadata);
+        bad |= !m || json_object_set_new(root, "__metadata__", m);
     }
     for (size_t i = 0; i < n; i++) {
         json_t *e = json_object(), *shape = json_array(), *offs = json_array();

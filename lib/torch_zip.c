@@ -3,16 +3,25 @@
  * ('storage', torch.FloatStorage, key, location, numel) naming the members
  * <prefix>/data/<key>; <prefix>/byteorder says "big" on big-endian writers.
  * torch stores members uncompressed, so libarchive hands us pointers into
- * the mapped file and tensors are not copied. */
+ * the mapped file and tensors are not copied.
+ *
+ * Checkpoints we write may carry one more member, <prefix>/clip-tools/
+ * metadata.json: a JSON object of strings, the same map as safetensors'
+ * __metadata__ (ckpt_metadata). torch.load reads only data.pkl, byteorder
+ * and the data/ members it names, so the state dict stays exactly the
+ * tensors (torch requires every member under the one <prefix>/ folder). */
 #include "ckpt_internal.h"
 #include "util.h"
 
 #include <archive.h>
 #include <archive_entry.h>
 #include <errno.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#define METADATA_MEMBER "clip-tools/metadata.json"
 
 typedef struct {
     char *name;
@@ -104,7 +113,8 @@ static int wanted(zip_reader *z, const char *name)
 {
     size_t pl = strlen(z->prefix);
     if (strncmp(name, z->prefix, pl)) return 0;
-    return !strcmp(name + pl, "byteorder") || !strncmp(name + pl, "data/", 5);
+    return !strcmp(name + pl, "byteorder") || !strncmp(name + pl, "data/", 5) ||
+           !strcmp(name + pl, METADATA_MEMBER);
 }
 
 static int read_archive(zip_reader *z)
@@ -230,6 +240,19 @@ int ckpt_load_torch_zip(ckpt *c)
             goto out;
         }
     }
+    snprintf(name, sizeof name, "%s" METADATA_MEMBER, z.prefix);
+    member *md = find_member(&z, name);
+    if (md) {
+        json_error_t jerr;
+        json_t *j = json_loadb((const char *)md->data, md->size, JSON_REJECT_DUPLICATES, &jerr);
+        if (!j) {
+            clip_set_error("%s: member %s is not valid JSON: %s", c->path, name, jerr.text);
+            goto out;
+        }
+        int bad = ckpt_set_metadata(c, j, name);
+        json_decref(j);
+        if (bad) goto out;
+    }
     snprintf(name, sizeof name, "%sdata.pkl", z.prefix);
     member *pkl = find_member(&z, name);
     vm = pk_new(persistent_load, &z);
@@ -330,6 +353,7 @@ typedef struct {
     const char *path;
     const ckpt_out_tensor *t;
     size_t n;
+    const char *metadata; /* JSON text of the metadata member, or NULL */
 } pth_writer;
 
 /* *header and *trailer (if given) receive the bytes libarchive wrote around the data. */
@@ -398,6 +422,8 @@ static int write_pth(int fd, void *ctx)
     /* local header = overhead + name length; trailer = data descriptor */
     int64_t header, trailer;
     if (add_member_measured(a, "archive/byteorder", "little", 6, &header, &trailer) < 0) goto fail;
+    if (w->metadata && add_member(a, "archive/" METADATA_MEMBER, w->metadata, strlen(w->metadata)) < 0)
+        goto fail;
     int64_t overhead = header - (int64_t)strlen("archive/byteorder");
     for (size_t i = 0; i < w->n; i++) {
         char name[64];
@@ -418,9 +444,22 @@ out:
     return rc;
 }
 
-int ckpt_save_pth(const char *path, const ckpt_out_tensor *t, size_t n)
+int ckpt_save_pth(const char *path, const ckpt_out_tensor *t, size_t n,
+                  const char *const *metadata)
 {
     if (ckpt_check_out(path, t, n) < 0) return -1;
-    pth_writer w = {path, t, n};
-    return ckpt_write_atomic(path, write_pth, &w);
+    char *js = NULL;
+    if (metadata && metadata[0]) {
+        json_t *m = ckpt_metadata_object(metadata);
+        js = m ? json_dumps(m, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+        json_decref(m);
+        if (!js) {
+            clip_set_error("%s: cannot encode the metadata (a key or value is not valid UTF-8)", path);
+            return -1;
+        }
+    }
+    pth_writer w = {path, t, n, js};
+    int rc = ckpt_write_atomic(path, write_pth, &w);
+    free(js);
+    return rc;
 }

@@ -389,13 +389,17 @@ int trainer_step(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, i
 
 /* ---- saving */
 
+/* The "clip_config" record of saved checkpoints (.safetensors and .pth): the
+ * architecture, with what tensor shapes do not tell, the head counts of both
+ * towers and BERT's eps, so that a reload never guesses width / 64. */
 static char *config_json(const clip_model *m)
 {
     const vit_config *v = &m->visual->cfg;
     const bert_config *b = &m->bert->cfg;
-    json_t *j = json_pack("{s:{s:i,s:i,s:i,s:i,s:i,s:i},s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:f},s:i}",
-                          "image", "width", v->width, "layers", v->layers, "mlp", v->mlp, "patch",
-                          v->patch, "resolution", v->resolution, "out_dim", v->out_dim, "text", "hidden",
+    json_t *j = json_pack("{s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i},s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:f},s:i}",
+                          "image", "width", v->width, "layers", v->layers, "heads", v->heads, "mlp",
+                          v->mlp, "patch", v->patch, "resolution", v->resolution, "out_dim",
+                          v->out_dim, "text", "hidden",
                           b->hidden, "layers", b->layers, "heads", b->heads, "intermediate",
                           b->intermediate, "max_pos", b->max_pos, "type_vocab", b->type_vocab,
                           "vocab", b->vocab, "eps", (double)b->eps, "embed_dim", m->embed_dim);
@@ -410,9 +414,10 @@ static int arch_from_json(const char *s, train_arch *a)
     json_t *j = json_loads(s, 0, &err);
     memset(a, 0, sizeof *a);
     double eps = 1e-12;
-    int mlp = 0;
-    int rc = json_unpack_ex(j, &err, 0, "{s:{s:i,s:i,s:i,s:i,s:i,s:i},s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:F}}",
-                            "image", "width", &a->vit.width, "layers", &a->vit.layers, "mlp", &mlp, "patch",
+    int mlp = 0, image_heads = 0; /* absent from older state files: width / 64 */
+    int rc = json_unpack_ex(j, &err, 0, "{s:{s:i,s:i,s?i,s:i,s:i,s:i,s:i},s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:F}}",
+                            "image", "width", &a->vit.width, "layers", &a->vit.layers, "heads",
+                            &image_heads, "mlp", &mlp, "patch",
                             &a->vit.patch, "resolution", &a->vit.resolution, "out_dim",
                             &a->vit.out_dim, "text", "hidden", &a->bert.hidden, "layers",
                             &a->bert.layers, "heads", &a->bert.heads, "intermediate",
@@ -425,6 +430,14 @@ static int arch_from_json(const char *s, train_arch *a)
     }
     int inter = a->bert.intermediate, types = a->bert.type_vocab;
     if (arch_finish(a)) return -1;
+    if (image_heads) {
+        if (image_heads < 0 || a->vit.width % image_heads) {
+            clip_set_error("clip_config metadata: image heads %d do not divide the width %d",
+                           image_heads, a->vit.width);
+            return -1;
+        }
+        a->vit.heads = image_heads;
+    }
     a->vit.mlp = mlp;
     a->bert.intermediate = inter;
     a->bert.type_vocab = types;
@@ -472,13 +485,17 @@ static void tl_free(tensor_list *l)
     free(l->v);
 }
 
-/* the reference model's state dict: both towers, the head, logit_scale and
- * BERT's position_ids buffer (a strict load_state_dict wants it) */
+/* the reference model's state dict: both towers, the head, logit_scale and,
+ * when the model came with it (bert_config.position_ids), BERT's
+ * position_ids buffer: exactly the keys a strict load_state_dict of the
+ * reference model built from the same init expects. Returns the buffer's
+ * data (free it after writing), NULL without one. */
 static int64_t *model_tensors(tensor_list *l, const clip_model *m)
 {
     tl_add_table(l, "", &m->visual->ptable, m->visual->ptable.data);
     tl_add_table(l, "", &m->bert->ptable, m->bert->ptable.data);
     tl_add(l, "", "logit_scale", DT_F32, 0, NULL, &m->logit_scale);
+    if (!m->bert->cfg.position_ids) return NULL;
     int P = m->bert->cfg.max_pos;
     int64_t *pos = xmalloc(P * sizeof *pos);
     for (int i = 0; i < P; i++) pos[i] = i;
@@ -490,15 +507,11 @@ int trainer_save_weights(const trainer *t, const char *path)
 {
     tensor_list l = {0};
     int64_t *pos = model_tensors(&l, t->m);
-    int rc;
-    if (ends_with(path, ".safetensors")) {
-        char *cfg = config_json(t->m);
-        const char *meta[] = {"format", "pt", "clip_config", cfg, NULL};
-        rc = ckpt_save_safetensors(path, l.v, l.n, meta);
-        free(cfg);
-    } else {
-        rc = ckpt_save_pth(path, l.v, l.n);
-    }
+    char *cfg = config_json(t->m);
+    const char *meta[] = {"format", "pt", "clip_config", cfg, NULL};
+    int rc = ends_with(path, ".safetensors") ? ckpt_save_safetensors(path, l.v, l.n, meta)
+                                             : ckpt_save_pth(path, l.v, l.n, meta + 2);
+    free(cfg);
     free(pos);
     tl_free(&l);
     return rc;
@@ -550,6 +563,8 @@ trainer *trainer_load_state(const char *path, const train_config *cfg, int batch
         goto fail;
     }
     if (arch_from_json(meta, &a)) goto fail;
+    /* the saved key set continues that of the run's init */
+    a.bert.position_ids = ckpt_find(c, "transformer.embeddings.position_ids") != NULL;
     t = trainer_create(train_model_create(&a, 0), cfg, batch, max_len);
     t->step = atol(step);
     for (int k = 0; k < 2; k++)

@@ -26,7 +26,9 @@ typedef struct {
 
 void train_config_defaults(train_config *c);
 
-/* Architecture of a model trained from scratch. */
+/* Architecture of a model trained from scratch. bert.position_ids (0 from
+ * train_arch_parse, as current Hugging Face) adds BERT's position_ids buffer
+ * to the saved checkpoints. */
 typedef struct {
     vit_config vit;
     bert_config bert;
@@ -77,8 +79,12 @@ int trainer_step(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, i
                  train_stats *st);
 
 /* Model weights in the reference key names: .pth (torch.load + the
- * reference model load it strictly) or, by extension, .safetensors with the
- * configuration in its metadata. Written atomically. */
+ * reference model load it strictly) or, by extension, .safetensors; both
+ * with the configuration (head counts included) in their "clip_config"
+ * metadata (for .pth the extra archive member torch.load ignores, see
+ * ckpt_save_pth). Written atomically. The keys are those of
+ * the init: transformer.embeddings.position_ids only when it had the buffer
+ * (or, from scratch, when train_arch asked for it). */
 int trainer_save_weights(const trainer *t, const char *path);
 
 /* Resume state: weights, AdamW moments, the step count and a caller JSON

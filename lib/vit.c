@@ -13,7 +13,7 @@
 static const float clip_mean[3] = {0.48145466f, 0.4578275f, 0.40821073f};
 static const float clip_std[3] = {0.26862954f, 0.26130258f, 0.27577711f};
 
-int vit_config_from_ckpt(const ckpt *c, vit_config *cfg)
+int vit_config_from_ckpt(const ckpt *c, int heads, vit_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
     const ckpt_tensor *conv = ckpt_find(c, "visual.conv1.weight");
@@ -47,11 +47,19 @@ int vit_config_from_ckpt(const ckpt *c, vit_config *cfg)
     cfg->resolution = cfg->grid * cfg->patch;
     cfg->mlp = (int)fc->shape[0];
     cfg->out_dim = (int)proj->shape[1];
-    if (cfg->width % 64) {
+    if (heads) {
+        if (heads < 0 || cfg->width % heads) {
+            clip_set_error("visual: the recorded head count %d does not divide the width %d (a "
+                           "damaged clip_config record?)", heads, cfg->width);
+            return -1;
+        }
+        cfg->heads = heads;
+    } else if (cfg->width % 64) {
         clip_set_error("visual: width %d is not a multiple of 64 (heads = width / 64)", cfg->width);
         return -1;
+    } else {
+        cfg->heads = cfg->width / 64;
     }
-    cfg->heads = cfg->width / 64;
     char name[128];
     for (;;) {
         snprintf(name, sizeof name, "visual.transformer.resblocks.%d.ln_1.weight", cfg->layers);

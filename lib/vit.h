@@ -10,7 +10,7 @@
 #include "resblock.h"
 
 typedef struct {
-    int width, layers, heads, mlp; /* heads = width / 64, mlp = 4 * width */
+    int width, layers, heads, mlp; /* heads: width / 64 unless recorded; mlp = 4 * width */
     int patch, grid, resolution;   /* resolution = grid * patch pixels */
     int tokens;                    /* 1 + grid^2 */
     int out_dim;                   /* proj [width, out_dim] */
@@ -55,8 +55,11 @@ typedef struct {
     int dact_batch;
 } vit;
 
-/* 0, or -1 with an error if `visual.*` is absent or inconsistent. */
-int vit_config_from_ckpt(const ckpt *c, vit_config *cfg);
+/* Config from the shapes of `visual.*`. heads: the head count the checkpoint
+ * records (clip-train's clip_config metadata), or 0 when it records none:
+ * then width / 64, OpenAI's rule. 0, or -1 with an error if `visual.*` is
+ * absent or inconsistent, or heads does not divide the width. */
+int vit_config_from_ckpt(const ckpt *c, int heads, vit_config *cfg);
 vit *vit_create(const vit_config *cfg);
 int vit_load(vit *m, const ckpt *c);
 void vit_free(vit *m);

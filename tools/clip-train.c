@@ -35,6 +35,9 @@ static void usage(FILE *f)
             "                           the model does not use are reported and left alone\n"
             "      --text-model DIR     Hugging Face BERT directory (config.json [+ weights])\n"
             "      --arch SPEC          from scratch: tiny|small|base[,KEY=N...] (see clip-train(1))\n"
+            "      --position-ids       with --arch: save BERT's embeddings.position_ids buffer too,\n"
+            "                           for a reference BertModel of transformers < 4.31 (with\n"
+            "                           --init the saved keys are always those of the init)\n"
             "      --resume             continue from the --save file's state (FILE.state)\n"
             "Data:\n"
             "      --train DATA         FILE.tar (random access, shuffled each epoch) or a stream\n"
@@ -335,7 +338,7 @@ int main(int argc, char **argv)
         O_INIT = 256, O_TEXT, O_ARCH, O_RESUME, O_TRAIN, O_VAL, O_EVAL0, O_EPOCHS, O_STEPS,
         O_NOSHUF, O_NOAUG, O_CAPTION, O_SEED, O_LR, O_WARMUP, O_SCHED, O_MINLR, O_WD, O_WDALL,
         O_B1, O_B2, O_EPS, O_CLIP, O_AMP, O_SAVE, O_SAVE_EVERY, O_LOG, O_PROGRESS, O_QUIET,
-        O_DEVICE, O_IDEV, O_TDEV, O_STOP_AFTER
+        O_DEVICE, O_IDEV, O_TDEV, O_STOP_AFTER, O_POSIDS
     };
     static const struct option opts[] = {
         {"init", 1, 0, O_INIT},        {"text-model", 1, 0, O_TEXT},  {"arch", 1, 0, O_ARCH},
@@ -349,11 +352,12 @@ int main(int argc, char **argv)
         {"amp", 0, 0, O_AMP},          {"save", 1, 0, O_SAVE},        {"save-every", 1, 0, O_SAVE_EVERY},
         {"log", 1, 0, O_LOG},          {"progress", 0, 0, O_PROGRESS}, {"quiet", 0, 0, O_QUIET},
         {"device", 1, 0, O_DEVICE},    {"image-device", 1, 0, O_IDEV}, {"text-device", 1, 0, O_TDEV},
-        {"stop-after", 1, 0, O_STOP_AFTER}, {"threads", 1, 0, 't'},        {"help", 0, 0, 'h'},           {0, 0, 0, 0}};
+        {"stop-after", 1, 0, O_STOP_AFTER}, {"position-ids", 0, 0, O_POSIDS}, {"threads", 1, 0, 't'},        {"help", 0, 0, 'h'},           {0, 0, 0, 0}};
     const char *init = NULL, *text_dir = NULL, *arch_spec = NULL, *train_path = NULL,
                *val_path = NULL;
     const char *image_device = "cpu", *text_device = "cpu";
     int resume = 0, eval0 = 0, batch = 32, shuffle = 1, augment = 1, first_caption = 0;
+    int position_ids = 0;
     int show_progress = isatty(2);
     long epochs = 1, max_steps = 0, stop_after = 0;
     uint64_t seed = 0;
@@ -366,6 +370,7 @@ int main(int argc, char **argv)
         case O_INIT: init = optarg; break;
         case O_TEXT: text_dir = optarg; break;
         case O_ARCH: arch_spec = optarg; break;
+        case O_POSIDS: position_ids = 1; break;
         case O_RESUME: resume = 1; break;
         case O_TRAIN: train_path = optarg; break;
         case O_VAL: val_path = optarg; break;
@@ -419,8 +424,12 @@ int main(int argc, char **argv)
     if (!resuming && !init && !arch_spec)
         die("no model: --init CKPT [--text-model DIR] or --arch SPEC (see --help)");
     if (init && arch_spec) die("--init and --arch exclude each other");
+    if (position_ids && !arch_spec)
+        die("--position-ids goes with --arch: from --init the saved checkpoint has BERT's "
+            "position_ids buffer exactly when the init has it");
     train_arch arch;
     if (arch_spec && train_arch_parse(arch_spec, &arch)) die("%s", clip_error());
+    if (arch_spec) arch.bert.position_ids = position_ids;
     const clip_device *idev = device_find(image_device, "image"),
                       *tdev = idev ? device_find(text_device, "text") : NULL;
     if (!idev || !tdev) die("%s", clip_error());

@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """Reads a checkpoint written by ckpt_save_pth / ckpt_save_safetensors (a copy of
 tests/fixtures/ckpt/small.pth, see `test_checkpoint --write`) and compares every
-tensor with expected.json bit for bit: .pth with torch.load, .safetensors by hand."""
+tensor with expected.json bit for bit: .pth with torch.load (also with
+weights_only=True, and with the clip-tools metadata member present, which
+torch must ignore), .safetensors by hand."""
 import json
 import os
 import struct
@@ -32,8 +34,15 @@ def main(path):
         want = {e["name"]: (names[e["dtype"]], e["shape"], bytes.fromhex(e["raw"])) for e in exp}
     else:
         import torch
+        import zipfile
+        names = zipfile.ZipFile(path).namelist()
+        assert "archive/clip-tools/metadata.json" in names, names
+        meta = json.loads(zipfile.ZipFile(path).read("archive/clip-tools/metadata.json"))
+        assert meta == {"note": "test_checkpoint --write"}, meta
         sd = torch.load(path)
         assert type(sd).__name__ == "OrderedDict", type(sd)
+        safe = torch.load(path, weights_only=True)
+        assert list(safe) == list(sd) and all(raw(safe[k]) == raw(sd[k]) for k in sd), "weights_only"
         got = {k: (str(v.dtype).replace("torch.", ""), list(v.shape), raw(v)) for k, v in sd.items()}
         want = {e["name"]: (e["dtype"], e["shape"], bytes.fromhex(e["raw"])) for e in exp}
         assert list(sd.keys()) == [e["name"] for e in exp], "key order differs"

@@ -7,6 +7,10 @@ Writes into tests/fixtures/ckpt/ (or argv[1]):
   small.safetensors    the same tensors, written by hand (no safetensors package here)
   small_be.pth         small.pth rewritten with byteorder "big" and byte-swapped storages
   nested.pth           {'epoch': 3, 'state_dict': {...}, 'note': 'x'} as a training checkpoint
+  meta.pth             small.pth + the member archive/clip-tools/metadata.json that
+                       ckpt_save_pth writes (a JSON object of strings; torch.load ignores it)
+  bad_meta_json.pth    the same member holding no JSON
+  bad_meta_value.pth   ... holding a non-string value
   evil_global.pth      a zip checkpoint whose pickle calls posix.system (must be refused)
   evil_legacy.pth      a bare pickle doing the same
   expected.json        per set: name, dtype, shape, raw little-endian bytes (hex) and the
@@ -160,6 +164,17 @@ def write_crafted_zip(path, obj, numel, member_bytes, storage_key="0"):
         z.writestr("archive/version", "3\n")
 
 
+def write_with_metadata(path, sd, member_bytes):
+    """torch.save to memory (members under archive/) + a clip-tools metadata member."""
+    import io
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    with zipfile.ZipFile(buf, "a", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/clip-tools/metadata.json", member_bytes)
+    with open(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
 def write_legacy_view(path):
     """Legacy format with a storage view (older torch wrote these; 1.13 cannot)."""
     import pickle
@@ -211,6 +226,14 @@ def main():
     write_crafted_zip(os.path.join(OUT, "bad_root.pth"), [FakeTensor(0, (2,), (1,))], 8, 32)
 
     write_legacy_view(os.path.join(OUT, "legacy_view.pth"))
+
+    meta = os.path.join(OUT, "meta.pth")
+    write_with_metadata(meta, sd, json.dumps({"note": "fixture", "format": "pt"}))
+    for kw in ({}, {"weights_only": True}):  # the extra member changes nothing for torch
+        back = torch.load(meta, **kw)
+        assert list(back) == list(sd) and all(raw_bytes(back[k]) == raw_bytes(sd[k]) for k in sd), kw
+    write_with_metadata(os.path.join(OUT, "bad_meta_json.pth"), sd, b"{not json")
+    write_with_metadata(os.path.join(OUT, "bad_meta_value.pth"), sd, json.dumps({"heads": 12}))
 
     exp = {"small": expected(sd), "nested": expected(nested)}
     with open(os.path.join(OUT, "expected.json"), "w") as f:

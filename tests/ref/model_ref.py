@@ -101,13 +101,18 @@ class TextTransformer(nn.Module):
 # ---- Hugging Face BertModel (modeling_bert.py, eval mode) ----
 
 class BertEmbeddings(nn.Module):
-    def __init__(self, c):
+    """position_ids: whether the position_ids buffer is in the state dict, as
+    transformers kept it before 4.31 (persistent); later versions register it
+    with persistent=False, and a strict load_state_dict refuses the key."""
+
+    def __init__(self, c, position_ids=True):
         super().__init__()
         self.word_embeddings = nn.Embedding(c["vocab_size"], c["hidden_size"], padding_idx=0)
         self.position_embeddings = nn.Embedding(c["max_position_embeddings"], c["hidden_size"])
         self.token_type_embeddings = nn.Embedding(c["type_vocab_size"], c["hidden_size"])
         self.LayerNorm = nn.LayerNorm(c["hidden_size"], eps=c["layer_norm_eps"])
-        self.register_buffer("position_ids", torch.arange(c["max_position_embeddings"]).expand((1, -1)))
+        self.register_buffer("position_ids", torch.arange(c["max_position_embeddings"]).expand((1, -1)),
+                             persistent=position_ids)
 
     def forward(self, ids):
         L = ids.shape[1]
@@ -198,9 +203,9 @@ class BertPooler(nn.Module):
 
 
 class BertModel(nn.Module):
-    def __init__(self, c):
+    def __init__(self, c, position_ids=True):
         super().__init__()
-        self.embeddings = BertEmbeddings(c)
+        self.embeddings = BertEmbeddings(c, position_ids)
         self.encoder = BertEncoder(c)
         self.pooler = BertPooler(c)
 
@@ -215,12 +220,14 @@ class BertModel(nn.Module):
 # ---- the joint models ----
 
 class ChineseCLIP(nn.Module):
-    """ViT image tower + BERT under `transformer.` + ln_final + text_projection."""
+    """ViT image tower + BERT under `transformer.` + ln_final + text_projection.
+    position_ids: see BertEmbeddings (the default, True, is the older
+    transformers that wrote bert-from-clip-chinese-1M)."""
 
-    def __init__(self, vit, bert_cfg, out_dim):
+    def __init__(self, vit, bert_cfg, out_dim, position_ids=True):
         super().__init__()
         self.visual = VisionTransformer(**vit)
-        self.transformer = BertModel(bert_cfg)
+        self.transformer = BertModel(bert_cfg, position_ids)
         H = bert_cfg["hidden_size"]
         self.ln_final = nn.LayerNorm(H)
         self.text_projection = nn.Parameter(H ** -0.5 * torch.randn(H, out_dim))

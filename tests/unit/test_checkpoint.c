@@ -107,6 +107,8 @@ static void test_fixtures(void)
     check_against(FIX "small.safetensors", small);
     check_against(FIX "small_be.pth", small);
     check_against(FIX "nested.pth", json_object_get(exp, "nested"));
+    check_against(FIX "meta.pth", small);
+    size_t n_small = json_array_size(small);
     json_decref(exp);
 
     ckpt *c = ckpt_load(FIX "small.safetensors");
@@ -130,6 +132,14 @@ static void test_fixtures(void)
     CHECK(c && ckpt_read_f32(c, "w", 1, &two, w) == 0 && w[0] == 3 && w[1] == 4,
           "legacy_view.pth: %s", clip_error());
     ckpt_free(c);
+    c = ckpt_load(FIX "meta.pth"); /* small.pth + a clip-tools metadata member */
+    CHECK(c && ckpt_count(c) == n_small && ckpt_metadata(c, "note") &&
+              !strcmp(ckpt_metadata(c, "note"), "fixture") && !ckpt_metadata(c, "nope"),
+          "meta.pth: %s", c ? "metadata" : clip_error());
+    ckpt_free(c);
+    c = ckpt_load(FIX "small.pth");
+    CHECK(c && !ckpt_metadata(c, "note"), "small.pth has no metadata");
+    ckpt_free(c);
     c = ckpt_load(FIX "ok_crafted.pth");
     CHECK(c && ckpt_count(c) == 1 && ckpt_tensor_at(c, 0)->numel == 6, "ok_crafted.pth: %s", clip_error());
     ckpt_free(c);
@@ -145,6 +155,8 @@ static void test_hostile_files(void)
     expect_error(FIX "bad_key.pth", "no member archive/data/7");
     expect_error(FIX "bad_dims.pth", "at most 8 dims");
     expect_error(FIX "bad_root.pth", "not a dict of tensors");
+    expect_error(FIX "bad_meta_json.pth", "archive/clip-tools/metadata.json is not valid JSON");
+    expect_error(FIX "bad_meta_value.pth", "metadata 'heads' is not a string");
     expect_error(FIX "no_such_file.pth", "No such file");
     expect_error("tests/fixtures", "directory");
     char *p = tmp_path("empty");
@@ -286,10 +298,20 @@ static void test_round_trip(void)
               "alignment");
     ckpt_free(r);
     p = tmp_path("rt.pth");
-    CHECK(ckpt_save_pth(p, out, n) == 0, "%s", clip_error());
+    CHECK(ckpt_save_pth(p, out, n, meta) == 0, "%s", clip_error());
     r = ckpt_load(p);
     CHECK(r && same_tensors(c, r), "pth round trip: %s", clip_error());
+    CHECK(r && ckpt_metadata(r, "epoch") && !strcmp(ckpt_metadata(r, "epoch"), "7") &&
+              ckpt_metadata(r, "format") && !ckpt_metadata(r, "nope"),
+          "pth metadata round trip");
+    for (size_t i = 0; r && i < n; i++)
+        CHECK((uintptr_t)ckpt_tensor_at(r, i)->data % 64 == 0 || !ckpt_tensor_at(r, i)->numel,
+              "pth: %s not 64-byte aligned in the map", ckpt_tensor_at(r, i)->name);
     ckpt_free(r);
+    const char *bad_meta[] = {"note", "bad\xff utf-8", NULL};
+    CHECK(ckpt_save_pth(tmp_path("badmeta.pth"), out, n, bad_meta) < 0 && has(clip_error(), "UTF-8") &&
+              has(clip_error(), "badmeta.pth"),
+          "invalid UTF-8 metadata: %s", clip_error());
     CHECK(count_dir(tmpdir) == files + 2, "temporary files left behind");
     truncations(p);
 
@@ -297,7 +319,7 @@ static void test_round_trip(void)
     out[1].name = out[0].name;
     CHECK(ckpt_save_safetensors(tmp_path("dup.safetensors"), out, 2, NULL) < 0 &&
               has(clip_error(), "duplicate"), "duplicate names");
-    CHECK(ckpt_save_pth(tmp_path("dup.pth"), out, 2) < 0, "duplicate names");
+    CHECK(ckpt_save_pth(tmp_path("dup.pth"), out, 2, NULL) < 0, "duplicate names");
     out[1].name = "bad\xff utf-8";
     CHECK(ckpt_save_safetensors(tmp_path("utf8.safetensors"), out, 2, NULL) < 0 &&
               has(clip_error(), "UTF-8"), "invalid UTF-8: %s", clip_error());
@@ -317,7 +339,7 @@ static void test_round_trip(void)
     int rc1 = ckpt_save_safetensors(tmp_path("full.safetensors"), &bt, 1, NULL);
     char msg1[1024];
     snprintf(msg1, sizeof msg1, "%s", clip_error());
-    int rc2 = ckpt_save_pth(tmp_path("full.pth"), &bt, 1);
+    int rc2 = ckpt_save_pth(tmp_path("full.pth"), &bt, 1, NULL);
     setrlimit(RLIMIT_FSIZE, &old);
     CHECK(rc1 < 0 && has(msg1, "full.safetensors"), "short write not reported: %s", msg1);
     CHECK(rc2 < 0 && has(clip_error(), "full.pth"), "short write not reported: %s", clip_error());
@@ -337,7 +359,8 @@ static void cleanup(void)
 }
 
 /* --write PATH: re-save small.pth as PATH (.pth or .safetensors) for
- * tests/ref/check_saved.py, which reads it back with torch.load. */
+ * tests/ref/check_saved.py, which reads it back with torch.load; the .pth
+ * carries a metadata member, which torch.load must ignore. */
 static int write_copy(const char *path)
 {
     ckpt *c = ckpt_load(FIX "small.pth");
@@ -350,8 +373,9 @@ static int write_copy(const char *path)
         memcpy(out[i].shape, t->shape, sizeof t->shape);
     }
     size_t len = strlen(path);
+    const char *meta[] = {"note", "test_checkpoint --write", NULL};
     int rc = len > 12 && !strcmp(path + len - 12, ".safetensors") ? ckpt_save_safetensors(path, out, n, NULL)
-                                                                   : ckpt_save_pth(path, out, n);
+                                                                   : ckpt_save_pth(path, out, n, meta);
     if (rc < 0) die("%s", clip_error());
     free(out);
     ckpt_free(c);

@@ -7,9 +7,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "checkpoint.h"
 #include "clip_model.h"
 #include "npy.h"
+#include "train.h"
 #include "unit.h"
 #include "util.h"
 
@@ -185,11 +188,143 @@ static void test_errors(const char *src)
           "a missing file is named: %s", clip_error());
 }
 
+/* a copy of checkpoint `src` whose clip_config record has tower.key set to
+ * the JSON `value` (same format, by extension) */
+static int write_record(const char *src, const char *dst, const char *tower, const char *key,
+                        const char *value)
+{
+    ckpt *c = ckpt_load(src);
+    if (!c) return -1;
+    json_t *rec = json_loads(ckpt_metadata(c, "clip_config"), 0, NULL);
+    json_object_set_new(json_object_get(rec, tower), key, json_loads(value, JSON_DECODE_ANY, NULL));
+    char *js = json_dumps(rec, JSON_COMPACT);
+    size_t n = ckpt_count(c);
+    ckpt_out_tensor *out = xcalloc(n, sizeof *out);
+    for (size_t i = 0; i < n; i++) {
+        const ckpt_tensor *t = ckpt_tensor_at(c, i);
+        out[i] = (ckpt_out_tensor){t->name, t->dtype, t->ndim, {0}, t->data};
+        memcpy(out[i].shape, t->shape, sizeof t->shape);
+    }
+    const char *meta[] = {"clip_config", js, NULL};
+    size_t len = strlen(dst);
+    int rc = len > 4 && !strcmp(dst + len - 4, ".pth") ? ckpt_save_pth(dst, out, n, meta)
+                                                       : ckpt_save_safetensors(dst, out, n, meta);
+    free(out);
+    free(js);
+    json_decref(rec);
+    ckpt_free(c);
+    return rc;
+}
+
+/* clip-train's saves record the head counts: the seed-format start (the
+ * English checkpoint + a BERT directory whose config.json says 4 heads, where
+ * the hidden size 64 alone would give 1) saved untrained as .pth and
+ * .safetensors reloads without the directory to PyTorch's 4-head embeddings.
+ * A damaged record is refused naming the file; a config.json that disagrees
+ * loses to the record. */
+static void test_saved_heads(void)
+{
+    char dir[] = "/tmp/test_model.XXXXXX", path[64], bad[64];
+    if (!mkdtemp(dir)) die("mkdtemp");
+    clip_model *m = train_model_load(FIX "openai.pth", FIX "bert");
+    CHECK(m && m->bert->cfg.heads == 4 && m->bert->cfg.position_ids, "seed init: %s",
+          m ? "4 heads and position_ids" : clip_error());
+    if (!m) return;
+    train_config tc;
+    train_config_defaults(&tc);
+    trainer *t = trainer_create(m, &tc, 3, 12);
+    for (int f = 0; f < 2; f++) {
+        const char *ext = f ? "safetensors" : "pth";
+        snprintf(path, sizeof path, "%s/m.%s", dir, ext);
+        CHECK(trainer_save_weights(t, path) == 0, "%s: %s", path, clip_error());
+        ckpt *c = ckpt_load(path);
+        CHECK(c && ckpt_metadata(c, "clip_config") &&
+                  strstr(ckpt_metadata(c, "clip_config"), "\"heads\":4") &&
+                  ckpt_find(c, "transformer.embeddings.position_ids"),
+              "%s: the record holds the 4 text heads, the keys position_ids", path);
+        ckpt_free(c);
+        clip_model *r = clip_model_load(path, NULL);
+        CHECK(r && r->bert && r->bert->cfg.heads == 4 && r->visual->cfg.heads == 1,
+              "%s reloads with the recorded heads: %s", path, r ? "wrong heads" : clip_error());
+        if (r) {
+            check_images(r, path, FIX "openai_img.npy");
+            check_texts(r, path, FIX "ids_bert.npy", FIX "bertdir_txt.npy");
+            clip_model_free(r);
+        }
+        /* tests/fixtures/train/bert: the same BERT dimensions, 2 heads */
+        r = clip_model_load(path, "tests/fixtures/train/bert");
+        CHECK(r && r->bert->cfg.heads == 4, "%s: the record wins over a config.json: %s", path,
+              r ? "config.json won" : clip_error());
+        clip_model_free(r);
+
+        struct {
+            const char *tower, *value;
+        } cases[] = {{"text", "3"}, {"text", "0"}, {"text", "\"4\""}, {"text", "-4"},
+                     {"text", "128"}, {"image", "3"}, {"image", "0"}};
+        for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+            snprintf(bad, sizeof bad, "%s/bad.%s", dir, ext);
+            CHECK(write_record(path, bad, cases[k].tower, "heads", cases[k].value) == 0, "%s",
+                  clip_error());
+            r = clip_model_load(bad, NULL);
+            CHECK(!r && strstr(clip_error(), bad) && strstr(clip_error(), "heads") &&
+                      strstr(clip_error(), cases[k].tower),
+                  "%s heads = %s refused naming the file: %s", cases[k].tower, cases[k].value,
+                  r ? "loaded" : clip_error());
+            clip_model_free(r);
+        }
+        /* a valid image head count other than width / 64 is honoured too */
+        CHECK(write_record(path, bad, "image", "heads", "2") == 0, "%s", clip_error());
+        r = clip_model_load(bad, NULL);
+        CHECK(r && r->visual->cfg.heads == 2, "recorded image heads: %s",
+              r ? "not honoured" : clip_error());
+        clip_model_free(r);
+        unlink(bad);
+        unlink(path);
+    }
+    trainer_free(t);
+    rmdir(dir);
+}
+
+/* the saved key set without PyTorch: a model from scratch has no position_ids
+ * buffer unless asked (checkpoint.bats loads them strictly into PyTorch) */
+static void test_saved_keys(void)
+{
+    char dir[] = "/tmp/test_model.XXXXXX", path[64];
+    if (!mkdtemp(dir)) die("mkdtemp");
+    snprintf(path, sizeof path, "%s/s.pth", dir);
+    for (int want = 0; want < 2; want++) {
+        train_arch a;
+        CHECK(train_arch_parse("tiny", &a) == 0 && !a.bert.position_ids, "%s", clip_error());
+        a.bert.position_ids = want;
+        train_config tc;
+        train_config_defaults(&tc);
+        trainer *t = trainer_create(train_model_create(&a, 1), &tc, 2, 8);
+        CHECK(trainer_save_weights(t, path) == 0, "%s", clip_error());
+        ckpt *c = ckpt_load(path);
+        const ckpt_tensor *p = c ? ckpt_find(c, "transformer.embeddings.position_ids") : NULL;
+        CHECK(c && !p == !want, "--arch%s: position_ids %s", want ? " --position-ids" : "",
+              p ? "saved" : "left out");
+        CHECK(!p || (p->dtype == DT_I64 && p->ndim == 2 && p->shape[0] == 1 &&
+                     p->shape[1] == a.bert.max_pos && ((const int64_t *)p->data)[5] == 5),
+              "position_ids: int64 [1, max_pos] = 0, 1, ...");
+        clip_model *r = c ? clip_model_from_ckpt(c, path, NULL) : NULL;
+        CHECK(r && r->bert->cfg.position_ids == want, "the reload keeps the key set: %s",
+              r ? "no" : clip_error());
+        clip_model_free(r);
+        ckpt_free(c);
+        trainer_free(t);
+    }
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(int argc, char **argv)
 {
     const char *joint = argc > 1 ? argv[1] : FIX "joint.pth";
     test_joint(joint);
     test_openai_and_bert_dir();
     test_errors(joint);
+    test_saved_heads();
+    test_saved_keys();
     return unit_done();
 }
