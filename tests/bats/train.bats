@@ -66,8 +66,8 @@ field() {
         [ -f "$T/m.$ext" ]
         [ -f "$T/m.$ext.state" ]
     done
-    # the .pth needs the text model's config for its 2 heads; the safetensors carries it
-    "$BIN/clip-embed" --model "$T/m.pth" --text-model "$FIX/bert" -i "$FIX/val.tar" |
+    # both formats record the text tower's 2 heads: no --text-model needed (width/64 gives 1)
+    "$BIN/clip-embed" --model "$T/m.pth" -i "$FIX/val.tar" |
         "$BIN/clip-recall" > "$T/r.pth"
     "$BIN/clip-embed" --model "$T/m.safetensors" -i "$FIX/val.tar" | "$BIN/clip-recall" > "$T/r.st"
     want=$(tail -1 "$T/log.pth" | grep -o '"r_mean":[0-9.]*' | cut -d: -f2)
