@@ -1,0 +1,70 @@
+#!/usr/bin/env bats
+# Hostile inputs (issue 10): each crafted here by tests/hostile/craft.py,
+# small; each once crashed, overflowed or committed unbounded memory, and is
+# now refused with a message naming the file and the limit. Run them against
+# an ASan+UBSan build with CLIP_BIN=that/bin CLIP_SANITIZED=1 (ASan's shadow
+# memory does not fit under ulimit -v, so the memory caps are then left off).
+
+setup() {
+    ROOT="$BATS_TEST_DIRNAME/../.."
+    BIN="${CLIP_BIN:-$ROOT/bin}"
+    CRAFT="/usr/bin/python3 $ROOT/tests/hostile/craft.py"
+    T="$BATS_TEST_TMPDIR"
+}
+
+# cap_memory KB: ulimit -v, except under ASan
+cap_memory() {
+    [ -n "${CLIP_SANITIZED:-}" ] || ulimit -v "$1"
+}
+
+# load_model CKPT: clip-query loads the model and fails at the text query
+load_model() {
+    run timeout 60 "$BIN/clip-query" --model "$1" --text x --index /dev/null
+    echo "$output"
+}
+
+@test "a storage of 2^62 elements: refused naming the sizes, no overflow" {
+    $CRAFT storage-2e62 "$T/s.pth"
+    load_model "$T/s.pth"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"$T/s.pth"* ]]
+    [[ "$output" == *"4611686018427387904 x 4 bytes, member archive/data/0 has 8"* ]]
+}
+
+@test "a storage offset of -8: refused before any offset arithmetic" {
+    $CRAFT offset-neg "$T/o.pth"
+    load_model "$T/o.pth"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"$T/o.pth: tensor 'w' has a negative storage offset -8"* ]]
+}
+
+@test "one element viewed as [2^30] with stride 0: refused, not materialised as 4 GB" {
+    $CRAFT stride0 "$T/z.pth"
+    cap_memory 2000000
+    load_model "$T/z.pth"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"$T/z.pth: tensor 'w' [1073741824] repeats the 1 elements"* ]]
+    [[ "$output" == *"larger than the file's"* ]]
+}
+
+@test "a ViT of width 0: refused at load, naming the width and its range" {
+    $CRAFT vit-width0 "$T/w0.safetensors"
+    load_model "$T/w0.safetensors"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"$T/w0.safetensors: visual.conv1.weight: the width is 0, outside 64..16384"* ]]
+}
+
+@test "3000 ViT layers named by ln_1.weight alone: refused by the layer limit" {
+    $CRAFT vit-3000 "$T/l3000.safetensors"
+    load_model "$T/l3000.safetensors"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"more than 1024 layers"* ]]
+}
+
+@test "1000 ViT layers named by ln_1.weight alone: refused before the 3 GB table is allocated" {
+    $CRAFT vit-1000 "$T/l1000.safetensors"
+    cap_memory 1500000
+    load_model "$T/l1000.safetensors"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"no tensor 'visual.transformer.resblocks.1.ln_1.bias': the configuration needs it as [256]"* ]]
+}
