@@ -140,6 +140,14 @@ char *read_file(const char *path, size_t *len)
     return buf;
 }
 
+int check_range(const char *what, int64_t v, int64_t lo, int64_t hi)
+{
+    if (v >= lo && v <= hi) return 0;
+    clip_set_error("%s is %lld, outside %lld..%lld", what, (long long)v, (long long)lo,
+                   (long long)hi);
+    return -1;
+}
+
 double now_seconds(void)
 {
     struct timespec ts;

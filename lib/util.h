@@ -51,6 +51,10 @@ void progress_start(progress *p, const char *label, const char *unit, size_t tot
 void progress_update(progress *p, size_t done);
 void progress_end(progress *p, size_t done);
 
+/* 0 if lo <= v <= hi, else -1 after clip_set_error("WHAT is V, outside
+ * LO..HI"): sizes read from files are checked before they size anything. */
+int check_range(const char *what, int64_t v, int64_t lo, int64_t hi);
+
 /* Parse a positive integer option value or die naming the option. */
 long parse_long_option(const char *opt, const char *val, long min, long max);
 

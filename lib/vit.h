@@ -55,8 +55,14 @@ typedef struct {
     int dact_batch;
 } vit;
 
-/* 0, or -1 with an error if `visual.*` is absent or inconsistent. */
+#define VIT_MAX_LAYERS 1024
+
+/* 0, or -1 with an error if `visual.*` is absent or inconsistent: sizes in
+ * range (width a positive multiple of 64) and every tensor the configuration
+ * implies present with its shape (vit_check_ckpt), before anything is
+ * allocated. */
 int vit_config_from_ckpt(const ckpt *c, vit_config *cfg);
+int vit_check_ckpt(const vit_config *cfg, const ckpt *c);
 vit *vit_create(const vit_config *cfg);
 int vit_load(vit *m, const ckpt *c);
 void vit_free(vit *m);
