@@ -61,7 +61,10 @@ static int load_bert(clip_model *m, const ckpt *c, const char *bert_dir, int hea
     if (src == c && text_config_from_metadata(c, &cfg)) goto out;
     if (bert_dir) {
         snprintf(path, sizeof path, "%s/config.json", bert_dir);
-        if (file_exists(path) && bert_config_from_json(path, &cfg)) goto out;
+        bert_config tensors = cfg;
+        if (file_exists(path) &&
+            (bert_config_from_json(path, &cfg) || bert_config_matches(&cfg, &tensors, path)))
+            goto out;
     }
     const ckpt_tensor *tp = head_in_ckpt ? ckpt_find(c, "text_projection") : NULL;
     cfg.out_dim = tp && tp->ndim == 2 ? (int)tp->shape[1]

@@ -68,3 +68,52 @@ load_model() {
     [ "$status" -eq 1 ]
     [[ "$output" == *"no tensor 'visual.transformer.resblocks.1.ln_1.bias': the configuration needs it as [256]"* ]]
 }
+
+# bert_dir CONFIG_JSON_OVERRIDES: a copy of the fixture BERT directory whose
+# config.json has the given keys changed
+bert_dir() {
+    cp -r "$ROOT/tests/fixtures/model/bert" "$T/bert"
+    $CRAFT bert-config "$T/bert/config.json" "$1"
+}
+
+load_with_bert() {
+    run timeout 60 "$BIN/clip-query" --model "$ROOT/tests/fixtures/model/joint.pth" \
+        --text-model "$T/bert" --text x --index /dev/null
+    echo "$output"
+}
+
+@test "config.json num_attention_heads 2^32: refused with its range, no SIGFPE" {
+    bert_dir '{"num_attention_heads": 4294967296}'
+    load_with_bert
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"$T/bert/config.json: num_attention_heads is not an integer in 1..16384"* ]]
+}
+
+@test "config.json hidden_size 2^31: refused with its range, not wrapped negative" {
+    bert_dir '{"hidden_size": 2147483648}'
+    load_with_bert
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"$T/bert/config.json: hidden_size is not an integer in 1..16384"* ]]
+}
+
+@test "config.json num_hidden_layers 12000: refused before allocating" {
+    bert_dir '{"num_hidden_layers": 12000}'
+    cap_memory 2000000
+    load_with_bert
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"$T/bert/config.json: num_hidden_layers is not an integer in 1..1024"* ]]
+}
+
+@test "config.json num_hidden_layers 3 for a 2-layer checkpoint: refused, naming both" {
+    bert_dir '{"num_hidden_layers": 3}'
+    load_with_bert
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"$T/bert/config.json: num_hidden_layers is 3 but the checkpoint's tensors have 2"* ]]
+}
+
+@test "config.json vocab_size 1e8: refused with its range, not 'out of memory'" {
+    bert_dir '{"vocab_size": 100000000}'
+    load_with_bert
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"$T/bert/config.json: vocab_size is not an integer in 1..4194304"* ]]
+}

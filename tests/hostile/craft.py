@@ -117,8 +117,8 @@ def main():
     elif kind == "vit-1000":        # 1000 layers (within the limit) named by ln_1.weight alone
         safetensors(out, vit_tensors(256, 1000, full_layers=1))
     elif kind == "bert-config":     # config.json: ARGS is a JSON object merged in
-        cfg = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 1,
-               "intermediate_size": 64, "max_position_embeddings": 16, "type_vocab_size": 2,
+        cfg = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "intermediate_size": 128, "max_position_embeddings": 32, "type_vocab_size": 2,
                "vocab_size": 256, "hidden_act": "gelu"}
         cfg.update(json.loads(sys.argv[3]))
         json.dump(cfg, open(out, "w"))
