@@ -117,3 +117,16 @@ load_with_bert() {
     [ "$status" -eq 1 ]
     [[ "$output" == *"$T/bert/config.json: vocab_size is not an integer in 1..4194304"* ]]
 }
+
+@test "clip-embed: a valid tok.npy of shape [0, 16] gives txt_emb [0, D], no memcpy(NULL) (UBSan)" {
+    $CRAFT tok-0-captions "$T/t0.tar"
+    run "$BIN/clip-embed" --model "$ROOT/tests/fixtures/model/joint.pth" -i "$T/t0.tar" -o "$T/out.tar"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" != *"runtime error"* ]]
+    run /usr/bin/python3 -c 'import io, sys, tarfile, numpy as np
+t = tarfile.open(sys.argv[1])
+print(np.load(io.BytesIO(t.extractfile("s000.txt_emb.npy").read())).shape)' "$T/out.tar"
+    echo "$output"
+    [ "$output" = "(0, 32)" ]
+}

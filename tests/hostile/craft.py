@@ -101,6 +101,23 @@ def jpeg(path, w, h, progressive):
     open(path, "wb").write(bytes(d))
 
 
+def tar_member(tf, name, data):
+    import tarfile
+    ti = tarfile.TarInfo(name)
+    ti.size = len(data)
+    tf.addfile(ti, io.BytesIO(data))
+
+
+def npy_bytes(dtype, shape, data=b""):
+    """A version-1 .npy of the given descr ('<i4') and shape, data as given."""
+    dims = "".join(f"{d}, " for d in shape) if len(shape) == 1 else ", ".join(map(str, shape))
+    if len(shape) == 1:
+        dims = f"{shape[0]},"
+    h = f"{{'descr': '{dtype}', 'fortran_order': False, 'shape': ({dims}), }}"
+    h += " " * ((64 - (10 + len(h) + 1) % 64) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(h)) + h.encode() + data
+
+
 def main():
     kind, out = sys.argv[1], sys.argv[2]
     f4 = lambda n: bytes(4 * n)
@@ -122,6 +139,11 @@ def main():
                "vocab_size": 256, "hidden_act": "gelu"}
         cfg.update(json.loads(sys.argv[3]))
         json.dump(cfg, open(out, "w"))
+    elif kind == "tok-0-captions":  # a sample whose tok.npy is int32 [0, 16]
+        import tarfile
+        with tarfile.open(out, "w", format=tarfile.USTAR_FORMAT) as tf:
+            tar_member(tf, "s000.json", b"{}")
+            tar_member(tf, "s000.tok.npy", npy_bytes("<i4", (0, 16)))
     elif kind == "jpeg-baseline":
         jpeg(out, int(sys.argv[3]), int(sys.argv[4]), False)
     elif kind == "jpeg-progressive":
