@@ -130,3 +130,12 @@ print(np.load(io.BytesIO(t.extractfile("s000.txt_emb.npy").read())).shape)' "$T/
     echo "$output"
     [ "$output" = "(0, 32)" ]
 }
+
+@test "clip-tokenize --bpe --lines: one 10 MB word takes seconds, not quadratic time" {
+    /usr/bin/python3 -c 'import random, sys
+random.seed(1)
+sys.stdout.write("".join(random.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(10**7)) + "\n")' > "$T/word.txt"
+    run timeout 30 "$BIN/clip-tokenize" --bpe --lines -i "$T/word.txt"
+    [ "$status" -eq 0 ]
+    [ "$(echo "$output" | wc -w)" -eq 77 ]
+}
