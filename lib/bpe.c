@@ -74,6 +74,11 @@ static char *read_maybe_gzip(const char *path, size_t *len)
         if (k == 0)
             break;
         n += k;
+        if (n > CLIP_MAX_VOCAB_FILE) { /* a gzip bomb as merges */
+            clip_set_error("%s: BPE merges of more than the limit of %zu bytes (uncompressed)",
+                           path, CLIP_MAX_VOCAB_FILE);
+            goto fail;
+        }
     }
     archive_read_free(a);
     data[n] = 0;

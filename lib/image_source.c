@@ -254,7 +254,8 @@ unsigned char *image_source_read(image_source *s, const char *path, size_t *len)
             snprintf(full, n, "%s/%s", s->root, p);
             free(p);
         }
-        unsigned char *d = (unsigned char *)read_file(full ? full : path, len);
+        unsigned char *d =
+            (unsigned char *)read_file_max(full ? full : path, len, CLIP_MAX_IMAGE_FILE, "image");
         free(full);
         return d;
     }

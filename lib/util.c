@@ -113,15 +113,42 @@ void clip_free_big(void *p, size_t bytes)
  * file, noticeable at ~30 KB a photo */
 char *read_file(const char *path, size_t *len)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    return read_file_max(path, len, SIZE_MAX / 2, NULL);
+}
+
+char *read_file_max(const char *path, size_t *len, size_t limit, const char *kind)
+{
+    /* O_NONBLOCK: opening a FIFO with no writer would otherwise wait forever */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | (kind ? O_NONBLOCK : 0));
     if (fd < 0) {
         clip_set_error("%s: %s", path, strerror(errno));
         return NULL;
     }
     struct stat st;
-    size_t cap = !fstat(fd, &st) && S_ISREG(st.st_mode) ? (size_t)st.st_size + 1 : 1 << 16, n = 0;
+    int regular = !fstat(fd, &st) && S_ISREG(st.st_mode);
+    if (kind && !regular) {
+        clip_set_error("%s: not a regular file (a%s %s must be one)", path,
+                       strchr("aeiou", kind[0]) ? "n" : "", kind);
+        close(fd);
+        return NULL;
+    }
+    if (kind && (uint64_t)st.st_size > limit) {
+        clip_set_error("%s: %lld bytes, more than the limit of %zu for a%s %s", path,
+                       (long long)st.st_size, limit, strchr("aeiou", kind[0]) ? "n" : "", kind);
+        close(fd);
+        return NULL;
+    }
+    if (kind) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    size_t cap = regular ? (size_t)st.st_size + 1 : 1 << 16, n = 0;
     char *buf = xmalloc(cap);
     for (;;) {
+        if (n > limit) { /* the file grew past the limit while being read */
+            clip_set_error("%s: more than the limit of %zu bytes%s%s", path, limit,
+                           kind ? " for a file of kind " : "", kind ? kind : "");
+            free(buf);
+            close(fd);
+            return NULL;
+        }
         if (n + 1 >= cap) buf = xrealloc(buf, cap *= 2);
         ssize_t got = read(fd, buf + n, cap - n - 1);
         if (got < 0 && errno == EINTR) continue;

@@ -28,8 +28,19 @@ char *xstrndup(const char *s, size_t n);
 void *clip_alloc_big(size_t bytes);
 void clip_free_big(void *p, size_t bytes);
 
-/* Whole file into memory (NUL-terminated, *len excludes the NUL). */
+/* Whole file into memory (NUL-terminated, *len excludes the NUL); malloc'd,
+ * the caller frees. read_file_max is for anything a user or a peer names:
+ * it refuses what is not a regular file (/dev/zero, a FIFO, a directory)
+ * and a file of more than `limit` bytes, before reading it, with an error
+ * naming the file, the kind ("image", "vocabulary"...) and the limit.
+ * read_file reads anything, unbounded: tests and benchmarks only. */
+char *read_file_max(const char *path, size_t *len, size_t limit, const char *kind);
 char *read_file(const char *path, size_t *len);
+
+/* Limits per kind of file read whole (generous: a 24-megapixel JPEG is
+ * ~15 MB, the shipped vocabularies under 2 MB). */
+#define CLIP_MAX_IMAGE_FILE ((size_t)256 << 20)
+#define CLIP_MAX_VOCAB_FILE ((size_t)64 << 20)
 
 double now_seconds(void);
 

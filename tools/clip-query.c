@@ -174,7 +174,7 @@ static int encode_image(clip_model *m, const char *path, float *out)
 {
     int res = clip_image_resolution(m), err = -1;
     size_t len;
-    char *buf = read_file(path, &len);
+    char *buf = read_file_max(path, &len, CLIP_MAX_IMAGE_FILE, "image");
     if (!buf) return -1;
     uint8_t *px = xmalloc((size_t)res * res * 3);
     if (image_load(buf, len, res, IMAGE_CROP, px, path)) goto out;

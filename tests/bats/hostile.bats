@@ -139,3 +139,47 @@ sys.stdout.write("".join(random.choice("abcdefghijklmnopqrstuvwxyz") for _ in ra
     [ "$status" -eq 0 ]
     [ "$(echo "$output" | wc -w)" -eq 77 ]
 }
+
+@test "clip-prep: an annotation path that reaches /dev/zero is refused as not a regular file" {
+    ln -s /dev/zero "$T/zero.jpg"
+    printf '[{"image": "zero.jpg", "caption": ["x"]}]' > "$T/ann.json"
+    cap_memory 2000000
+    run timeout 30 "$BIN/clip-prep" --annotations "$T/ann.json" --root "$T" -o "$T/out.tar"
+    echo "$output"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"$T/zero.jpg: not a regular file (an image must be one)"* ]]
+}
+
+@test "clip-prep: a FIFO as an image is refused at once, not waited on" {
+    mkfifo "$T/fifo.jpg"
+    run timeout 10 "$BIN/clip-prep" "$T/fifo.jpg" -o "$T/out.tar"
+    echo "$output"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"$T/fifo.jpg: not a regular file"* ]]
+}
+
+@test "clip-prep: an image file over 256 MiB is refused before it is read" {
+    truncate -s 300M "$T/big.jpg"
+    cap_memory 2000000
+    run timeout 30 "$BIN/clip-prep" "$T/big.jpg" -o "$T/out.tar"
+    echo "$output"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"$T/big.jpg: 314572800 bytes, more than the limit of 268435456 for an image"* ]]
+}
+
+@test "clip-query --image /dev/zero: refused as not a regular file" {
+    cap_memory 2000000
+    head -256 "$ROOT/share/clip-tools/bert-chinese-vocab.txt" > "$T/vocab.txt"
+    run timeout 30 "$BIN/clip-query" --model "$ROOT/tests/fixtures/model/joint.pth" \
+        --vocab "$T/vocab.txt" --image /dev/zero --labels a,b
+    echo "$output"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"/dev/zero: not a regular file (an image must be one)"* ]]
+}
+
+@test "a vocabulary that is /dev/zero is refused, naming the file" {
+    run timeout 30 "$BIN/clip-tokenize" --vocab /dev/zero --lines -i /dev/null
+    echo "$output"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"/dev/zero: not a regular file (a vocabulary must be one)"* ]]
+}
