@@ -183,3 +183,48 @@ sys.stdout.write("".join(random.choice("abcdefghijklmnopqrstuvwxyz") for _ in ra
     [ "$status" -eq 1 ]
     [[ "$output" == *"/dev/zero: not a regular file (a vocabulary must be one)"* ]]
 }
+
+@test "clip-prep: a 600-byte baseline JPEG claiming 16000x16000 is refused from its header" {
+    $CRAFT jpeg-baseline "$T/b.jpg" 16000 16000 || skip "no PIL to make the JPEG"
+    cap_memory 1000000
+    run timeout 30 "$BIN/clip-prep" "$T/b.jpg" -o "$T/out.tar"
+    echo "$output"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"$T/b.jpg: image of 16000x16000 = 256000000 pixels, more than the limit of 89478485"* ]]
+}
+
+@test "clip-prep: a progressive JPEG claiming 65500x65500 is refused before any coefficient buffer" {
+    $CRAFT jpeg-progressive "$T/p.jpg" 65500 65500 || skip "no PIL to make the JPEG"
+    cap_memory 1000000
+    run timeout 30 "$BIN/clip-prep" "$T/p.jpg" -o "$T/out.tar"
+    echo "$output"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"$T/p.jpg: image of 65500x65500 = 4290250000 pixels, more than the limit of 89478485"* ]]
+}
+
+@test "clip-prep --max-pixels: the limit is width x height, inclusive" {
+    $CRAFT jpeg-baseline "$T/s.jpg" 16 16 || skip "no PIL to make the JPEG"
+    run "$BIN/clip-prep" --max-pixels 255 "$T/s.jpg" -o "$T/out.tar"
+    echo "$output"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"image of 16x16 = 256 pixels, more than the limit of 255"* ]]
+    run "$BIN/clip-prep" --max-pixels 256 "$T/s.jpg" -o "$T/out.tar"
+    echo "$output"
+    [ "$status" -eq 0 ]
+}
+
+@test "clip-prep: a PNG (libvips) claiming 30000x30000 is refused from its header" {
+    /usr/bin/python3 - "$T/big.png" <<'PY'
+import struct, sys, zlib
+def chunk(t, d):
+    return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xffffffff)
+ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+idat = zlib.compress(b"\0" * 1000)
+open(sys.argv[1], "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+PY
+    cap_memory 1500000
+    run timeout 30 "$BIN/clip-prep" "$T/big.png" -o "$T/out.tar"
+    echo "$output"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"$T/big.png: image of 30000x30000 = 900000000 pixels, more than the limit of 89478485"* ]]
+}
