@@ -228,3 +228,23 @@ PY
     [ "$status" -eq 1 ]
     [[ "$output" == *"$T/big.png: image of 30000x30000 = 900000000 pixels, more than the limit of 89478485"* ]]
 }
+
+@test "clip-prep --root X.zip: a member declaring 300 MB is refused before it is inflated" {
+    $CRAFT zip-bomb "$T/bomb.zip"
+    printf '[{"image": "x.jpg", "caption": ["x"]}]' > "$T/ann.json"
+    cap_memory 1500000
+    run timeout 30 "$BIN/clip-prep" --annotations "$T/ann.json" --root "$T/bomb.zip" -o "$T/out.tar"
+    echo "$output"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"x.jpg in $T/bomb.zip: declares 314572800 bytes, more than the limit of 268435456 for an image"* ]]
+}
+
+@test "clip-prep --root X.zip: a member that says 100 bytes and inflates to 300 MB stops at the limit" {
+    $CRAFT zip-lying "$T/lying.zip"
+    printf '[{"image": "x.jpg", "caption": ["x"]}]' > "$T/ann.json"
+    cap_memory 1500000
+    run timeout 30 "$BIN/clip-prep" --annotations "$T/ann.json" --root "$T/lying.zip" -o "$T/out.tar"
+    echo "$output"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"x.jpg in $T/lying.zip: inflates to more than the limit of 268435456 bytes for an image"* ]]
+}

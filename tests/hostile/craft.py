@@ -118,6 +118,20 @@ def npy_bytes(dtype, shape, data=b""):
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(h)) + h.encode() + data
 
 
+def zip_lying(path):
+    import zlib
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    data = c.compress(bytes(300 << 20)) + c.flush()
+    name = b"x.jpg"
+    crc = zlib.crc32(bytes(300 << 20))
+    lfh = struct.pack("<IHHHHHIIIHH", 0x04034b50, 20, 0, 8, 0, 0, crc, len(data), 100,
+                      len(name), 0) + name
+    cdh = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014b50, 20, 20, 0, 8, 0, 0, crc, len(data), 100,
+                      len(name), 0, 0, 0, 0, 0, 0) + name
+    eocd = struct.pack("<IHHHHIIH", 0x06054b50, 0, 0, 1, 1, len(cdh), len(lfh) + len(data), 0)
+    open(path, "wb").write(lfh + data + cdh + eocd)
+
+
 def main():
     kind, out = sys.argv[1], sys.argv[2]
     f4 = lambda n: bytes(4 * n)
@@ -144,6 +158,11 @@ def main():
         with tarfile.open(out, "w", format=tarfile.USTAR_FORMAT) as tf:
             tar_member(tf, "s000.json", b"{}")
             tar_member(tf, "s000.tok.npy", npy_bytes("<i4", (0, 16)))
+    elif kind == "zip-bomb":        # x.jpg: 300 MB of zeros deflated (~300 KB)
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("x.jpg", bytes(300 << 20))
+    elif kind == "zip-lying":       # x.jpg: 300 MB deflated, its sizes patched to say 100 bytes
+        zip_lying(out)
     elif kind == "jpeg-baseline":
         jpeg(out, int(sys.argv[3]), int(sys.argv[4]), False)
     elif kind == "jpeg-progressive":
