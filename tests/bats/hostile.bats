@@ -248,3 +248,11 @@ PY
     [ "$status" -eq 1 ]
     [[ "$output" == *"x.jpg in $T/lying.zip: inflates to more than the limit of 268435456 bytes for an image"* ]]
 }
+
+@test "a tar member whose size field says 2^62: refused naming the stream, sample, member and limit" {
+    $CRAFT tar-2e62 "$T/t.tar"
+    run "$BIN/clip-embed" --model "$ROOT/tests/fixtures/model/joint.pth" -o "$T/out.tar" < "$T/t.tar"
+    echo "$output"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"<stdin>: sample s000: member s000.json claims 4611686018427387904 bytes, more than the limit of 1073741824 for one field"* ]]
+}

@@ -163,6 +163,11 @@ def main():
             z.writestr("x.jpg", bytes(300 << 20))
     elif kind == "zip-lying":       # x.jpg: 300 MB deflated, its sizes patched to say 100 bytes
         zip_lying(out)
+    elif kind == "tar-2e62":        # a member whose size field says 2^62 bytes, then 1 KB
+        import tarfile
+        ti = tarfile.TarInfo("s000.json")
+        ti.size = 1 << 62
+        open(out, "wb").write(ti.tobuf(tarfile.GNU_FORMAT) + b"{}" + bytes(1022))
     elif kind == "jpeg-baseline":
         jpeg(out, int(sys.argv[3]), int(sys.argv[4]), False)
     elif kind == "jpeg-progressive":
