@@ -517,10 +517,13 @@ int stream_write(stream_writer *w, const sample *s)
     struct archive_entry *e = archive_entry_new();
     for (int i = 0; i < s->n; i++) {
         const sample_field *f = &s->fields[i];
-        char path[1024];
-        snprintf(path, sizeof path, "%s.%s", s->key, f->name);
+        /* any length: pax headers carry names past ustar's 100 (+155) bytes */
+        size_t plen = strlen(s->key) + strlen(f->name) + 2;
+        char *path = xmalloc(plen);
+        snprintf(path, plen, "%s.%s", s->key, f->name);
         archive_entry_clear(e);
         archive_entry_set_pathname(e, path);
+        free(path);
         archive_entry_set_filetype(e, AE_IFREG);
         archive_entry_set_perm(e, 0644);
         archive_entry_set_size(e, (la_int64_t)f->size);

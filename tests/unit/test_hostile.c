@@ -4,6 +4,8 @@
  * end at a PROT_NONE guard page, so a read past their end faults even
  * without ASan. */
 #include "npy.h"
+#include "sample.h"
+#include "stream.h"
 #include "unit.h"
 #include "util.h"
 
@@ -54,8 +56,39 @@ static void test_npy_header_ends_in_digits(void)
     free(b);
 }
 
+/* A key of 2000 bytes (a member name past tar's 100 + 155 and past the
+ * writer's old 1024-byte buffer) comes back whole, not truncated. */
+static void test_long_member_name(void)
+{
+    char dir[] = "/tmp/test_hostile.XXXXXX", path[64];
+    if (!mkdtemp(dir)) die("mkdtemp");
+    snprintf(path, sizeof path, "%s/long.tar", dir);
+    char key[2001];
+    for (int i = 0; i < 2000; i++) key[i] = i % 100 == 50 ? '/' : 'a' + i % 26;
+    key[2000] = 0;
+    sample s;
+    sample_init(&s);
+    sample_set_key(&s, key);
+    sample_set_copy(&s, "json", "{}", 2);
+    stream_writer *w = stream_open_write(path);
+    CHECK(w && !stream_write(w, &s) && !stream_close_write(w), "write: %s", clip_error());
+    sample_clear(&s);
+    stream_reader *r = stream_open_read(path);
+    CHECK(r != NULL, "%s", clip_error());
+    int got = r ? stream_read(r, &s) : -1;
+    CHECK(got == 1, "read: %s", clip_error());
+    CHECK(got == 1 && s.key && strlen(s.key) == 2000 && !strcmp(s.key, key), "key of %zu bytes",
+          got == 1 && s.key ? strlen(s.key) : 0);
+    CHECK(got == 1 && sample_get(&s, "json") != NULL, "no json field");
+    if (r) stream_close_read(r);
+    sample_free(&s);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     test_npy_header_ends_in_digits();
+    test_long_member_name();
     return unit_done();
 }
