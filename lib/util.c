@@ -175,6 +175,17 @@ int check_range(const char *what, int64_t v, int64_t lo, int64_t hi)
     return -1;
 }
 
+void close_stdout(void)
+{
+    errno = 0;
+    int failed = fflush(stdout) | ferror(stdout);
+    if (failed) die("stdout: write failed%s%s", errno ? ": " : "", errno ? strerror(errno) : "");
+    if (fclose(stdout)) { /* not die(): it flushes stdout, closed now */
+        fprintf(stderr, "%s: stdout: close failed: %s\n", clip_progname, strerror(errno));
+        exit(1);
+    }
+}
+
 double now_seconds(void)
 {
     struct timespec ts;

@@ -16,6 +16,9 @@ extern const char *clip_progname;
 void clip_set_progname(const char *argv0);
 noreturn void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Tools, before exiting 0: flush and close stdout, and die if any write to
+ * it failed (a full disk, /dev/full, a closed pipe). */
+void close_stdout(void);
 
 void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t size);

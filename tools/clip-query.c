@@ -579,5 +579,6 @@ int main(int argc, char **argv)
     free(ix.e), free(ix.emb), free(q);
     if (tok) tokenizer_close(tok);
     clip_model_free(m);
+    if (!rc) close_stdout();
     return rc;
 }

@@ -256,3 +256,13 @@ PY
     [ "$status" -eq 1 ]
     [[ "$output" == *"<stdin>: sample s000: member s000.json claims 4611686018427387904 bytes, more than the limit of 1073741824 for one field"* ]]
 }
+
+@test "clip-query > /dev/full: exits 1 saying the write failed, not 0" {
+    head -256 "$ROOT/share/clip-tools/bert-chinese-vocab.txt" > "$T/vocab.txt"
+    img=$(ls "$ROOT"/tests/fixtures/flickr8k-mini/flickr8k-images/*.jpg | head -1)
+    run sh -c '"$1" --model "$2" --vocab "$3" --image "$4" --labels a,b > /dev/full' sh \
+        "$BIN/clip-query" "$ROOT/tests/fixtures/model/joint.pth" "$T/vocab.txt" "$img"
+    echo "$output"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"stdout: write failed: No space left on device"* ]]
+}
