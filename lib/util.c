@@ -118,16 +118,16 @@ char *read_file(const char *path, size_t *len)
 
 char *read_file_max(const char *path, size_t *len, size_t limit, const char *kind)
 {
-    /* O_NONBLOCK: opening a FIFO with no writer would otherwise wait forever */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | (kind ? O_NONBLOCK : 0));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         clip_set_error("%s: %s", path, strerror(errno));
         return NULL;
     }
     struct stat st;
-    int regular = !fstat(fd, &st) && S_ISREG(st.st_mode);
-    if (kind && !regular) {
-        clip_set_error("%s: not a regular file (a%s %s must be one)", path,
+    int ok = !fstat(fd, &st), regular = ok && S_ISREG(st.st_mode);
+    /* pipes and FIFOs (--image <(curl ...)) are read, up to the limit */
+    if (kind && !regular && !(ok && S_ISFIFO(st.st_mode))) {
+        clip_set_error("%s: not a regular file or a pipe (a%s %s must be one)", path,
                        strchr("aeiou", kind[0]) ? "n" : "", kind);
         close(fd);
         return NULL;
@@ -138,7 +138,6 @@ char *read_file_max(const char *path, size_t *len, size_t limit, const char *kin
         close(fd);
         return NULL;
     }
-    if (kind) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     size_t cap = regular ? (size_t)st.st_size + 1 : 1 << 16, n = 0;
     char *buf = xmalloc(cap);
     for (;;) {

@@ -33,9 +33,10 @@ void clip_free_big(void *p, size_t bytes);
 
 /* Whole file into memory (NUL-terminated, *len excludes the NUL); malloc'd,
  * the caller frees. read_file_max is for anything a user or a peer names:
- * it refuses what is not a regular file (/dev/zero, a FIFO, a directory)
- * and a file of more than `limit` bytes, before reading it, with an error
- * naming the file, the kind ("image", "vocabulary"...) and the limit.
+ * it refuses what is neither a regular file nor a pipe/FIFO (/dev/zero, a
+ * directory), and a file of more than `limit` bytes before reading it (a
+ * pipe as soon as it passes the limit), with an error naming the file, the
+ * kind ("image", "vocabulary"...) and the limit.
  * read_file reads anything, unbounded: tests and benchmarks only. */
 char *read_file_max(const char *path, size_t *len, size_t limit, const char *kind);
 char *read_file(const char *path, size_t *len);
