@@ -35,10 +35,11 @@ int vit_config_from_ckpt(const ckpt *c, vit_config *cfg)
         return -1;
     }
     /* bounds far above any CLIP (ViT-bigG: width 1664, 48 layers, 257 tokens)
-     * that keep every size product in range */
+     * that keep every size product in range; tokens at most 1 + 64^2, since
+     * attention holds tokens^2 scores per head and image */
     if (check_range("visual.conv1.weight: the width", conv->shape[0], 64, 1 << 14) ||
         check_range("visual.conv1.weight: the patch size", conv->shape[2], 1, 1024) ||
-        check_range("visual.positional_embedding: the token count", pos->shape[0], 2, 1 << 16) ||
+        check_range("visual.positional_embedding: the token count", pos->shape[0], 2, 4097) ||
         check_range("visual.proj: the output dimension", proj->shape[1], 1, 1 << 16) ||
         check_range("visual.transformer.resblocks.0.mlp.c_fc.weight: the MLP width", fc->shape[0],
                     1, 1 << 16))
