@@ -107,7 +107,11 @@ int bert_config_matches(const bert_config *cfg, const bert_config *tensors, cons
 int bert_config_from_json(const char *path, bert_config *cfg)
 {
     json_error_t err;
-    json_t *j = json_load_file(path, 0, &err);
+    size_t len;
+    char *text = read_file_max(path, &len, CLIP_MAX_CONFIG_FILE, "config file");
+    if (!text) return -1;
+    json_t *j = json_loadb(text, len, 0, &err);
+    free(text);
     if (!j) {
         clip_set_error("%s: %s (line %d)", path, err.text, err.line);
         return -1;

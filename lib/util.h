@@ -45,6 +45,8 @@ char *read_file(const char *path, size_t *len);
  * ~15 MB, the shipped vocabularies under 2 MB). */
 #define CLIP_MAX_IMAGE_FILE ((size_t)256 << 20)
 #define CLIP_MAX_VOCAB_FILE ((size_t)64 << 20)
+#define CLIP_MAX_CONFIG_FILE ((size_t)1 << 20)      /* config.json: a few hundred bytes */
+#define CLIP_MAX_ANNOTATIONS_FILE ((size_t)4 << 30) /* COCO's captions: 90 MB */
 
 double now_seconds(void);
 

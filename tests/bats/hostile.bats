@@ -266,3 +266,16 @@ PY
     [ "$status" -eq 1 ]
     [[ "$output" == *"stdout: write failed: No space left on device"* ]]
 }
+
+@test "clip-prep --annotations /dev/zero and a config.json that is /dev/zero: refused as devices" {
+    run timeout 30 "$BIN/clip-prep" --annotations /dev/zero --root "$T"
+    echo "$output"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"/dev/zero: not a regular file or a pipe (an annotations file must be one)"* ]]
+    mkdir "$T/bert"
+    cp "$ROOT/tests/fixtures/model/bert/pytorch_model.bin" "$T/bert/"
+    ln -s /dev/zero "$T/bert/config.json"
+    load_with_bert
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"$T/bert/config.json: not a regular file or a pipe (a config file must be one)"* ]]
+}
