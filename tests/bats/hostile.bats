@@ -69,6 +69,14 @@ load_model() {
     [[ "$output" == *"no tensor 'visual.transformer.resblocks.1.ln_1.bias': the configuration needs it as [256]"* ]]
 }
 
+@test "1000 BERT layers implied by one [1] tensor each: refused before the 3 GB table is allocated" {
+    $CRAFT bert-1000 "$T/b.safetensors"
+    cap_memory 1500000
+    load_model "$T/b.safetensors"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"$T/b.safetensors: transformer.encoder.layer.1.attention.self.query.weight: mis-shaped, expected [256, 256]"* ]]
+}
+
 # bert_dir CONFIG_JSON_OVERRIDES: a copy of the fixture BERT directory whose
 # config.json has the given keys changed
 bert_dir() {

@@ -147,6 +147,25 @@ def main():
         safetensors(out, vit_tensors(64, 3000, full_layers=1))
     elif kind == "vit-1000":        # 1000 layers (within the limit) named by ln_1.weight alone
         safetensors(out, vit_tensors(256, 1000, full_layers=1))
+    elif kind == "bert-1000":       # a BERT tower: layer 0 whole, layers 1..999 one [1] tensor
+        H, I = 256, 1024
+        t = [("transformer.embeddings.word_embeddings.weight", (16, H)),
+             ("transformer.embeddings.position_embeddings.weight", (8, H)),
+             ("transformer.embeddings.token_type_embeddings.weight", (2, H)),
+             ("transformer.embeddings.LayerNorm.weight", (H,)),
+             ("transformer.embeddings.LayerNorm.bias", (H,))]
+        p = "transformer.encoder.layer.0."
+        for n in ("query", "key", "value"):
+            t += [(p + f"attention.self.{n}.weight", (H, H)), (p + f"attention.self.{n}.bias", (H,))]
+        t += [(p + "attention.output.dense.weight", (H, H)), (p + "attention.output.dense.bias", (H,)),
+              (p + "attention.output.LayerNorm.weight", (H,)),
+              (p + "attention.output.LayerNorm.bias", (H,)),
+              (p + "intermediate.dense.weight", (I, H)), (p + "intermediate.dense.bias", (I,)),
+              (p + "output.dense.weight", (H, I)), (p + "output.dense.bias", (H,)),
+              (p + "output.LayerNorm.weight", (H,)), (p + "output.LayerNorm.bias", (H,))]
+        t += [(f"transformer.encoder.layer.{i}.attention.self.query.weight", (1,))
+              for i in range(1, 1000)]
+        safetensors(out, t)
     elif kind == "bert-config":     # config.json: ARGS is a JSON object merged in
         cfg = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
                "intermediate_size": 128, "max_position_embeddings": 32, "type_vocab_size": 2,
