@@ -148,7 +148,10 @@ char *read_file_max(const char *path, size_t *len, size_t limit, const char *kin
             close(fd);
             return NULL;
         }
-        if (n + 1 >= cap) buf = xrealloc(buf, cap *= 2);
+        if (n + 1 >= cap) { /* never past limit + 2: room to see the limit passed */
+            cap = cap > (limit + 2) / 2 ? limit + 2 : 2 * cap;
+            buf = xrealloc(buf, cap);
+        }
         ssize_t got = read(fd, buf + n, cap - n - 1);
         if (got < 0 && errno == EINTR) continue;
         if (got < 0) {
