@@ -28,12 +28,13 @@ static int add_caption(annotation *a, json_t *c, const char *path, size_t i)
 annotations *annotations_load(const char *path)
 {
     json_error_t je;
-    json_t *root = json_load_file(path, 0, &je);
+    size_t len;
+    char *text = read_file_max(path, &len, CLIP_MAX_ANNOTATIONS_FILE, "annotations file");
+    if (!text) return NULL;
+    json_t *root = json_loadb(text, len, 0, &je);
+    free(text);
     if (!root) {
-        if (je.line < 0)
-            clip_set_error("%s", je.text); /* cannot open: jansson's text names the file */
-        else
-            clip_set_error("%s:%d:%d: malformed JSON: %s", path, je.line, je.column, je.text);
+        clip_set_error("%s:%d:%d: malformed JSON: %s", path, je.line, je.column, je.text);
         return NULL;
     }
     annotations *a = xcalloc(1, sizeof *a);

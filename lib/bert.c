@@ -36,6 +36,17 @@ int bert_config_from_ckpt(const ckpt *c, const char *prefix, bert_config *cfg)
         clip_set_error("%sembeddings: unexpected tensor rank", prefix);
         return -1;
     }
+    char what[4][192];
+    snprintf(what[0], sizeof what[0], "%sembeddings.word_embeddings.weight: the vocabulary", prefix);
+    snprintf(what[1], sizeof what[1], "%sembeddings.word_embeddings.weight: the width", prefix);
+    snprintf(what[2], sizeof what[2], "%sembeddings.position_embeddings.weight: the positions", prefix);
+    snprintf(what[3], sizeof what[3], "%sencoder.layer.0.intermediate.dense.weight: the width", prefix);
+    if (check_range(what[0], word->shape[0], 1, BERT_MAX_VOCAB) ||
+        check_range(what[1], word->shape[1], 1, BERT_MAX_WIDTH) ||
+        check_range(what[2], pos->shape[0], 1, 1 << 16) ||
+        check_range(what[3], inter->shape[0], 1, BERT_MAX_WIDTH * 8) ||
+        check_range("token_type_embeddings: the types", type->shape[0], 1, 1 << 16))
+        return -1;
     cfg->vocab = (int)word->shape[0];
     cfg->hidden = (int)word->shape[1];
     cfg->max_pos = (int)pos->shape[0];
@@ -48,34 +59,83 @@ int bert_config_from_ckpt(const ckpt *c, const char *prefix, bert_config *cfg)
     for (;;) {
         snprintf(name, sizeof name, "encoder.layer.%d.attention.self.query.weight", cfg->layers);
         if (!find2(c, prefix, name)) break;
-        cfg->layers++;
+        /* a layer counts by its big tensors, not by one name: the parameter
+         * table is sized from this before anything is read */
+        static const char *const big[] = {"attention.self.query.weight",
+                                           "attention.self.key.weight",
+                                           "attention.self.value.weight",
+                                           "attention.output.dense.weight",
+                                           "intermediate.dense.weight", "output.dense.weight"};
+        for (int k = 0; k < 6; k++) {
+            int64_t rows = k == 4 ? cfg->intermediate : cfg->hidden;
+            int64_t cols = k == 5 ? cfg->intermediate : cfg->hidden;
+            snprintf(name, sizeof name, "encoder.layer.%d.%s", cfg->layers, big[k]);
+            const ckpt_tensor *t = find2(c, prefix, name);
+            if (!t || t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols) {
+                clip_set_error("%s%s: %s, expected [%lld, %lld]", prefix, name,
+                               t ? "mis-shaped" : "missing", (long long)rows, (long long)cols);
+                return -1;
+            }
+        }
+        if (++cfg->layers > BERT_MAX_LAYERS) {
+            clip_set_error("%sencoder: more than %d layers", prefix, BERT_MAX_LAYERS);
+            return -1;
+        }
     }
+    return 0;
+}
+
+int bert_config_matches(const bert_config *cfg, const bert_config *tensors, const char *path)
+{
+    const struct {
+        const char *key;
+        int got, have;
+    } f[] = {{"hidden_size", cfg->hidden, tensors->hidden},
+             {"num_hidden_layers", cfg->layers, tensors->layers},
+             {"intermediate_size", cfg->intermediate, tensors->intermediate},
+             {"max_position_embeddings", cfg->max_pos, tensors->max_pos},
+             {"type_vocab_size", cfg->type_vocab, tensors->type_vocab},
+             {"vocab_size", cfg->vocab, tensors->vocab}};
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+        if (f[i].got != f[i].have) {
+            clip_set_error("%s: %s is %d but the checkpoint's tensors have %d", path, f[i].key,
+                           f[i].got, f[i].have);
+            return -1;
+        }
     return 0;
 }
 
 int bert_config_from_json(const char *path, bert_config *cfg)
 {
     json_error_t err;
-    json_t *j = json_load_file(path, 0, &err);
+    size_t len;
+    char *text = read_file_max(path, &len, CLIP_MAX_CONFIG_FILE, "config file");
+    if (!text) return -1;
+    json_t *j = json_loadb(text, len, 0, &err);
+    free(text);
     if (!j) {
         clip_set_error("%s: %s (line %d)", path, err.text, err.line);
         return -1;
     }
+    /* each in 1..max before it is narrowed to int: 2^32 heads would become 0 */
     struct {
         const char *key;
         int *dst;
-    } ints[] = {{"hidden_size", &cfg->hidden},
-                {"num_hidden_layers", &cfg->layers},
-                {"num_attention_heads", &cfg->heads},
-                {"intermediate_size", &cfg->intermediate},
-                {"max_position_embeddings", &cfg->max_pos},
-                {"type_vocab_size", &cfg->type_vocab},
-                {"vocab_size", &cfg->vocab}};
+        int64_t max;
+    } ints[] = {{"hidden_size", &cfg->hidden, BERT_MAX_WIDTH},
+                {"num_hidden_layers", &cfg->layers, BERT_MAX_LAYERS},
+                {"num_attention_heads", &cfg->heads, BERT_MAX_WIDTH},
+                {"intermediate_size", &cfg->intermediate, BERT_MAX_WIDTH * 8},
+                {"max_position_embeddings", &cfg->max_pos, 1 << 16},
+                {"type_vocab_size", &cfg->type_vocab, 1 << 16},
+                {"vocab_size", &cfg->vocab, BERT_MAX_VOCAB}};
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
         json_t *v = json_object_get(j, ints[i].key);
         if (!v) continue;
-        if (!json_is_integer(v) || json_integer_value(v) <= 0) {
-            clip_set_error("%s: %s is not a positive integer", path, ints[i].key);
+        if (!json_is_integer(v) || json_integer_value(v) <= 0 ||
+            json_integer_value(v) > ints[i].max) {
+            clip_set_error("%s: %s is not an integer in 1..%lld", path, ints[i].key,
+                           (long long)ints[i].max);
             json_decref(j);
             return -1;
         }

@@ -10,6 +10,12 @@
 #include "checkpoint.h"
 #include "param_table.h"
 
+/* limits on sizes read from a checkpoint or config.json (BERT-large: 1024
+ * wide, 24 layers; bert-base-chinese: 21128 ids) */
+#define BERT_MAX_WIDTH (1 << 14)
+#define BERT_MAX_LAYERS 1024
+#define BERT_MAX_VOCAB (1 << 22)
+
 typedef struct {
     int hidden, layers, heads, intermediate;
     int max_pos, type_vocab, vocab;
@@ -90,8 +96,12 @@ typedef struct {
  * heads = hidden / 64 and eps 1e-12 unless set by bert_config_from_json;
  * position_ids from the presence of `prefix`embeddings.position_ids. */
 int bert_config_from_ckpt(const ckpt *c, const char *prefix, bert_config *cfg);
-/* Overrides from a Hugging Face config.json. */
+/* Overrides from a Hugging Face config.json: each size in range, heads
+ * dividing hidden_size; -1 with an error naming the file and the limit. */
 int bert_config_from_json(const char *path, bert_config *cfg);
+/* 0 if cfg (after config.json) agrees with the sizes the tensors gave,
+ * else -1 naming `path`, the key and both values. */
+int bert_config_matches(const bert_config *cfg, const bert_config *tensors, const char *path);
 
 bert *bert_create(const bert_config *cfg);
 /* Body weights from `c` where they sit under `prefix` (the joint

@@ -74,6 +74,11 @@ static char *read_maybe_gzip(const char *path, size_t *len)
         if (k == 0)
             break;
         n += k;
+        if (n > CLIP_MAX_VOCAB_FILE) { /* a gzip bomb as merges */
+            clip_set_error("%s: BPE merges of more than the limit of %zu bytes (uncompressed)",
+                           path, CLIP_MAX_VOCAB_FILE);
+            goto fail;
+        }
     }
     archive_read_free(a);
     data[n] = 0;
@@ -222,7 +227,25 @@ static size_t merge_piece(const bpe *b, const unsigned char *s, size_t n, int32_
     return n;
 }
 
+/* The reference's pattern does not bound a piece ([\p{L}]+ matches a 10 MB
+ * word) and merging is quadratic in a piece's length. Longer pieces are
+ * split into BPE_MAX_PIECE-code-point chunks, each merged as a word of its
+ * own (ending in </w>), and the rest is not merged once max ids are out.
+ * This differs from the reference only for runs of more than 256 letters
+ * (or of more than 256 symbols) with no space, digit or punctuation; such a
+ * chunk costs at most ~10^6 pair look-ups. */
+#define BPE_MAX_PIECE 256
+
+static int emit_word(bpe *b, const int32_t *cps, size_t n, int32_t *ids, int k, int max);
+
 static int emit_piece(bpe *b, const int32_t *cps, size_t n, int32_t *ids, int k, int max)
+{
+    for (size_t at = 0; at < n && k < max; at += BPE_MAX_PIECE)
+        k = emit_word(b, cps + at, n - at < BPE_MAX_PIECE ? n - at : BPE_MAX_PIECE, ids, k, max);
+    return k;
+}
+
+static int emit_word(bpe *b, const int32_t *cps, size_t n, int32_t *ids, int k, int max)
 {
     if (b->bytes_cap < 4 * n) {
         b->bytes_cap = 8 * n;

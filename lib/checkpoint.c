@@ -408,7 +408,12 @@ static int add_tensor(ckpt *c, const char *name, const pk_tensor *pt)
         return -1;
     }
     int64_t avail = st->bytes / esize, last = pt->offset, expect = 1;
-    int in_range = pt->offset >= 0, contiguous = 1;
+    int in_range = 1, contiguous = 1;
+    if (pt->offset < 0) {
+        clip_set_error("%s: tensor '%s' has a negative storage offset %lld", c->path, name,
+                       (long long)pt->offset);
+        return -1;
+    }
     for (int d = pt->ndim - 1; d >= 0; d--) {
         if (pt->stride[d] < 0) {
             clip_set_error("%s: tensor '%s' has a negative stride", c->path, name);
@@ -428,6 +433,18 @@ static int add_tensor(ckpt *c, const char *name, const pk_tensor *pt)
         clip_set_error("%s: tensor '%s' %s at storage offset %lld lies outside its storage '%s' "
                        "of %lld elements", c->path, name, shape, (long long)pt->offset,
                        st->key, (long long)avail);
+        return -1;
+    }
+    /* a view that repeats elements (stride 0: an expanded tensor) is
+     * materialised; it may not be larger than the whole file, so that what
+     * loading commits stays bounded by what the file holds */
+    if (numel > avail && (uint64_t)numel * esize > c->map_len) {
+        char shape[256];
+        format_shape(shape, sizeof shape, pt->ndim, pt->shape);
+        clip_set_error("%s: tensor '%s' %s repeats the %lld elements of its storage '%s' into "
+                       "%lld (%lld bytes): larger than the file's %zu bytes; save the tensor "
+                       "with .contiguous()", c->path, name, shape, (long long)avail, st->key,
+                       (long long)numel, (long long)(numel * esize), c->map_len);
         return -1;
     }
     const unsigned char *src = (const unsigned char *)st->data + pt->offset * esize;

@@ -112,7 +112,9 @@ static int load_bert(clip_model *m, const ckpt *c, const char *ckpt_path, json_t
     if (bert_dir) {
         snprintf(path, sizeof path, "%s/config.json", bert_dir);
         if (file_exists(path)) {
-            if (bert_config_from_json(path, &cfg)) goto out;
+            bert_config tensors = cfg;
+            if (bert_config_from_json(path, &cfg) || bert_config_matches(&cfg, &tensors, path))
+                goto out;
             json_path = path;
         }
     }

@@ -8,6 +8,8 @@
 #include "ops.h"
 #include "util.h"
 
+static void clip_text_layout(const clip_text_config *g, clip_text_params *p, param_table *t);
+
 int clip_text_config_from_ckpt(const ckpt *c, clip_text_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -27,6 +29,13 @@ int clip_text_config_from_ckpt(const ckpt *c, clip_text_config *cfg)
         clip_set_error("CLIP text tower: unexpected tensor rank");
         return -1;
     }
+    if (check_range("token_embedding.weight: the vocabulary", tok->shape[0], 1, 1 << 24) ||
+        check_range("token_embedding.weight: the width", tok->shape[1], 64, 1 << 14) ||
+        check_range("positional_embedding: the context length", pos->shape[0], 1, 1 << 16) ||
+        check_range("text_projection: the output dimension", proj->shape[1], 1, 1 << 16) ||
+        check_range("transformer.resblocks.0.mlp.c_fc.weight: the MLP width", fc->shape[0], 1,
+                    1 << 16))
+        return -1;
     cfg->vocab = (int)tok->shape[0];
     cfg->width = (int)tok->shape[1];
     cfg->context = (int)pos->shape[0];
@@ -41,9 +50,21 @@ int clip_text_config_from_ckpt(const ckpt *c, clip_text_config *cfg)
     for (;;) {
         snprintf(name, sizeof name, "transformer.resblocks.%d.ln_1.weight", cfg->layers);
         if (!ckpt_find(c, name)) break;
-        cfg->layers++;
+        if (++cfg->layers > CLIP_TEXT_MAX_LAYERS) {
+            clip_set_error("CLIP text tower: more than %d layers (transformer.resblocks.N)",
+                           CLIP_TEXT_MAX_LAYERS);
+            return -1;
+        }
     }
-    return 0;
+    /* every tensor the configuration implies, before anything is allocated */
+    clip_text_params p = {0};
+    param_table t = {0};
+    p.blocks = xcalloc(cfg->layers ? cfg->layers : 1, sizeof(resblock_params));
+    clip_text_layout(cfg, &p, &t);
+    int rc = pt_check(&t, c);
+    pt_free(&t);
+    free(p.blocks);
+    return rc;
 }
 
 static void clip_text_layout(const clip_text_config *g, clip_text_params *p, param_table *t)

@@ -43,6 +43,9 @@ typedef struct {
     int act_batch, act_len, act_keep;
 } clip_text;
 
+#define CLIP_TEXT_MAX_LAYERS 1024
+/* Sizes in range and every implied tensor present with its shape, checked
+ * before anything is allocated; -1 with an error otherwise. */
 int clip_text_config_from_ckpt(const ckpt *c, clip_text_config *cfg);
 clip_text *clip_text_create(const clip_text_config *cfg);
 int clip_text_load(clip_text *m, const ckpt *c);

@@ -13,7 +13,6 @@
 #include <jpeglib.h>
 #include <vips/vips.h>
 
-#define MAX_PIXELS (1L << 28) /* refuse decompression bombs */
 
 /* libvips is loaded with dlopen on the first image that is not a JPEG, not
  * linked: it and the ~80 libraries it pulls in cost ~40 ms of start-up per
@@ -138,8 +137,17 @@ static void jpeg_on_message(j_common_ptr c, int level)
 /* 1 = decoded into a new out->px, 2 = the image is fit x fit and was decoded
  * straight into fit_px (out->px NULL), 0 = not for this decoder (CMYK: left
  * to libvips), -1 = error */
+static int too_large(const char *what, long long w, long long h, long long max_pixels)
+{
+    if (w * h <= max_pixels) return 0;
+    clip_set_error("%s: image of %lldx%lld = %lld pixels, more than the limit of %lld (a "
+                   "decompression bomb? raise it with --max-pixels)",
+                   what, w, h, w * h, max_pixels);
+    return 1;
+}
+
 static int decode_jpeg(const void *buf, size_t len, image_rgb *out, int fit,
-                       unsigned char *fit_px, const char *what)
+                       unsigned char *fit_px, long long max_pixels, const char *what)
 {
     struct jpeg_decompress_struct ci;
     jpeg_err err;
@@ -157,6 +165,12 @@ static int decode_jpeg(const void *buf, size_t len, image_rgb *out, int fit,
     jpeg_create_decompress(&ci);
     jpeg_mem_src(&ci, buf, len);
     jpeg_read_header(&ci, TRUE);
+    /* from the frame header, before jpeg_start_decompress allocates (for a
+     * progressive JPEG: every coefficient of the whole image) */
+    if (too_large(what, ci.image_width, ci.image_height, max_pixels)) {
+        jpeg_destroy_decompress(&ci);
+        return -1;
+    }
     if (ci.jpeg_color_space == JCS_CMYK || ci.jpeg_color_space == JCS_YCCK) {
         jpeg_destroy_decompress(&ci);
         return 0;
@@ -164,11 +178,6 @@ static int decode_jpeg(const void *buf, size_t len, image_rgb *out, int fit,
     ci.out_color_space = JCS_RGB;
     jpeg_start_decompress(&ci);
     int w = ci.output_width, h = ci.output_height;
-    if ((long)w * h > MAX_PIXELS) {
-        jpeg_destroy_decompress(&ci);
-        clip_set_error("%s: image too large (%dx%d)", what, w, h);
-        return -1;
-    }
     int direct = fit_px && w == fit && h == fit;
     px = direct ? fit_px : xmalloc((size_t)w * h * 3);
     while (ci.output_scanline < ci.output_height && !err.truncated) {
@@ -190,7 +199,8 @@ static int decode_jpeg(const void *buf, size_t len, image_rgb *out, int fit,
 
 /* ---- everything else via libvips */
 
-static int decode_vips(const void *buf, size_t len, image_rgb *out, const char *what)
+static int decode_vips(const void *buf, size_t len, image_rgb *out, long long max_pixels,
+                       const char *what)
 {
     pthread_once(&vips_once, vips_load);
     if (vips_ready < 0) {
@@ -201,8 +211,8 @@ static int decode_vips(const void *buf, size_t len, image_rgb *out, const char *
                                          "fail_on", VIPS_FAIL_ON_ERROR, NULL);
     VipsImage *t;
     if (!im) goto fail;
-    if ((long)im->Xsize * im->Ysize > MAX_PIXELS) {
-        clip_set_error("%s: image too large (%dx%d)", what, im->Xsize, im->Ysize);
+    /* new_from_buffer has read the header only: nothing is decoded yet */
+    if (too_large(what, im->Xsize, im->Ysize, max_pixels)) {
         vips.unref(im);
         vips.error_clear();
         return -1;
@@ -256,7 +266,7 @@ fail:;
 /* image_decode, or with fit_px set: 1 if the image was fit x fit and is
  * decoded into fit_px (out left empty). */
 static int decode(const void *buf, size_t len, image_rgb *out, int fit, unsigned char *fit_px,
-                  const char *what)
+                  long long max_pixels, const char *what)
 {
     memset(out, 0, sizeof *out);
     const char *type = image_type(buf, len);
@@ -265,15 +275,16 @@ static int decode(const void *buf, size_t len, image_rgb *out, int fit, unsigned
         return -1;
     }
     if (!strcmp(type, "jpg")) {
-        int rc = decode_jpeg(buf, len, out, fit, fit_px, what);
+        int rc = decode_jpeg(buf, len, out, fit, fit_px, max_pixels, what);
         if (rc) return rc < 0 ? -1 : rc - 1;
     }
-    return decode_vips(buf, len, out, what);
+    return decode_vips(buf, len, out, max_pixels, what);
 }
 
-int image_decode(const void *buf, size_t len, image_rgb *out, const char *what)
+int image_decode(const void *buf, size_t len, image_rgb *out, long long max_pixels,
+                 const char *what)
 {
-    return decode(buf, len, out, 0, NULL, what);
+    return decode(buf, len, out, 0, NULL, max_pixels, what);
 }
 
 /* ---- Pillow-compatible bicubic resampling */
@@ -471,12 +482,12 @@ void image_preprocess(const image_rgb *in, int size, enum image_resize mode, uns
 }
 
 int image_load(const void *buf, size_t len, int size, enum image_resize mode, unsigned char *out,
-               const char *what)
+               long long max_pixels, const char *what)
 {
     /* an image that already has the output size is its own preprocessing
      * (every mode is the identity then): it is decoded in place */
     image_rgb im;
-    int rc = decode(buf, len, &im, size, out, what);
+    int rc = decode(buf, len, &im, size, out, max_pixels, what);
     if (rc) return rc < 0 ? -1 : 0;
     image_preprocess(&im, size, mode, out);
     image_free(&im);

@@ -46,8 +46,15 @@ int image_resize_parse(const char *name);
 /* "jpg", "png", "webp", "gif", "tif", "bmp" from the magic bytes, or NULL. */
 const char *image_type(const void *buf, size_t len);
 
-/* Decode to RGB. what = name for the error message (the file). */
-int image_decode(const void *buf, size_t len, image_rgb *out, const char *what);
+/* The default limit on width x height: Pillow's MAX_IMAGE_PIXELS (a 3 KB
+ * JPEG may claim 65500x65500). */
+#define IMAGE_MAX_PIXELS 89478485LL
+
+/* Decode to RGB. An image whose header claims more than max_pixels pixels
+ * is refused before anything is decoded or allocated. what = name for the
+ * error message (the file). */
+int image_decode(const void *buf, size_t len, image_rgb *out, long long max_pixels,
+                 const char *what);
 void image_free(image_rgb *im);
 
 /* Pillow-compatible bicubic resize of in to out_w x out_h, computing only the
@@ -67,7 +74,7 @@ void image_preprocess(const image_rgb *in, int size, enum image_resize mode, uns
 /* Decode + preprocess in one call; a JPEG that is already size x size is
  * decoded straight into out. */
 int image_load(const void *buf, size_t len, int size, enum image_resize mode, unsigned char *out,
-               const char *what);
+               long long max_pixels, const char *what);
 
 /* Training augmentation. The RNG is the caller's (splitmix64 state), so a
  * data loader can seed each sample reproducibly. */

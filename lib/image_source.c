@@ -182,14 +182,33 @@ void image_source_want(image_source *s, const char *path)
     pthread_mutex_unlock(&s->lock);
 }
 
+/* A member's bytes, at most CLIP_MAX_IMAGE_FILE of them: a member whose
+ * declared size is larger is refused before anything is inflated, one that
+ * inflates past the limit (a lying or absent size) as soon as it does. */
 static unsigned char *read_data(struct archive *a, struct archive_entry *e, size_t *len,
-                                const char *what)
+                                const char *archive, const char *what)
 {
+    const size_t limit = CLIP_MAX_IMAGE_FILE;
+    if (archive_entry_size_is_set(e) &&
+        (archive_entry_size(e) < 0 || (uint64_t)archive_entry_size(e) > limit)) {
+        clip_set_error("%s in %s: declares %lld bytes, more than the limit of %zu for an image",
+                       what, archive, (long long)archive_entry_size(e), limit);
+        return NULL;
+    }
     size_t cap = archive_entry_size_is_set(e) ? (size_t)archive_entry_size(e) + 1 : 1 << 16;
     size_t n = 0;
     unsigned char *buf = xmalloc(cap);
     for (;;) {
-        if (n == cap) buf = xrealloc(buf, cap *= 2);
+        if (n == cap) {
+            if (n > limit) {
+                clip_set_error("%s in %s: inflates to more than the limit of %zu bytes for an "
+                               "image", what, archive, limit);
+                free(buf);
+                return NULL;
+            }
+            cap = 2 * cap > limit + 1 ? limit + 1 : 2 * cap; /* limit + 1: to see it pass */
+            buf = xrealloc(buf, cap);
+        }
         la_ssize_t got = archive_read_data(a, buf + n, cap - n);
         if (got < 0) {
             clip_set_error("%s: %s", what, archive_error_string(a));
@@ -227,7 +246,7 @@ static unsigned char *read_forward(image_source *s, long want, size_t *len)
         member *m = &s->m[i];
         if (i != want && (m->data || !(m->wants > 0 || !s->hinted))) continue;
         size_t n;
-        unsigned char *d = read_data(s->ar, e, &n, m->name);
+        unsigned char *d = read_data(s->ar, e, &n, s->root, m->name);
         if (!d) {
             archive_read_free(s->ar);
             s->ar = NULL;
@@ -254,7 +273,8 @@ unsigned char *image_source_read(image_source *s, const char *path, size_t *len)
             snprintf(full, n, "%s/%s", s->root, p);
             free(p);
         }
-        unsigned char *d = (unsigned char *)read_file(full ? full : path, len);
+        unsigned char *d =
+            (unsigned char *)read_file_max(full ? full : path, len, CLIP_MAX_IMAGE_FILE, "image");
         free(full);
         return d;
     }

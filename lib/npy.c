@@ -124,9 +124,15 @@ int npy_parse(const void *buf, size_t len, npy_array *out, const char *what)
     while (v < end && *v != ')') {
         while (v < end && (*v == ' ' || *v == ',')) v++;
         if (v < end && *v == ')') break;
-        char *e;
-        long long d = strtoll(v, &e, 10);
-        if (e == v || e > end || d < 0 || out->ndim == NPY_MAX_DIMS) goto bad;
+        /* digits by hand, never past `end`: strtoll would read on past a header
+         * that ends inside a number (the buffer is not NUL-terminated) */
+        const char *e = v;
+        int64_t d = 0;
+        while (e < end && *e >= '0' && *e <= '9') {
+            if (d > (INT64_MAX - 9) / 10) goto bad;
+            d = d * 10 + (*e++ - '0');
+        }
+        if (e == v || e >= end || out->ndim == NPY_MAX_DIMS) goto bad;
         if (d && count > SIZE_MAX / (size_t)d) goto bad;
         out->shape[out->ndim++] = d;
         count *= (size_t)d;

@@ -48,6 +48,36 @@ const param_spec *pt_find(const param_table *t, const char *name)
     return NULL;
 }
 
+int pt_check(const param_table *t, const ckpt *c)
+{
+    for (int i = 0; i < t->n; i++) {
+        const param_spec *s = &t->v[i];
+        const ckpt_tensor *ct = ckpt_find(c, s->name);
+        int same = ct && ct->ndim == s->ndim;
+        for (int d = 0; same && d < s->ndim; d++) same = ct->shape[d] == s->shape[d];
+        if (!same) {
+            char want[128];
+            size_t k = snprintf(want, sizeof want, "[");
+            for (int d = 0; d < s->ndim && k < sizeof want; d++)
+                k += snprintf(want + k, sizeof want - k, "%s%lld", d ? ", " : "",
+                              (long long)s->shape[d]);
+            if (k < sizeof want) snprintf(want + k, sizeof want - k, "]");
+            if (ct)
+                clip_set_error("tensor '%s' is mis-shaped: the configuration needs it as %s",
+                               s->name, want);
+            else
+                clip_set_error("no tensor '%s': the configuration needs it as %s", s->name, want);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+size_t pt_bytes(const param_table *t)
+{
+    return t->total > SIZE_MAX / sizeof(float) ? SIZE_MAX : (t->total ? t->total : 1) * sizeof(float);
+}
+
 int pt_load_spec(const param_spec *s, const ckpt *c, const char *ckname)
 {
     return ckpt_read_f32(c, ckname, s->ndim, s->shape, *s->ptr);

@@ -33,6 +33,14 @@ void pt_alloc(param_table *t);
 void pt_free(param_table *t);
 const param_spec *pt_find(const param_table *t, const char *name);
 
+/* Checks, before anything is allocated, that every tensor of the table is in
+ * the checkpoint with the table's shape (names as in the table): a
+ * configuration read from names or a config file must not commit memory
+ * for tensors that are not there. -1 with an error naming the tensor. */
+int pt_check(const param_table *t, const ckpt *c);
+/* Bytes of the buffer pt_alloc would allocate; SIZE_MAX if that overflows. */
+size_t pt_bytes(const param_table *t);
+
 /* Read every tensor from the checkpoint, by its name with a leading `strip`
  * replaced by `add` (both may be NULL). -1 with an error naming the tensor
  * when one is missing or mis-shaped. */

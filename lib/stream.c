@@ -243,10 +243,27 @@ static int next_member(stream_reader *r)
 
 static int read_member_data(stream_reader *r, sample *s)
 {
+    const size_t limit = STREAM_MAX_MEMBER;
+    if (r->pending_size > limit) {
+        clip_set_error("%s: sample %s: member %s claims %zu bytes, more than the limit of %zu "
+                       "for one field", r->name, r->pending_key, r->pending_path,
+                       r->pending_size, limit);
+        return -1;
+    }
     size_t cap = r->pending_size, n = 0;
     unsigned char *buf = xmalloc(cap ? cap : 1);
     for (;;) {
-        if (n == cap) buf = xrealloc(buf, cap = cap ? 2 * cap : 4096);
+        if (n == cap) {
+            if (n > limit) {
+                free(buf);
+                clip_set_error("%s: sample %s: member %s has more than the limit of %zu bytes "
+                               "for one field", r->name, r->pending_key, r->pending_path, limit);
+                return -1;
+            }
+            cap = cap ? 2 * cap : 4096;
+            if (cap > limit + 1) cap = limit + 1;
+            buf = xrealloc(buf, cap);
+        }
         la_ssize_t got = archive_read_data(r->ar, buf + n, cap - n);
         if (got < 0) {
             free(buf);
@@ -500,10 +517,13 @@ int stream_write(stream_writer *w, const sample *s)
     struct archive_entry *e = archive_entry_new();
     for (int i = 0; i < s->n; i++) {
         const sample_field *f = &s->fields[i];
-        char path[1024];
-        snprintf(path, sizeof path, "%s.%s", s->key, f->name);
+        /* any length: pax headers carry names past ustar's 100 (+155) bytes */
+        size_t plen = strlen(s->key) + strlen(f->name) + 2;
+        char *path = xmalloc(plen);
+        snprintf(path, plen, "%s.%s", s->key, f->name);
         archive_entry_clear(e);
         archive_entry_set_pathname(e, path);
+        free(path);
         archive_entry_set_filetype(e, AE_IFREG);
         archive_entry_set_perm(e, 0644);
         archive_entry_set_size(e, (la_int64_t)f->size);
@@ -652,7 +672,16 @@ int sample_file_read(sample_file *f, size_t i, sample *s)
         const char *path = archive_entry_pathname(ent);
         const char *base = strrchr(path, '/');
         const char *field = strchr(base ? base + 1 : path, '.') + 1;
-        size_t size = (size_t)archive_entry_size(ent);
+        int64_t declared = archive_entry_size(ent);
+        if (declared < 0 || (uint64_t)declared > STREAM_MAX_MEMBER ||
+            (uint64_t)declared > f->size - fe->offset) {
+            clip_set_error("%s: sample %s: member %s claims %lld bytes, more than the file "
+                           "holds or the limit of %zu for one field", f->path, fe->key, path,
+                           (long long)declared, STREAM_MAX_MEMBER);
+            archive_read_free(a);
+            return -1;
+        }
+        size_t size = (size_t)declared;
         unsigned char *buf = xmalloc(size ? size : 1);
         if (archive_read_data(a, buf, size) != (la_ssize_t)size) {
             free(buf);

@@ -13,6 +13,11 @@ typedef struct stream_writer stream_writer;
 
 int stream_is_zmq(const char *endpoint);
 
+/* The largest member (one field of one sample) a reader accepts: a tar size
+ * field is 12 octal digits or base-256, so a 512-byte header can claim 2^62
+ * bytes. Larger members are refused before anything is allocated. */
+#define STREAM_MAX_MEMBER ((size_t)1 << 30)
+
 /* NULL with clip_error() set on failure. */
 stream_reader *stream_open_read(const char *endpoint);
 /* 1: a sample was read into s; 0: end of stream; -1: error (clip_error()). */

@@ -199,9 +199,10 @@ static pk_obj *persistent_load(pk_vm *vm, const pk_obj *pid, void *ctx)
         return NULL;
     }
     if (numel > (int64_t)(m->size / esize)) {
-        clip_set_error("storage '%s' of %lld %s needs %lld bytes, member %s has %zu", key,
-                       (long long)numel, ckpt_dtype_name(dt), (long long)numel * (long long)esize,
-                       name, m->size);
+        /* numel * esize may not fit in 64 bits: not computed */
+        clip_set_error("storage '%s' of %lld %s needs %lld x %zu bytes, member %s has %zu", key,
+                       (long long)numel, ckpt_dtype_name(dt), (long long)numel, esize, name,
+                       m->size);
         return NULL;
     }
     pk_obj *o = pk_new_storage(vm, dt, key, numel);

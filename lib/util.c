@@ -115,16 +115,45 @@ void clip_free_big(void *p, size_t bytes)
  * file, noticeable at ~30 KB a photo */
 char *read_file(const char *path, size_t *len)
 {
+    return read_file_max(path, len, SIZE_MAX / 2, NULL);
+}
+
+char *read_file_max(const char *path, size_t *len, size_t limit, const char *kind)
+{
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         clip_set_error("%s: %s", path, strerror(errno));
         return NULL;
     }
     struct stat st;
-    size_t cap = !fstat(fd, &st) && S_ISREG(st.st_mode) ? (size_t)st.st_size + 1 : 1 << 16, n = 0;
+    int ok = !fstat(fd, &st), regular = ok && S_ISREG(st.st_mode);
+    /* pipes and FIFOs (--image <(curl ...)) are read, up to the limit */
+    if (kind && !regular && !(ok && S_ISFIFO(st.st_mode))) {
+        clip_set_error("%s: not a regular file or a pipe (a%s %s must be one)", path,
+                       strchr("aeiou", kind[0]) ? "n" : "", kind);
+        close(fd);
+        return NULL;
+    }
+    if (kind && (uint64_t)st.st_size > limit) {
+        clip_set_error("%s: %lld bytes, more than the limit of %zu for a%s %s", path,
+                       (long long)st.st_size, limit, strchr("aeiou", kind[0]) ? "n" : "", kind);
+        close(fd);
+        return NULL;
+    }
+    size_t cap = regular ? (size_t)st.st_size + 1 : 1 << 16, n = 0;
     char *buf = xmalloc(cap);
     for (;;) {
-        if (n + 1 >= cap) buf = xrealloc(buf, cap *= 2);
+        if (n > limit) { /* the file grew past the limit while being read */
+            clip_set_error("%s: more than the limit of %zu bytes%s%s", path, limit,
+                           kind ? " for a file of kind " : "", kind ? kind : "");
+            free(buf);
+            close(fd);
+            return NULL;
+        }
+        if (n + 1 >= cap) { /* never past limit + 2: room to see the limit passed */
+            cap = cap > (limit + 2) / 2 ? limit + 2 : 2 * cap;
+            buf = xrealloc(buf, cap);
+        }
         ssize_t got = read(fd, buf + n, cap - n - 1);
         if (got < 0 && errno == EINTR) continue;
         if (got < 0) {
@@ -140,6 +169,25 @@ char *read_file(const char *path, size_t *len)
     buf[n] = 0;
     if (len) *len = n;
     return buf;
+}
+
+int check_range(const char *what, int64_t v, int64_t lo, int64_t hi)
+{
+    if (v >= lo && v <= hi) return 0;
+    clip_set_error("%s is %lld, outside %lld..%lld", what, (long long)v, (long long)lo,
+                   (long long)hi);
+    return -1;
+}
+
+void close_stdout(void)
+{
+    errno = 0;
+    int failed = fflush(stdout) | ferror(stdout);
+    if (failed) die("stdout: write failed%s%s", errno ? ": " : "", errno ? strerror(errno) : "");
+    if (fclose(stdout)) { /* not die(): it flushes stdout, closed now */
+        fprintf(stderr, "%s: stdout: close failed: %s\n", clip_progname, strerror(errno));
+        exit(1);
+    }
 }
 
 double now_seconds(void)

@@ -19,6 +19,9 @@ extern const char *clip_progname;
 void clip_set_progname(const char *argv0);
 noreturn void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Tools, before exiting 0: flush and close stdout, and die if any write to
+ * it failed (a full disk, /dev/full, a closed pipe). */
+void close_stdout(void);
 
 void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t size);
@@ -31,8 +34,22 @@ char *xstrndup(const char *s, size_t n);
 void *clip_alloc_big(size_t bytes);
 void clip_free_big(void *p, size_t bytes);
 
-/* Whole file into memory (NUL-terminated, *len excludes the NUL). */
+/* Whole file into memory (NUL-terminated, *len excludes the NUL); malloc'd,
+ * the caller frees. read_file_max is for anything a user or a peer names:
+ * it refuses what is neither a regular file nor a pipe/FIFO (/dev/zero, a
+ * directory), and a file of more than `limit` bytes before reading it (a
+ * pipe as soon as it passes the limit), with an error naming the file, the
+ * kind ("image", "vocabulary"...) and the limit.
+ * read_file reads anything, unbounded: tests and benchmarks only. */
+char *read_file_max(const char *path, size_t *len, size_t limit, const char *kind);
 char *read_file(const char *path, size_t *len);
+
+/* Limits per kind of file read whole (generous: a 24-megapixel JPEG is
+ * ~15 MB, the shipped vocabularies under 2 MB). */
+#define CLIP_MAX_IMAGE_FILE ((size_t)256 << 20)
+#define CLIP_MAX_VOCAB_FILE ((size_t)64 << 20)
+#define CLIP_MAX_CONFIG_FILE ((size_t)1 << 20)      /* config.json: a few hundred bytes */
+#define CLIP_MAX_ANNOTATIONS_FILE ((size_t)4 << 30) /* COCO's captions: 90 MB */
 
 double now_seconds(void);
 
@@ -53,6 +70,10 @@ typedef struct {
 void progress_start(progress *p, const char *label, const char *unit, size_t total, int enabled);
 void progress_update(progress *p, size_t done);
 void progress_end(progress *p, size_t done);
+
+/* 0 if lo <= v <= hi, else -1 after clip_set_error("WHAT is V, outside
+ * LO..HI"): sizes read from files are checked before they size anything. */
+int check_range(const char *what, int64_t v, int64_t lo, int64_t hi);
 
 /* Parse a positive integer option value or die naming the option. */
 long parse_long_option(const char *opt, const char *val, long min, long max);

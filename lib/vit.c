@@ -34,6 +34,16 @@ int vit_config_from_ckpt(const ckpt *c, int heads, vit_config *cfg)
                        "unexpected shape");
         return -1;
     }
+    /* bounds far above any CLIP (ViT-bigG: width 1664, 48 layers, 257 tokens)
+     * that keep every size product in range; tokens at most 1 + 64^2, since
+     * attention holds tokens^2 scores per head and image */
+    if (check_range("visual.conv1.weight: the width", conv->shape[0], 64, 1 << 14) ||
+        check_range("visual.conv1.weight: the patch size", conv->shape[2], 1, 1024) ||
+        check_range("visual.positional_embedding: the token count", pos->shape[0], 2, 4097) ||
+        check_range("visual.proj: the output dimension", proj->shape[1], 1, 1 << 16) ||
+        check_range("visual.transformer.resblocks.0.mlp.c_fc.weight: the MLP width", fc->shape[0],
+                    1, 1 << 16))
+        return -1;
     cfg->width = (int)conv->shape[0];
     cfg->patch = (int)conv->shape[2];
     cfg->tokens = (int)pos->shape[0];
@@ -64,9 +74,13 @@ int vit_config_from_ckpt(const ckpt *c, int heads, vit_config *cfg)
     for (;;) {
         snprintf(name, sizeof name, "visual.transformer.resblocks.%d.ln_1.weight", cfg->layers);
         if (!ckpt_find(c, name)) break;
-        cfg->layers++;
+        if (++cfg->layers > VIT_MAX_LAYERS) {
+            clip_set_error("visual: more than %d layers (visual.transformer.resblocks.N)",
+                           VIT_MAX_LAYERS);
+            return -1;
+        }
     }
-    return 0;
+    return vit_check_ckpt(cfg, c);
 }
 
 static void vit_layout(const vit_config *g, vit_params *p, param_table *t)
@@ -85,6 +99,18 @@ static void vit_layout(const vit_config *g, vit_params *p, param_table *t)
     }
     pt_add(t, &p->ln_post_w, "visual.ln_post.weight", 1, (int64_t[]){W});
     pt_add(t, &p->ln_post_b, "visual.ln_post.bias", 1, (int64_t[]){W});
+}
+
+int vit_check_ckpt(const vit_config *cfg, const ckpt *c)
+{
+    vit_params p = {0};
+    param_table t = {0};
+    p.blocks = xcalloc(cfg->layers ? cfg->layers : 1, sizeof(resblock_params));
+    vit_layout(cfg, &p, &t);
+    int rc = pt_check(&t, c);
+    pt_free(&t);
+    free(p.blocks);
+    return rc;
 }
 
 vit *vit_create(const vit_config *cfg)

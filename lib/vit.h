@@ -55,11 +55,16 @@ typedef struct {
     int dact_batch;
 } vit;
 
+#define VIT_MAX_LAYERS 1024
+
 /* Config from the shapes of `visual.*`. heads: the head count the checkpoint
  * records (clip-train's clip_config metadata), or 0 when it records none:
  * then width / 64, OpenAI's rule. 0, or -1 with an error if `visual.*` is
- * absent or inconsistent, or heads does not divide the width. */
+ * absent or inconsistent (sizes in range, heads dividing the width, every
+ * tensor the configuration implies present with its shape: vit_check_ckpt),
+ * before anything is allocated. */
 int vit_config_from_ckpt(const ckpt *c, int heads, vit_config *cfg);
+int vit_check_ckpt(const vit_config *cfg, const ckpt *c);
 vit *vit_create(const vit_config *cfg);
 int vit_load(vit *m, const ckpt *c);
 void vit_free(vit *m);

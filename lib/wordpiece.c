@@ -29,11 +29,8 @@ struct wordpiece {
 wordpiece *wordpiece_load(const char *vocab_path)
 {
     size_t len;
-    char *text = read_file(vocab_path, &len);
-    if (!text) {
-        clip_set_error("%s: cannot read vocabulary", vocab_path);
-        return NULL;
-    }
+    char *text = read_file_max(vocab_path, &len, CLIP_MAX_VOCAB_FILE, "vocabulary");
+    if (!text) return NULL; /* the message names the file and the limit */
     wordpiece *wp = xcalloc(1, sizeof *wp);
     tokmap_init(&wp->vocab);
     char *p = text, *end = text + len;

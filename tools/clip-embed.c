@@ -82,6 +82,7 @@ static int take_captions(embedder *e, const sample *s, const npy_array *a)
         e->txt_cap = need * 2;
         e->ids = xrealloc(e->ids, e->txt_cap * sizeof(int32_t));
     }
+    if (!n) return 0; /* tok.npy [0, L]: nothing to copy (e->ids may still be NULL) */
     int32_t *dst = e->ids + (size_t)e->n_txt * L;
     memcpy(dst, a->data, (size_t)n * L * sizeof(int32_t));
     if (check_token_ids(dst, n, L, e->vocab)) die("sample %s: tok.npy: %s", s->key, clip_error());

@@ -28,6 +28,8 @@ static const char usage[] =
     "  --resize MODE       crop (default), letterbox or squash\n"
     "  --keep-original     also store the original bytes as <key>.jpg / .png\n"
     "  --skip-bad          warn about bad images and go on (exit 0)\n"
+    "  --max-pixels N      refuse an image whose header claims more than N pixels\n"
+    "                      (width x height; default 89478485, Pillow's limit)\n"
     "  --threads N         decoding threads (default: number of cores)\n"
     "  --progress          progress on stderr\n"
     "  -h, --help          this help\n";
@@ -54,6 +56,7 @@ typedef struct {
     slot *slots;
     image_source *src;
     int size, mode, keep_original, stop;
+    long long max_pixels; /* images claiming more are refused before decoding */
     const unsigned char *npy_header; /* the .npy header of uint8 [size, size, 3] */
     size_t npy_header_len;
     int writer_waits, workers_waiting;
@@ -74,7 +77,8 @@ static void process(const pool *p, const job *j, slot *out)
     out->npy_len = p->npy_header_len + (size_t)p->size * p->size * 3;
     out->npy = xmalloc(out->npy_len);
     memcpy(out->npy, p->npy_header, p->npy_header_len);
-    if (image_load(bytes, len, p->size, p->mode, out->npy + p->npy_header_len, j->image)) {
+    if (image_load(bytes, len, p->size, p->mode, out->npy + p->npy_header_len, p->max_pixels,
+                   j->image)) {
         out->err = xstrdup(clip_error());
         free(out->npy);
         out->npy = NULL;
@@ -197,6 +201,7 @@ int main(int argc, char **argv)
     const char *ann_path = NULL, *root = NULL, *out = "-";
     int size = 224, mode = IMAGE_CROP, keep = 0, skip_bad = 0, show = 0;
     long threads = sysconf(_SC_NPROCESSORS_ONLN);
+    long long max_pixels = IMAGE_MAX_PIXELS;
     char **paths = xmalloc((argc + 1) * sizeof *paths);
     size_t n_paths = 0;
     for (int i = 1; i < argc; i++) {
@@ -220,6 +225,9 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--resize")) {
             if (!val || (mode = image_resize_parse(val)) < 0)
                 die("--resize: expected crop, letterbox or squash, got '%s'", val ? val : "");
+            i++;
+        } else if (!strcmp(a, "--max-pixels")) {
+            max_pixels = parse_long_option(a, val, 1, 1L << 40);
             i++;
         } else if (!strcmp(a, "--threads")) {
             threads = parse_long_option(a, val, 1, 256);
@@ -270,7 +278,7 @@ int main(int argc, char **argv)
     size_t npy_len;
     unsigned char *npy_header = npy_encode(NPY_U8, 3, shape, NULL, &npy_len);
     pool p = {.jobs = jobs, .n = n, .ring = 4 * threads, .src = src, .size = size, .mode = mode,
-              .keep_original = keep, .npy_header = npy_header,
+              .keep_original = keep, .max_pixels = max_pixels, .npy_header = npy_header,
               .npy_header_len = npy_len - (size_t)size * size * 3};
     /* one thread: decode in this one, no hand-over at all */
     long n_workers = threads > 1 ? threads : 0;

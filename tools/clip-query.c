@@ -174,10 +174,10 @@ static int encode_image(clip_model *m, const char *path, float *out)
 {
     int res = clip_image_resolution(m), err = -1;
     size_t len;
-    char *buf = read_file(path, &len);
+    char *buf = read_file_max(path, &len, CLIP_MAX_IMAGE_FILE, "image");
     if (!buf) return -1;
     uint8_t *px = xmalloc((size_t)res * res * 3);
-    if (image_load(buf, len, res, IMAGE_CROP, px, path)) goto out;
+    if (image_load(buf, len, res, IMAGE_CROP, px, IMAGE_MAX_PIXELS, path)) goto out;
     if (clip_encode_images(m, px, 1, out)) {
         clip_set_error("encoding %s: %s", path, clip_error());
         goto out;
@@ -579,5 +579,6 @@ int main(int argc, char **argv)
     free(ix.e), free(ix.emb), free(q);
     if (tok) tokenizer_close(tok);
     clip_model_free(m);
+    if (!rc) close_stdout();
     return rc;
 }

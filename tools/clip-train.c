@@ -596,7 +596,8 @@ int main(int argc, char **argv)
         return 0;
     }
     if (pos_batch != 0 && val_path) report_eval(&out, m, &val, step, pos_epoch + 1);
-    if (out.log && fclose(out.log)) die("%s: %s", out.log_path, strerror(errno));
+    if (out.log && (ferror(out.log) | fclose(out.log)))
+        die("%s: write failed: %s", out.log_path, errno ? strerror(errno) : "I/O error");
     if (out.save) fprintf(stderr, "%s: saved %s\n", clip_progname, out.save);
     if (d.file) sample_file_close(d.file);
     if (d.stream) stream_close_read(d.stream);

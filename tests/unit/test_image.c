@@ -25,7 +25,7 @@ static int load(const char *path, image_rgb *im)
     size_t len;
     char *buf = read_file(path, &len);
     if (!buf) return -1;
-    int rc = image_decode(buf, len, im, path);
+    int rc = image_decode(buf, len, im, IMAGE_MAX_PIXELS, path);
     free(buf);
     return rc;
 }
@@ -88,14 +88,14 @@ static void bad_images(void)
     size_t len;
     char *buf = read_file(MINI "/1579798212_d30844b4c5.jpg", &len);
     image_rgb im;
-    CHECK(buf && image_decode(buf, len, &im, "full.jpg") == 0, "decode: %s", clip_error());
+    CHECK(buf && image_decode(buf, len, &im, IMAGE_MAX_PIXELS, "full.jpg") == 0, "decode: %s", clip_error());
     CHECK(im.w == 224 && im.h == 224, "size %dx%d", im.w, im.h);
     image_free(&im);
-    CHECK(image_decode(buf, len / 2, &im, "half.jpg") == -1, "truncated JPEG accepted");
+    CHECK(image_decode(buf, len / 2, &im, IMAGE_MAX_PIXELS, "half.jpg") == -1, "truncated JPEG accepted");
     CHECK(strstr(clip_error(), "half.jpg") != NULL, "error does not name the file: %s",
           clip_error());
-    CHECK(image_decode("hello world", 11, &im, "text.jpg") == -1, "text accepted");
-    CHECK(image_decode(buf, 100, &im, "tiny.jpg") == -1, "100-byte JPEG accepted");
+    CHECK(image_decode("hello world", 11, &im, IMAGE_MAX_PIXELS, "text.jpg") == -1, "text accepted");
+    CHECK(image_decode(buf, 100, &im, IMAGE_MAX_PIXELS, "tiny.jpg") == -1, "100-byte JPEG accepted");
     CHECK(!strcmp(image_type(buf, len), "jpg"), "type");
     free(buf);
 }
