@@ -224,12 +224,17 @@ static unsigned cpu_env_cap;  /* the bits CLIP_CPU lets through */
 static int cpu_hook_cap = -1; /* cpu_set_cap's bits, -1: CLIP_CPU's */
 
 /* CPUID leaves 1 and 7 (sub-leaves 0 and 1), and XCR0: the OS must save the
- * xmm, ymm, opmask and both zmm parts of the state, or the instructions fault */
+ * xmm, ymm, opmask and both zmm parts of the state, or the instructions fault.
+ * Leaf 1 also has what GCC's avx512f target implies and may emit (SSE3 to
+ * SSE4.2, POPCNT), which every AVX-512 CPU has, but checked all the same. */
 static unsigned detect_features(void)
 {
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
-    if (!((c >> 12) & 1) || !((c >> 27) & 1) || !((c >> 28) & 1)) return 0; /* FMA, OSXSAVE, AVX */
+    /* SSE3, SSSE3, FMA, SSE4.1, SSE4.2, POPCNT, OSXSAVE, AVX */
+    const unsigned need1 = 1u << 0 | 1u << 9 | 1u << 12 | 1u << 19 | 1u << 20 | 1u << 23 |
+                           1u << 27 | 1u << 28;
+    if ((c & need1) != need1) return 0;
     unsigned xcr0, xcr0_hi;
     __asm__("xgetbv" : "=a"(xcr0), "=d"(xcr0_hi) : "c"(0));
     if ((xcr0 & 0xe6) != 0xe6) return 0;

@@ -69,7 +69,8 @@ long parse_long_option(const char *opt, const char *val, long min, long max);
  * Another value counts as generic, with a warning on stderr. The cap applies
  * to our kernels only: OpenBLAS and glibc choose theirs themselves. */
 enum cpu_feature {
-    CPU_AVX512,      /* AVX-512 F, BW, CD, DQ, VL (x86-64-v4's), AVX2, FMA, zmm state saved by the OS */
+    CPU_AVX512,      /* AVX-512 F, BW, CD, DQ, VL (x86-64-v4's) and what GCC's avx512f implies
+                      * (AVX2, FMA, SSE3 to SSE4.2, POPCNT), the zmm state saved by the OS */
     CPU_AVX512_BF16, /* CPU_AVX512 and AVX512_BF16 */
     CPU_AVX512_VNNI, /* CPU_AVX512 and AVX512_VNNI */
 };

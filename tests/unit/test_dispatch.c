@@ -51,8 +51,8 @@ static void check_features(void)
     cpu_set_cap("native");
     int avx512 = cpu_has(CPU_AVX512), bf16 = cpu_has(CPU_AVX512_BF16),
         vnni = cpu_has(CPU_AVX512_VNNI);
-    static const char *base[] = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl",
-                                 "avx2", "fma"};
+    static const char *base[] = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx2",
+                                 "fma", "pni", "ssse3", "sse4_1", "sse4_2", "popcnt"};
     int want = cpuinfo_has("avx512f");
     if (want >= 0) {
         for (size_t i = 1; i < sizeof base / sizeof base[0]; i++) want &= cpuinfo_has(base[i]) == 1;
