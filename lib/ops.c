@@ -1,13 +1,12 @@
 #include "ops.h"
 
+#include <immintrin.h>
 #include <math.h>
 #include <string.h>
 
 #include <cblas.h>
 
 #include "util.h"
-
-#include <immintrin.h>
 
 /* glibc's libmvec (linked through libm): 16-lane expf/erff/tanhf, a few ulp.
  * Their ABI passes zmm registers: only the AVX-512 variants call them. */
@@ -17,14 +16,14 @@ CLIP_TARGET_AVX512 __m512 _ZGVeN16v_tanhf(__m512 x);
 
 op_profile op_prof;
 
-/* One row of LayerNorm, written once and compiled twice: as the portable
- * row (SSE2) and, inlined into layernorm_row_avx512, with AVX-512 vectors
- * (twice as fast per row on Zen 5: the sums are compute-bound in L1). */
-static inline __attribute__((always_inline)) void layernorm_row_body(float *o, float *mean,
-                                                                     float *rstd, const float *x,
-                                                                     const float *weight,
-                                                                     const float *bias, int C,
-                                                                     float eps)
+/* A loop body written once and compiled twice: inlined into a portable
+ * function (SSE2) and into a CLIP_TARGET_AVX512 one (AVX-512 vectors). */
+#define TWICE_COMPILED static inline __attribute__((always_inline))
+
+/* One row of LayerNorm (the AVX-512 copy is twice as fast per row on Zen 5:
+ * the sums are compute-bound in L1). */
+TWICE_COMPILED void layernorm_row_body(float *o, float *mean, float *rstd, const float *x,
+                                       const float *weight, const float *bias, int C, float eps)
 {
     float s = 0.0f;
 #pragma omp simd reduction(+ : s)
@@ -275,10 +274,10 @@ void zero_floats(float *x, size_t n)
 
 #define LN_COLS 64
 
-/* The two loops of LayerNorm's backward, compiled twice as layernorm_row_body
- * is (measured ~1.4x per element with AVX-512 on Zen 5). Row i of dinp: */
-static inline __attribute__((always_inline)) void layernorm_dinp_body(
-    float *dx, const float *dy, const float *x, const float *weight, float m, float r, int C)
+/* The two loops of LayerNorm's backward, compiled twice (the AVX-512 copies
+ * ~1.4x per element on Zen 5). Row i of dinp: */
+TWICE_COMPILED void layernorm_dinp_body(float *dx, const float *dy, const float *x,
+                                        const float *weight, float m, float r, int C)
 {
     float a = 0.0f, b = 0.0f;
 #pragma omp simd reduction(+ : a, b)
@@ -294,9 +293,9 @@ static inline __attribute__((always_inline)) void layernorm_dinp_body(
 }
 
 /* columns [c0, c0 + n) of dweight and dbias, n <= LN_COLS, summed over all rows */
-static inline __attribute__((always_inline)) void layernorm_dparams_body(
-    float *dweight, float *dbias, const float *dout, const float *inp, const float *mean,
-    const float *rstd, int N, int C, int c0, int n)
+TWICE_COMPILED void layernorm_dparams_body(float *dweight, float *dbias, const float *dout,
+                                           const float *inp, const float *mean,
+                                           const float *rstd, int N, int C, int c0, int n)
 {
     float sw[LN_COLS] = {0}, sb[LN_COLS] = {0};
     for (int i = 0; i < N; i++) {
