@@ -122,12 +122,19 @@ void matmul_residual_forward(float *out, const float *inp, const float *weight, 
         linear_int8(out, N, inp, weight, bias, resid, M, K, N);
         return;
     }
+    /* bias tested outside the loops: a load under a condition vectorises
+     * only with AVX-512's masked loads, and the build targets SSE2 */
 #pragma omp parallel for
     for (int i = 0; i < M; i++) {
         float *o = out + (size_t)i * N;
         const float *r = resid + (size_t)i * N;
+        if (bias) {
 #pragma omp simd
-        for (int j = 0; j < N; j++) o[j] = r[j] + (bias ? bias[j] : 0.0f);
+            for (int j = 0; j < N; j++) o[j] = r[j] + bias[j];
+        } else {
+#pragma omp simd
+            for (int j = 0; j < N; j++) o[j] = r[j] + 0.0f;
+        }
     }
     gemm(0, 1, M, N, K, inp, K, weight, K, 1.0f, out, N);
 }
