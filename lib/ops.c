@@ -16,13 +16,9 @@ CLIP_TARGET_AVX512 __m512 _ZGVeN16v_tanhf(__m512 x);
 
 op_profile op_prof;
 
-/* A loop body written once and compiled twice: inlined into a portable
- * function (SSE2) and into a CLIP_TARGET_AVX512 one (AVX-512 vectors). */
-#define TWICE_COMPILED static inline __attribute__((always_inline))
-
 /* One row of LayerNorm (the AVX-512 copy is twice as fast per row on Zen 5:
  * the sums are compute-bound in L1). */
-TWICE_COMPILED void layernorm_row_body(float *o, float *mean, float *rstd, const float *x,
+CLIP_TWICE_COMPILED void layernorm_row_body(float *o, float *mean, float *rstd, const float *x,
                                        const float *weight, const float *bias, int C, float eps)
 {
     float s = 0.0f;
@@ -276,7 +272,7 @@ void zero_floats(float *x, size_t n)
 
 /* The two loops of LayerNorm's backward, compiled twice (the AVX-512 copies
  * ~1.4x per element on Zen 5). Row i of dinp: */
-TWICE_COMPILED void layernorm_dinp_body(float *dx, const float *dy, const float *x,
+CLIP_TWICE_COMPILED void layernorm_dinp_body(float *dx, const float *dy, const float *x,
                                         const float *weight, float m, float r, int C)
 {
     float a = 0.0f, b = 0.0f;
@@ -293,7 +289,7 @@ TWICE_COMPILED void layernorm_dinp_body(float *dx, const float *dy, const float 
 }
 
 /* columns [c0, c0 + n) of dweight and dbias, n <= LN_COLS, summed over all rows */
-TWICE_COMPILED void layernorm_dparams_body(float *dweight, float *dbias, const float *dout,
+CLIP_TWICE_COMPILED void layernorm_dparams_body(float *dweight, float *dbias, const float *dout,
                                            const float *inp, const float *mean,
                                            const float *rstd, int N, int C, int c0, int n)
 {

@@ -91,4 +91,9 @@ int cpu_set_cap(const char *name);
 #define CLIP_TARGET_AVX512_BF16 __attribute__((target(CLIP_ISA_AVX512 ",avx512bf16")))
 #define CLIP_TARGET_AVX512_VNNI __attribute__((target(CLIP_ISA_AVX512 ",avx512vnni")))
 
+/* A plain C loop body written once and compiled twice: inlined into a
+ * portable function and into a CLIP_TARGET_AVX512 one, where the compiler
+ * vectorises it with AVX-512 (for loops measured to gain from it). */
+#define CLIP_TWICE_COMPILED static inline __attribute__((always_inline))
+
 #endif
