@@ -4,7 +4,9 @@
 #    the programs;
 #  - the kernel tests on a CPU without AVX-512: valgrind's (its CPUID has no
 #    AVX-512 and it stops with SIGILL at the first AVX-512 instruction), so
-#    they pass only if every kernel takes its portable path there. Skipped,
+#    they pass only if every kernel takes its portable path there; and
+#    clip-prep's resize (test_image loads libvips, whose libhwy valgrind cannot
+#    run), whose samples must be the AVX-512 run's byte for byte. Skipped,
 #    saying so, where valgrind is not installed (make deps installs it).
 # Part of make check; also: CLIP_CPU=generic make check.
 
@@ -21,7 +23,15 @@ check-isa: build/libclip.a $(TOOLS) $(ISA_TESTS)
 	    env -u OPENBLAS_CORETYPE valgrind --tool=none -q ./$$t > build/check-isa.log 2>&1 || \
 	        { cat build/check-isa.log; exit 1; }; \
 	    tail -1 build/check-isa.log; \
-	done; fi
+	done; \
+	echo "== valgrind (no AVX-512) bin/clip-prep --size 160, against the AVX-512 run"; \
+	prep="bin/clip-prep --annotations tests/fixtures/flickr8k-mini/cn_mini.json \
+	      --root tests/fixtures/flickr8k-mini --size 160"; \
+	$$prep -o build/check-isa-prep.tar; \
+	env -u OPENBLAS_CORETYPE valgrind --tool=none -q $$prep -o build/check-isa-prep-vg.tar; \
+	tar -xOf build/check-isa-prep.tar > build/check-isa-prep.bin; \
+	tar -xOf build/check-isa-prep-vg.tar > build/check-isa-prep-vg.bin; \
+	cmp build/check-isa-prep.bin build/check-isa-prep-vg.bin && echo "same samples"; fi
 
 check: check-isa
 

@@ -15,8 +15,9 @@
  *    formula written here, bit for bit. So a variant that runs under the
  *    generic cap (or CLIP_CPU=generic), or one that never runs where it
  *    should, fails here; make check-isa runs the tests on a CPU without
- *    AVX-512 too. The GEMMs have their own dispatch checks (test_gemm_bf16,
- *    test_gemm_int8). */
+ *    AVX-512 too. gemm_bf16 has its own dispatch check (test_gemm_bf16);
+ *    gemm_int8, the image resize and the bias gradients give the same bits
+ *    on both paths by design, so only check-isa can tell them apart. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
