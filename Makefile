@@ -8,9 +8,12 @@ PKGS := libarchive jansson vips libzmq libutf8proc libjpeg
 BLAS_DIR := /usr/lib/x86_64-linux-gnu/openblas-openmp
 BLAS_INC := /usr/include/x86_64-linux-gnu/openblas-openmp
 
+# CFLAGS is the user's (make CFLAGS=-O3); CLIP_CFLAGS holds what every compile
+# needs and comes with every rule. No -march: the binaries run on any x86-64
+# and pick their AVX-512 kernels at run time (lib/util.h: cpu_has, CLIP_CPU).
 CFLAGS ?= -O2 -g
-CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare \
-          -march=native -fopenmp -Ilib -I$(BLAS_INC) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+CLIP_CFLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare \
+          -fopenmp -Ilib -I$(BLAS_INC) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) \
           -lopenblas -lm -lpthread
 
@@ -44,7 +47,7 @@ deps-reference: deps
 
 build/lib/%.o: lib/%.c $(wildcard lib/*.h)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -c -o $@ $<
+	$(CC) $(CLIP_CFLAGS) $(CFLAGS) -c -o $@ $<
 
 build/libclip.a: $(LIB_OBJ)
 	rm -f $@
@@ -52,15 +55,15 @@ build/libclip.a: $(LIB_OBJ)
 
 bin/%: tools/%.c build/libclip.a
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $< build/libclip.a $(LDLIBS)
+	$(CC) $(CLIP_CFLAGS) $(CFLAGS) -o $@ $< build/libclip.a $(LDLIBS)
 
 build/bench/%: tests/bench/%.c build/libclip.a
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $< build/libclip.a $(LDLIBS)
+	$(CC) $(CLIP_CFLAGS) $(CFLAGS) -o $@ $< build/libclip.a $(LDLIBS)
 
 build/tests/%: tests/unit/%.c tests/unit/unit.h build/libclip.a
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -Itests/unit -o $@ $< build/libclip.a $(LDLIBS)
+	$(CC) $(CLIP_CFLAGS) $(CFLAGS) -Itests/unit -o $@ $< build/libclip.a $(LDLIBS)
 
 check: all $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; ./$$t; done

@@ -33,13 +33,6 @@
 #define PTASK 32     /* pairs of rows of src per packing task */
 #define ASHARED 3072 /* up to this many rows, op(A) is packed once per step, shared */
 
-static int force_fallback;
-
-void gemm_bf16_force_fallback(int on)
-{
-    force_fallback = on;
-}
-
 int gemm_bf16_available(void) { return cpu_has(CPU_AVX512_BF16); }
 
 static float round_bf16(float x)
@@ -76,8 +69,9 @@ static void gemm_fallback(int transA, int transB, int M, int N, int K, float alp
     free(b);
 }
 
-/* compiled for AVX512_BF16 whatever -march says; called only when the CPU has it */
-#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+/* The functions marked CLIP_TARGET_AVX512_BF16 (util.h) are compiled for
+ * AVX512_BF16 whatever the build's flags, and run only where
+ * cpu_has(CPU_AVX512_BF16) says so (gemm_bf16, at the end). */
 
 /* Packing. A panel of R rows (rv of them valid, the rest zero) and kc depth
  * becomes dst[p][r] = (bf16 x(r, 2p), bf16 x(r, 2p+1)), p < ceil(kc/2), with
@@ -89,7 +83,7 @@ static inline __mmask16 mask16(int n)
 }
 
 /* 16 x 16 transpose of 32-bit elements: r[i] lane j -> r[j] lane i */
-BF16_TARGET static inline void transpose16(__m512i r[16])
+CLIP_TARGET_AVX512_BF16 static inline void transpose16(__m512i r[16])
 {
     __m512i t[16], u[16];
     for (int i = 0; i < 8; i++) {
@@ -117,8 +111,8 @@ BF16_TARGET static inline void transpose16(__m512i r[16])
 
 /* x(r, k) = src[r * ld + k]: 16 rows x 32 k at a time are converted to 16 x 16
  * pairs and transposed in registers */
-BF16_TARGET static void pack_kcontig(uint32_t *restrict dst, const float *src, size_t ld, int R,
-                                     int rv, int kc)
+CLIP_TARGET_AVX512_BF16 static void pack_kcontig(uint32_t *restrict dst, const float *src,
+                                                 size_t ld, int R, int rv, int kc)
 {
     for (int r0 = 0; r0 < R; r0 += 16) {
         __mmask16 sm = mask16(R - r0);
@@ -154,8 +148,8 @@ BF16_TARGET static void pack_kcontig(uint32_t *restrict dst, const float *src, s
 /* x(r, k) = src[k * ld + r], pairs pa <= p < pb: a few pairs of rows of src
  * are read across the whole block (all its panels), so that each cache line
  * is read once while each panel still receives a contiguous run */
-BF16_TARGET static void pack_rcontig(uint32_t *restrict dst, const float *src, size_t ld, int R,
-                                     int rv, int kc, int pa, int pb)
+CLIP_TARGET_AVX512_BF16 static void pack_rcontig(uint32_t *restrict dst, const float *src,
+                                                 size_t ld, int R, int rv, int kc, int pa, int pb)
 {
     const __m512i inter =
         _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
@@ -189,8 +183,8 @@ static int pack_ntasks(int kcontig, int R, int rv, int kc)
     return kcontig ? ((rv + R - 1) / R + 3) / 4 : ((kc + 1) / 2 + PTASK - 1) / PTASK;
 }
 
-BF16_TARGET static void pack_task(uint32_t *dst, int kcontig, const float *src, size_t ld, int R,
-                                  int rv, int kc, int t)
+CLIP_TARGET_AVX512_BF16 static void pack_task(uint32_t *dst, int kcontig, const float *src,
+                                              size_t ld, int R, int rv, int kc, int t)
 {
     int kp = (kc + 1) / 2;
     if (kcontig) {
@@ -203,8 +197,8 @@ BF16_TARGET static void pack_task(uint32_t *dst, int kcontig, const float *src, 
     }
 }
 
-BF16_TARGET static void pack_block(uint32_t *dst, int kcontig, const float *src, size_t ld, int R,
-                                   int rv, int kc)
+CLIP_TARGET_AVX512_BF16 static void pack_block(uint32_t *dst, int kcontig, const float *src,
+                                               size_t ld, int R, int rv, int kc)
 {
     for (int t = 0, n = pack_ntasks(kcontig, R, rv, kc); t < n; t++)
         pack_task(dst, kcontig, src, ld, R, rv, kc, t);
@@ -212,8 +206,9 @@ BF16_TARGET static void pack_block(uint32_t *dst, int kcontig, const float *src,
 
 /* c[m<=MR, n<=NR] (=|+=) alpha * a[kp][MR] . b[kp][NR]; mode 0: c = alpha*acc
  * + beta*c (beta == 0: c not read), mode 1: c += alpha*acc */
-BF16_TARGET static void kernel(int kp, const uint32_t *restrict a, const uint32_t *restrict b,
-                               float *c, int ldc, int m, int n, float alpha, float beta, int mode)
+CLIP_TARGET_AVX512_BF16 static void kernel(int kp, const uint32_t *restrict a,
+                                           const uint32_t *restrict b, float *c, int ldc, int m,
+                                           int n, float alpha, float beta, int mode)
 {
     __m512 acc[MR][2];
 #pragma GCC unroll 16
@@ -308,8 +303,8 @@ static gemm_step step_at(const gemm_job *g, int s)
 }
 
 /* packing task t of step st into bp (and asp) */
-BF16_TARGET static void step_pack(const gemm_job *g, const gemm_step *st, int t, uint32_t *bp,
-                                  uint32_t *asp)
+CLIP_TARGET_AVX512_BF16 static void step_pack(const gemm_job *g, const gemm_step *st, int t,
+                                              uint32_t *bp, uint32_t *asp)
 {
     if (t < st->ntb) {
         size_t off =
@@ -322,9 +317,9 @@ BF16_TARGET static void step_pack(const gemm_job *g, const gemm_step *st, int t,
 }
 
 /* item it of step st: rows [i0, i0 + mc) x its chunk of panels */
-BF16_TARGET static void step_item(const gemm_job *g, const gemm_step *st, int it,
-                                  const uint32_t *bp, const uint32_t *asp, uint32_t *ap,
-                                  int *packed_row)
+CLIP_TARGET_AVX512_BF16 static void step_item(const gemm_job *g, const gemm_step *st, int it,
+                                              const uint32_t *bp, const uint32_t *asp, uint32_t *ap,
+                                              int *packed_row)
 {
     int M = g->M, kp = st->kp;
     int i0 = (it / st->nb) * g->mc_step, mc = M - i0 < g->mc_step ? M - i0 : g->mc_step;
@@ -347,9 +342,10 @@ BF16_TARGET static void step_item(const gemm_job *g, const gemm_step *st, int it
     }
 }
 
-BF16_TARGET static void gemm_avx512bf16(int transA, int transB, int M, int N, int K, float alpha,
-                                        const float *A, int lda, const float *B, int ldb,
-                                        float beta, float *C, int ldc)
+CLIP_TARGET_AVX512_BF16 static void gemm_avx512bf16(int transA, int transB, int M, int N, int K,
+                                                    float alpha, const float *A, int lda,
+                                                    const float *B, int ldb, float beta, float *C,
+                                                    int ldc)
 {
     gemm_job g = {transA, transB, M, N, K, lda, ldb, ldc, A, B, C, alpha, beta, 0, 0, 0, 0};
     int nth = omp_in_parallel() ? 1 : omp_get_max_threads();
@@ -412,7 +408,7 @@ void gemm_bf16(int transA, int transB, int M, int N, int K, float alpha, const f
                 C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
         return;
     }
-    if (force_fallback || !gemm_bf16_available())
+    if (!gemm_bf16_available())
         gemm_fallback(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     else
         gemm_avx512bf16(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);

@@ -13,12 +13,9 @@
 void gemm_bf16(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                const float *B, int ldb, float beta, float *C, int ldc);
 
-/* 1 when the CPU has AVX512_BF16 (checked once at run time); otherwise
- * gemm_bf16 rounds the inputs to bf16 and calls cblas_sgemm (same rounding of
- * the inputs, slower). */
+/* cpu_has(CPU_AVX512_BF16) (util.h: CLIP_CPU=avx512 or generic turns it
+ * off); otherwise gemm_bf16 rounds the inputs to bf16 and calls cblas_sgemm
+ * (same rounding of the inputs, slower). */
 int gemm_bf16_available(void);
-
-/* Test hook: 1 forces the cblas fallback even where AVX512_BF16 exists. */
-void gemm_bf16_force_fallback(int on);
 
 #endif

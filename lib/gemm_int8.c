@@ -32,10 +32,6 @@ struct qweight {
     int32_t *corr;  /* [npan * NR]: 128 * sum_k q[n, k] */
 };
 
-static int force_fallback;
-
-void gemm_int8_force_fallback(int on) { force_fallback = on; }
-
 int gemm_int8_available(void) { return cpu_has(CPU_AVX512_VNNI); }
 
 /* 127 / max|x|, or 0 for an all-zero row; *scale = max|x| / 127 (NaN when
@@ -144,15 +140,17 @@ static void kernel_c(int kq, const uint8_t *a, const int8_t *b, float *c, int ld
         }
 }
 
-#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+/* The functions marked CLIP_TARGET_AVX512_VNNI (util.h) are compiled for
+ * AVX512_VNNI whatever the build's flags, and run only where
+ * cpu_has(CPU_AVX512_VNNI) says so (gemm_int8, at the end). */
 
 static inline __mmask16 mask16(int n)
 {
     return n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
 }
 
-VNNI_TARGET static void quantise_rows_avx512(const float *inp, int K, int K4, int rows,
-                                             uint8_t *apack, float *sa)
+CLIP_TARGET_AVX512_VNNI static void quantise_rows_avx512(const float *inp, int K, int K4, int rows,
+                                                         uint8_t *apack, float *sa)
 {
     int mp = (rows + MR - 1) / MR;
     if (rows % MR) memset(apack + (size_t)(mp - 1) * MR * K4, 128, (size_t)MR * K4);
@@ -183,9 +181,10 @@ VNNI_TARGET static void quantise_rows_avx512(const float *inp, int K, int K4, in
     }
 }
 
-VNNI_TARGET static void kernel_avx512(int kq, const uint8_t *restrict a, const int8_t *restrict b,
-                                      float *c, int ldc, int m, int n, const float *sa,
-                                      const float *sw, const int32_t *corr, addend add)
+CLIP_TARGET_AVX512_VNNI static void kernel_avx512(int kq, const uint8_t *restrict a,
+                                                  const int8_t *restrict b, float *c, int ldc,
+                                                  int m, int n, const float *sa, const float *sw,
+                                                  const int32_t *corr, addend add)
 {
     __m512i acc[MR][2];
 #pragma GCC unroll 16
@@ -245,7 +244,7 @@ void gemm_int8(float *out, int ldo, const float *inp, int M, int K, const qweigh
 {
     if (M <= 0 || w->N <= 0) return;
     if (K != w->K) die("gemm_int8: K %d against a weight of K %d", K, w->K);
-    int vnni = gemm_int8_available() && !force_fallback;
+    int vnni = gemm_int8_available();
     int nth = omp_in_parallel() ? 1 : omp_get_max_threads();
     int nrb = (M + MC - 1) / MC;
     /* few row blocks (small batches): split the columns too, so every thread works */

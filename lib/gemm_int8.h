@@ -21,11 +21,9 @@ void qweight_free(qweight *q);
 void gemm_int8(float *out, int ldo, const float *inp, int M, int K, const qweight *w,
                const float *bias, const float *resid, int ldr);
 
-/* 1 when the CPU has AVX512_VNNI (checked once); otherwise gemm_int8 runs the
- * same integer arithmetic in plain C (same results, much slower). */
+/* cpu_has(CPU_AVX512_VNNI) (util.h: CLIP_CPU=avx512 or generic turns it
+ * off); otherwise gemm_int8 runs the same integer arithmetic in plain C (same
+ * results, much slower). */
 int gemm_int8_available(void);
-
-/* Test hook: 1 forces the plain-C path even where AVX512_VNNI exists. */
-void gemm_int8_force_fallback(int on);
 
 #endif

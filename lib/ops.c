@@ -1,5 +1,6 @@
 #include "ops.h"
 
+#include <immintrin.h>
 #include <math.h>
 #include <string.h>
 
@@ -7,83 +8,132 @@
 
 #include "util.h"
 
-#ifdef __AVX512F__
-#include <immintrin.h>
-/* glibc's libmvec (linked through libm): vector expf/erff/tanhf, a few ulp. */
-__m512 _ZGVeN16v_expf(__m512 x);
-__m512 _ZGVeN16v_erff(__m512 x);
-__m512 _ZGVeN16v_tanhf(__m512 x);
-#endif
+/* glibc's libmvec (linked through libm): 16-lane expf/erff/tanhf, a few ulp.
+ * Their ABI passes zmm registers: only the AVX-512 variants call them. */
+CLIP_TARGET_AVX512 __m512 _ZGVeN16v_expf(__m512 x);
+CLIP_TARGET_AVX512 __m512 _ZGVeN16v_erff(__m512 x);
+CLIP_TARGET_AVX512 __m512 _ZGVeN16v_tanhf(__m512 x);
 
 op_profile op_prof;
+
+/* One row of LayerNorm (the AVX-512 copy is twice as fast per row on Zen 5:
+ * the sums are compute-bound in L1). */
+CLIP_TWICE_COMPILED void layernorm_row_body(float *o, float *mean, float *rstd, const float *x,
+                                       const float *weight, const float *bias, int C, float eps)
+{
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int j = 0; j < C; j++) s += x[j];
+    float m = s / C;
+    float v = 0.0f;
+#pragma omp simd reduction(+ : v)
+    for (int j = 0; j < C; j++) v += (x[j] - m) * (x[j] - m);
+    float r = 1.0f / sqrtf(v / C + eps);
+#pragma omp simd
+    for (int j = 0; j < C; j++) o[j] = (x[j] - m) * r * weight[j] + bias[j];
+    *mean = m;
+    *rstd = r;
+}
+
+typedef void layernorm_row_fn(float *o, float *mean, float *rstd, const float *x,
+                              const float *weight, const float *bias, int C, float eps);
+
+static void layernorm_row(float *o, float *mean, float *rstd, const float *x, const float *weight,
+                          const float *bias, int C, float eps)
+{
+    layernorm_row_body(o, mean, rstd, x, weight, bias, C, eps);
+}
+
+CLIP_TARGET_AVX512 static void layernorm_row_avx512(float *o, float *mean, float *rstd,
+                                                    const float *x, const float *weight,
+                                                    const float *bias, int C, float eps)
+{
+    layernorm_row_body(o, mean, rstd, x, weight, bias, C, eps);
+}
 
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
                        const float *bias, int N, int C, float eps)
 {
+    layernorm_row_fn *row = cpu_has(CPU_AVX512) ? layernorm_row_avx512 : layernorm_row;
 #pragma omp parallel for schedule(static)
-    for (int i = 0; i < N; i++) {
-        const float *x = inp + (size_t)i * C;
-        float *o = out + (size_t)i * C;
-        float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-        for (int j = 0; j < C; j++) s += x[j];
-        float m = s / C;
-        float v = 0.0f;
-#pragma omp simd reduction(+ : v)
-        for (int j = 0; j < C; j++) v += (x[j] - m) * (x[j] - m);
-        float r = 1.0f / sqrtf(v / C + eps);
-#pragma omp simd
-        for (int j = 0; j < C; j++) o[j] = (x[j] - m) * r * weight[j] + bias[j];
-        mean[i] = m;
-        rstd[i] = r;
-    }
+    for (int i = 0; i < N; i++)
+        row(out + (size_t)i * C, mean + i, rstd + i, inp + (size_t)i * C, weight, bias, C, eps);
 }
 
-/* Elementwise maps: chunks of 16 through libmvec, scalar tails. */
+/* Elementwise maps, in tasks of CHUNK elements: each has a portable chunk
+ * function (scalar libm) and an AVX-512 one (16 lanes through libmvec, the
+ * portable one for the tail), picked once per call by cpu_has(). */
 #define CHUNK 4096
+
+typedef void map_fn(float *out, const float *inp, size_t n);
+
+static void map_chunks(map_fn *f, float *out, const float *inp, size_t n)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < n; c += CHUNK) f(out + c, inp + c, c + CHUNK < n ? CHUNK : n - c);
+}
+
+static void gelu_erf_chunk(float *out, const float *inp, size_t n)
+{
+    for (size_t i = 0; i < n; i++) out[i] = 0.5f * inp[i] * (1.0f + erff(inp[i] * 0.70710678118654752f));
+}
+
+CLIP_TARGET_AVX512 static void gelu_erf_chunk_avx512(float *out, const float *inp, size_t n)
+{
+    const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f),
+                 rs2 = _mm512_set1_ps(0.70710678118654752f);
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 x = _mm512_loadu_ps(inp + i);
+        __m512 e = _ZGVeN16v_erff(_mm512_mul_ps(x, rs2));
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(half, x), _mm512_add_ps(one, e)));
+    }
+    gelu_erf_chunk(out + i, inp + i, n - i);
+}
 
 void gelu_erf_forward(float *out, const float *inp, size_t n)
 {
-#pragma omp parallel for schedule(static)
-    for (size_t c = 0; c < n; c += CHUNK) {
-        size_t i = c, end = c + CHUNK < n ? c + CHUNK : n;
-#ifdef __AVX512F__
-        const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f),
-                     rs2 = _mm512_set1_ps(0.70710678118654752f);
-        for (; i + 16 <= end; i += 16) {
-            __m512 x = _mm512_loadu_ps(inp + i);
-            __m512 e = _ZGVeN16v_erff(_mm512_mul_ps(x, rs2));
-            _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(half, x), _mm512_add_ps(one, e)));
-        }
-#endif
-        for (; i < end; i++) out[i] = 0.5f * inp[i] * (1.0f + erff(inp[i] * 0.70710678118654752f));
+    map_chunks(cpu_has(CPU_AVX512) ? gelu_erf_chunk_avx512 : gelu_erf_chunk, out, inp, n);
+}
+
+static void quickgelu_chunk(float *out, const float *inp, size_t n)
+{
+    for (size_t i = 0; i < n; i++) out[i] = inp[i] / (1.0f + expf(-1.702f * inp[i]));
+}
+
+CLIP_TARGET_AVX512 static void quickgelu_chunk_avx512(float *out, const float *inp, size_t n)
+{
+    const __m512 k = _mm512_set1_ps(-1.702f), one = _mm512_set1_ps(1.0f);
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 x = _mm512_loadu_ps(inp + i);
+        __m512 e = _ZGVeN16v_expf(_mm512_mul_ps(x, k));
+        _mm512_storeu_ps(out + i, _mm512_div_ps(x, _mm512_add_ps(one, e)));
     }
+    quickgelu_chunk(out + i, inp + i, n - i);
 }
 
 void quickgelu_forward(float *out, const float *inp, size_t n)
 {
-#pragma omp parallel for schedule(static)
-    for (size_t c = 0; c < n; c += CHUNK) {
-        size_t i = c, end = c + CHUNK < n ? c + CHUNK : n;
-#ifdef __AVX512F__
-        const __m512 k = _mm512_set1_ps(-1.702f), one = _mm512_set1_ps(1.0f);
-        for (; i + 16 <= end; i += 16) {
-            __m512 x = _mm512_loadu_ps(inp + i);
-            __m512 e = _ZGVeN16v_expf(_mm512_mul_ps(x, k));
-            _mm512_storeu_ps(out + i, _mm512_div_ps(x, _mm512_add_ps(one, e)));
-        }
-#endif
-        for (; i < end; i++) out[i] = inp[i] / (1.0f + expf(-1.702f * inp[i]));
-    }
+    map_chunks(cpu_has(CPU_AVX512) ? quickgelu_chunk_avx512 : quickgelu_chunk, out, inp, n);
 }
 
-void tanh_forward(float *out, const float *inp, size_t n)
+static void tanh_chunk(float *out, const float *inp, size_t n)
+{
+    for (size_t i = 0; i < n; i++) out[i] = tanhf(inp[i]);
+}
+
+CLIP_TARGET_AVX512 static void tanh_chunk_avx512(float *out, const float *inp, size_t n)
 {
     size_t i = 0;
-#ifdef __AVX512F__
     for (; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, _ZGVeN16v_tanhf(_mm512_loadu_ps(inp + i)));
-#endif
-    for (; i < n; i++) out[i] = tanhf(inp[i]);
+    tanh_chunk(out + i, inp + i, n - i);
+}
+
+/* one thread: the pooler's few rows */
+void tanh_forward(float *out, const float *inp, size_t n)
+{
+    (cpu_has(CPU_AVX512) ? tanh_chunk_avx512 : tanh_chunk)(out, inp, n);
 }
 
 void bias_add_forward(float *out, const float *bias, int N, int C)
@@ -102,9 +152,19 @@ void residual_forward(float *out, const float *a, const float *b, size_t n)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
-void softmax_row(float *x, int n)
+static void softmax_row_generic(float *x, int n)
 {
-#ifdef __AVX512F__
+    float m = -INFINITY, s = 0.0f;
+    for (int j = 0; j < n; j++) m = x[j] > m ? x[j] : m;
+    for (int j = 0; j < n; j++) {
+        x[j] = expf(x[j] - m);
+        s += x[j];
+    }
+    for (int j = 0; j < n; j++) x[j] /= s;
+}
+
+CLIP_TARGET_AVX512 static void softmax_row_avx512(float *x, int n)
+{
     /* masked tails: no scalar expf (mixing it with AVX-512 code stalls) */
     __m512 vm = _mm512_set1_ps(-INFINITY);
     for (int j = 0; j < n; j += 16) {
@@ -129,16 +189,16 @@ void softmax_row(float *x, int n)
         __mmask16 k = n - j >= 16 ? 0xffff : (__mmask16)((1u << (n - j)) - 1);
         _mm512_mask_storeu_ps(x + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + j), r));
     }
-#else
-    float m = -INFINITY, s = 0.0f;
-    for (int j = 0; j < n; j++) m = x[j] > m ? x[j] : m;
-    for (int j = 0; j < n; j++) {
-        x[j] = expf(x[j] - m);
-        s += x[j];
-    }
-    for (int j = 0; j < n; j++) x[j] /= s;
-#endif
 }
+
+typedef void softmax_fn(float *x, int n);
+
+static softmax_fn *softmax_pick(void)
+{
+    return cpu_has(CPU_AVX512) ? softmax_row_avx512 : softmax_row_generic;
+}
+
+void softmax_row(float *x, int n) { softmax_pick()(x, n); }
 
 void attention_forward(float *out, float *att, const float *qkv, const uint8_t *key_valid,
                        int causal, int B, int T, int C, int NH)
@@ -147,6 +207,7 @@ void attention_forward(float *out, float *att, const float *qkv, const uint8_t *
     int C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
     double t0 = now_seconds();
+    softmax_fn *softmax = softmax_pick();
     /* one (sequence, head) per task; OpenBLAS runs single-threaded inside */
 #pragma omp parallel for schedule(dynamic, 1)
     for (int bh = 0; bh < B * NH; bh++) {
@@ -168,7 +229,7 @@ void attention_forward(float *out, float *att, const float *qkv, const uint8_t *
             if (kv && any_valid)
                 for (int j = 0; j < n; j++)
                     if (!kv[j]) row[j] = -INFINITY;
-            softmax_row(row, n);
+            softmax(row, n);
             if (n < T) memset(row + n, 0, (T - n) * sizeof(float));
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, a, T, v, C3, 0.0f, o,
@@ -209,103 +270,175 @@ void zero_floats(float *x, size_t n)
 
 #define LN_COLS 64
 
+/* The two loops of LayerNorm's backward, compiled twice (the AVX-512 copies
+ * ~1.4x per element on Zen 5). Row i of dinp: */
+CLIP_TWICE_COMPILED void layernorm_dinp_body(float *dx, const float *dy, const float *x,
+                                        const float *weight, float m, float r, int C)
+{
+    float a = 0.0f, b = 0.0f;
+#pragma omp simd reduction(+ : a, b)
+    for (int j = 0; j < C; j++) {
+        float dn = weight[j] * dy[j];
+        a += dn;
+        b += dn * (x[j] - m) * r;
+    }
+    a /= C;
+    b /= C;
+#pragma omp simd
+    for (int j = 0; j < C; j++) dx[j] += r * (weight[j] * dy[j] - a - (x[j] - m) * r * b);
+}
+
+/* columns [c0, c0 + n) of dweight and dbias, n <= LN_COLS, summed over all rows */
+CLIP_TWICE_COMPILED void layernorm_dparams_body(float *dweight, float *dbias, const float *dout,
+                                           const float *inp, const float *mean,
+                                           const float *rstd, int N, int C, int c0, int n)
+{
+    float sw[LN_COLS] = {0}, sb[LN_COLS] = {0};
+    for (int i = 0; i < N; i++) {
+        const float *x = inp + (size_t)i * C + c0, *dy = dout + (size_t)i * C + c0;
+        float m = mean[i], r = rstd[i];
+#pragma omp simd
+        for (int j = 0; j < n; j++) {
+            sb[j] += dy[j];
+            sw[j] += dy[j] * (x[j] - m) * r;
+        }
+    }
+    for (int j = 0; j < n; j++) {
+        if (dweight) dweight[c0 + j] += sw[j];
+        if (dbias) dbias[c0 + j] += sb[j];
+    }
+}
+
+typedef void layernorm_dinp_fn(float *dx, const float *dy, const float *x, const float *weight,
+                               float m, float r, int C);
+typedef void layernorm_dparams_fn(float *dweight, float *dbias, const float *dout,
+                                  const float *inp, const float *mean, const float *rstd, int N,
+                                  int C, int c0, int n);
+
+static void layernorm_dinp(float *dx, const float *dy, const float *x, const float *weight,
+                           float m, float r, int C)
+{
+    layernorm_dinp_body(dx, dy, x, weight, m, r, C);
+}
+
+CLIP_TARGET_AVX512 static void layernorm_dinp_avx512(float *dx, const float *dy, const float *x,
+                                                     const float *weight, float m, float r, int C)
+{
+    layernorm_dinp_body(dx, dy, x, weight, m, r, C);
+}
+
+static void layernorm_dparams(float *dweight, float *dbias, const float *dout, const float *inp,
+                              const float *mean, const float *rstd, int N, int C, int c0, int n)
+{
+    layernorm_dparams_body(dweight, dbias, dout, inp, mean, rstd, N, C, c0, n);
+}
+
+CLIP_TARGET_AVX512 static void layernorm_dparams_avx512(float *dweight, float *dbias,
+                                                        const float *dout, const float *inp,
+                                                        const float *mean, const float *rstd,
+                                                        int N, int C, int c0, int n)
+{
+    layernorm_dparams_body(dweight, dbias, dout, inp, mean, rstd, N, C, c0, n);
+}
+
 void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                         const float *inp, const float *weight, const float *mean, const float *rstd,
                         int N, int C)
 {
+    int avx512 = cpu_has(CPU_AVX512);
     if (dinp) {
+        layernorm_dinp_fn *row = avx512 ? layernorm_dinp_avx512 : layernorm_dinp;
 #pragma omp parallel for schedule(static)
-        for (int i = 0; i < N; i++) {
-            const float *x = inp + (size_t)i * C, *dy = dout + (size_t)i * C;
-            float *dx = dinp + (size_t)i * C;
-            float m = mean[i], r = rstd[i], a = 0.0f, b = 0.0f;
-#pragma omp simd reduction(+ : a, b)
-            for (int j = 0; j < C; j++) {
-                float dn = weight[j] * dy[j];
-                a += dn;
-                b += dn * (x[j] - m) * r;
-            }
-            a /= C;
-            b /= C;
-#pragma omp simd
-            for (int j = 0; j < C; j++) dx[j] += r * (weight[j] * dy[j] - a - (x[j] - m) * r * b);
-        }
+        for (int i = 0; i < N; i++)
+            row(dinp + (size_t)i * C, dout + (size_t)i * C, inp + (size_t)i * C, weight, mean[i],
+                rstd[i], C);
     }
     if (!dweight && !dbias) return;
     /* one block of columns per task: each sums its columns over all rows */
+    layernorm_dparams_fn *cols = avx512 ? layernorm_dparams_avx512 : layernorm_dparams;
 #pragma omp parallel for schedule(static)
-    for (int c0 = 0; c0 < C; c0 += LN_COLS) {
-        int n = C - c0 < LN_COLS ? C - c0 : LN_COLS;
-        float sw[LN_COLS] = {0}, sb[LN_COLS] = {0};
-        for (int i = 0; i < N; i++) {
-            const float *x = inp + (size_t)i * C + c0, *dy = dout + (size_t)i * C + c0;
-            float m = mean[i], r = rstd[i];
-#pragma omp simd
-            for (int j = 0; j < n; j++) {
-                sb[j] += dy[j];
-                sw[j] += dy[j] * (x[j] - m) * r;
-            }
-        }
-        for (int j = 0; j < n; j++) {
-            if (dweight) dweight[c0 + j] += sw[j];
-            if (dbias) dbias[c0 + j] += sb[j];
-        }
+    for (int c0 = 0; c0 < C; c0 += LN_COLS)
+        cols(dweight, dbias, dout, inp, mean, rstd, N, C, c0, C - c0 < LN_COLS ? C - c0 : LN_COLS);
+}
+
+/* the activations' backward maps, chunked and dispatched as the forward ones */
+typedef void grad_fn(float *dinp, const float *inp, const float *dout, size_t n);
+
+static void grad_chunks(grad_fn *f, float *dinp, const float *inp, const float *dout, size_t n)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < n; c += CHUNK)
+        f(dinp + c, inp + c, dout + c, c + CHUNK < n ? CHUNK : n - c);
+}
+
+/* d/dx x*Phi(x) = Phi(x) + x*phi(x) */
+#define INV_SQRT_2PI 0.39894228040143268f
+
+static void gelu_erf_grad_chunk(float *dinp, const float *inp, const float *dout, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+        dinp[i] += dout[i] * (cdf + x * INV_SQRT_2PI * expf(fmaxf(-0.5f * x * x, -80.0f)));
     }
+}
+
+CLIP_TARGET_AVX512 static void gelu_erf_grad_chunk_avx512(float *dinp, const float *inp,
+                                                          const float *dout, size_t n)
+{
+    const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f),
+                 rs2 = _mm512_set1_ps(0.70710678118654752f), mhalf = _mm512_set1_ps(-0.5f),
+                 lo = _mm512_set1_ps(-80.0f), k = _mm512_set1_ps(INV_SQRT_2PI);
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 x = _mm512_loadu_ps(inp + i);
+        __m512 cdf = _mm512_mul_ps(half, _mm512_add_ps(one, _ZGVeN16v_erff(_mm512_mul_ps(x, rs2))));
+        __m512 e = _ZGVeN16v_expf(_mm512_max_ps(_mm512_mul_ps(mhalf, _mm512_mul_ps(x, x)), lo));
+        __m512 g = _mm512_fmadd_ps(_mm512_mul_ps(x, k), e, cdf);
+        _mm512_storeu_ps(dinp + i, _mm512_fmadd_ps(_mm512_loadu_ps(dout + i), g,
+                                                   _mm512_loadu_ps(dinp + i)));
+    }
+    gelu_erf_grad_chunk(dinp + i, inp + i, dout + i, n - i);
 }
 
 void gelu_erf_backward(float *dinp, const float *inp, const float *dout, size_t n)
 {
-    /* d/dx x*Phi(x) = Phi(x) + x*phi(x) */
-    const float inv_sqrt_2pi = 0.39894228040143268f;
-#pragma omp parallel for schedule(static)
-    for (size_t c = 0; c < n; c += CHUNK) {
-        size_t i = c, end = c + CHUNK < n ? c + CHUNK : n;
-#ifdef __AVX512F__
-        const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f),
-                     rs2 = _mm512_set1_ps(0.70710678118654752f), mhalf = _mm512_set1_ps(-0.5f),
-                     lo = _mm512_set1_ps(-80.0f), k = _mm512_set1_ps(inv_sqrt_2pi);
-        for (; i + 16 <= end; i += 16) {
-            __m512 x = _mm512_loadu_ps(inp + i);
-            __m512 cdf = _mm512_mul_ps(half, _mm512_add_ps(one, _ZGVeN16v_erff(_mm512_mul_ps(x, rs2))));
-            __m512 e = _ZGVeN16v_expf(_mm512_max_ps(_mm512_mul_ps(mhalf, _mm512_mul_ps(x, x)), lo));
-            __m512 g = _mm512_fmadd_ps(_mm512_mul_ps(x, k), e, cdf);
-            _mm512_storeu_ps(dinp + i, _mm512_fmadd_ps(_mm512_loadu_ps(dout + i), g,
-                                                       _mm512_loadu_ps(dinp + i)));
-        }
-#endif
-        for (; i < end; i++) {
-            float x = inp[i];
-            float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
-            dinp[i] += dout[i] * (cdf + x * inv_sqrt_2pi * expf(fmaxf(-0.5f * x * x, -80.0f)));
-        }
+    grad_chunks(cpu_has(CPU_AVX512) ? gelu_erf_grad_chunk_avx512 : gelu_erf_grad_chunk, dinp, inp,
+                dout, n);
+}
+
+/* s = sigmoid(1.702 x): d/dx x*s = s * (1 + 1.702 x (1 - s)) */
+static void quickgelu_grad_chunk(float *dinp, const float *inp, const float *dout, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float s = 1.0f / (1.0f + expf(fminf(fmaxf(-1.702f * x, -80.0f), 80.0f)));
+        dinp[i] += dout[i] * s * (1.0f + 1.702f * x * (1.0f - s));
     }
+}
+
+CLIP_TARGET_AVX512 static void quickgelu_grad_chunk_avx512(float *dinp, const float *inp,
+                                                           const float *dout, size_t n)
+{
+    const __m512 k = _mm512_set1_ps(-1.702f), kp = _mm512_set1_ps(1.702f),
+                 one = _mm512_set1_ps(1.0f), lo = _mm512_set1_ps(-80.0f),
+                 hi = _mm512_set1_ps(80.0f);
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 x = _mm512_loadu_ps(inp + i);
+        __m512 a = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(x, k), lo), hi);
+        __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, _ZGVeN16v_expf(a)));
+        __m512 g = _mm512_mul_ps(s, _mm512_fmadd_ps(_mm512_mul_ps(kp, x), _mm512_sub_ps(one, s), one));
+        _mm512_storeu_ps(dinp + i, _mm512_fmadd_ps(_mm512_loadu_ps(dout + i), g,
+                                                   _mm512_loadu_ps(dinp + i)));
+    }
+    quickgelu_grad_chunk(dinp + i, inp + i, dout + i, n - i);
 }
 
 void quickgelu_backward(float *dinp, const float *inp, const float *dout, size_t n)
 {
-    /* s = sigmoid(1.702 x): d/dx x*s = s * (1 + 1.702 x (1 - s)) */
-#pragma omp parallel for schedule(static)
-    for (size_t c = 0; c < n; c += CHUNK) {
-        size_t i = c, end = c + CHUNK < n ? c + CHUNK : n;
-#ifdef __AVX512F__
-        const __m512 k = _mm512_set1_ps(-1.702f), kp = _mm512_set1_ps(1.702f),
-                     one = _mm512_set1_ps(1.0f), lo = _mm512_set1_ps(-80.0f),
-                     hi = _mm512_set1_ps(80.0f);
-        for (; i + 16 <= end; i += 16) {
-            __m512 x = _mm512_loadu_ps(inp + i);
-            __m512 a = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(x, k), lo), hi);
-            __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, _ZGVeN16v_expf(a)));
-            __m512 g = _mm512_mul_ps(s, _mm512_fmadd_ps(_mm512_mul_ps(kp, x), _mm512_sub_ps(one, s), one));
-            _mm512_storeu_ps(dinp + i, _mm512_fmadd_ps(_mm512_loadu_ps(dout + i), g,
-                                                       _mm512_loadu_ps(dinp + i)));
-        }
-#endif
-        for (; i < end; i++) {
-            float x = inp[i];
-            float s = 1.0f / (1.0f + expf(fminf(fmaxf(-1.702f * x, -80.0f), 80.0f)));
-            dinp[i] += dout[i] * s * (1.0f + 1.702f * x * (1.0f - s));
-        }
-    }
+    grad_chunks(cpu_has(CPU_AVX512) ? quickgelu_grad_chunk_avx512 : quickgelu_grad_chunk, dinp,
+                inp, dout, n);
 }
 
 void tanh_backward(float *dinp, const float *out, const float *dout, size_t n)

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -263,34 +264,90 @@ void fill_normal(float *x, size_t n, float std, uint64_t seed)
     }
 }
 
-/* AVX-512 F/BW/VL with the OS saving the opmask and zmm state (OSXSAVE, XCR0)
- * plus the feature bits asked for */
-static int detect_avx512(int leaf7_ecx_bit, int leaf7_1_eax_bit)
+/* ---- CPU features (util.h): found once, capped by CLIP_CPU or the test hook ---- */
+
+#define CPU_ALL ((1u << CPU_AVX512) | (1u << CPU_AVX512_BF16) | (1u << CPU_AVX512_VNNI))
+
+static pthread_once_t cpu_once = PTHREAD_ONCE_INIT;
+static unsigned cpu_found;    /* the CPU_* bits of this CPU and OS */
+static unsigned cpu_env_cap;  /* the bits CLIP_CPU lets through */
+static int cpu_hook_cap = -1; /* cpu_set_cap's bits, -1: CLIP_CPU's */
+
+/* CPUID leaves 1 and 7 (sub-leaves 0 and 1), and XCR0: the OS must save the
+ * xmm, ymm, opmask and both zmm parts of the state, or the instructions fault.
+ * Leaf 1 also has what GCC's avx512f target implies and may emit (SSE3 to
+ * SSE4.2, POPCNT), which every AVX-512 CPU has, but checked all the same. */
+static unsigned detect_features(void)
 {
     unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    /* SSE3, SSSE3, FMA, SSE4.1, SSE4.2, POPCNT, OSXSAVE, AVX */
+    const unsigned need1 = 1u << 0 | 1u << 9 | 1u << 12 | 1u << 19 | 1u << 20 | 1u << 23 |
+                           1u << 27 | 1u << 28;
+    if ((c & need1) != need1) return 0;
+    unsigned xcr0, xcr0_hi;
+    __asm__("xgetbv" : "=a"(xcr0), "=d"(xcr0_hi) : "c"(0));
+    if ((xcr0 & 0xe6) != 0xe6) return 0;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
     unsigned max_sub = a;
-    if (!((b >> 16) & 1) || !((b >> 30) & 1) || !((b >> 31) & 1)) return 0;
-    if (leaf7_ecx_bit >= 0 && !((c >> leaf7_ecx_bit) & 1)) return 0;
-    if (leaf7_1_eax_bit >= 0) {
-        if (max_sub < 1) return 0;
+    /* AVX2, AVX512F, DQ, CD, BW, VL: CLIP_ISA_AVX512 */
+    const unsigned need = 1u << 5 | 1u << 16 | 1u << 17 | 1u << 28 | 1u << 30 | 1u << 31;
+    if ((b & need) != need) return 0;
+    unsigned f = 1u << CPU_AVX512;
+    if ((c >> 11) & 1) f |= 1u << CPU_AVX512_VNNI;
+    if (max_sub >= 1) {
         __cpuid_count(7, 1, a, b, c, d);
-        if (!((a >> leaf7_1_eax_bit) & 1)) return 0;
+        if ((a >> 5) & 1) f |= 1u << CPU_AVX512_BF16;
     }
-    __cpuid(1, a, b, c, d);
-    if (!((c >> 27) & 1)) return 0;
-    unsigned lo, hi;
-    __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    return (lo & 0xe6) == 0xe6;
+    return f;
 }
 
-int cpu_has(enum cpu_feature f)
+/* the bits a CLIP_CPU value lets through, -1 for an unknown one */
+static int cap_bits(const char *name)
 {
-    static int known[2] = {-1, -1};
-    int v = __atomic_load_n(&known[f], __ATOMIC_RELAXED);
-    if (v < 0) {
-        v = f == CPU_AVX512_BF16 ? detect_avx512(-1, 5) : detect_avx512(11, -1);
-        __atomic_store_n(&known[f], v, __ATOMIC_RELAXED);
+    if (!*name || !strcmp(name, "native")) return CPU_ALL;
+    if (!strcmp(name, "avx512")) return 1u << CPU_AVX512;
+    if (!strcmp(name, "generic")) return 0;
+    return -1;
+}
+
+static void cpu_init(void)
+{
+    cpu_found = detect_features();
+    const char *env = getenv("CLIP_CPU");
+    int cap = env ? cap_bits(env) : (int)CPU_ALL;
+    if (cap < 0) {
+        warn("CLIP_CPU=%s: not generic, avx512 or native; using the generic kernels", env);
+        cap = 0;
     }
-    return v;
+    cpu_env_cap = cap;
+}
+
+static unsigned cpu_allowed(void)
+{
+    pthread_once(&cpu_once, cpu_init);
+    int hook = __atomic_load_n(&cpu_hook_cap, __ATOMIC_RELAXED);
+    return cpu_found & (hook >= 0 ? (unsigned)hook : cpu_env_cap);
+}
+
+int cpu_has(enum cpu_feature f) { return (cpu_allowed() >> f) & 1; }
+
+const char *cpu_describe(void)
+{
+    static const char *names[] = {"avx512", "avx512+bf16", "avx512+vnni", "avx512+bf16+vnni"};
+    unsigned a = cpu_allowed();
+    if (!((a >> CPU_AVX512) & 1)) return "generic";
+    return names[((a >> CPU_AVX512_BF16) & 1) | ((a >> CPU_AVX512_VNNI) & 1) << 1];
+}
+
+int cpu_set_cap(const char *name)
+{
+    int cap = name ? cap_bits(name) : -1;
+    if (name && cap < 0) {
+        clip_set_error("CPU cap '%s': expected generic, avx512 or native", name);
+        return -1;
+    }
+    pthread_once(&cpu_once, cpu_init);
+    __atomic_store_n(&cpu_hook_cap, cap, __ATOMIC_RELAXED);
+    return 0;
 }

@@ -78,8 +78,46 @@ int check_range(const char *what, int64_t v, int64_t lo, int64_t hi);
 /* Parse a positive integer option value or die naming the option. */
 long parse_long_option(const char *opt, const char *val, long min, long max);
 
-/* CPU features checked once at run time (CPUID and the OS's XCR0 state) */
-enum cpu_feature { CPU_AVX512_BF16, CPU_AVX512_VNNI };
+/* CPU features, for the one dispatch policy of every kernel. The build
+ * targets x86-64's baseline (SSE2, no -march); a kernel's AVX-512 variant is
+ * a function carrying one of the CLIP_TARGET_* attributes below (so that no
+ * AVX-512 instruction lies outside such functions: make check-isa), called
+ * only where cpu_has() says 1, the portable path otherwise.
+ *
+ * cpu_has() reads CPUID and the OS's XCR0 state once, capped by the
+ * environment variable CLIP_CPU, so that the portable paths run (and are
+ * tested) on an AVX-512 machine too:
+ *   CLIP_CPU=generic  no feature: the portable paths everywhere
+ *   CLIP_CPU=avx512   CPU_AVX512 only (no BF16, no VNNI)
+ *   CLIP_CPU=native   what the CPU has (the default, also when unset or empty)
+ * Another value counts as generic, with a warning on stderr. The cap applies
+ * to our kernels only: OpenBLAS and glibc choose theirs themselves. */
+enum cpu_feature {
+    CPU_AVX512,      /* AVX-512 F, BW, CD, DQ, VL (x86-64-v4's) and what GCC's avx512f implies
+                      * (AVX2, FMA, SSE3 to SSE4.2, POPCNT), the zmm state saved by the OS */
+    CPU_AVX512_BF16, /* CPU_AVX512 and AVX512_BF16 */
+    CPU_AVX512_VNNI, /* CPU_AVX512 and AVX512_VNNI */
+};
 int cpu_has(enum cpu_feature f);
+
+/* "avx512+bf16+vnni", "avx512" or "generic": what cpu_has() allows, for
+ * logs and benchmarks. */
+const char *cpu_describe(void);
+
+/* Test hook: from now on cap the features as CLIP_CPU=name would ("generic",
+ * "avx512", "native"); NULL goes back to CLIP_CPU's cap. -1 (clip_set_error)
+ * for another name. Not meant to be called while kernels run. */
+int cpu_set_cap(const char *name);
+
+/* The target attributes of the AVX-512 variants, one per cpu_feature. */
+#define CLIP_ISA_AVX512 "avx512f,avx512bw,avx512cd,avx512dq,avx512vl,avx2,fma"
+#define CLIP_TARGET_AVX512 __attribute__((target(CLIP_ISA_AVX512)))
+#define CLIP_TARGET_AVX512_BF16 __attribute__((target(CLIP_ISA_AVX512 ",avx512bf16")))
+#define CLIP_TARGET_AVX512_VNNI __attribute__((target(CLIP_ISA_AVX512 ",avx512vnni")))
+
+/* A plain C loop body written once and compiled twice: inlined into a
+ * portable function and into a CLIP_TARGET_AVX512 one, where the compiler
+ * vectorises it with AVX-512 (for loops measured to gain from it). */
+#define CLIP_TWICE_COMPILED static inline __attribute__((always_inline))
 
 #endif

@@ -223,8 +223,8 @@ int main(int argc, char **argv)
         case OPT_INT8:
             blas_set_int8(1);
             if (!gemm_int8_available())
-                warn("--int8: this CPU has no AVX512_VNNI, so the int8 layers run in plain C, "
-                     "slower than fp32");
+                warn("--int8: no AVX512_VNNI here (CPU features: %s, see CLIP_CPU), so the int8 "
+                     "layers run in plain C, slower than fp32", cpu_describe());
             break;
         case 'h': usage(stdout); return 0;
         default:

@@ -33,6 +33,7 @@ int main(int argc, char **argv)
     int bi = argc > 2 ? atoi(argv[2]) : 32, bt = argc > 3 ? atoi(argv[3]) : 32;
     int L = argc > 4 ? atoi(argv[4]) : 52, reps = argc > 5 ? atoi(argv[5]) : 3;
     printf("blas %s\n", blas_describe());
+    fprintf(stderr, "bench_embed: CPU features %s (CLIP_CPU)\n", cpu_describe());
     printf("sgemm_gflops %.1f\n", sgemm_peak());
     fflush(stdout);
     clip_model *m = clip_model_load(argv[1], NULL);

@@ -70,9 +70,9 @@ int main(int argc, char **argv)
     A = clip_alloc_big(big * 4), B = clip_alloc_big(big * 4), C = clip_alloc_big(big * 4);
     fill_normal(A, big, 1.0f, 1), fill_normal(B, big, 0.02f, 2), fill_normal(C, big, 1.0f, 3);
 
-    printf("blas: %s; gemm_bf16: %s; gemm_int8: %s\n", blas_describe(),
+    printf("blas: %s; gemm_bf16: %s; gemm_int8: %s (CPU features: %s)\n", blas_describe(),
            gemm_bf16_available() ? "AVX512_BF16" : "fallback (no AVX512_BF16)",
-           gemm_int8_available() ? "AVX512_VNNI" : "plain C (no AVX512_VNNI)");
+           gemm_int8_available() ? "AVX512_VNNI" : "plain C (no AVX512_VNNI)", cpu_describe());
     /* other processes on the cores show up as lower figures for both */
     FILE *f = fopen("/proc/loadavg", "r");
     double load;

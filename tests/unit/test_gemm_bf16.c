@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cblas.h>
+
 #include "gemm_bf16.h"
 #include "npy.h"
 #include "unit.h"
@@ -148,7 +150,10 @@ static void check_torch(void)
 }
 
 /* calls from the threads of a parallel region (each then runs on one thread,
- * with its own packing buffers) agree with a call from outside */
+ * with its own packing buffers) agree with a call from outside: bit for bit
+ * with the AVX512_BF16 kernel, whose sums do not depend on the threads; to
+ * 1e-5 of sum |a b| with the fallback, as OpenBLAS on one thread may sum in
+ * another order than on several */
 static void check_concurrent(void)
 {
     int M = 70, N = 90, K = 333;
@@ -160,10 +165,21 @@ static void check_concurrent(void)
 #pragma omp parallel for num_threads(2)
     for (int t = 0; t < 4; t++)
         gemm_bf16(0, 1, M, N, K, 1.0f, A, K, B, K, 0.0f, out + (size_t)t * M * N, N);
-    int diff = 0;
-    for (int t = 0; t < 4; t++)
-        diff += memcmp(ref, out + (size_t)t * M * N, (size_t)M * N * 4) != 0;
-    CHECK(diff == 0, "%d of 4 calls from a parallel region differ", diff);
+    int diff = 0, kernel = gemm_bf16_available();
+    for (int t = 0; t < 4; t++) {
+        const float *o = out + (size_t)t * M * N;
+        int bad = 0;
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) {
+                double sa = 0;
+                for (int k = 0; k < K; k++) sa += fabs((double)A[i * K + k] * B[j * K + k]);
+                float x = o[i * N + j], y = ref[i * N + j];
+                bad += kernel ? memcmp(&x, &y, 4) != 0 : !(fabs(x - y) <= 1e-5 * sa);
+            }
+        diff += bad > 0;
+    }
+    CHECK(diff == 0, "%d of 4 calls from a parallel region differ (%s)", diff,
+          kernel ? "AVX512_BF16 kernel, bit for bit" : "fallback, to 1e-5");
     free(A), free(B), free(ref), free(out);
 }
 
@@ -173,11 +189,48 @@ static const int shapes[][3] = {
     {45, 70, 801}, {50, 130, 769}, {37, 3100, 9}, {61, 47, 1601}, {19, 40, 2049},
 };
 
+/* The dispatch. The fallback is cblas_sgemm on the rounded inputs, which
+ * this test can run itself and must match bit for bit; the kernel sums in
+ * another order, so one product tells which path ran. It must be the
+ * AVX512_BF16 kernel exactly when cpu_has() allows it (CLIP_CPU unset on a
+ * CPU with it), and the fallback under the "avx512" and "generic" caps. */
+static void check_dispatch(void)
+{
+    int M = 40, N = 50, K = 300;
+    float *A = xmalloc((size_t)M * K * 4), *B = xmalloc((size_t)K * N * 4);
+    float *C = xmalloc((size_t)M * N * 4), *F = xmalloc((size_t)M * N * 4);
+    float *ra = xmalloc((size_t)M * K * 4), *rb = xmalloc((size_t)K * N * 4);
+    float *own = xmalloc((size_t)M * N * 4);
+    fill(A, (size_t)M * K, 21, 1.0f);
+    fill(B, (size_t)K * N, 22, 1.0f);
+    for (size_t i = 0; i < (size_t)M * K; i++) ra[i] = bf16_round(A[i]);
+    for (size_t i = 0; i < (size_t)K * N; i++) rb[i] = bf16_round(B[i]);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, ra, K, rb, N, 0.0f, own,
+                N);
+    gemm_bf16(0, 0, M, N, K, 1.0f, A, K, B, N, 0.0f, C, N);
+    int kernel = gemm_bf16_available(), fell_back = !memcmp(C, own, (size_t)M * N * 4);
+    CHECK(fell_back != kernel, "%s: the AVX512_BF16 kernel is %s, but the product is %s",
+          cpu_describe(), kernel ? "allowed" : "not allowed",
+          fell_back ? "the fallback's" : "not the fallback's");
+    static const char *caps[] = {"avx512", "generic"};
+    for (int c = 0; c < 2; c++) {
+        cpu_set_cap(caps[c]);
+        CHECK(!gemm_bf16_available(), "cap %s: AVX512_BF16 still available", caps[c]);
+        gemm_bf16(0, 0, M, N, K, 1.0f, A, K, B, N, 0.0f, F, N);
+        CHECK(!memcmp(F, own, (size_t)M * N * 4), "cap %s: the product is not the fallback's",
+              caps[c]);
+    }
+    cpu_set_cap(NULL);
+    free(A), free(B), free(C), free(F), free(ra), free(rb), free(own);
+}
+
 int main(void)
 {
     check_torch();
+    check_dispatch();
+    /* the dispatched path (CLIP_CPU's), then the fallback */
     for (int fallback = 0; fallback < 2; fallback++) {
-        gemm_bf16_force_fallback(fallback);
+        cpu_set_cap(fallback ? "avx512" : NULL);
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
             for (int t = 0; t < 4; t++) {
                 int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
@@ -185,10 +238,10 @@ int main(void)
                 if (s % 3 == 0 || fallback == 0) check_case(t & 1, t >> 1, M, N, K, -0.5f, 0.0f, 0);
             }
     }
-    gemm_bf16_force_fallback(0);
+    cpu_set_cap(NULL);
     check_case(0, 1, 64, 64, 64, 1.0f, 1.0f, 5); /* accumulate into C */
     check_concurrent();
-    printf("gemm_bf16 (%s): worst err/tol %.3g\n",
-           gemm_bf16_available() ? "AVX512_BF16" : "fallback only", worst_ratio);
+    printf("gemm_bf16 (%s; CPU features: %s): worst err/tol %.3g\n",
+           gemm_bf16_available() ? "AVX512_BF16" : "fallback only", cpu_describe(), worst_ratio);
     return unit_done();
 }

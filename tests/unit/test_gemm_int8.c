@@ -11,8 +11,9 @@
  *    and not just self-consistent.
  *
  * With and without bias and residual (in place), odd shapes, padded output
- * rows, zero and NaN rows, the plain-C path against the VNNI one bit for bit,
- * and calls from a parallel region. */
+ * rows, zero and NaN rows, the plain-C path (cpu_set_cap("generic"), as
+ * CLIP_CPU=generic) against the dispatched one (VNNI where the CPU and CLIP_CPU
+ * allow it) bit for bit, and calls from a parallel region. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -102,14 +103,14 @@ static void check_case(int M, int N, int K, int pad, int add)
           N, K, add, bad_bound);
     CHECK(bad_pad == 0, "M=%d N=%d K=%d: %d padding columns written", M, N, K, bad_pad);
 
-    if (gemm_int8_available()) { /* the plain-C path gives the same bits */
+    { /* the plain-C path (CLIP_CPU=generic's) gives the same bits as the dispatched one */
         float *F = xmalloc((size_t)M * ldo * 4);
         memcpy(F, C0, (size_t)M * ldo * 4);
-        gemm_int8_force_fallback(1);
+        cpu_set_cap("generic");
         gemm_int8(F, ldo, X, M, K, qw, add ? bias : NULL, accumulate ? F : NULL, ldo);
-        gemm_int8_force_fallback(0);
-        CHECK(!memcmp(F, C, (size_t)M * ldo * 4), "M=%d N=%d K=%d: plain C differs from VNNI", M,
-              N, K);
+        cpu_set_cap(NULL);
+        CHECK(!memcmp(F, C, (size_t)M * ldo * 4), "M=%d N=%d K=%d: plain C differs from %s", M,
+              N, K, gemm_int8_available() ? "VNNI" : "itself");
         free(F);
     }
     qweight_free(qw);
@@ -125,7 +126,7 @@ static void check_nonfinite(void)
     X[3 * K + 7] = NAN, X[15 * K] = INFINITY;
     qweight *qw = qweight_make(W, N, K);
     for (int fb = 0; fb < 2; fb++) {
-        gemm_int8_force_fallback(fb);
+        cpu_set_cap(fb ? "generic" : NULL);
         gemm_int8(C, N, X, M, K, qw, NULL, NULL, 0);
         int nan_rows = 0, finite_rows = 0;
         for (int m = 0; m < M; m++) {
@@ -137,7 +138,7 @@ static void check_nonfinite(void)
         CHECK(nan_rows == 2 && finite_rows == M - 2, "fallback %d: %d NaN rows, %d finite", fb,
               nan_rows, finite_rows);
     }
-    gemm_int8_force_fallback(0);
+    cpu_set_cap(NULL);
     qweight_free(qw);
     free(X), free(W), free(C);
 }

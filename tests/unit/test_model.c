@@ -1,7 +1,10 @@
 /* The C towers against the PyTorch reference (tests/ref/model_ref.py, fixtures
  * in tests/fixtures/model): per embedding cosine >= 0.9999 and max abs
  * difference <= 1e-5 (fp32, measured ~1e-7; the L2-normalised embeddings have entries
- * around 0.2). */
+ * around 0.2). Each encoding runs twice, with the kernels that cpu_has()
+ * allows (CLIP_CPU's) and with the portable ones (cpu_set_cap("generic")):
+ * both must match the reference, and their bits differ exactly when the
+ * AVX-512 variants of the ops were allowed to run (test_dispatch.c says why). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +57,14 @@ static void check_emb(const char *what, const float *got, const char *ref_path, 
     free(r.buf);
 }
 
+/* emb (the dispatched kernels' result) against the generic kernels' */
+static void check_generic(const char *what, const float *emb, const float *generic, size_t n)
+{
+    int same = !memcmp(emb, generic, n * sizeof(float)), avx512 = cpu_has(CPU_AVX512);
+    CHECK(same != avx512, "%s: the generic kernels' embeddings are %s the dispatched ones (%s)",
+          what, same ? "identical to" : "different from", cpu_describe());
+}
+
 static void check_images(clip_model *m, const char *what, const char *ref)
 {
     npy_file px = load_npy(FIX "pixels.npy");
@@ -62,6 +73,13 @@ static void check_images(clip_model *m, const char *what, const char *ref)
     float *emb = xcalloc((size_t)n * m->embed_dim, sizeof(float));
     CHECK(clip_encode_images(m, px.a.data, n, emb) == 0, "%s: %s", what, clip_error());
     check_emb(what, emb, ref, n, m->embed_dim);
+    float *gen = xcalloc((size_t)n * m->embed_dim, sizeof(float));
+    cpu_set_cap("generic");
+    CHECK(clip_encode_images(m, px.a.data, n, gen) == 0, "%s: %s", what, clip_error());
+    cpu_set_cap(NULL);
+    check_emb(what, gen, ref, n, m->embed_dim);
+    check_generic(what, emb, gen, (size_t)n * m->embed_dim);
+    free(gen);
     m->max_batch = 2; /* chunked: 2 + 1 */
     memset(emb, 0, (size_t)n * m->embed_dim * sizeof(float));
     CHECK(clip_encode_images(m, px.a.data, n, emb) == 0, "%s: %s", what, clip_error());
@@ -80,6 +98,13 @@ static void check_texts(clip_model *m, const char *what, const char *ids_path, c
     float *emb = xcalloc((size_t)n * m->embed_dim, sizeof(float));
     CHECK(clip_encode_texts(m, x, n, L, emb) == 0, "%s: %s", what, clip_error());
     check_emb(what, emb, ref, n, m->embed_dim);
+    float *gen = xcalloc((size_t)n * m->embed_dim, sizeof(float));
+    cpu_set_cap("generic");
+    CHECK(clip_encode_texts(m, x, n, L, gen) == 0, "%s: %s", what, clip_error());
+    cpu_set_cap(NULL);
+    check_emb(what, gen, ref, n, m->embed_dim);
+    check_generic(what, emb, gen, (size_t)n * m->embed_dim);
+    free(gen);
     x[5] = 100000;
     CHECK(clip_encode_texts(m, x, n, L, emb) == -1 && strstr(clip_error(), "100000"),
           "%s: an id outside the vocabulary is an error: %s", what, clip_error());
