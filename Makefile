@@ -21,7 +21,7 @@ DATADIR = $(PREFIX)/share/clip-tools
 DATA_FILES := share/clip-tools/bert-chinese-vocab.txt share/clip-tools/bpe_simple_vocab_16e6.txt.gz \
               share/clip-tools/README.md
 # where an installed program looks for its data when it is not beside ../share/clip-tools
-build/lib/datafile.o: CFLAGS += -DCLIP_DATADIR='"$(DATADIR)"'
+build/lib/datafile.o: CLIP_CFLAGS += -DCLIP_DATADIR='"$(DATADIR)"'
 
 LIB_SRC := $(wildcard lib/*.c)
 LIB_OBJ := $(LIB_SRC:lib/%.c=build/lib/%.o)
