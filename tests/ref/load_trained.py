@@ -6,17 +6,15 @@ img.npy / tok.npy) with PyTorch and prints the largest difference.
 
   load_trained.py CKPT.pth BERT_CONFIG.json EMBEDDED.tar
 """
-import io
 import json
 import os
 import sys
-import tarfile
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import model_ref  # noqa: E402
+from load_strict import embeddings_diff  # noqa: E402
 
 
 def main(ckpt, bert_cfg_path, stream):
@@ -31,21 +29,8 @@ def main(ckpt, bert_cfg_path, stream):
     cfg = json.load(open(bert_cfg_path))
     model = model_ref.ChineseCLIP(vit, cfg, vit["out_dim"]).eval()
     model.load_state_dict(sd, strict=True)
-    samples = {}
-    with tarfile.open(stream) as tf:
-        for m in tf.getmembers():
-            key, field = m.name.split(".", 1)
-            if field.endswith(".npy"):
-                samples.setdefault(key, {})[field] = np.load(io.BytesIO(tf.extractfile(m).read()))
-    worst = 0.0
-    with torch.no_grad():
-        for key, s in samples.items():
-            img = model_ref.normalize(model_ref.encode_image(model, s["img.npy"][None]))[0]
-            ids = torch.from_numpy(s["tok.npy"]).long()
-            txt = model_ref.normalize(model.encode_text(ids))
-            worst = max(worst, float(np.abs(img - s["img_emb.npy"]).max()),
-                        float(np.abs(txt - s["txt_emb.npy"]).max()))
-    print(f"strict load ok; {len(samples)} samples; max abs embedding difference {worst:.3g}")
+    n, worst = embeddings_diff(model, stream)
+    print(f"strict load ok; {n} samples; max abs embedding difference {worst:.3g}")
     sys.exit(0 if worst <= 1e-5 else 1)
 
 
