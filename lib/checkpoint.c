@@ -123,6 +123,17 @@ int ckpt_add(ckpt *c, const char *name, ckpt_dtype dt, int ndim, const int64_t *
 size_t ckpt_count(const ckpt *c) { return c->n; }
 const ckpt_tensor *ckpt_tensor_at(const ckpt *c, size_t i) { return i < c->n ? &c->t[i] : NULL; }
 
+ckpt_out_tensor *ckpt_out_views(const ckpt *c)
+{
+    ckpt_out_tensor *out = xcalloc(c->n ? c->n : 1, sizeof *out);
+    for (size_t i = 0; i < c->n; i++) {
+        const ckpt_tensor *t = &c->t[i];
+        out[i] = (ckpt_out_tensor){t->name, t->dtype, t->ndim, {0}, t->data};
+        memcpy(out[i].shape, t->shape, sizeof t->shape);
+    }
+    return out;
+}
+
 const ckpt_tensor *ckpt_find(const ckpt *c, const char *name)
 {
     if (!c->index_cap) return NULL;

@@ -53,6 +53,10 @@ typedef struct {
     const void *data;
 } ckpt_out_tensor;
 
+/* Every tensor of c, in order, as a list to save: views of c's names and data
+ * (c must outlive the list). malloc'd, ckpt_count(c) entries; the caller frees. */
+ckpt_out_tensor *ckpt_out_views(const ckpt *c);
+
 /* safetensors; metadata: NULL or pairs {key, value, key, value, ..., NULL}. */
 int ckpt_save_safetensors(const char *path, const ckpt_out_tensor *t, size_t n,
                           const char *const *metadata);

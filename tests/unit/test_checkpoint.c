@@ -280,12 +280,7 @@ static void test_round_trip(void)
     CHECK(c != NULL, "round trip: %s", clip_error());
     if (!c) return;
     size_t n = ckpt_count(c);
-    ckpt_out_tensor *out = xcalloc(n, sizeof *out);
-    for (size_t i = 0; i < n; i++) {
-        const ckpt_tensor *t = ckpt_tensor_at(c, i);
-        out[i] = (ckpt_out_tensor){t->name, t->dtype, t->ndim, {0}, t->data};
-        memcpy(out[i].shape, t->shape, sizeof t->shape);
-    }
+    ckpt_out_tensor *out = ckpt_out_views(c);
     int files = count_dir(tmpdir);
     const char *meta[] = {"format", "pt", "epoch", "7", NULL};
     char *p = tmp_path("rt.safetensors");
@@ -366,12 +361,7 @@ static int write_copy(const char *path)
     ckpt *c = ckpt_load(FIX "small.pth");
     if (!c) die("%s", clip_error());
     size_t n = ckpt_count(c);
-    ckpt_out_tensor *out = xcalloc(n, sizeof *out);
-    for (size_t i = 0; i < n; i++) {
-        const ckpt_tensor *t = ckpt_tensor_at(c, i);
-        out[i] = (ckpt_out_tensor){t->name, t->dtype, t->ndim, {0}, t->data};
-        memcpy(out[i].shape, t->shape, sizeof t->shape);
-    }
+    ckpt_out_tensor *out = ckpt_out_views(c);
     size_t len = strlen(path);
     const char *meta[] = {"note", "test_checkpoint --write", NULL};
     int rc = len > 12 && !strcmp(path + len - 12, ".safetensors") ? ckpt_save_safetensors(path, out, n, NULL)

@@ -224,12 +224,7 @@ static int write_record(const char *src, const char *dst, const char *tower, con
     json_object_set_new(json_object_get(rec, tower), key, json_loads(value, JSON_DECODE_ANY, NULL));
     char *js = json_dumps(rec, JSON_COMPACT);
     size_t n = ckpt_count(c);
-    ckpt_out_tensor *out = xcalloc(n, sizeof *out);
-    for (size_t i = 0; i < n; i++) {
-        const ckpt_tensor *t = ckpt_tensor_at(c, i);
-        out[i] = (ckpt_out_tensor){t->name, t->dtype, t->ndim, {0}, t->data};
-        memcpy(out[i].shape, t->shape, sizeof t->shape);
-    }
+    ckpt_out_tensor *out = ckpt_out_views(c);
     const char *meta[] = {"clip_config", js, NULL};
     size_t len = strlen(dst);
     int rc = len > 4 && !strcmp(dst + len - 4, ".pth") ? ckpt_save_pth(dst, out, n, meta)
