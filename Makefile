@@ -10,7 +10,7 @@ BLAS_INC := /usr/include/x86_64-linux-gnu/openblas-openmp
 
 # CFLAGS is the user's (make CFLAGS=-O3); CLIP_CFLAGS holds what every compile
 # needs and comes with every rule. No -march: the binaries run on any x86-64
-# and pick their AVX-512 kernels at run time (lib/util.h: cpu_has, CLIP_CPU).
+# and pick their AVX-512 kernels at run time (lib/core/util.h: cpu_has, CLIP_CPU).
 CFLAGS ?= -O2 -g
 CLIP_CFLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare \
           -fopenmp -Ilib -I$(BLAS_INC) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -21,9 +21,9 @@ DATADIR = $(PREFIX)/share/clip-tools
 DATA_FILES := share/clip-tools/bert-chinese-vocab.txt share/clip-tools/bpe_simple_vocab_16e6.txt.gz \
               share/clip-tools/README.md
 # where an installed program looks for its data when it is not beside ../share/clip-tools
-build/lib/datafile.o: CLIP_CFLAGS += -DCLIP_DATADIR='"$(DATADIR)"'
+build/lib/core/datafile.o: CLIP_CFLAGS += -DCLIP_DATADIR='"$(DATADIR)"'
 
-LIB_SRC := $(wildcard lib/*.c)
+LIB_SRC := $(wildcard lib/*/*.c)
 LIB_OBJ := $(LIB_SRC:lib/%.c=build/lib/%.o)
 TOOLS := $(patsubst tools/%.c,bin/%,$(wildcard tools/clip-*.c))
 UNIT_TESTS := $(patsubst tests/unit/%.c,build/tests/%,$(wildcard tests/unit/test_*.c))
@@ -45,7 +45,7 @@ deps:
 deps-reference: deps
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEB_REFERENCE)
 
-build/lib/%.o: lib/%.c $(wildcard lib/*.h)
+build/lib/%.o: lib/%.c $(wildcard lib/*/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(CLIP_CFLAGS) $(CFLAGS) -c -o $@ $<
 

@@ -3,7 +3,7 @@
 fixtures-checkpoint:
 	/usr/bin/python3 tests/ref/make_checkpoints.py tests/fixtures/ckpt
 
-CKPT_SRC := lib/util.c lib/checkpoint.c lib/safetensors.c lib/pickle.c lib/torch_zip.c lib/torch_legacy.c
+CKPT_SRC := lib/core/util.c lib/ckpt/checkpoint.c lib/ckpt/safetensors.c lib/ckpt/pickle.c lib/ckpt/torch_zip.c lib/ckpt/torch_legacy.c
 CKPT_FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -Ilib \
                     $(shell pkg-config --cflags libarchive jansson 2>/dev/null)
 CKPT_FUZZ_LIBS := $(shell pkg-config --libs libarchive jansson 2>/dev/null) -lm
@@ -13,13 +13,13 @@ FUZZ_SEED ?= 1
 FUZZ_SECONDS ?= 300
 
 # the built-in mutation fuzzer under ASan + UBSan
-build/fuzz/fuzz_checkpoint: tests/fuzz/fuzz_checkpoint.c $(CKPT_SRC) $(wildcard lib/*.h)
+build/fuzz/fuzz_checkpoint: tests/fuzz/fuzz_checkpoint.c $(CKPT_SRC) $(wildcard lib/*/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(CKPT_FUZZ_CFLAGS) -fsanitize=address,undefined -fno-sanitize-recover=all -o $@ \
 		tests/fuzz/fuzz_checkpoint.c $(CKPT_SRC) $(CKPT_FUZZ_LIBS)
 
 # libFuzzer (apt-get install clang libclang-rt-14-dev)
-build/fuzz/libfuzz_checkpoint: tests/fuzz/fuzz_checkpoint.c $(CKPT_SRC) $(wildcard lib/*.h)
+build/fuzz/libfuzz_checkpoint: tests/fuzz/fuzz_checkpoint.c $(CKPT_SRC) $(wildcard lib/*/*.h)
 	@mkdir -p $(@D)
 	clang $(CKPT_FUZZ_CFLAGS) -DUSE_LIBFUZZER -fsanitize=fuzzer,address,undefined \
 		-fno-sanitize-recover=all -o $@ tests/fuzz/fuzz_checkpoint.c $(CKPT_SRC) $(CKPT_FUZZ_LIBS)

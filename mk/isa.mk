@@ -1,4 +1,4 @@
-# Portable binaries (lib/util.h: cpu_has, CLIP_CPU), checked two ways:
+# Portable binaries (lib/core/util.h: cpu_has, CLIP_CPU), checked two ways:
 #  - tests/check_isa.sh: objdump finds no instruction beyond x86-64's SSE2
 #    baseline outside the functions marked CLIP_TARGET_*, in the library and
 #    the programs;

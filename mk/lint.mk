@@ -17,3 +17,11 @@ lint-tests:
 check: lint-tests
 
 .PHONY: lint-tests
+
+# lib/ in layers (lib/README.md): every include goes to its own folder or a lower level
+check-layers:
+	@tests/check_layers.sh
+
+check: check-layers
+
+.PHONY: check-layers

@@ -1,5 +1,5 @@
 #!/bin/sh
-# The binaries run on any x86-64 (lib/util.h): outside the functions that
+# The binaries run on any x86-64 (lib/core/util.h): outside the functions that
 # carry a CLIP_TARGET_* attribute, no object may hold an instruction beyond
 # x86-64's baseline (SSE2): no VEX or EVEX encoding (AVX, AVX2, FMA, BMI,
 # AVX-512), no SSSE3/SSE4 (the 0f 38 and 0f 3a opcode maps), no SSE3,
@@ -13,14 +13,14 @@ set -eu
 [ $# -gt 0 ] || { echo "usage: $0 OBJECT..." >&2; exit 2; }
 
 # the functions defined with a CLIP_TARGET_* attribute: "CLIP_TARGET_X ... name("
-allowed=$(grep -ho '^CLIP_TARGET_[A-Z0-9_]* [^(;]*(' lib/*.c | sed 's/($//; s/.*[^A-Za-z0-9_]//' |
+allowed=$(grep -ho '^CLIP_TARGET_[A-Z0-9_]* [^(;]*(' lib/*/*.c | sed 's/($//; s/.*[^A-Za-z0-9_]//' |
           sort -u | tr '\n' ' ')
 
 status=0
 others=$(grep -nE '__builtin_cpu_supports|target_clones|__get_cpuid|__cpuid|xgetbv|#if.*__AVX' \
-         lib/*.c lib/*.h tools/*.c | grep -v '^lib/util\.c:' || true)
+         lib/*/*.c lib/*/*.h tools/*.c | grep -v '^lib/core/util\.c:' || true)
 if [ -n "$others" ]; then
-    echo "check-isa: CPU features tested outside cpu_has() (lib/util.c):"
+    echo "check-isa: CPU features tested outside cpu_has() (lib/core/util.c):"
     echo "$others"
     status=1
 fi
@@ -65,8 +65,8 @@ done | awk -v allowed="$allowed" '
     }' || status=1
 
 # the scan itself must see the kernels: none found means it is broken
-if ! objdump -d build/lib/ops.o 2>/dev/null | grep -q '%zmm'; then
-    echo "check-isa: no zmm register in build/lib/ops.o: the AVX-512 variants are missing"
+if ! objdump -d build/lib/kernels/ops.o 2>/dev/null | grep -q '%zmm'; then
+    echo "check-isa: no zmm register in build/lib/kernels/ops.o: the AVX-512 variants are missing"
     status=1
 fi
 exit $status

@@ -6,13 +6,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "blas.h"
-#include "clip_model.h"
-#include "gemm_int8.h"
-#include "ops.h"
-#include "sample.h"
-#include "stream.h"
-#include "util.h"
+#include "kernels/blas.h"
+#include "model/clip_model.h"
+#include "kernels/gemm_int8.h"
+#include "kernels/ops.h"
+#include "io/sample.h"
+#include "io/stream.h"
+#include "core/util.h"
 
 static void usage(FILE *f)
 {

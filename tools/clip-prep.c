@@ -1,11 +1,11 @@
 /* clip-prep: annotations + images (folder or archive) -> a sample stream with
  * preprocessed pixels (img.npy) and captions (json). See clip-prep(1). */
-#include "annotations.h"
-#include "image.h"
-#include "image_source.h"
-#include "npy.h"
-#include "stream.h"
-#include "util.h"
+#include "io/annotations.h"
+#include "io/image.h"
+#include "io/image_source.h"
+#include "io/npy.h"
+#include "io/stream.h"
+#include "core/util.h"
 
 #include <errno.h>
 #include <jansson.h>

@@ -12,14 +12,14 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#include "blas.h"
-#include "clip_model.h"
-#include "image.h"
-#include "sample.h"
-#include "stream.h"
-#include "datafile.h"
-#include "tokenizer.h"
-#include "util.h"
+#include "kernels/blas.h"
+#include "model/clip_model.h"
+#include "io/image.h"
+#include "io/sample.h"
+#include "io/stream.h"
+#include "core/datafile.h"
+#include "text/tokenizer.h"
+#include "core/util.h"
 
 static void usage(FILE *f)
 {

@@ -1,7 +1,7 @@
 /* clip-recall: retrieval recall R@1/5/10 both ways of an embedded stream. */
-#include "blas.h"
-#include "recall.h"
-#include "util.h"
+#include "kernels/blas.h"
+#include "search/recall.h"
+#include "core/util.h"
 
 #include <getopt.h>
 #include <stdio.h>

@@ -7,10 +7,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "sample.h"
-#include "stream.h"
-#include "tokenizer.h"
-#include "util.h"
+#include "io/sample.h"
+#include "io/stream.h"
+#include "text/tokenizer.h"
+#include "core/util.h"
 
 static void usage(FILE *f)
 {

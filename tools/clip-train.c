@@ -13,15 +13,15 @@
 
 #include <jansson.h>
 
-#include "blas.h"
-#include "device.h"
-#include "image.h"
-#include "ops.h"
-#include "recall.h"
-#include "sample.h"
-#include "stream.h"
-#include "train.h"
-#include "util.h"
+#include "kernels/blas.h"
+#include "model/device.h"
+#include "io/image.h"
+#include "kernels/ops.h"
+#include "search/recall.h"
+#include "io/sample.h"
+#include "io/stream.h"
+#include "train/train.h"
+#include "core/util.h"
 
 static void usage(FILE *f)
 {

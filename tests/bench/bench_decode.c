@@ -1,6 +1,6 @@
 /* The decode ceiling for clip-prep: bench_decode [-r REPEATS] FILE...
  * reads the JPEGs into memory, then decodes each with libjpeg(-turbo) on one
- * thread with the settings of lib/image.c's decode_jpeg (and Pillow's):
+ * thread with the settings of lib/io/image.c's decode_jpeg (and Pillow's):
  * jpeg_mem_src, JCS_RGB, default DCT (ISLOW) and fancy upsampling, a fresh
  * decompressor and output buffer per image. Prints "decode IMG_PER_CPU_S
  * IMG_PER_WALL_S N", the best of REPEATS (default 3) passes; the CPU-time
@@ -13,7 +13,7 @@
 
 #include <jpeglib.h>
 
-#include "util.h"
+#include "core/util.h"
 
 typedef struct {
     struct jpeg_error_mgr mgr;

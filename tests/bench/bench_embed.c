@@ -6,10 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "blas.h"
-#include "clip_model.h"
-#include "ops.h"
-#include "util.h"
+#include "kernels/blas.h"
+#include "model/clip_model.h"
+#include "kernels/ops.h"
+#include "core/util.h"
 
 static double sgemm_peak(void)
 {

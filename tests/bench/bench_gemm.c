@@ -14,10 +14,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "blas.h"
-#include "gemm_bf16.h"
-#include "gemm_int8.h"
-#include "util.h"
+#include "kernels/blas.h"
+#include "kernels/gemm_bf16.h"
+#include "kernels/gemm_int8.h"
+#include "core/util.h"
 
 static float *A, *B, *C;
 static qweight *QB; /* B quantised, for the forward rows */

@@ -8,9 +8,9 @@
 #include <string.h>
 #include <sys/resource.h>
 
-#include "blas.h"
-#include "train.h"
-#include "util.h"
+#include "kernels/blas.h"
+#include "train/train.h"
+#include "core/util.h"
 
 static int cmp_double(const void *a, const void *b)
 {

@@ -7,8 +7,8 @@
  *   cc -fsanitize=address,undefined ...  then
  *     fuzz_checkpoint ITERATIONS SEED FILE...   (a built-in mutator over the given files:
  *     byte flips, interesting values, truncation, insertion, deletion, chunk copies) */
-#include "checkpoint.h"
-#include "util.h"
+#include "ckpt/checkpoint.h"
+#include "core/util.h"
 
 #include <stdio.h>
 #include <stdlib.h>

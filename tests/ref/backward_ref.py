@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""PyTorch reference gradients for the C backward passes (lib/vit.c,
-lib/bert.c, lib/resblock.c, lib/ops.c), checked by tests/unit/test_backward.c.
+"""PyTorch reference gradients for the C backward passes (lib/model/vit.c,
+lib/model/bert.c, lib/model/resblock.c, lib/kernels/ops.c), checked by tests/unit/test_backward.c.
 
   backward_ref.py OUTDIR
 
@@ -33,7 +33,7 @@ OUT_DIM = 32
 
 
 def attention_ref(qkv, B, T, C, NH, causal, key_valid):
-    """lib/ops.c attention_forward: a sequence with no valid key is unmasked."""
+    """lib/kernels/ops.c attention_forward: a sequence with no valid key is unmasked."""
     hs = C // NH
     x = qkv.view(B, T, 3, NH, hs).permute(2, 0, 3, 1, 4)  # [3, B, NH, T, hs]
     s = x[0] @ x[1].transpose(-1, -2) / math.sqrt(hs)

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""PyTorch reference for the C model (lib/vit.c, lib/bert.c, lib/clip_text.c,
-lib/clip_model.c): the OpenAI CLIP ViT and text transformer and the Hugging
+"""PyTorch reference for the C model (lib/model/vit.c, lib/model/bert.c, lib/model/clip_text.c,
+lib/model/clip_model.c): the OpenAI CLIP ViT and text transformer and the Hugging
 Face BertModel, written out in plain torch (Debian has no `transformers`).
 
   model_ref.py fixtures OUTDIR   tiny random models in the real checkpoint
@@ -279,7 +279,7 @@ def bert_config(hidden, layers, heads, inter, vocab, max_pos):
 
 
 def seeded_normal(n, std, seed=42):
-    """lib/clip_model.c's fill_normal: splitmix64 + Box-Muller."""
+    """lib/model/clip_model.c's fill_normal: splitmix64 + Box-Muller."""
     M = (1 << 64) - 1
     s, out = seed, np.empty(n, np.float32)
 

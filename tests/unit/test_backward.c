@@ -16,13 +16,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "blas.h"
-#include "checkpoint.h"
-#include "clip_model.h"
-#include "npy.h"
-#include "ops.h"
+#include "kernels/blas.h"
+#include "ckpt/checkpoint.h"
+#include "model/clip_model.h"
+#include "io/npy.h"
+#include "kernels/ops.h"
 #include "unit.h"
-#include "util.h"
+#include "core/util.h"
 
 #define FIX "tests/fixtures/backward/"
 #define RTOL 1e-4

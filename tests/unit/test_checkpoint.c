@@ -1,8 +1,8 @@
 /* Checkpoint loading and saving against tests/fixtures/ckpt (made by
  * tests/ref/make_checkpoints.py with PyTorch), plus hostile inputs. */
-#include "checkpoint.h"
+#include "ckpt/checkpoint.h"
 #include "unit.h"
-#include "util.h"
+#include "core/util.h"
 
 #include <dirent.h>
 #include <jansson.h>

@@ -6,7 +6,7 @@
  *    cpu_set_cap("generic") turns every feature off, "avx512" leaves AVX-512
  *    but neither BF16 nor VNNI; CLIP_CPU does the same in a fresh process
  *    (this test re-runs itself), an unknown value warns and means generic.
- * 2. Every op of lib/ops.c with an AVX-512 variant, under the dispatched cap
+ * 2. Every op of lib/kernels/ops.c with an AVX-512 variant, under the dispatched cap
  *    (CLIP_CPU's) and under "generic": the two agree to a few ulp (libmvec is
  *    within 4 ulp of libm; the sums of LayerNorm change order), and their
  *    bits differ exactly when cpu_has(CPU_AVX512): libmvec and libm round
@@ -24,9 +24,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "ops.h"
+#include "kernels/ops.h"
 #include "unit.h"
-#include "util.h"
+#include "core/util.h"
 
 /* ---- 1. features and caps ---- */
 

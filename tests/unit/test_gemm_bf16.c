@@ -15,10 +15,10 @@
 
 #include <cblas.h>
 
-#include "gemm_bf16.h"
-#include "npy.h"
+#include "kernels/gemm_bf16.h"
+#include "io/npy.h"
 #include "unit.h"
-#include "util.h"
+#include "core/util.h"
 
 #define FIXTURE "tests/fixtures/gemm/"
 

@@ -19,9 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gemm_int8.h"
+#include "kernels/gemm_int8.h"
 #include "unit.h"
-#include "util.h"
+#include "core/util.h"
 
 static double worst_exact, worst_bound;
 

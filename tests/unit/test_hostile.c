@@ -3,11 +3,11 @@
  * refused with an error naming the input and the limit. Buffers under test
  * end at a PROT_NONE guard page, so a read past their end faults even
  * without ASan. */
-#include "npy.h"
-#include "sample.h"
-#include "stream.h"
+#include "io/npy.h"
+#include "io/sample.h"
+#include "io/stream.h"
 #include "unit.h"
-#include "util.h"
+#include "core/util.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,10 +1,10 @@
 /* Pixel parity of the eval preprocessing against the PyTorch/PIL reference
  * (fixtures by tests/ref/prep_ref.py, `make fixtures-prep`), plus decoding
  * errors, the random-resized-crop parameters and annotation parsing. */
-#include "annotations.h"
-#include "image.h"
+#include "io/annotations.h"
+#include "io/image.h"
 #include "unit.h"
-#include "util.h"
+#include "core/util.h"
 
 #include <math.h>
 #include <stdlib.h>

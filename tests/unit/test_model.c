@@ -12,12 +12,12 @@
 
 #include <jansson.h>
 
-#include "checkpoint.h"
-#include "clip_model.h"
-#include "npy.h"
-#include "train.h"
+#include "ckpt/checkpoint.h"
+#include "model/clip_model.h"
+#include "io/npy.h"
+#include "train/train.h"
 #include "unit.h"
-#include "util.h"
+#include "core/util.h"
 
 #define FIX "tests/fixtures/model/"
 

@@ -2,10 +2,10 @@
  * the blocked algorithm equals a brute force on integer-valued data (exact
  * scores, many ties, images without captions) for every block size, and is
  * block-size invariant on continuous data; loading errors name the sample. */
-#include "recall.h"
-#include "stream.h"
+#include "search/recall.h"
+#include "io/stream.h"
 #include "unit.h"
-#include "util.h"
+#include "core/util.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -1,9 +1,9 @@
 /* The stream library: .npy round trips and malformed headers; N samples
  * through a pipe, a file (sequential and random access) and ZeroMQ arrive
  * exactly once (in order for pipes and files); truncation is an error. */
-#include "stream.h"
+#include "io/stream.h"
 #include "unit.h"
-#include "util.h"
+#include "core/util.h"
 
 #include <stdlib.h>
 #include <string.h>

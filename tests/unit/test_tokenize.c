@@ -3,9 +3,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tokenizer.h"
+#include "text/tokenizer.h"
 #include "unit.h"
-#include "util.h"
+#include "core/util.h"
 
 #define VECTORS "tests/fixtures/tokenize/"
 #define VOCAB "share/clip-tools/"

@@ -69,11 +69,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "checkpoint.h"
-#include "stream.h"
-#include "train.h"
+#include "ckpt/checkpoint.h"
+#include "io/stream.h"
+#include "train/train.h"
 #include "unit.h"
-#include "util.h"
+#include "core/util.h"
 
 #define FIX "tests/fixtures/train/"
 #define U32 0x1p-24 /* fp32 unit roundoff */

@@ -1,0 +1,38 @@
+/* A sample: a key and its fields (<key>.<field> members of a tar stream). */
+#ifndef CLIP_SAMPLE_H
+#define CLIP_SAMPLE_H
+
+#include <stddef.h>
+
+#include "io/npy.h"
+
+typedef struct {
+    char *name; /* field name: "img.npy", "json", "tok.npy", ... */
+    unsigned char *data;
+    size_t size;
+} sample_field;
+
+typedef struct {
+    char *key;
+    sample_field *fields;
+    int n, cap;
+} sample;
+
+void sample_init(sample *s);
+void sample_clear(sample *s); /* drop key and fields, keep the allocation */
+void sample_free(sample *s);
+void sample_set_key(sample *s, const char *key);
+
+const sample_field *sample_get(const sample *s, const char *name);
+/* Takes ownership of data (malloc'd); replaces a field of the same name. */
+void sample_set(sample *s, const char *name, void *data, size_t size);
+void sample_set_copy(sample *s, const char *name, const void *data, size_t size);
+/* Encode as .npy and set. */
+void sample_set_npy(sample *s, const char *name, enum npy_dtype t, int ndim, const int64_t *shape,
+                    const void *data);
+
+/* Parse field `name` as .npy. -1 with an error naming the sample when the
+ * field is missing or malformed. */
+int sample_get_npy(const sample *s, const char *name, npy_array *out);
+
+#endif

@@ -1,0 +1,175 @@
+#include "model/clip_text.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/blas.h"
+#include "kernels/ops.h"
+#include "core/util.h"
+
+static void clip_text_layout(const clip_text_config *g, clip_text_params *p, param_table *t);
+
+int clip_text_config_from_ckpt(const ckpt *c, clip_text_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    const ckpt_tensor *tok = ckpt_find(c, "token_embedding.weight");
+    const ckpt_tensor *pos = ckpt_find(c, "positional_embedding");
+    const ckpt_tensor *proj = ckpt_find(c, "text_projection");
+    const ckpt_tensor *fc = ckpt_find(c, "transformer.resblocks.0.mlp.c_fc.weight");
+    if (!tok || !pos || !proj || !fc) {
+        clip_set_error("no CLIP text tower: missing %s",
+                       !tok ? "token_embedding.weight"
+                       : !pos ? "positional_embedding"
+                       : !proj ? "text_projection"
+                               : "transformer.resblocks.0.mlp.c_fc.weight");
+        return -1;
+    }
+    if (tok->ndim != 2 || pos->ndim != 2 || proj->ndim != 2 || fc->ndim != 2) {
+        clip_set_error("CLIP text tower: unexpected tensor rank");
+        return -1;
+    }
+    if (check_range("token_embedding.weight: the vocabulary", tok->shape[0], 1, 1 << 24) ||
+        check_range("token_embedding.weight: the width", tok->shape[1], 64, 1 << 14) ||
+        check_range("positional_embedding: the context length", pos->shape[0], 1, 1 << 16) ||
+        check_range("text_projection: the output dimension", proj->shape[1], 1, 1 << 16) ||
+        check_range("transformer.resblocks.0.mlp.c_fc.weight: the MLP width", fc->shape[0], 1,
+                    1 << 16))
+        return -1;
+    cfg->vocab = (int)tok->shape[0];
+    cfg->width = (int)tok->shape[1];
+    cfg->context = (int)pos->shape[0];
+    cfg->out_dim = (int)proj->shape[1];
+    cfg->mlp = (int)fc->shape[0];
+    if (cfg->width % 64) {
+        clip_set_error("CLIP text tower: width %d is not a multiple of 64", cfg->width);
+        return -1;
+    }
+    cfg->heads = cfg->width / 64;
+    char name[128];
+    for (;;) {
+        snprintf(name, sizeof name, "transformer.resblocks.%d.ln_1.weight", cfg->layers);
+        if (!ckpt_find(c, name)) break;
+        if (++cfg->layers > CLIP_TEXT_MAX_LAYERS) {
+            clip_set_error("CLIP text tower: more than %d layers (transformer.resblocks.N)",
+                           CLIP_TEXT_MAX_LAYERS);
+            return -1;
+        }
+    }
+    /* every tensor the configuration implies, before anything is allocated */
+    clip_text_params p = {0};
+    param_table t = {0};
+    p.blocks = xcalloc(cfg->layers ? cfg->layers : 1, sizeof(resblock_params));
+    clip_text_layout(cfg, &p, &t);
+    int rc = pt_check(&t, c);
+    pt_free(&t);
+    free(p.blocks);
+    return rc;
+}
+
+static void clip_text_layout(const clip_text_config *g, clip_text_params *p, param_table *t)
+{
+    int W = g->width;
+    pt_add(t, &p->pos_emb, "positional_embedding", 2, (int64_t[]){g->context, W});
+    pt_add(t, &p->text_proj, "text_projection", 2, (int64_t[]){W, g->out_dim});
+    for (int i = 0; i < g->layers; i++) {
+        char prefix[64];
+        snprintf(prefix, sizeof prefix, "transformer.resblocks.%d.", i);
+        resblock_layout_params(t, &p->blocks[i], prefix, W, g->mlp);
+    }
+    pt_add(t, &p->token_emb, "token_embedding.weight", 2, (int64_t[]){g->vocab, W});
+    pt_add(t, &p->ln_final_w, "ln_final.weight", 1, (int64_t[]){W});
+    pt_add(t, &p->ln_final_b, "ln_final.bias", 1, (int64_t[]){W});
+}
+
+clip_text *clip_text_create(const clip_text_config *cfg)
+{
+    clip_text *m = xcalloc(1, sizeof *m);
+    m->cfg = *cfg;
+    m->params.blocks = xcalloc(cfg->layers, sizeof(resblock_params));
+    m->acts.blocks = xcalloc(cfg->layers, sizeof(resblock_acts));
+    clip_text_layout(cfg, &m->params, &m->ptable);
+    pt_alloc(&m->ptable);
+    return m;
+}
+
+int clip_text_load(clip_text *m, const ckpt *c)
+{
+    return pt_load(&m->ptable, c, NULL, NULL);
+}
+
+void clip_text_free(clip_text *m)
+{
+    if (!m) return;
+    pt_free(&m->ptable);
+    pt_free(&m->atable);
+    free(m->acts.eot_pos);
+    free(m->params.blocks);
+    free(m->acts.blocks);
+    free(m);
+}
+
+void clip_text_reserve(clip_text *m, int B, int L, int keep_layers)
+{
+    if (m->atable.data && B <= m->act_batch && L <= m->act_len && keep_layers == m->act_keep)
+        return;
+    pt_free(&m->atable);
+    free(m->acts.eot_pos);
+    const clip_text_config *g = &m->cfg;
+    clip_text_acts *a = &m->acts;
+    param_table *t = &m->atable;
+    int64_t W = g->width, N = (int64_t)B * L;
+    a->eot_pos = xmalloc(B * sizeof(int));
+    pt_add(t, &a->emb, "emb", 2, (int64_t[]){N, W});
+    int slots = keep_layers ? g->layers : 1;
+    for (int i = 0; i < slots; i++) resblock_layout_acts(t, &a->blocks[i], B, L, W, g->mlp, g->heads);
+    pt_add(t, &a->eot, "eot", 2, (int64_t[]){B, W});
+    pt_add(t, &a->ln_final, "ln_final", 2, (int64_t[]){B, W});
+    pt_add(t, &a->ln_final_mean, "ln_final_mean", 1, (int64_t[]){B});
+    pt_add(t, &a->ln_final_rstd, "ln_final_rstd", 1, (int64_t[]){B});
+    pt_add(t, &a->out, "out", 2, (int64_t[]){B, g->out_dim});
+    pt_alloc(t);
+    for (int i = slots; i < g->layers; i++) a->blocks[i] = a->blocks[0];
+    m->act_batch = B;
+    m->act_len = L;
+    m->act_keep = keep_layers;
+}
+
+int clip_text_forward(clip_text *m, const int32_t *ids, int B, int L, float *out)
+{
+    const clip_text_config *g = &m->cfg;
+    const clip_text_params *p = &m->params;
+    if (L > g->context) {
+        clip_set_error("text length %d exceeds the CLIP text context of %d", L, g->context);
+        return -1;
+    }
+    if (check_token_ids(ids, B, L, g->vocab)) return -1;
+    clip_text_reserve(m, B, L, m->act_keep);
+    clip_text_acts *a = &m->acts;
+    int W = g->width, N = B * L;
+#pragma omp parallel for schedule(static)
+    for (int bt = 0; bt < N; bt++) {
+        const float *w = p->token_emb + (size_t)ids[bt] * W;
+        const float *pos = p->pos_emb + (size_t)(bt % L) * W;
+        float *dst = a->emb + (size_t)bt * W;
+        for (int j = 0; j < W; j++) dst[j] = w[j] + pos[j];
+    }
+    const float *x = a->emb;
+    for (int l = 0; l < g->layers; l++) {
+        resblock_forward(&p->blocks[l], &a->blocks[l], x, B, L, W, g->mlp, g->heads, 1);
+        x = a->blocks[l].out;
+    }
+    for (int b = 0; b < B; b++) {
+        int e = 0; /* argmax: the first occurrence of the largest id, as torch */
+        for (int t = 1; t < L; t++)
+            if (ids[(size_t)b * L + t] > ids[(size_t)b * L + e]) e = t;
+        a->eot_pos[b] = e;
+        memcpy(a->eot + (size_t)b * W, x + ((size_t)b * L + e) * W, W * sizeof(float));
+    }
+    layernorm_forward(a->ln_final, a->ln_final_mean, a->ln_final_rstd, a->eot, p->ln_final_w,
+                      p->ln_final_b, B, W, 1e-5f);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, g->out_dim, W, 1.0f, a->ln_final, W,
+                p->text_proj, g->out_dim, 0.0f, a->out, g->out_dim);
+    if (out) memcpy(out, a->out, (size_t)B * g->out_dim * sizeof(float));
+    return 0;
+}

@@ -1,0 +1,26 @@
+/* Where an encoder runs during training: a table of the tower operations
+ * the trainer calls. The CPU implementation is the only one in this build;
+ * an accelerator backend (SDAA, CUDA) is one more table that keeps its own
+ * copies of the weights and activations behind the same calls. */
+#ifndef CLIP_DEVICE_H
+#define CLIP_DEVICE_H
+
+#include <stdint.h>
+
+#include "model/bert.h"
+#include "model/vit.h"
+
+typedef struct {
+    const char *name;
+    void (*vit_forward)(vit *m, const uint8_t *pixels, int B, float *out);
+    void (*vit_backward)(vit *m, const float *dout, int B);
+    int (*bert_forward)(bert *m, const int32_t *ids, int B, int L, float *out);
+    void (*bert_backward)(bert *m, const int32_t *ids, const float *dout, int B, int L);
+} clip_device;
+
+/* "cpu"; a known accelerator name ("sdaa", "sdaa:1", "cuda:0") that is not
+ * built in, or anything else, is NULL with an error listing what there is.
+ * `what` names the encoder in the message. */
+const clip_device *device_find(const char *name, const char *what);
+
+#endif

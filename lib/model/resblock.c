@@ -1,0 +1,130 @@
+#include "model/resblock.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "kernels/blas.h"
+#include "kernels/ops.h"
+
+void resblock_layout_params(param_table *t, resblock_params *p, const char *prefix, int C, int F)
+{
+    char n[256];
+#define ADD(field, key, ...)                                                                       \
+    snprintf(n, sizeof n, "%s%s", prefix, key);                                                    \
+    pt_add(t, &p->field, n, sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t),                    \
+           (int64_t[]){__VA_ARGS__})
+    ADD(ln_1_w, "ln_1.weight", C);
+    ADD(ln_1_b, "ln_1.bias", C);
+    ADD(in_proj_w, "attn.in_proj_weight", 3 * C, C);
+    ADD(in_proj_b, "attn.in_proj_bias", 3 * C);
+    ADD(out_proj_w, "attn.out_proj.weight", C, C);
+    ADD(out_proj_b, "attn.out_proj.bias", C);
+    ADD(ln_2_w, "ln_2.weight", C);
+    ADD(ln_2_b, "ln_2.bias", C);
+    ADD(c_fc_w, "mlp.c_fc.weight", F, C);
+    ADD(c_fc_b, "mlp.c_fc.bias", F);
+    ADD(c_proj_w, "mlp.c_proj.weight", C, F);
+    ADD(c_proj_b, "mlp.c_proj.bias", C);
+#undef ADD
+}
+
+static void layout_acts(param_table *t, resblock_acts *a, int B, int T, int C, int F, int NH,
+                        int with_shared)
+{
+    int64_t N = (int64_t)B * T;
+    if (with_shared) pt_add(t, &a->ln_1, "ln_1", 2, (int64_t[]){N, C});
+    pt_add(t, &a->ln_1_mean, "ln_1_mean", 1, (int64_t[]){N});
+    pt_add(t, &a->ln_1_rstd, "ln_1_rstd", 1, (int64_t[]){N});
+    pt_add(t, &a->qkv, "qkv", 2, (int64_t[]){N, 3 * C});
+    if (with_shared) pt_add(t, &a->att, "att", 4, (int64_t[]){B, NH, T, T});
+    pt_add(t, &a->atty, "atty", 2, (int64_t[]){N, C});
+    pt_add(t, &a->res_1, "res_1", 2, (int64_t[]){N, C});
+    if (with_shared) pt_add(t, &a->ln_2, "ln_2", 2, (int64_t[]){N, C});
+    pt_add(t, &a->ln_2_mean, "ln_2_mean", 1, (int64_t[]){N});
+    pt_add(t, &a->ln_2_rstd, "ln_2_rstd", 1, (int64_t[]){N});
+    pt_add(t, &a->fc, "fc", 2, (int64_t[]){N, F});
+    if (with_shared) pt_add(t, &a->fc_act, "fc_act", 2, (int64_t[]){N, F});
+    pt_add(t, &a->out, "out", 2, (int64_t[]){N, C});
+}
+
+void resblock_layout_acts(param_table *t, resblock_acts *a, int B, int T, int C, int F, int NH)
+{
+    layout_acts(t, a, B, T, C, F, NH, 1);
+}
+
+void resblock_layout_acts_kept(param_table *t, resblock_acts *a, int B, int T, int C, int F, int NH)
+{
+    layout_acts(t, a, B, T, C, F, NH, 0);
+}
+
+void resblock_forward(const resblock_params *p, resblock_acts *a, const float *inp, int B, int T,
+                      int C, int F, int NH, int causal)
+{
+    int N = B * T;
+    layernorm_forward(a->ln_1, a->ln_1_mean, a->ln_1_rstd, inp, p->ln_1_w, p->ln_1_b, N, C, 1e-5f);
+    matmul_forward(a->qkv, 3 * C, a->ln_1, p->in_proj_w, p->in_proj_b, N, C, 3 * C);
+    attention_forward(a->atty, a->att, a->qkv, NULL, causal, B, T, C, NH);
+    matmul_residual_forward(a->res_1, a->atty, p->out_proj_w, p->out_proj_b, inp, N, C, C);
+    layernorm_forward(a->ln_2, a->ln_2_mean, a->ln_2_rstd, a->res_1, p->ln_2_w, p->ln_2_b, N, C,
+                      1e-5f);
+    matmul_forward(a->fc, F, a->ln_2, p->c_fc_w, p->c_fc_b, N, C, F);
+    quickgelu_forward(a->fc_act, a->fc, (size_t)N * F);
+    /* inp may alias a->out when activations are shared between layers
+     * (inference): it is no longer read past this point */
+    matmul_residual_forward(a->out, a->fc_act, p->c_proj_w, p->c_proj_b, a->res_1, N, F, C);
+}
+
+void resblock_layout_dacts(param_table *t, resblock_dacts *d, int B, int T, int C, int F, int NH)
+{
+    int64_t N = (int64_t)B * T;
+    pt_add(t, &d->dres, "dres", 2, (int64_t[]){N, C});
+    pt_add(t, &d->dln, "dln", 2, (int64_t[]){N, C});
+    pt_add(t, &d->datty, "datty", 2, (int64_t[]){N, C});
+    pt_add(t, &d->dqkv, "dqkv", 2, (int64_t[]){N, 3 * C});
+    pt_add(t, &d->datt, "datt", 4, (int64_t[]){B, NH, T, T});
+    pt_add(t, &d->dfc_act, "dfc_act", 2, (int64_t[]){N, F});
+    pt_add(t, &d->dfc, "dfc", 2, (int64_t[]){N, F});
+}
+
+void resblock_backward(const resblock_params *p, resblock_params *g, const resblock_acts *a,
+                       resblock_dacts *d, float *dinp, const float *dout, const float *inp, int B,
+                       int T, int C, int F, int NH, int causal)
+{
+#define G(f) (g ? g->f : NULL)
+    size_t N = (size_t)B * T;
+    float *dx = dinp;
+    if (dinp != dout) {
+        dx = d->dres;
+        memcpy(dx, dout, N * C * sizeof(float));
+    }
+    /* the shared slots hold another block's values: recompute this one's */
+    layernorm_forward(a->ln_2, a->ln_2_mean, a->ln_2_rstd, a->res_1, p->ln_2_w, p->ln_2_b, N, C,
+                      1e-5f);
+    quickgelu_forward(a->fc_act, a->fc, N * F);
+    zero_floats(d->dfc_act, N * F);
+    zero_floats(d->dfc, N * F);
+    zero_floats(d->dln, N * C);
+    zero_floats(d->datty, N * C);
+    zero_floats(d->dqkv, N * 3 * C);
+    /* out = res_1 + c_proj(quickgelu(c_fc(ln_2(res_1)))); dx: d(out) -> d(res_1) */
+    matmul_backward(d->dfc_act, G(c_proj_w), G(c_proj_b), dx, C, a->fc_act, p->c_proj_w, N, F, C);
+    quickgelu_backward(d->dfc, a->fc, d->dfc_act, N * F);
+    matmul_backward(d->dln, G(c_fc_w), G(c_fc_b), d->dfc, F, a->ln_2, p->c_fc_w, N, C, F);
+    layernorm_backward(dx, G(ln_2_w), G(ln_2_b), d->dln, a->res_1, p->ln_2_w, a->ln_2_mean,
+                       a->ln_2_rstd, N, C);
+    /* res_1 = inp + out_proj(attn(in_proj(ln_1(inp)))); dx: d(res_1) -> d(inp) */
+    matmul_backward(d->datty, G(out_proj_w), G(out_proj_b), dx, C, a->atty, p->out_proj_w, N, C, C);
+    attention_forward(a->atty, a->att, a->qkv, NULL, causal, B, T, C, NH);
+    attention_backward(d->dqkv, d->datt, d->datty, a->qkv, a->att, B, T, C, NH);
+    zero_floats(d->dln, N * C);
+    layernorm_forward(a->ln_1, a->ln_1_mean, a->ln_1_rstd, inp, p->ln_1_w, p->ln_1_b, N, C, 1e-5f);
+    matmul_backward(d->dln, G(in_proj_w), G(in_proj_b), d->dqkv, 3 * C, a->ln_1, p->in_proj_w, N, C,
+                    3 * C);
+    layernorm_backward(dx, G(ln_1_w), G(ln_1_b), d->dln, inp, p->ln_1_w, a->ln_1_mean, a->ln_1_rstd,
+                       N, C);
+    if (dx != dinp) {
+#pragma omp parallel for simd schedule(static)
+        for (size_t i = 0; i < N * C; i++) dinp[i] += dx[i];
+    }
+#undef G
+}

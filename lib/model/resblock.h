@@ -1,0 +1,68 @@
+/* OpenAI CLIP's ResidualAttentionBlock (pre-LN, QuickGELU), shared by the
+ * ViT image tower and the English text transformer:
+ *   x = x + out_proj(attn(ln_1(x)));  x = x + c_proj(quickgelu(c_fc(ln_2(x)))) */
+#ifndef CLIP_RESBLOCK_H
+#define CLIP_RESBLOCK_H
+
+#include <stdint.h>
+
+#include "ckpt/param_table.h"
+
+typedef struct {
+    float *ln_1_w, *ln_1_b;
+    float *in_proj_w, *in_proj_b;   /* [3C, C], [3C] */
+    float *out_proj_w, *out_proj_b; /* [C, C], [C] */
+    float *ln_2_w, *ln_2_b;
+    float *c_fc_w, *c_fc_b;         /* [F, C], [F] */
+    float *c_proj_w, *c_proj_b;     /* [C, F], [C] */
+} resblock_params;
+
+/* What one block's forward keeps for its backward (N = B*T rows). */
+typedef struct {
+    float *ln_1, *ln_1_mean, *ln_1_rstd; /* [N, C], [N], [N]; ln_1, att, ln_2 and */
+    float *qkv;                          /* [N, 3C] */
+    float *att;                          /* [B, NH, T, T]  fc_act may be shared */
+    float *atty;                         /* [N, C] heads before out_proj */
+    float *res_1;                        /* [N, C] x + attention */
+    float *ln_2, *ln_2_mean, *ln_2_rstd;
+    float *fc;                           /* [N, F] before QuickGELU */
+    float *fc_act;                       /* [N, F]; may be a slot shared between blocks */
+    float *out;                          /* [N, C] the block's output */
+} resblock_acts;
+
+/* Backward scratch: one slot, reused by every block of a tower. */
+typedef struct {
+    float *dres;          /* [N, C] the residual stream when dinp != dout */
+    float *dln;           /* [N, C] gradient of ln_2, then of ln_1 */
+    float *datty;         /* [N, C] */
+    float *dqkv;          /* [N, 3C] */
+    float *datt;          /* [B, NH, T, T] */
+    float *dfc_act, *dfc; /* [N, F] after / before QuickGELU */
+} resblock_dacts;
+
+/* Parameters in checkpoint key order, names `prefix` + "ln_1.weight" etc. */
+void resblock_layout_params(param_table *t, resblock_params *p, const char *prefix, int C, int F);
+void resblock_layout_acts(param_table *t, resblock_acts *a, int B, int T, int C, int F, int NH);
+/* The same without ln_1, att, ln_2 and fc_act, for blocks whose activations
+ * are kept for training: the caller points those at one shared slot (block
+ * 0's), which resblock_backward recomputes from what each block keeps
+ * (saves 3 N*C + N*F + B*NH*T*T floats per block; ~1/3 of ViT-B/16's). */
+void resblock_layout_acts_kept(param_table *t, resblock_acts *a, int B, int T, int C, int F, int NH);
+
+void resblock_forward(const resblock_params *p, resblock_acts *a, const float *inp, int B, int T,
+                      int C, int F, int NH, int causal);
+void resblock_layout_dacts(param_table *t, resblock_dacts *d, int B, int T, int C, int F, int NH);
+
+/* Backward of resblock_forward, right after it (a: that block's kept
+ * activations, inp: its input). dout: gradient w.r.t. the block's output.
+ * Accumulates the parameter gradients into g (NULL: none). dinp == dout is
+ * the intended use: the buffer holding the residual stream's gradient is
+ * updated in place from d(out) to d(inp) (overwritten, not accumulated).
+ * Otherwise dinp += d(inp) and dout is left unchanged. d is scratch (zeroed
+ * here as needed); a->ln_1, att, atty, ln_2 and fc_act are recomputed (the
+ * same values: causal as in the forward). */
+void resblock_backward(const resblock_params *p, resblock_params *g, const resblock_acts *a,
+                       resblock_dacts *d, float *dinp, const float *dout, const float *inp, int B,
+                       int T, int C, int F, int NH, int causal);
+
+#endif

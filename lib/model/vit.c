@@ -1,0 +1,319 @@
+#include "model/vit.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/blas.h"
+#include "kernels/ops.h"
+#include "core/util.h"
+
+
+static const float clip_mean[3] = {0.48145466f, 0.4578275f, 0.40821073f};
+static const float clip_std[3] = {0.26862954f, 0.26130258f, 0.27577711f};
+
+int vit_config_from_ckpt(const ckpt *c, int heads, vit_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    const ckpt_tensor *conv = ckpt_find(c, "visual.conv1.weight");
+    const ckpt_tensor *pos = ckpt_find(c, "visual.positional_embedding");
+    const ckpt_tensor *proj = ckpt_find(c, "visual.proj");
+    const ckpt_tensor *fc = ckpt_find(c, "visual.transformer.resblocks.0.mlp.c_fc.weight");
+    if (!conv || !pos || !proj || !fc) {
+        clip_set_error("no ViT image tower: missing %s",
+                       !conv ? "visual.conv1.weight"
+                       : !pos ? "visual.positional_embedding"
+                       : !proj ? "visual.proj"
+                               : "visual.transformer.resblocks.0.mlp.c_fc.weight");
+        return -1;
+    }
+    if (conv->ndim != 4 || conv->shape[1] != 3 || conv->shape[2] != conv->shape[3] ||
+        pos->ndim != 2 || proj->ndim != 2 || fc->ndim != 2) {
+        clip_set_error("visual.conv1.weight, visual.positional_embedding or visual.proj has an "
+                       "unexpected shape");
+        return -1;
+    }
+    /* bounds far above any CLIP (ViT-bigG: width 1664, 48 layers, 257 tokens)
+     * that keep every size product in range; tokens at most 1 + 64^2, since
+     * attention holds tokens^2 scores per head and image */
+    if (check_range("visual.conv1.weight: the width", conv->shape[0], 64, 1 << 14) ||
+        check_range("visual.conv1.weight: the patch size", conv->shape[2], 1, 1024) ||
+        check_range("visual.positional_embedding: the token count", pos->shape[0], 2, 4097) ||
+        check_range("visual.proj: the output dimension", proj->shape[1], 1, 1 << 16) ||
+        check_range("visual.transformer.resblocks.0.mlp.c_fc.weight: the MLP width", fc->shape[0],
+                    1, 1 << 16))
+        return -1;
+    cfg->width = (int)conv->shape[0];
+    cfg->patch = (int)conv->shape[2];
+    cfg->tokens = (int)pos->shape[0];
+    cfg->grid = (int)lround(sqrt((double)(cfg->tokens - 1)));
+    if (cfg->grid * cfg->grid + 1 != cfg->tokens || pos->shape[1] != cfg->width) {
+        clip_set_error("visual.positional_embedding: shape [%lld, %lld] does not fit a square grid "
+                       "of width %d",
+                       (long long)pos->shape[0], (long long)pos->shape[1], cfg->width);
+        return -1;
+    }
+    cfg->resolution = cfg->grid * cfg->patch;
+    cfg->mlp = (int)fc->shape[0];
+    cfg->out_dim = (int)proj->shape[1];
+    if (heads) {
+        if (heads < 0 || cfg->width % heads) {
+            clip_set_error("visual: the recorded head count %d does not divide the width %d (a "
+                           "damaged clip_config record?)", heads, cfg->width);
+            return -1;
+        }
+        cfg->heads = heads;
+    } else if (cfg->width % 64) {
+        clip_set_error("visual: width %d is not a multiple of 64 (heads = width / 64)", cfg->width);
+        return -1;
+    } else {
+        cfg->heads = cfg->width / 64;
+    }
+    char name[128];
+    for (;;) {
+        snprintf(name, sizeof name, "visual.transformer.resblocks.%d.ln_1.weight", cfg->layers);
+        if (!ckpt_find(c, name)) break;
+        if (++cfg->layers > VIT_MAX_LAYERS) {
+            clip_set_error("visual: more than %d layers (visual.transformer.resblocks.N)",
+                           VIT_MAX_LAYERS);
+            return -1;
+        }
+    }
+    return vit_check_ckpt(cfg, c);
+}
+
+static void vit_layout(const vit_config *g, vit_params *p, param_table *t)
+{
+    int W = g->width, P = g->patch;
+    pt_add(t, &p->class_emb, "visual.class_embedding", 1, (int64_t[]){W});
+    pt_add(t, &p->pos_emb, "visual.positional_embedding", 2, (int64_t[]){g->tokens, W});
+    pt_add(t, &p->proj, "visual.proj", 2, (int64_t[]){W, g->out_dim});
+    pt_add(t, &p->conv1_w, "visual.conv1.weight", 4, (int64_t[]){W, 3, P, P});
+    pt_add(t, &p->ln_pre_w, "visual.ln_pre.weight", 1, (int64_t[]){W});
+    pt_add(t, &p->ln_pre_b, "visual.ln_pre.bias", 1, (int64_t[]){W});
+    for (int i = 0; i < g->layers; i++) {
+        char prefix[64];
+        snprintf(prefix, sizeof prefix, "visual.transformer.resblocks.%d.", i);
+        resblock_layout_params(t, &p->blocks[i], prefix, W, g->mlp);
+    }
+    pt_add(t, &p->ln_post_w, "visual.ln_post.weight", 1, (int64_t[]){W});
+    pt_add(t, &p->ln_post_b, "visual.ln_post.bias", 1, (int64_t[]){W});
+}
+
+int vit_check_ckpt(const vit_config *cfg, const ckpt *c)
+{
+    vit_params p = {0};
+    param_table t = {0};
+    p.blocks = xcalloc(cfg->layers ? cfg->layers : 1, sizeof(resblock_params));
+    vit_layout(cfg, &p, &t);
+    int rc = pt_check(&t, c);
+    pt_free(&t);
+    free(p.blocks);
+    return rc;
+}
+
+vit *vit_create(const vit_config *cfg)
+{
+    vit *m = xcalloc(1, sizeof *m);
+    m->cfg = *cfg;
+    m->params.blocks = xcalloc(cfg->layers, sizeof(resblock_params));
+    m->acts.blocks = xcalloc(cfg->layers, sizeof(resblock_acts));
+    vit_layout(cfg, &m->params, &m->ptable);
+    pt_alloc(&m->ptable);
+    return m;
+}
+
+int vit_load(vit *m, const ckpt *c)
+{
+    return pt_load(&m->ptable, c, NULL, NULL);
+}
+
+void vit_free(vit *m)
+{
+    if (!m) return;
+    pt_free(&m->ptable);
+    pt_free(&m->atable);
+    pt_free(&m->gtable);
+    pt_free(&m->dtable);
+    free(m->params.blocks);
+    free(m->grads.blocks);
+    free(m->acts.blocks);
+    free(m);
+}
+
+void vit_reserve(vit *m, int B, int keep_layers)
+{
+    if (m->atable.data && B <= m->act_batch && keep_layers == m->act_keep) return;
+    pt_free(&m->atable);
+    const vit_config *g = &m->cfg;
+    vit_acts *a = &m->acts;
+    param_table *t = &m->atable;
+    int64_t W = g->width, NP = (int64_t)B * g->grid * g->grid, N = (int64_t)B * g->tokens;
+    pt_add(t, &a->patches, "patches", 2, (int64_t[]){NP, 3 * g->patch * g->patch});
+    pt_add(t, &a->patch_emb, "patch_emb", 2, (int64_t[]){NP, W});
+    pt_add(t, &a->emb, "emb", 2, (int64_t[]){N, W});
+    pt_add(t, &a->ln_pre, "ln_pre", 2, (int64_t[]){N, W});
+    pt_add(t, &a->ln_pre_mean, "ln_pre_mean", 1, (int64_t[]){N});
+    pt_add(t, &a->ln_pre_rstd, "ln_pre_rstd", 1, (int64_t[]){N});
+    int slots = keep_layers ? g->layers : 1;
+    /* kept blocks share block 0's ln_1, att, ln_2 and fc_act (recomputed by the backward) */
+    for (int i = 0; i < slots; i++)
+        (i ? resblock_layout_acts_kept : resblock_layout_acts)(t, &a->blocks[i], B, g->tokens,
+                                                               g->width, g->mlp, g->heads);
+    pt_add(t, &a->cls, "cls", 2, (int64_t[]){B, W});
+    pt_add(t, &a->ln_post, "ln_post", 2, (int64_t[]){B, W});
+    pt_add(t, &a->ln_post_mean, "ln_post_mean", 1, (int64_t[]){B});
+    pt_add(t, &a->ln_post_rstd, "ln_post_rstd", 1, (int64_t[]){B});
+    pt_add(t, &a->out, "out", 2, (int64_t[]){B, g->out_dim});
+    pt_alloc(t);
+    for (int i = 1; i < slots; i++) {
+        resblock_acts *b = &a->blocks[i], *b0 = &a->blocks[0];
+        b->ln_1 = b0->ln_1, b->att = b0->att, b->ln_2 = b0->ln_2, b->fc_act = b0->fc_act;
+    }
+    for (int i = slots; i < g->layers; i++) a->blocks[i] = a->blocks[0];
+    m->act_batch = B;
+    m->act_keep = keep_layers;
+}
+
+/* uint8 HWC pixels -> normalised patches, one row per patch in the
+ * (channel, y, x) order of conv1's weight. */
+static void im2col_normalize(float *patches, const uint8_t *pixels, int B, int G, int P)
+{
+    int R = G * P, K = 3 * P * P;
+    float scale[3], shift[3];
+    for (int ch = 0; ch < 3; ch++) {
+        scale[ch] = 1.0f / (255.0f * clip_std[ch]);
+        shift[ch] = -clip_mean[ch] / clip_std[ch];
+    }
+#pragma omp parallel for schedule(static)
+    for (int bp = 0; bp < B * G * G; bp++) {
+        int b = bp / (G * G), gy = bp / G % G, gx = bp % G;
+        float *row = patches + (size_t)bp * K;
+        for (int y = 0; y < P; y++) {
+            const uint8_t *src = pixels + (((size_t)b * R + gy * P + y) * R + gx * P) * 3;
+            for (int x = 0; x < P; x++)
+                for (int ch = 0; ch < 3; ch++)
+                    row[(ch * P + y) * P + x] = src[x * 3 + ch] * scale[ch] + shift[ch];
+        }
+    }
+}
+
+void vit_forward(vit *m, const uint8_t *pixels, int B, float *out)
+{
+    const vit_config *g = &m->cfg;
+    const vit_params *p = &m->params;
+    vit_reserve(m, B, m->act_keep);
+    vit_acts *a = &m->acts;
+    int W = g->width, T = g->tokens, GG = g->grid * g->grid, N = B * T;
+
+    im2col_normalize(a->patches, pixels, B, g->grid, g->patch);
+    matmul_forward(a->patch_emb, W, a->patches, p->conv1_w, NULL, B * GG, 3 * g->patch * g->patch, W);
+#pragma omp parallel for schedule(static)
+    for (int bt = 0; bt < N; bt++) {
+        int b = bt / T, t = bt % T;
+        const float *src = t ? a->patch_emb + ((size_t)b * GG + t - 1) * W : p->class_emb;
+        const float *pos = p->pos_emb + (size_t)t * W;
+        float *dst = a->emb + (size_t)bt * W;
+        for (int j = 0; j < W; j++) dst[j] = src[j] + pos[j];
+    }
+    layernorm_forward(a->ln_pre, a->ln_pre_mean, a->ln_pre_rstd, a->emb, p->ln_pre_w, p->ln_pre_b, N,
+                      W, 1e-5f);
+
+    const float *x = a->ln_pre;
+    for (int l = 0; l < g->layers; l++) {
+        resblock_forward(&p->blocks[l], &a->blocks[l], x, B, T, W, g->mlp, g->heads, 0);
+        x = a->blocks[l].out;
+    }
+    for (int b = 0; b < B; b++) memcpy(a->cls + (size_t)b * W, x + (size_t)b * T * W, W * sizeof(float));
+    layernorm_forward(a->ln_post, a->ln_post_mean, a->ln_post_rstd, a->cls, p->ln_post_w,
+                      p->ln_post_b, B, W, 1e-5f);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, g->out_dim, W, 1.0f, a->ln_post, W,
+                p->proj, g->out_dim, 0.0f, a->out, g->out_dim);
+    if (out) memcpy(out, a->out, (size_t)B * g->out_dim * sizeof(float));
+}
+
+static void vit_reserve_dacts(vit *m, int B)
+{
+    if (m->dtable.data && B <= m->dact_batch) return;
+    pt_free(&m->dtable);
+    const vit_config *g = &m->cfg;
+    param_table *t = &m->dtable;
+    resblock_layout_dacts(t, &m->dacts, B, g->tokens, g->width, g->mlp, g->heads);
+    pt_add(t, &m->dx, "dx", 2, (int64_t[]){(int64_t)B * g->tokens, g->width});
+    pt_add(t, &m->dln_post, "dln_post", 2, (int64_t[]){B, g->width});
+    pt_add(t, &m->dcls, "dcls", 2, (int64_t[]){B, g->width});
+    pt_alloc(t);
+    m->dact_batch = B;
+}
+
+void vit_alloc_grads(vit *m)
+{
+    if (!m->gtable.data) {
+        m->grads.blocks = xcalloc(m->cfg.layers, sizeof(resblock_params));
+        vit_layout(&m->cfg, &m->grads, &m->gtable);
+        pt_alloc(&m->gtable);
+    }
+    if (m->act_batch) vit_reserve_dacts(m, m->act_batch);
+}
+
+void vit_backward(vit *m, const float *dout, int B)
+{
+    const vit_config *g = &m->cfg;
+    const vit_params *p = &m->params;
+    const vit_acts *a = &m->acts;
+    if (!m->act_keep || !m->atable.data || B > m->act_batch)
+        die("vit_backward: no activations kept for batch %d (vit_reserve(m, B, 1) before the "
+            "forward)", B);
+    vit_alloc_grads(m);
+    vit_reserve_dacts(m, B);
+    vit_params *gr = &m->grads;
+    int W = g->width, T = g->tokens, D = g->out_dim, GG = g->grid * g->grid, N = B * T;
+    int K = 3 * g->patch * g->patch;
+
+    /* out = ln_post(cls) @ proj */
+    double t0 = now_seconds();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, W, D, 1.0f, dout, D, p->proj, D, 0.0f,
+                m->dln_post, W);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, W, D, B, 1.0f, a->ln_post, W, dout, D, 1.0f,
+                gr->proj, D);
+    op_prof.gemm += now_seconds() - t0;
+    memset(m->dcls, 0, (size_t)B * W * sizeof(float));
+    layernorm_backward(m->dcls, gr->ln_post_w, gr->ln_post_b, m->dln_post, a->cls, p->ln_post_w,
+                       a->ln_post_mean, a->ln_post_rstd, B, W);
+    zero_floats(m->dx, (size_t)N * W);
+    for (int b = 0; b < B; b++)
+        memcpy(m->dx + (size_t)b * T * W, m->dcls + (size_t)b * W, W * sizeof(float));
+
+    for (int l = g->layers - 1; l >= 0; l--) {
+        const float *inp = l ? a->blocks[l - 1].out : a->ln_pre;
+        resblock_backward(&p->blocks[l], &gr->blocks[l], &a->blocks[l], &m->dacts, m->dx, m->dx, inp,
+                          B, T, W, g->mlp, g->heads, 0);
+    }
+
+    /* emb = [class | patches] + positions; ln_pre = LN(emb) */
+    float *demb = m->dacts.dln, *dpatch = m->dacts.datty; /* free again: [N, W] each */
+    zero_floats(demb, (size_t)N * W);
+    layernorm_backward(demb, gr->ln_pre_w, gr->ln_pre_b, m->dx, a->emb, p->ln_pre_w, a->ln_pre_mean,
+                       a->ln_pre_rstd, N, W);
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        float *dpos = gr->pos_emb + (size_t)t * W;
+        for (int b = 0; b < B; b++) {
+            const float *src = demb + ((size_t)b * T + t) * W;
+            for (int j = 0; j < W; j++) dpos[j] += src[j];
+            if (t == 0)
+                for (int j = 0; j < W; j++) gr->class_emb[j] += src[j];
+            else
+                memcpy(dpatch + ((size_t)b * GG + t - 1) * W, src, W * sizeof(float));
+        }
+    }
+    matmul_backward(NULL, gr->conv1_w, NULL, dpatch, W, a->patches, p->conv1_w, B * GG, K, W);
+}
+
+double vit_forward_flops(const vit_config *g)
+{
+    double T = g->tokens, W = g->width, F = g->mlp, P = g->patch;
+    return g->layers * (T * 2 * (4 * W * W + 2 * W * F) + 4 * T * T * W) +
+           2.0 * g->grid * g->grid * 3 * P * P * W;
+}

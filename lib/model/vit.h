@@ -1,0 +1,93 @@
+/* The image tower: OpenAI CLIP VisionTransformer (keys under `visual.`).
+ * Configuration is inferred from the checkpoint's tensor shapes. */
+#ifndef CLIP_VIT_H
+#define CLIP_VIT_H
+
+#include <stdint.h>
+
+#include "ckpt/checkpoint.h"
+#include "ckpt/param_table.h"
+#include "model/resblock.h"
+
+typedef struct {
+    int width, layers, heads, mlp; /* heads: width / 64 unless recorded; mlp = 4 * width */
+    int patch, grid, resolution;   /* resolution = grid * patch pixels */
+    int tokens;                    /* 1 + grid^2 */
+    int out_dim;                   /* proj [width, out_dim] */
+} vit_config;
+
+typedef struct {
+    float *conv1_w;   /* [W, 3, P, P] used as [W, 3*P*P] */
+    float *class_emb; /* [W] */
+    float *pos_emb;   /* [T, W] */
+    float *ln_pre_w, *ln_pre_b;
+    resblock_params *blocks;
+    float *ln_post_w, *ln_post_b;
+    float *proj; /* [W, D] */
+} vit_params;
+
+typedef struct {
+    float *patches;   /* [B*G*G, 3*P*P] normalised pixels, im2col */
+    float *patch_emb; /* [B*G*G, W] */
+    float *emb;       /* [B*T, W] class + patches + positions */
+    float *ln_pre, *ln_pre_mean, *ln_pre_rstd;
+    resblock_acts *blocks; /* all alias one slot unless kept for training */
+    float *cls;            /* [B, W] the last block's class tokens */
+    float *ln_post, *ln_post_mean, *ln_post_rstd;
+    float *out; /* [B, D] */
+} vit_acts;
+
+typedef struct {
+    vit_config cfg;
+    vit_params params;
+    param_table ptable;
+    vit_acts acts;
+    param_table atable;
+    int act_batch, act_keep; /* what the activations are sized for */
+    /* training (vit_alloc_grads): gradients in the parameters' layout, and
+     * one block's worth of backward scratch sized for dact_batch */
+    vit_params grads;
+    param_table gtable;
+    resblock_dacts dacts;
+    float *dx;              /* [B*T, W] gradient of the residual stream */
+    float *dln_post, *dcls; /* [B, W] */
+    param_table dtable;
+    int dact_batch;
+} vit;
+
+#define VIT_MAX_LAYERS 1024
+
+/* Config from the shapes of `visual.*`. heads: the head count the checkpoint
+ * records (clip-train's clip_config metadata), or 0 when it records none:
+ * then width / 64, OpenAI's rule. 0, or -1 with an error if `visual.*` is
+ * absent or inconsistent (sizes in range, heads dividing the width, every
+ * tensor the configuration implies present with its shape: vit_check_ckpt),
+ * before anything is allocated. */
+int vit_config_from_ckpt(const ckpt *c, int heads, vit_config *cfg);
+int vit_check_ckpt(const vit_config *cfg, const ckpt *c);
+vit *vit_create(const vit_config *cfg);
+int vit_load(vit *m, const ckpt *c);
+void vit_free(vit *m);
+
+/* Size the activations for batch B; keep_layers keeps every block's
+ * activations (training) instead of reusing one slot. */
+void vit_reserve(vit *m, int B, int keep_layers);
+
+/* pixels: uint8 [B, R, R, 3] (R = cfg.resolution), normalised with CLIP's
+ * mean/std here. out: [B, out_dim] unnormalised features. */
+void vit_forward(vit *m, const uint8_t *pixels, int B, float *out);
+
+/* Allocate (zeroed) the gradients, and the backward scratch for the batch
+ * the activations are reserved for; does nothing the second time. */
+void vit_alloc_grads(vit *m);
+/* Backward of the vit_forward just run on the same batch, with activations
+ * kept (vit_reserve(m, B, 1) before the forward). dout: [B, out_dim]
+ * gradient w.r.t. the unnormalised output. Accumulates into m->grads (zero
+ * m->gtable.data between steps). No gradient w.r.t. the pixels. */
+void vit_backward(vit *m, const float *dout, int B);
+
+/* Multiply-add FLOPs (2 per MAC) of one image's forward pass: the GEMMs
+ * and attention products, for benchmarks. */
+double vit_forward_flops(const vit_config *cfg);
+
+#endif

@@ -1,0 +1,283 @@
+#include "search/recall.h"
+#include "io/stream.h"
+#include "core/util.h"
+
+#include <cblas.h>
+#include <limits.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- loading ---- */
+
+/* Checks finiteness, then scales v[dim] to unit length. */
+static int normalize(float *v, int dim, const char *key, const char *field, int64_t row)
+{
+    double ss = 0;
+    for (int k = 0; k < dim; k++) {
+        if (!isfinite(v[k])) {
+            clip_set_error("sample %s: %s row %lld has a non-finite value", key, field,
+                           (long long)row);
+            return -1;
+        }
+        ss += (double)v[k] * v[k];
+    }
+    if (ss == 0) {
+        clip_set_error("sample %s: %s row %lld is a zero vector", key, field, (long long)row);
+        return -1;
+    }
+    float inv = (float)(1.0 / sqrt(ss));
+    for (int k = 0; k < dim; k++) v[k] *= inv;
+    return 0;
+}
+
+static int check_f32(const npy_array *a, const char *key, const char *field, int ndim)
+{
+    if (a->dtype != NPY_F32 || a->ndim != ndim) {
+        clip_set_error("sample %s: %s must be float32 with %d dimension%s, got %s with %d", key,
+                       field, ndim, ndim > 1 ? "s" : "", npy_dtype_name(a->dtype), a->ndim);
+        return -1;
+    }
+    return 0;
+}
+
+/* Appends the sample's vectors to set (capacities in rows). */
+static int add_sample(recall_set *set, const sample *s, int64_t *img_cap, int64_t *txt_cap)
+{
+    const char *key = s->key ? s->key : "?";
+    npy_array img, txt;
+    if (sample_get_npy(s, "img_emb.npy", &img) || check_f32(&img, key, "img_emb.npy", 1)) return -1;
+    if (sample_get_npy(s, "txt_emb.npy", &txt) || check_f32(&txt, key, "txt_emb.npy", 2)) return -1;
+    if (set->n_images == 0) {
+        if (img.shape[0] < 1 || img.shape[0] > 65536) {
+            clip_set_error("sample %s: img_emb.npy has dimension %lld", key,
+                           (long long)img.shape[0]);
+            return -1;
+        }
+        set->dim = (int)img.shape[0];
+    }
+    int dim = set->dim;
+    if (img.shape[0] != dim || txt.shape[1] != dim) {
+        clip_set_error("sample %s: embedding dimension %lld (img_emb.npy) / %lld (txt_emb.npy), "
+                       "expected %d as in the first sample",
+                       key, (long long)img.shape[0], (long long)txt.shape[1], dim);
+        return -1;
+    }
+    int64_t n_cap = txt.shape[0];
+    if (set->n_images + 1 >= INT_MAX || set->n_texts + n_cap >= INT_MAX) {
+        clip_set_error("sample %s: more than %d images or captions", key, INT_MAX - 1);
+        return -1;
+    }
+    if (set->n_images == *img_cap) {
+        *img_cap = *img_cap ? 2 * *img_cap : 1024;
+        set->img = xrealloc(set->img, *img_cap * dim * sizeof(float));
+        set->txt_off = xrealloc(set->txt_off, (*img_cap + 1) * sizeof(int64_t));
+    }
+    while (set->n_texts + n_cap > *txt_cap) {
+        *txt_cap = *txt_cap ? 2 * *txt_cap : 4096;
+        set->txt = xrealloc(set->txt, *txt_cap * dim * sizeof(float));
+    }
+    float *iv = set->img + set->n_images * dim;
+    float *tv = set->txt + set->n_texts * dim;
+    memcpy(iv, img.data, dim * sizeof(float)); /* npy data need not be aligned */
+    memcpy(tv, txt.data, n_cap * dim * sizeof(float));
+    if (normalize(iv, dim, key, "img_emb.npy", 0)) return -1;
+    for (int64_t r = 0; r < n_cap; r++)
+        if (normalize(tv + r * dim, dim, key, "txt_emb.npy", r)) return -1;
+    set->n_images++;
+    set->n_texts += n_cap;
+    set->txt_off[set->n_images] = set->n_texts;
+    return 0;
+}
+
+int recall_load_stream(const char *endpoint, recall_set *set)
+{
+    memset(set, 0, sizeof *set);
+    set->txt_off = xcalloc(1, sizeof(int64_t));
+    stream_reader *r = stream_open_read(endpoint);
+    if (!r) return -1;
+    sample s;
+    sample_init(&s);
+    int64_t img_cap = 0, txt_cap = 0;
+    int rc;
+    while ((rc = stream_read(r, &s)) == 1)
+        if (add_sample(set, &s, &img_cap, &txt_cap)) break;
+    int err = rc != 0;
+    sample_free(&s);
+    stream_close_read(r);
+    if (!err && set->n_images == 0) {
+        clip_set_error("%s: empty stream (no samples)", endpoint);
+        err = 1;
+    } else if (!err && set->n_texts == 0) {
+        clip_set_error("%s: no captions in any of %lld samples", endpoint,
+                       (long long)set->n_images);
+        err = 1;
+    }
+    if (err) {
+        recall_set_free(set);
+        return -1;
+    }
+    return 0;
+}
+
+void recall_set_free(recall_set *set)
+{
+    free(set->img);
+    free(set->txt);
+    free(set->txt_off);
+    memset(set, 0, sizeof *set);
+}
+
+/* ---- ranking ---- */
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* S[m, n] = img[i0 .. i0+m) . txt[c0 .. c0+n)^T */
+static void score_tile(const recall_set *set, int64_t i0, int m, int64_t c0, int n, float *S)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, set->dim, 1.0f,
+                set->img + i0 * set->dim, set->dim, set->txt + c0 * set->dim, set->dim, 0.0f, S, n);
+}
+
+/* The true scores of image block [i0, i0+m): its best own caption
+ * (img_true) and, for each of its captions, its own image (txt_true). They
+ * come from the same sgemm as the scores they are compared with, so that an
+ * exact duplicate of the true candidate ties (and does not count). */
+static void true_scores(const recall_set *set, int64_t i0, int m, int block_texts, float *S,
+                        float *img_true, float *txt_true)
+{
+    const int64_t *off = set->txt_off;
+    for (int r = 0; r < m; r++) img_true[i0 + r] = -INFINITY;
+    for (int64_t c0 = off[i0]; c0 < off[i0 + m]; c0 += block_texts) {
+        int n = (int)min64(block_texts, off[i0 + m] - c0);
+        score_tile(set, i0, m, c0, n, S);
+        for (int r = 0; r < m; r++) {
+            int64_t lo = max64(off[i0 + r], c0), hi = min64(off[i0 + r + 1], c0 + n);
+            for (int64_t c = lo; c < hi; c++) {
+                float v = S[(size_t)r * n + (c - c0)];
+                txt_true[c] = v;
+                if (v > img_true[i0 + r]) img_true[i0 + r] = v;
+            }
+        }
+    }
+}
+
+/* Counts, for the tile of images [i0, i0+m) x captions [c0, c0+n), the wrong
+ * candidates that beat the true score: per image into img_above, per caption
+ * into txt_above (this thread's counters). */
+static void count_tile(const recall_set *set, int64_t i0, int m, int64_t c0, int n, const float *S,
+                       const float *img_true, const float *txt_true, int64_t *img_above,
+                       int32_t *txt_above)
+{
+    const int64_t *off = set->txt_off;
+    const float *tt = txt_true + c0;
+    int32_t *ta = txt_above + c0;
+    for (int r = 0; r < m; r++) {
+        const float *row = S + (size_t)r * n;
+        float thr = img_true[i0 + r];
+        int cnt = 0;
+#pragma omp simd reduction(+ : cnt)
+        for (int c = 0; c < n; c++) {
+            cnt += row[c] > thr;
+            ta[c] += row[c] > tt[c];
+        }
+        /* own captions are not wrong candidates either way (none should beat
+         * its true score anyway, unless sgemm rounded this tile differently) */
+        int64_t lo = max64(off[i0 + r], c0), hi = min64(off[i0 + r + 1], c0 + n);
+        for (int64_t c = lo; c < hi; c++) {
+            cnt -= row[c - c0] > thr;
+            ta[c - c0] -= row[c - c0] > tt[c - c0];
+        }
+        img_above[i0 + r] += cnt;
+    }
+}
+
+void recall_ranks(const recall_set *set, int block_images, int block_texts, int64_t *img_rank,
+                  int64_t *txt_rank)
+{
+    int64_t NI = set->n_images, NT = set->n_texts;
+    int bi = block_images > 0 ? block_images : 256;
+    int bt = block_texts > 0 ? block_texts : 4096;
+    float *img_true = xmalloc(max64(NI, 1) * sizeof(float));
+    float *txt_true = xmalloc(max64(NT, 1) * sizeof(float));
+    int nthreads = omp_get_max_threads();
+    int32_t *txt_above = xcalloc((size_t)nthreads * max64(NT, 1), sizeof(int32_t));
+    for (int64_t i = 0; i < NI; i++) img_rank[i] = 0; /* counts "above" until the end */
+    /* Inside the parallel region OpenBLAS (OpenMP build) runs each sgemm on
+     * the calling thread, so the threads split the blocks without nesting. */
+#pragma omp parallel num_threads(nthreads)
+    {
+        float *S = xmalloc((size_t)bi * bt * sizeof(float));
+        int32_t *ta = txt_above + (size_t)omp_get_thread_num() * NT;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t i0 = 0; i0 < NI; i0 += bi)
+            true_scores(set, i0, (int)min64(bi, NI - i0), bt, S, img_true, txt_true);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t i0 = 0; i0 < NI; i0 += bi) {
+            int m = (int)min64(bi, NI - i0);
+            for (int64_t c0 = 0; c0 < NT; c0 += bt) {
+                int n = (int)min64(bt, NT - c0);
+                score_tile(set, i0, m, c0, n, S);
+                count_tile(set, i0, m, c0, n, S, img_true, txt_true, img_rank, ta);
+            }
+        }
+        free(S);
+    }
+    for (int64_t i = 0; i < NI; i++)
+        img_rank[i] = set->txt_off[i + 1] > set->txt_off[i] ? img_rank[i] + 1 : 0;
+    for (int64_t c = 0; c < NT; c++) {
+        int64_t above = 0;
+        for (int t = 0; t < nthreads; t++) above += txt_above[(size_t)t * NT + c];
+        txt_rank[c] = above + 1;
+    }
+    free(txt_above);
+    free(txt_true);
+    free(img_true);
+}
+
+/* ---- metrics ---- */
+
+static const int recall_k[3] = {1, 5, 10};
+
+void recall_summarize(const recall_set *set, const int64_t *img_rank, const int64_t *txt_rank,
+                      recall_metrics *m)
+{
+    memset(m, 0, sizeof *m);
+    m->n_images = set->n_images;
+    m->n_texts = set->n_texts;
+    int64_t img_hits[3] = {0}, txt_hits[3] = {0};
+    for (int64_t i = 0; i < set->n_images; i++) {
+        if (img_rank[i] == 0) continue;
+        m->n_image_queries++;
+        for (int j = 0; j < 3; j++) img_hits[j] += img_rank[i] <= recall_k[j];
+    }
+    for (int64_t c = 0; c < set->n_texts; c++)
+        for (int j = 0; j < 3; j++) txt_hits[j] += txt_rank[c] <= recall_k[j];
+    for (int j = 0; j < 3; j++) {
+        /* txt_* = image->text (texts retrieved), img_* = text->image */
+        m->txt_r[j] = m->n_image_queries ? 100.0 * img_hits[j] / m->n_image_queries : 0;
+        m->img_r[j] = m->n_texts ? 100.0 * txt_hits[j] / m->n_texts : 0;
+    }
+    m->txt_r_mean = (m->txt_r[0] + m->txt_r[1] + m->txt_r[2]) / 3;
+    m->img_r_mean = (m->img_r[0] + m->img_r[1] + m->img_r[2]) / 3;
+    m->r_mean = (m->txt_r_mean + m->img_r_mean) / 2;
+}
+
+json_t *recall_metrics_json(const recall_metrics *m)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "txt_r1", json_real(m->txt_r[0]));
+    json_object_set_new(o, "txt_r5", json_real(m->txt_r[1]));
+    json_object_set_new(o, "txt_r10", json_real(m->txt_r[2]));
+    json_object_set_new(o, "txt_r_mean", json_real(m->txt_r_mean));
+    json_object_set_new(o, "img_r1", json_real(m->img_r[0]));
+    json_object_set_new(o, "img_r5", json_real(m->img_r[1]));
+    json_object_set_new(o, "img_r10", json_real(m->img_r[2]));
+    json_object_set_new(o, "img_r_mean", json_real(m->img_r_mean));
+    json_object_set_new(o, "r_mean", json_real(m->r_mean));
+    json_object_set_new(o, "n_images", json_integer(m->n_images));
+    json_object_set_new(o, "n_texts", json_integer(m->n_texts));
+    return o;
+}

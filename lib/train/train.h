@@ -1,0 +1,98 @@
+/* Contrastive training of the joint model (ViT image tower + BERT text tower
+ * with its ln_final/text_projection head + logit_scale): one step = forward
+ * both towers keeping activations, the symmetric loss, backward, optional
+ * gradient-norm clipping, AdamW, logit_scale clamped to [0, ln 100].
+ * Resume state (weights + AdamW moments + position) is one safetensors file. */
+#ifndef CLIP_TRAIN_H
+#define CLIP_TRAIN_H
+
+#include <stdint.h>
+
+#include "model/clip_model.h"
+#include "train/contrastive.h"
+#include "model/device.h"
+#include "train/optim.h"
+
+typedef struct {
+    double lr, min_lr_ratio; /* base learning rate; cosine floor = lr * min_lr_ratio (0.01) */
+    long warmup, total_steps;
+    lr_schedule schedule;
+    double weight_decay; /* on tensors of rank >= 2 (all with wd_all) */
+    int wd_all;
+    double grad_clip; /* max total gradient norm, 0 = off */
+    adamw_config adam;
+    int amp; /* bf16 matrix products, fp32 master weights */
+} train_config;
+
+void train_config_defaults(train_config *c);
+
+/* Architecture of a model trained from scratch. bert.position_ids (0 from
+ * train_arch_parse, as current Hugging Face) adds BERT's position_ids buffer
+ * to the saved checkpoints. */
+typedef struct {
+    vit_config vit;
+    bert_config bert;
+} train_arch;
+
+/* "small", "base", "tiny" or KEY=VALUE,... over a preset (keys: image_width,
+ * image_layers, patch, resolution, text_width, text_layers, text_heads,
+ * vocab, max_pos, embed_dim); e.g. "small,resolution=96". -1 with an error. */
+int train_arch_parse(const char *spec, train_arch *a);
+/* A freshly initialised model (OpenAI CLIP / BERT initialisation, seeded). */
+clip_model *train_model_create(const train_arch *a, uint64_t seed);
+
+/* The training model from a checkpoint: the ViT and logit_scale of `init`,
+ * BERT (and the ln_final/text_projection head when they fit) from `init` or
+ * `text_dir`, as clip_model_load does. Tensors of `init` the model does not
+ * use (the English text tower of an OpenAI checkpoint) are reported on
+ * stderr and left alone. NULL with an error. */
+clip_model *train_model_load(const char *init, const char *text_dir);
+
+typedef struct {
+    double loss, lr, grad_norm, logit_scale; /* logit_scale after the step */
+    double acc_i2t, acc_t2i;
+    double sec_image, sec_text, sec_optim; /* forward + backward of each tower; the update */
+} train_stats;
+
+typedef struct trainer trainer;
+
+/* Allocates gradients, AdamW moments and activations for batches of up to
+ * `batch` samples of texts up to `max_len` tokens. Takes the model. */
+trainer *trainer_create(clip_model *m, const train_config *cfg, int batch, int max_len);
+void trainer_free(trainer *t);
+/* Run the image / text encoder on these devices (default: both cpu). */
+void trainer_set_devices(trainer *t, const clip_device *image, const clip_device *text);
+clip_model *trainer_model(trainer *t);
+long trainer_step_count(const trainer *t);
+
+/* Forward + loss + backward into the gradients (no update). pixels uint8
+ * [B, R, R, 3]; ids int32 [B, L]. -1 with an error (bad token id). */
+int trainer_compute_grads(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, int L,
+                          train_stats *st);
+/* The gradient of a parameter by its checkpoint name ("logit_scale"
+ * included), NULL if no such parameter. n: its element count. */
+const float *trainer_grad(const trainer *t, const char *name, size_t *n);
+
+/* One optimizer step. 0 done; 1 the loss or a gradient was NaN/Inf (the
+ * weights are left as they were before the step); -1 error. */
+int trainer_step(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, int L,
+                 train_stats *st);
+
+/* Model weights in the reference key names: .pth (torch.load + the
+ * reference model load it strictly) or, by extension, .safetensors; both
+ * with the configuration (head counts included) in their "clip_config"
+ * metadata (for .pth the extra archive member torch.load ignores, see
+ * ckpt_save_pth). Written atomically. The keys are those of
+ * the init: transformer.embeddings.position_ids only when it had the buffer
+ * (or, from scratch, when train_arch asked for it). */
+int trainer_save_weights(const trainer *t, const char *path);
+
+/* Resume state: weights, AdamW moments, the step count and a caller JSON
+ * blob (data position, options) in one safetensors file. */
+int trainer_save_state(const trainer *t, const char *path, const char *extra_json);
+/* Rebuilds the model from a state file; *extra_json (malloc'd) gets the
+ * caller blob. NULL with an error. */
+trainer *trainer_load_state(const char *path, const train_config *cfg, int batch, int max_len,
+                            char **extra_json);
+
+#endif
