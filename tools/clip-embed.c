@@ -61,9 +61,9 @@ static void take_image(embedder *e, const sample *s)
 {
     npy_array a;
     if (sample_get_npy(s, "img.npy", &a)) die("%s", clip_error());
-    if (a.dtype != NPY_U8 || a.ndim != 3 || a.shape[2] != 3)
+    if (a.dtype != DT_U8 || a.ndim != 3 || a.shape[2] != 3)
         die("sample %s: img.npy must be uint8 [H, W, 3], not %s of rank %d", s->key,
-            npy_dtype_name(a.dtype), a.ndim);
+            dtype_name(a.dtype), a.ndim);
     if (a.shape[0] != e->res || a.shape[1] != e->res)
         die("sample %s: img.npy is %lldx%lld but the model takes %dx%d images (resize with "
             "clip-prep --size %d)",
@@ -112,11 +112,11 @@ static void flush(embedder *e, stream_writer *w)
         sample *s = &e->buf[i];
         if (e->has_img[i]) {
             int64_t shape[1] = {e->dim};
-            sample_set_npy(s, "img_emb.npy", NPY_F32, 1, shape, e->img_emb + (size_t)img++ * e->dim);
+            sample_set_npy(s, "img_emb.npy", DT_F32, 1, shape, e->img_emb + (size_t)img++ * e->dim);
         }
         if (e->n_caps[i] >= 0) {
             int64_t shape[2] = {e->n_caps[i], e->dim};
-            sample_set_npy(s, "txt_emb.npy", NPY_F32, 2, shape, e->txt_emb + (size_t)txt * e->dim);
+            sample_set_npy(s, "txt_emb.npy", DT_F32, 2, shape, e->txt_emb + (size_t)txt * e->dim);
             txt += e->n_caps[i];
         }
         if (stream_write(w, s) < 0) die("%s", clip_error());
@@ -145,9 +145,9 @@ static size_t run(embedder *e, const char *in, const char *out, int show_progres
             die("sample %s: neither img.npy nor tok.npy to embed", s->key);
         if (e->do_texts && sample_get(s, "tok.npy")) {
             if (sample_get_npy(s, "tok.npy", &tok)) die("%s", clip_error());
-            if (tok.dtype != NPY_I32 || tok.ndim != 2 || tok.shape[1] < 1)
+            if (tok.dtype != DT_I32 || tok.ndim != 2 || tok.shape[1] < 1)
                 die("sample %s: tok.npy must be int32 [n_captions, L], not %s of rank %d", s->key,
-                    npy_dtype_name(tok.dtype), tok.ndim);
+                    dtype_name(tok.dtype), tok.ndim);
             if (tok.shape[1] > e->max_len)
                 die("sample %s: tok.npy has %lld ids a caption, the model takes at most %d",
                     s->key, (long long)tok.shape[1], e->max_len);

@@ -276,7 +276,7 @@ int main(int argc, char **argv)
 
     int64_t shape[3] = {size, size, 3};
     size_t npy_len;
-    unsigned char *npy_header = npy_encode(NPY_U8, 3, shape, NULL, &npy_len);
+    unsigned char *npy_header = npy_encode(DT_U8, 3, shape, NULL, &npy_len);
     pool p = {.jobs = jobs, .n = n, .ring = 4 * threads, .src = src, .size = size, .mode = mode,
               .keep_original = keep, .max_pixels = max_pixels, .npy_header = npy_header,
               .npy_header_len = npy_len - (size_t)size * size * 3};

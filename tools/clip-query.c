@@ -107,7 +107,7 @@ static int load_index(const char *path, int dim, index_set *img, index_set *cap)
                 clip_set_error("%s: %s", path, clip_error());
                 goto out;
             }
-            if (a.dtype != NPY_F32 || a.ndim != (want_images ? 1 : 2)) {
+            if (a.dtype != DT_F32 || a.ndim != (want_images ? 1 : 2)) {
                 clip_set_error("%s: sample %s: %s must be float32 of rank %d", path, s.key, field,
                                want_images ? 1 : 2);
                 goto out;

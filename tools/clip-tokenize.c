@@ -83,7 +83,7 @@ static void run_stream(tokenizer *t, const char *in, const char *out, const char
                 die("sample %s: caption %zu: %s", s.key, i, clip_error());
         }
         int64_t shape[2] = {(int64_t)n, ctx};
-        sample_set_npy(&s, field, NPY_I32, 2, shape, tok);
+        sample_set_npy(&s, field, DT_I32, 2, shape, tok);
         json_decref(root);
         if (stream_write(w, &s) < 0)
             die("%s", clip_error());

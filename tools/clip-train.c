@@ -118,10 +118,10 @@ static void get_fields(const char *path, const sample *s, npy_array *img, npy_ar
 {
     if (sample_get_npy(s, "img.npy", img) || sample_get_npy(s, "tok.npy", tok))
         die("%s: %s", path, clip_error());
-    if (img->dtype != NPY_U8 || img->ndim != 3 || img->shape[2] != 3 || img->shape[0] < 1 ||
+    if (img->dtype != DT_U8 || img->ndim != 3 || img->shape[2] != 3 || img->shape[0] < 1 ||
         img->shape[1] < 1)
         die("%s: sample %s: img.npy must be uint8 [H, W, 3]", path, s->key);
-    if (tok->dtype != NPY_I32 || tok->ndim != 2)
+    if (tok->dtype != DT_I32 || tok->ndim != 2)
         die("%s: sample %s: tok.npy must be int32 [n_captions, L]", path, s->key);
 }
 

@@ -7,13 +7,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum { DT_F32, DT_F16, DT_BF16, DT_F64, DT_I64, DT_I32, DT_I16, DT_I8, DT_U8, DT_BOOL } ckpt_dtype;
+#include "core/dtype.h"
+
 
 #define CKPT_MAX_DIMS 8
 
 typedef struct {
     char *name;
-    ckpt_dtype dtype;
+    clip_dtype dtype;
     int ndim;
     int64_t shape[CKPT_MAX_DIMS];
     size_t numel;
@@ -36,9 +37,6 @@ const ckpt_tensor *ckpt_find(const ckpt *c, const char *name);
  * .pth written by ckpt_save_pth; NULL if absent. */
 const char *ckpt_metadata(const ckpt *c, const char *key);
 
-size_t ckpt_dtype_size(ckpt_dtype t);
-const char *ckpt_dtype_name(ckpt_dtype t);
-
 /* Copy tensor `name` converted to float32 into dst, checking the shape
  * (ndim dims in shape[]). -1 with an error naming the tensor if it is
  * missing or mis-shaped. */
@@ -47,7 +45,7 @@ int ckpt_read_f32(const ckpt *c, const char *name, int ndim, const int64_t *shap
 /* Writing. Tensors are float32 unless dtype says otherwise. */
 typedef struct {
     const char *name;
-    ckpt_dtype dtype;
+    clip_dtype dtype;
     int ndim;
     int64_t shape[CKPT_MAX_DIMS];
     const void *data;
@@ -57,6 +55,9 @@ typedef struct {
  * (c must outlive the list). malloc'd, ckpt_count(c) entries; the caller frees. */
 ckpt_out_tensor *ckpt_out_views(const ckpt *c);
 
+/* In the format the path's suffix names: .safetensors, or .pth/.pt/.bin
+ * (PyTorch zip); -1 with an error naming the path for any other. */
+int ckpt_save(const char *path, const ckpt_out_tensor *t, size_t n, const char *const *metadata);
 /* safetensors; metadata: NULL or pairs {key, value, key, value, ..., NULL}. */
 int ckpt_save_safetensors(const char *path, const ckpt_out_tensor *t, size_t n,
                           const char *const *metadata);

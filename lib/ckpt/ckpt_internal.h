@@ -1,19 +1,19 @@
-/* Shared between the checkpoint readers/writers (checkpoint.c, safetensors.c,
- * torch_zip.c, torch_legacy.c); not part of the public API. */
+/* The tensor table's insides (tensors.c), shared with the format readers and
+ * writers (safetensors.c, torch_zip.c, torch_legacy.c) and the loader
+ * (checkpoint.c); not part of the public API. */
 #ifndef CLIP_CKPT_INTERNAL_H
 #define CLIP_CKPT_INTERNAL_H
 
 #include <jansson.h>
 
 #include "ckpt/checkpoint.h"
-#include "ckpt/pickle.h"
+#include "core/strmap.h"
 
 struct ckpt {
     char *path;
     ckpt_tensor *t;
     size_t n, cap;
-    size_t *index; /* open-addressing hash of names: slot = tensor index + 1, 0 = empty */
-    size_t index_cap;
+    strmap names; /* name -> index into t */
     const unsigned char *map; /* the whole file, read-only */
     size_t map_len;
     int map_is_malloc; /* from ckpt_load_buffer: free, not munmap */
@@ -25,24 +25,22 @@ struct ckpt {
 
 #define CKPT_MAX_TENSORS (1u << 20)
 
+/* An empty table; `name` (copied) stands for the file in messages. */
+ckpt *ckpt_new(const char *name);
 /* Adds a tensor (name copied, data borrowed; must stay valid while c lives).
  * Fails on a duplicate name. */
-int ckpt_add(ckpt *c, const char *name, ckpt_dtype dt, int ndim, const int64_t *shape,
+int ckpt_add(ckpt *c, const char *name, clip_dtype dt, int ndim, const int64_t *shape,
              const void *data);
 /* A buffer freed by ckpt_free; 64-byte aligned. */
 void *ckpt_own(ckpt *c, size_t bytes);
+/* "[2, 3]" into buf (truncated to cap). */
+void ckpt_format_shape(char *buf, size_t cap, int ndim, const int64_t *shape);
 /* numel of a shape, -1 on a negative dim or overflow (also of numel * esize). */
 int64_t ckpt_shape_numel(int ndim, const int64_t *shape, size_t esize);
 
 int ckpt_load_safetensors(ckpt *c);
 int ckpt_load_torch_zip(ckpt *c);
 int ckpt_load_torch_legacy(ckpt *c);
-
-/* Turns the unpickled root (a dict of tensors, maybe nested: keys joined with
- * '.') into tensors. Storages must have their data resolved. */
-int ckpt_add_pickled(ckpt *c, const pk_obj *root);
-/* Replaces a big-endian storage's data by an owned little-endian copy. */
-void ckpt_swap_storage(ckpt *c, pk_storage *st);
 
 /* Metadata from a JSON object of strings (safetensors' __metadata__, a .pth's
  * clip-tools record); `what` names it in messages. -1 unless every value is

@@ -90,7 +90,7 @@ static pk_obj *new_obj(pk_vm *vm, pk_type type)
     return o;
 }
 
-pk_obj *pk_new_storage(pk_vm *vm, ckpt_dtype dtype, const char *key, int64_t numel)
+pk_obj *pk_new_storage(pk_vm *vm, clip_dtype dtype, const char *key, int64_t numel)
 {
     pk_obj *o = new_obj(vm, PK_STORAGE);
     if (!o) return NULL;
@@ -114,27 +114,25 @@ static void seq_append(pk_obj *s, pk_obj *item)
 static const struct {
     const char *module, *name;
     pk_global kind;
-    ckpt_dtype dtype;
-} allowed[] = {
+    clip_dtype dtype;
+} allowed[] = { /* and the torch.*Storage classes of core/dtype.c */
     {"collections", "OrderedDict", PKG_ORDERED_DICT, 0},
     {"torch._utils", "_rebuild_tensor_v2", PKG_REBUILD_TENSOR_V2, 0},
     {"torch._utils", "_rebuild_tensor", PKG_REBUILD_TENSOR, 0},
     {"torch._utils", "_rebuild_parameter", PKG_REBUILD_PARAMETER, 0},
     {"torch._utils", "_rebuild_parameter_with_state", PKG_REBUILD_PARAMETER_WITH_STATE, 0},
-    {"torch", "FloatStorage", PKG_STORAGE_TYPE, DT_F32},
-    {"torch", "HalfStorage", PKG_STORAGE_TYPE, DT_F16},
-    {"torch", "BFloat16Storage", PKG_STORAGE_TYPE, DT_BF16},
-    {"torch", "DoubleStorage", PKG_STORAGE_TYPE, DT_F64},
-    {"torch", "LongStorage", PKG_STORAGE_TYPE, DT_I64},
-    {"torch", "IntStorage", PKG_STORAGE_TYPE, DT_I32},
-    {"torch", "ShortStorage", PKG_STORAGE_TYPE, DT_I16},
-    {"torch", "CharStorage", PKG_STORAGE_TYPE, DT_I8},
-    {"torch", "ByteStorage", PKG_STORAGE_TYPE, DT_U8},
-    {"torch", "BoolStorage", PKG_STORAGE_TYPE, DT_BOOL},
 };
 
 static pk_obj *find_global(pk_vm *vm, const char *module, size_t mlen, const char *name, size_t nlen)
 {
+    clip_dtype dt;
+    if (mlen == 5 && !memcmp(module, "torch", 5) && !dtype_from_torch_storage(name, nlen, &dt)) {
+        pk_obj *o = new_obj(vm, PK_GLOBAL);
+        if (!o) return NULL;
+        o->global.kind = PKG_STORAGE_TYPE;
+        o->global.dtype = dt;
+        return o;
+    }
     for (size_t i = 0; i < sizeof allowed / sizeof *allowed; i++)
         if (strlen(allowed[i].module) == mlen && !memcmp(allowed[i].module, module, mlen) &&
             strlen(allowed[i].name) == nlen && !memcmp(allowed[i].name, name, nlen)) {

@@ -25,7 +25,7 @@ typedef enum {
 typedef struct pk_obj pk_obj;
 
 typedef struct {
-    ckpt_dtype dtype;
+    clip_dtype dtype;
     char *key;
     int64_t numel;      /* as declared in the persistent id */
     const void *data;   /* filled in by the loader: numel elements */
@@ -50,7 +50,7 @@ struct pk_obj {
         double f;
         struct { char *s; size_t len; } str; /* STR, BYTES, BIGINT (NUL-terminated) */
         struct { pk_obj **items; size_t n, cap; } seq; /* TUPLE, LIST, DICT */
-        struct { pk_global kind; ckpt_dtype dtype; } global;
+        struct { pk_global kind; clip_dtype dtype; } global;
         pk_storage storage;
         pk_tensor tensor;
     };
@@ -71,7 +71,7 @@ void pk_free(pk_vm *vm);
  * clip_error() naming the opcode and offset. */
 pk_obj *pk_load(pk_vm *vm, const unsigned char *buf, size_t len, size_t *used);
 
-pk_obj *pk_new_storage(pk_vm *vm, ckpt_dtype dtype, const char *key, int64_t numel);
+pk_obj *pk_new_storage(pk_vm *vm, clip_dtype dtype, const char *key, int64_t numel);
 const char *pk_type_name(pk_type t);
 
 #endif

@@ -12,21 +12,6 @@
 
 #define MAX_HEADER (100u << 20) /* the limit the reference implementation uses */
 
-static const char *st_names[] = {
-    [DT_F32] = "F32", [DT_F16] = "F16", [DT_BF16] = "BF16", [DT_F64] = "F64", [DT_I64] = "I64",
-    [DT_I32] = "I32", [DT_I16] = "I16", [DT_I8] = "I8",     [DT_U8] = "U8",   [DT_BOOL] = "BOOL",
-};
-
-static int dtype_from_name(const char *s, ckpt_dtype *dt)
-{
-    for (int i = 0; i <= DT_BOOL; i++)
-        if (!strcmp(s, st_names[i])) {
-            *dt = i;
-            return 0;
-        }
-    return -1;
-}
-
 typedef struct {
     uint64_t begin, end;
     const char *name;
@@ -49,8 +34,8 @@ static int load_tensor(ckpt *c, const char *name, json_t *v, const unsigned char
         clip_set_error("%s: safetensors entry '%s' needs dtype, shape and data_offsets", path, name);
         return -1;
     }
-    ckpt_dtype dt;
-    if (dtype_from_name(json_string_value(jd), &dt) < 0) {
+    clip_dtype dt;
+    if (dtype_from_safetensors(json_string_value(jd), json_string_length(jd), &dt) < 0) {
         clip_set_error("%s: tensor '%s' has unsupported dtype '%s'", path, name,
                        json_string_value(jd));
         return -1;
@@ -79,11 +64,11 @@ static int load_tensor(ckpt *c, const char *name, json_t *v, const unsigned char
         return -1;
     }
     uint64_t b = json_integer_value(jb), e = json_integer_value(je);
-    size_t esize = ckpt_dtype_size(dt);
+    size_t esize = dtype_size(dt);
     int64_t numel = ckpt_shape_numel(ndim, shape, esize);
     if (numel < 0 || (uint64_t)numel * esize != e - b) {
         clip_set_error("%s: tensor '%s' has %llu data bytes, its dtype %s and shape need %lld",
-                       path, name, (unsigned long long)(e - b), st_names[dt],
+                       path, name, (unsigned long long)(e - b), dtype_info_of(dt)->safetensors,
                        numel < 0 ? -1LL : (long long)(numel * esize));
         return -1;
     }
@@ -181,7 +166,7 @@ static int write_st(int fd, void *ctx)
         goto fail;
     for (size_t i = 0; i < w->n; i++) {
         const ckpt_out_tensor *t = &w->t[w->order[i]];
-        size_t bytes = ckpt_shape_numel(t->ndim, t->shape, 1) * ckpt_dtype_size(t->dtype);
+        size_t bytes = ckpt_shape_numel(t->ndim, t->shape, 1) * dtype_size(t->dtype);
         if (ckpt_write_all(fd, t->data, bytes) < 0) goto fail;
     }
     return 0;
@@ -204,12 +189,12 @@ int ckpt_save_safetensors(const char *path, const ckpt_out_tensor *t, size_t n,
     size_t *order = xmalloc((n + 1) * sizeof *order), k = 0;
     for (size_t size = 8; size >= 1; size /= 2)
         for (size_t i = 0; i < n; i++)
-            if (ckpt_dtype_size(t[i].dtype) == size) order[k++] = i;
+            if (dtype_size(t[i].dtype) == size) order[k++] = i;
     uint64_t *begin = xmalloc((n + 1) * sizeof *begin), off = 0;
     for (size_t i = 0; i < n; i++) {
         const ckpt_out_tensor *x = &t[order[i]];
         begin[order[i]] = off;
-        off += ckpt_shape_numel(x->ndim, x->shape, 1) * ckpt_dtype_size(x->dtype);
+        off += ckpt_shape_numel(x->ndim, x->shape, 1) * dtype_size(x->dtype);
     }
     json_t *root = json_object();
     int bad = 0;
@@ -220,10 +205,10 @@ int ckpt_save_safetensors(const char *path, const ckpt_out_tensor *t, size_t n,
     for (size_t i = 0; i < n; i++) {
         json_t *e = json_object(), *shape = json_array(), *offs = json_array();
         for (int d = 0; d < t[i].ndim; d++) json_array_append_new(shape, json_integer(t[i].shape[d]));
-        uint64_t bytes = ckpt_shape_numel(t[i].ndim, t[i].shape, 1) * ckpt_dtype_size(t[i].dtype);
+        uint64_t bytes = ckpt_shape_numel(t[i].ndim, t[i].shape, 1) * dtype_size(t[i].dtype);
         json_array_append_new(offs, json_integer(begin[i]));
         json_array_append_new(offs, json_integer(begin[i] + bytes));
-        json_object_set_new(e, "dtype", json_string(st_names[t[i].dtype]));
+        json_object_set_new(e, "dtype", json_string(dtype_info_of(t[i].dtype)->safetensors));
         json_object_set_new(e, "shape", shape);
         json_object_set_new(e, "data_offsets", offs);
         bad |= json_object_set_new(root, t[i].name, e);

@@ -4,7 +4,7 @@
  * location, numel, view_metadata)), the list of storage keys -- followed,
  * for each key in that order, by an int64 element count and the storage's
  * little-endian bytes. */
-#include "ckpt/ckpt_internal.h"
+#include "ckpt/torch_state.h"
 #include "core/util.h"
 
 #include <stdio.h>
@@ -39,7 +39,7 @@ static pk_obj *persistent_load(pk_vm *vm, const pk_obj *pid, void *ctx)
                            "numel, view))");
         return NULL;
     }
-    ckpt_dtype dt = it[1]->global.dtype;
+    clip_dtype dt = it[1]->global.dtype;
     pk_obj *o;
     const pk_obj *view = it[5];
     if (view->type == PK_NONE) {
@@ -146,7 +146,7 @@ int ckpt_load_torch_legacy(ckpt *c)
             clip_set_error("%s: storage '%s' is not used by any tensor", c->path, k->str.s);
             goto out;
         }
-        size_t esize = ckpt_dtype_size(st->dtype);
+        size_t esize = dtype_size(st->dtype);
         if (c->map_len - pos < 8) goto truncated;
         int64_t numel = 0;
         memcpy(&numel, c->map + pos, 8); /* little-endian, as on every host we build for */
@@ -165,7 +165,7 @@ int ckpt_load_torch_legacy(ckpt *c)
         pk_storage *st = &r.s[j]->storage;
         const char *root = root_key(r.s[j]);
         const record *re = find_record(rec, keys->seq.n, root);
-        size_t esize = ckpt_dtype_size(st->dtype);
+        size_t esize = dtype_size(st->dtype);
         if (!re) {
             clip_set_error("%s: storage '%s' is missing from the storage list", c->path, root);
             goto out;

@@ -10,7 +10,7 @@
  * __metadata__ (ckpt_metadata). torch.load reads only data.pkl, byteorder
  * and the data/ members it names, so the state dict stays exactly the
  * tensors (torch requires every member under the one <prefix>/ folder). */
-#include "ckpt/ckpt_internal.h"
+#include "ckpt/torch_state.h"
 #include "core/util.h"
 
 #include <archive.h>
@@ -184,10 +184,10 @@ static pk_obj *persistent_load(pk_vm *vm, const pk_obj *pid, void *ctx)
         clip_set_error("unsupported persistent id (expected ('storage', type, key, location, numel))");
         return NULL;
     }
-    ckpt_dtype dt = pid->seq.items[1]->global.dtype;
+    clip_dtype dt = pid->seq.items[1]->global.dtype;
     const char *key = pid->seq.items[2]->str.s;
     int64_t numel = pid->seq.items[4]->i;
-    size_t esize = ckpt_dtype_size(dt);
+    size_t esize = dtype_size(dt);
     char name[512];
     if (snprintf(name, sizeof name, "%sdata/%s", z->prefix, key) >= (int)sizeof name) {
         clip_set_error("storage key too long");
@@ -201,7 +201,7 @@ static pk_obj *persistent_load(pk_vm *vm, const pk_obj *pid, void *ctx)
     if (numel > (int64_t)(m->size / esize)) {
         /* numel * esize may not fit in 64 bits: not computed */
         clip_set_error("storage '%s' of %lld %s needs %lld x %zu bytes, member %s has %zu", key,
-                       (long long)numel, ckpt_dtype_name(dt), (long long)numel, esize, name,
+                       (long long)numel, dtype_name(dt), (long long)numel, esize, name,
                        m->size);
         return NULL;
     }
@@ -311,13 +311,6 @@ static void put_int(bytes *b, int64_t v)
 
 #define PUT(b, lit) put(b, lit, sizeof(lit) - 1)
 
-static const char *storage_names[] = {
-    [DT_F32] = "FloatStorage", [DT_F16] = "HalfStorage",  [DT_BF16] = "BFloat16Storage",
-    [DT_F64] = "DoubleStorage", [DT_I64] = "LongStorage", [DT_I32] = "IntStorage",
-    [DT_I16] = "ShortStorage",  [DT_I8] = "CharStorage",  [DT_U8] = "ByteStorage",
-    [DT_BOOL] = "BoolStorage",
-};
-
 /* OrderedDict([(name, _rebuild_tensor_v2(storage i, 0, shape, stride, False, OrderedDict()))]) */
 static void make_pickle(bytes *b, const ckpt_out_tensor *t, size_t n)
 {
@@ -327,7 +320,7 @@ static void make_pickle(bytes *b, const ckpt_out_tensor *t, size_t n)
         PUT(b, "ctorch._utils\n_rebuild_tensor_v2\n" "((");
         put_str(b, "storage");
         PUT(b, "ctorch\n");
-        put(b, storage_names[t[i].dtype], strlen(storage_names[t[i].dtype]));
+        put(b, dtype_info_of(t[i].dtype)->torch_storage, strlen(dtype_info_of(t[i].dtype)->torch_storage));
         PUT(b, "\n");
         char key[32];
         snprintf(key, sizeof key, "%zu", i);
@@ -429,7 +422,7 @@ static int write_pth(int fd, void *ctx)
     for (size_t i = 0; i < w->n; i++) {
         char name[64];
         snprintf(name, sizeof name, "archive/data/%zu", i);
-        size_t bytes = ckpt_shape_numel(w->t[i].ndim, w->t[i].shape, 1) * ckpt_dtype_size(w->t[i].dtype);
+        size_t bytes = ckpt_shape_numel(w->t[i].ndim, w->t[i].shape, 1) * dtype_size(w->t[i].dtype);
         if (overhead >= 0 && align_next(a, name, overhead, trailer, i) < 0) goto fail;
         if (add_member(a, name, w->t[i].data, bytes) < 0) goto fail;
     }

@@ -1,4 +1,5 @@
 #include "io/image_source.h"
+#include "core/strmap.h"
 #include "core/util.h"
 
 #include <archive.h>
@@ -17,61 +18,26 @@ typedef struct {
     size_t len;
 } member;
 
-/* Open-addressing string -> member index map; AMBIGUOUS marks a name that
+/* In the member maps (name -> member index), AMBIGUOUS marks a name that
  * several members share (only possible for prefix-stripped names). */
 #define AMBIGUOUS (-2)
-typedef struct {
-    const char **keys;
-    long *vals;
-    size_t cap;
-} name_map;
+#define MAX_MEMBERS (1L << 30)
 
 struct image_source {
     char *root;
     int is_archive;
     member *m;
     long n, cursor; /* cursor: index of the next member the reader returns */
-    name_map full, stripped;
+    strmap full, stripped;
     int hinted;
     struct archive *ar;
     pthread_mutex_t lock;
 };
 
-static size_t hash_str(const char *s)
+static long map_get(const strmap *m, const char *key)
 {
-    size_t h = 1469598103934665603ull;
-    while (*s) h = (h ^ (unsigned char)*s++) * 1099511628211ull;
-    return h;
-}
-
-static long *map_slot(name_map *m, const char *key)
-{
-    size_t i = hash_str(key) & (m->cap - 1);
-    while (m->keys[i] && strcmp(m->keys[i], key)) i = (i + 1) & (m->cap - 1);
-    if (!m->keys[i]) {
-        m->keys[i] = key;
-        m->vals[i] = -1;
-    }
-    return &m->vals[i];
-}
-
-static long map_get(const name_map *m, const char *key)
-{
-    if (!m->cap) return -1;
-    size_t i = hash_str(key) & (m->cap - 1);
-    while (m->keys[i]) {
-        if (!strcmp(m->keys[i], key)) return m->vals[i];
-        i = (i + 1) & (m->cap - 1);
-    }
-    return -1;
-}
-
-static void map_init(name_map *m, long n)
-{
-    m->cap = 16;
-    while (m->cap < 2 * (size_t)n + 2) m->cap *= 2;
-    m->keys = xcalloc(m->cap, sizeof *m->keys);
-    m->vals = xcalloc(m->cap, sizeof *m->vals);
+    int32_t v;
+    return strmap_get(m, key, strlen(key), &v) ? v : -1;
 }
 
 static char *normalize(const char *path)
@@ -107,6 +73,11 @@ static int index_archive(image_source *s)
     long cap = 0;
     int rc;
     while ((rc = archive_read_next_header(a, &e)) == ARCHIVE_OK) {
+        if (s->n == MAX_MEMBERS) {
+            clip_set_error("%s: more than %ld members", s->root, MAX_MEMBERS);
+            archive_read_free(a);
+            return -1;
+        }
         if (s->n == cap) s->m = xrealloc(s->m, (cap = cap ? 2 * cap : 1024) * sizeof *s->m);
         const char *name = archive_entry_pathname(e);
         s->m[s->n++] = (member){normalize(name ? name : ""), 0, NULL, 0};
@@ -121,14 +92,12 @@ static int index_archive(image_source *s)
         clip_set_error("%s: not an archive, or an empty one", s->root);
         return -1;
     }
-    map_init(&s->full, s->n);
-    map_init(&s->stripped, s->n);
     for (long i = 0; i < s->n; i++) {
-        *map_slot(&s->full, s->m[i].name) = i;
+        strmap_put(&s->full, s->m[i].name, strlen(s->m[i].name), (int32_t)i);
         const char *slash = strchr(s->m[i].name, '/');
         if (slash && slash[1]) {
-            long *v = map_slot(&s->stripped, slash + 1);
-            *v = *v == -1 ? i : AMBIGUOUS;
+            long seen = map_get(&s->stripped, slash + 1);
+            strmap_put(&s->stripped, slash + 1, strlen(slash + 1), seen == -1 ? (int32_t)i : AMBIGUOUS);
         }
     }
     return 0;
@@ -138,6 +107,8 @@ image_source *image_source_open(const char *root)
 {
     image_source *s = xcalloc(1, sizeof *s);
     pthread_mutex_init(&s->lock, NULL);
+    strmap_init(&s->full);
+    strmap_init(&s->stripped);
     if (!root) return s;
     s->root = xstrdup(root);
     struct stat st;
@@ -309,10 +280,8 @@ void image_source_close(image_source *s)
         free(s->m[i].data);
     }
     free(s->m);
-    free(s->full.keys);
-    free(s->full.vals);
-    free(s->stripped.keys);
-    free(s->stripped.vals);
+    strmap_free(&s->full);
+    strmap_free(&s->stripped);
     if (s->ar) archive_read_free(s->ar);
     pthread_mutex_destroy(&s->lock);
     free(s->root);

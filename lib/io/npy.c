@@ -5,27 +5,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const struct {
-    const char *descr;
-    const char *name;
-    size_t size;
-} dtypes[] = {
-    [NPY_U8] = {"|u1", "uint8", 1},   [NPY_I32] = {"<i4", "int32", 4},
-    [NPY_I64] = {"<i8", "int64", 8},  [NPY_F32] = {"<f4", "float32", 4},
-    [NPY_F16] = {"<f2", "float16", 2},
-};
-
-size_t npy_dtype_size(enum npy_dtype t) { return dtypes[t].size; }
-const char *npy_dtype_name(enum npy_dtype t) { return dtypes[t].name; }
-
 static const char magic[] = "\x93NUMPY";
 
-unsigned char *npy_encode(enum npy_dtype t, int ndim, const int64_t *shape, const void *data,
+unsigned char *npy_encode(npy_dtype t, int ndim, const int64_t *shape, const void *data,
                           size_t *len)
 {
     char hdr[256];
     int n = snprintf(hdr, sizeof hdr, "{'descr': '%s', 'fortran_order': False, 'shape': (",
-                     dtypes[t].descr);
+                     dtype_info_of(t)->npy_descr);
     size_t count = 1;
     for (int i = 0; i < ndim; i++) {
         n += snprintf(hdr + n, sizeof hdr - n, "%lld,%s", (long long)shape[i],
@@ -37,7 +24,7 @@ unsigned char *npy_encode(enum npy_dtype t, int ndim, const int64_t *shape, cons
     /* pad with spaces so that the data starts on a 64-byte boundary, ending in '\n' */
     size_t total_hdr = 10 + n + 1;
     size_t padded = (total_hdr + 63) / 64 * 64;
-    size_t dlen = count * dtypes[t].size;
+    size_t dlen = count * dtype_size(t);
     unsigned char *out = xmalloc(padded + dlen);
     memcpy(out, magic, 6);
     out[6] = 1;
@@ -94,20 +81,12 @@ int npy_parse(const void *buf, size_t len, npy_array *out, const char *what)
 
     const char *v = dict_value(h, end, "descr");
     if (!v || v + 5 > end || (*v != '\'' && *v != '"')) goto bad;
-    int found = -1;
-    for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++) {
-        const char *d = dtypes[i].descr;
-        if (!memcmp(v + 1, d, 3) && v[4] == *v) found = (int)i;
-        /* one-byte types may be written with '<' or '|' */
-        if (found < 0 && dtypes[i].size == 1 && (v[1] == '<' || v[1] == '|') && !memcmp(v + 2, d + 1, 2) &&
-            v[4] == *v)
-            found = (int)i;
-    }
-    if (found < 0) {
+    clip_dtype found;
+    if (v[4] != *v || dtype_from_npy_descr(v + 1, 3, &found) < 0) {
         clip_set_error("%s: unsupported dtype %.6s", what, v);
         return -1;
     }
-    out->dtype = (enum npy_dtype)found;
+    out->dtype = found;
 
     v = dict_value(h, end, "fortran_order");
     if (!v || end - v < 4) goto bad;
@@ -140,8 +119,8 @@ int npy_parse(const void *buf, size_t len, npy_array *out, const char *what)
     }
     if (v >= end) goto bad;
     out->count = count;
-    size_t dlen = count * dtypes[found].size;
-    if (count && dlen / count != dtypes[found].size) goto bad;
+    size_t dlen = count * dtype_size(found);
+    if (count && dlen / count != dtype_size(found)) goto bad;
     if (len - off - hl != dlen) {
         if (len - off - hl < dlen) goto truncated;
         clip_set_error("%s: %zu bytes of data, shape needs %zu", what, len - off - hl, dlen);

@@ -62,7 +62,7 @@ void sample_set_copy(sample *s, const char *name, const void *data, size_t size)
     sample_set(s, name, d, size);
 }
 
-void sample_set_npy(sample *s, const char *name, enum npy_dtype t, int ndim, const int64_t *shape,
+void sample_set_npy(sample *s, const char *name, npy_dtype t, int ndim, const int64_t *shape,
                     const void *data)
 {
     size_t len;

@@ -28,7 +28,7 @@ const sample_field *sample_get(const sample *s, const char *name);
 void sample_set(sample *s, const char *name, void *data, size_t size);
 void sample_set_copy(sample *s, const char *name, const void *data, size_t size);
 /* Encode as .npy and set. */
-void sample_set_npy(sample *s, const char *name, enum npy_dtype t, int ndim, const int64_t *shape,
+void sample_set_npy(sample *s, const char *name, npy_dtype t, int ndim, const int64_t *shape,
                     const void *data);
 
 /* Parse field `name` as .npy. -1 with an error naming the sample when the

@@ -34,9 +34,9 @@ static int normalize(float *v, int dim, const char *key, const char *field, int6
 
 static int check_f32(const npy_array *a, const char *key, const char *field, int ndim)
 {
-    if (a->dtype != NPY_F32 || a->ndim != ndim) {
+    if (a->dtype != DT_F32 || a->ndim != ndim) {
         clip_set_error("sample %s: %s must be float32 with %d dimension%s, got %s with %d", key,
-                       field, ndim, ndim > 1 ? "s" : "", npy_dtype_name(a->dtype), a->ndim);
+                       field, ndim, ndim > 1 ? "s" : "", dtype_name(a->dtype), a->ndim);
         return -1;
     }
     return 0;

@@ -12,7 +12,7 @@
 #include <utf8proc.h>
 
 #include "core/pystr.h"
-#include "core/tokmap.h"
+#include "core/strmap.h"
 #include "core/util.h"
 
 #define CACHE_MAX_WORDS (1 << 20)
@@ -21,7 +21,7 @@ struct bpe {
     int32_t byte_id[256];
     pairmap ranks;      /* (a, b) -> rank */
     int32_t *merged;    /* rank -> id of a+b */
-    tokmap cache;       /* piece bytes -> index into cache_ids (start), ... */
+    strmap cache;       /* piece bytes -> index into cache_ids (start), ... */
     int32_t *cache_ids; /* per cached piece: count, then ids */
     size_t cache_len, cache_cap;
     /* scratch */
@@ -97,9 +97,9 @@ bpe *bpe_load(const char *merges_path)
     if (!text)
         return NULL;
     bpe *b = xcalloc(1, sizeof *b);
-    tokmap vocab;
-    tokmap_init(&vocab);
-    tokmap_init(&b->cache);
+    strmap vocab;
+    strmap_init(&vocab);
+    strmap_init(&b->cache);
     pairmap_init(&b->ranks);
     b->merged = xmalloc(BPE_N_MERGES * sizeof *b->merged);
 
@@ -109,9 +109,9 @@ bpe *bpe_load(const char *merges_path)
     for (int i = 0; i < 256; i++) {
         int k = pystr_encode_char(cp[order[i]], s);
         b->byte_id[order[i]] = i;
-        tokmap_put(&vocab, s, k, i);
+        strmap_put(&vocab, s, k, i);
         memcpy(s + k, "</w>", 4);
-        tokmap_put(&vocab, s, k + 4, 256 + i);
+        strmap_put(&vocab, s, k + 4, 256 + i);
     }
 
     /* merge lines 1..BPE_N_MERGES, split at the space */
@@ -147,14 +147,14 @@ bpe *bpe_load(const char *merges_path)
         }
         memcpy(joined, a[r], la);
         memcpy(joined + la, sp[r] + 1, lb);
-        tokmap_put(&vocab, joined, la + lb, 512 + r);
+        strmap_put(&vocab, joined, la + lb, 512 + r);
     }
-    tokmap_put(&vocab, "<|startoftext|>", 15, BPE_START_ID);
-    tokmap_put(&vocab, "<|endoftext|>", 13, BPE_END_ID);
+    strmap_put(&vocab, "<|startoftext|>", 15, BPE_START_ID);
+    strmap_put(&vocab, "<|endoftext|>", 13, BPE_END_ID);
     for (int r = 0; r < m; r++) {
         size_t la = sp[r] - a[r], lb = end[r] - sp[r] - 1;
         int32_t ia, ib;
-        if (!tokmap_get(&vocab, a[r], la, &ia) || !tokmap_get(&vocab, sp[r] + 1, lb, &ib)) {
+        if (!strmap_get(&vocab, a[r], la, &ia) || !strmap_get(&vocab, sp[r] + 1, lb, &ib)) {
             clip_set_error("%s: line %d: merge of a token not in the vocabulary", merges_path,
                            r + 2);
             free(joined);
@@ -162,17 +162,17 @@ bpe *bpe_load(const char *merges_path)
         }
         memcpy(joined, a[r], la);
         memcpy(joined + la, sp[r] + 1, lb);
-        tokmap_get(&vocab, joined, la + lb, &b->merged[r]);
+        strmap_get(&vocab, joined, la + lb, &b->merged[r]);
         pairmap_put(&b->ranks, ia, ib, r);
     }
     free(joined);
     free(a);
-    tokmap_free(&vocab);
+    strmap_free(&vocab);
     free(text);
     return b;
 fail:
     free(a);
-    tokmap_free(&vocab);
+    strmap_free(&vocab);
     free(text);
     bpe_free(b);
     return NULL;
@@ -183,7 +183,7 @@ void bpe_free(bpe *b)
     if (!b)
         return;
     pairmap_free(&b->ranks);
-    tokmap_free(&b->cache);
+    strmap_free(&b->cache);
     free(b->merged);
     free(b->cache_ids);
     free(b->buf);
@@ -255,9 +255,9 @@ static int emit_word(bpe *b, const int32_t *cps, size_t n, int32_t *ids, int k, 
     for (size_t i = 0; i < n; i++)
         len += pystr_encode_char(cps[i], b->bytes + len);
     int32_t at;
-    if (!tokmap_get(&b->cache, b->bytes, len, &at)) {
+    if (!strmap_get(&b->cache, b->bytes, len, &at)) {
         if (b->cache.n >= CACHE_MAX_WORDS) {
-            tokmap_clear(&b->cache);
+            strmap_clear(&b->cache);
             b->cache_len = 0;
         }
         if (b->sym_cap < len) {
@@ -273,7 +273,7 @@ static int emit_word(bpe *b, const int32_t *cps, size_t n, int32_t *ids, int k, 
         b->cache_ids[at] = m;
         memcpy(b->cache_ids + at + 1, b->sym, m * sizeof *b->sym);
         b->cache_len += m + 1;
-        tokmap_put(&b->cache, b->bytes, len, at);
+        strmap_put(&b->cache, b->bytes, len, at);
     }
     int32_t m = b->cache_ids[at];
     for (int32_t i = 0; i < m && k < max; i++)

@@ -9,13 +9,13 @@
 #include <utf8proc.h>
 
 #include "core/pystr.h"
-#include "core/tokmap.h"
+#include "core/strmap.h"
 #include "core/util.h"
 
 #define MAX_WORD_CHARS 200
 
 struct wordpiece {
-    tokmap vocab;
+    strmap vocab;
     int size;
     int32_t unk;
     /* scratch */
@@ -32,7 +32,7 @@ wordpiece *wordpiece_load(const char *vocab_path)
     char *text = read_file_max(vocab_path, &len, CLIP_MAX_VOCAB_FILE, "vocabulary");
     if (!text) return NULL; /* the message names the file and the limit */
     wordpiece *wp = xcalloc(1, sizeof *wp);
-    tokmap_init(&wp->vocab);
+    strmap_init(&wp->vocab);
     char *p = text, *end = text + len;
     while (p < end) {
         char *nl = memchr(p, '\n', end - p);
@@ -42,7 +42,7 @@ wordpiece *wordpiece_load(const char *vocab_path)
             a++;
         while (b > a && (b[-1] == ' ' || b[-1] == '\t' || b[-1] == '\r'))
             b--;
-        tokmap_put(&wp->vocab, a, b - a, wp->size++);
+        strmap_put(&wp->vocab, a, b - a, wp->size++);
         p = nl ? nl + 1 : end;
     }
     free(text);
@@ -61,7 +61,7 @@ void wordpiece_free(wordpiece *wp)
 {
     if (!wp)
         return;
-    tokmap_free(&wp->vocab);
+    strmap_free(&wp->vocab);
     free(wp->buf);
     free(wp->low);
     free(wp->nfd);
@@ -73,7 +73,7 @@ void wordpiece_free(wordpiece *wp)
 int32_t wordpiece_id(const wordpiece *wp, const char *token)
 {
     int32_t id;
-    return tokmap_get(&wp->vocab, token, strlen(token), &id) ? id : -1;
+    return strmap_get(&wp->vocab, token, strlen(token), &id) ? id : -1;
 }
 
 int wordpiece_vocab_size(const wordpiece *wp) { return wp->size; }
@@ -153,11 +153,11 @@ static int encode_piece(wordpiece *wp, const int32_t *s, size_t n, int32_t *ids,
             if (start) {
                 char save0 = b[from], save1 = b[from + 1];
                 b[from] = b[from + 1] = '#';
-                int found = tokmap_get(&wp->vocab, b + from, off[end] - from, &id);
+                int found = strmap_get(&wp->vocab, b + from, off[end] - from, &id);
                 b[from] = save0, b[from + 1] = save1;
                 if (found)
                     break;
-            } else if (tokmap_get(&wp->vocab, b + from, off[end] - from, &id)) {
+            } else if (strmap_get(&wp->vocab, b + from, off[end] - from, &id)) {
                 break;
             }
         }

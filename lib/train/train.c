@@ -451,7 +451,7 @@ typedef struct {
     char **names; /* owned */
 } tensor_list;
 
-static void tl_add(tensor_list *l, const char *prefix, const char *name, ckpt_dtype dt, int ndim,
+static void tl_add(tensor_list *l, const char *prefix, const char *name, clip_dtype dt, int ndim,
                    const int64_t *shape, const void *data)
 {
     if (l->n == l->cap) {

@@ -31,17 +31,17 @@ static double worst_ratio;
 static char worst_name[256];
 
 /* an .npy fixture copied into an aligned buffer; checks dtype and count */
-static void *load_npy(const char *path, enum npy_dtype dt, size_t count)
+static void *load_npy(const char *path, npy_dtype dt, size_t count)
 {
     size_t len;
     npy_array a;
     char *buf = read_file(path, &len);
     if (!buf || npy_parse(buf, len, &a, path)) die("%s", clip_error());
     if (a.dtype != dt || a.count != count)
-        die("%s: expected %zu %s, found %zu %s", path, count, npy_dtype_name(dt), a.count,
-            npy_dtype_name(a.dtype));
-    void *out = xmalloc(count * npy_dtype_size(dt));
-    memcpy(out, a.data, count * npy_dtype_size(dt));
+        die("%s: expected %zu %s, found %zu %s", path, count, dtype_name(dt), a.count,
+            dtype_name(a.dtype));
+    void *out = xmalloc(count * dtype_size(dt));
+    memcpy(out, a.data, count * dtype_size(dt));
     free(buf);
     return out;
 }
@@ -148,10 +148,10 @@ static void test_towers(void)
     v->cfg.heads = 2;
     t->cfg.heads = 2;
     const int B = 3, L = 12, R = v->cfg.resolution, D = m->embed_dim;
-    uint8_t *pixels = load_npy(FIX "pixels.npy", NPY_U8, (size_t)B * R * R * 3);
-    int32_t *ids = load_npy(FIX "ids.npy", NPY_I32, (size_t)B * L);
-    float *r_img = load_npy(FIX "r_img.npy", NPY_F32, (size_t)B * D);
-    float *r_txt = load_npy(FIX "r_txt.npy", NPY_F32, (size_t)B * D);
+    uint8_t *pixels = load_npy(FIX "pixels.npy", DT_U8, (size_t)B * R * R * 3);
+    int32_t *ids = load_npy(FIX "ids.npy", DT_I32, (size_t)B * L);
+    float *r_img = load_npy(FIX "r_img.npy", DT_F32, (size_t)B * D);
+    float *r_txt = load_npy(FIX "r_txt.npy", DT_F32, (size_t)B * D);
 
     vit_reserve(v, B, 1);
     vit_alloc_grads(v);
@@ -227,9 +227,9 @@ static void test_attention(void)
 {
     const int B = 2, T = 5, C = 16, NH = 2;
     size_t nqkv = (size_t)B * T * 3 * C, nout = (size_t)B * T * C;
-    float *qkv = load_npy(FIX "attn_qkv.npy", NPY_F32, nqkv);
-    float *dout = load_npy(FIX "attn_dout.npy", NPY_F32, nout);
-    uint8_t *kv = load_npy(FIX "attn_key_valid.npy", NPY_U8, (size_t)B * T);
+    float *qkv = load_npy(FIX "attn_qkv.npy", DT_F32, nqkv);
+    float *dout = load_npy(FIX "attn_dout.npy", DT_F32, nout);
+    uint8_t *kv = load_npy(FIX "attn_key_valid.npy", DT_U8, (size_t)B * T);
     float *out = xmalloc(nout * sizeof(float)), *dqkv = xmalloc(nqkv * sizeof(float));
     float *att = xmalloc((size_t)B * NH * T * T * sizeof(float));
     float *datt = xmalloc((size_t)B * NH * T * T * sizeof(float));
@@ -238,14 +238,14 @@ static void test_attention(void)
         char path[256], what[64];
         attention_forward(out, att, qkv, masked ? kv : NULL, !masked, B, T, C, NH);
         snprintf(path, sizeof path, FIX "attn_out_%s.npy", name);
-        float *want = load_npy(path, NPY_F32, nout);
+        float *want = load_npy(path, DT_F32, nout);
         snprintf(what, sizeof what, "attention_forward (%s)", name);
         check_close(what, out, want, nout, 1.0f, -1);
         free(want);
         memset(dqkv, 0, nqkv * sizeof(float));
         attention_backward(dqkv, datt, dout, qkv, att, B, T, C, NH);
         snprintf(path, sizeof path, FIX "attn_dqkv_%s.npy", name);
-        want = load_npy(path, NPY_F32, nqkv);
+        want = load_npy(path, DT_F32, nqkv);
         snprintf(what, sizeof what, "attention_backward (%s)", name);
         check_close(what, dqkv, want, nqkv, 1.0f, -1);
         free(want);

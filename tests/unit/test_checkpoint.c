@@ -59,8 +59,8 @@ static void check_against(const char *file, json_t *set)
         CHECK(t != NULL, "%s: missing %s", file, name);
         if (!t) continue;
         CHECK(ckpt_tensor_at(c, i) == t, "%s: %s not at position %zu", file, name, i);
-        CHECK(!strcmp(ckpt_dtype_name(t->dtype), json_string_value(json_object_get(e, "dtype"))),
-              "%s: %s dtype %s", file, name, ckpt_dtype_name(t->dtype));
+        CHECK(!strcmp(dtype_name(t->dtype), json_string_value(json_object_get(e, "dtype"))),
+              "%s: %s dtype %s", file, name, dtype_name(t->dtype));
         json_t *shape = json_object_get(e, "shape");
         int64_t want[CKPT_MAX_DIMS];
         int ndim = json_array_size(shape);
@@ -71,9 +71,9 @@ static void check_against(const char *file, json_t *set)
         size_t nraw, nf32;
         unsigned char *raw = unhex(json_string_value(json_object_get(e, "raw")), &nraw);
         unsigned char *f32 = unhex(json_string_value(json_object_get(e, "f32")), &nf32);
-        CHECK(nraw == t->numel * ckpt_dtype_size(t->dtype) && !memcmp(raw, t->data, nraw),
+        CHECK(nraw == t->numel * dtype_size(t->dtype) && !memcmp(raw, t->data, nraw),
               "%s: %s raw bytes differ", file, name);
-        CHECK((uintptr_t)t->data % ckpt_dtype_size(t->dtype) == 0, "%s: %s misaligned", file, name);
+        CHECK((uintptr_t)t->data % dtype_size(t->dtype) == 0, "%s: %s misaligned", file, name);
         float *got = xmalloc(nf32 + 4);
         int rc = ckpt_read_f32(c, name, ndim, want, got);
         CHECK(rc == 0 && nf32 == 4 * t->numel && !memcmp(got, f32, nf32), "%s: %s as f32 differs (%s)",
@@ -266,7 +266,7 @@ static int same_tensors(const ckpt *a, const ckpt *b)
         const ckpt_tensor *x = ckpt_tensor_at(a, i), *y = ckpt_find(b, x->name);
         if (!y || x->dtype != y->dtype || x->ndim != y->ndim ||
             memcmp(x->shape, y->shape, x->ndim * sizeof *x->shape) ||
-            memcmp(x->data, y->data, x->numel * ckpt_dtype_size(x->dtype))) {
+            memcmp(x->data, y->data, x->numel * dtype_size(x->dtype))) {
             fprintf(stderr, "differs: %s\n", x->name);
             return 0;
         }
@@ -289,7 +289,7 @@ static void test_round_trip(void)
     CHECK(r && same_tensors(c, r), "safetensors round trip: %s", clip_error());
     CHECK(r && ckpt_metadata(r, "epoch") && !strcmp(ckpt_metadata(r, "epoch"), "7"), "metadata round trip");
     for (size_t i = 0; r && i < n; i++)
-        CHECK((uintptr_t)ckpt_tensor_at(r, i)->data % ckpt_dtype_size(ckpt_tensor_at(r, i)->dtype) == 0,
+        CHECK((uintptr_t)ckpt_tensor_at(r, i)->data % dtype_size(ckpt_tensor_at(r, i)->dtype) == 0,
               "alignment");
     ckpt_free(r);
     p = tmp_path("rt.pth");
@@ -372,6 +372,40 @@ static int write_copy(const char *path)
     return 0;
 }
 
+/* ckpt_save picks the writer by the path's suffix: the file's first bytes
+ * say which format was written. */
+static void test_save_by_suffix(void)
+{
+    ckpt *c = ckpt_load(FIX "small.pth");
+    CHECK(c != NULL, "save by suffix: %s", clip_error());
+    if (!c) return;
+    ckpt_out_tensor *out = ckpt_out_views(c);
+    static const struct {
+        const char *name;
+        int zip;
+    } cases[] = {{"s.safetensors", 0}, {"s.pth", 1}, {"s.pt", 1}, {"pytorch_model.bin", 1}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *p = tmp_path(cases[i].name);
+        CHECK(ckpt_save(p, out, ckpt_count(c), NULL) == 0, "%s: %s", cases[i].name, clip_error());
+        unsigned char head[9] = {0};
+        FILE *f = fopen(p, "rb");
+        size_t got = f ? fread(head, 1, sizeof head, f) : 0;
+        if (f) fclose(f);
+        int is_zip = got >= 4 && !memcmp(head, "PK\3\4", 4);
+        int is_st = got == 9 && head[8] == '{';
+        CHECK(cases[i].zip ? is_zip : is_st, "%s written as the wrong format", cases[i].name);
+        ckpt *r = ckpt_load(p);
+        CHECK(r && same_tensors(c, r), "%s: %s", cases[i].name, clip_error());
+        ckpt_free(r);
+    }
+    clip_clear_error();
+    CHECK(ckpt_save(tmp_path("s.ckpt"), out, ckpt_count(c), NULL) < 0 && strstr(clip_error(), "s.ckpt") &&
+              strstr(clip_error(), ".safetensors"),
+          "an unknown suffix is refused naming the file and the suffixes: %s", clip_error());
+    free(out);
+    ckpt_free(c);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && !strcmp(argv[1], "--write")) return write_copy(argv[2]);
@@ -382,6 +416,7 @@ int main(int argc, char **argv)
     test_hostile_safetensors();
     test_truncations();
     test_round_trip();
+    test_save_by_suffix();
     cleanup();
     return unit_done();
 }

@@ -103,7 +103,7 @@ static float *load(const char *name, int rows, int cols)
     char *buf = read_file(path, &len);
     npy_array a;
     if (!buf || npy_parse(buf, len, &a, path)) die("%s", clip_error());
-    if (a.dtype != NPY_F32 || a.ndim != 2 || a.shape[0] != rows || a.shape[1] != cols)
+    if (a.dtype != DT_F32 || a.ndim != 2 || a.shape[0] != rows || a.shape[1] != cols)
         die("%s: expected float32 [%d, %d]", path, rows, cols);
     float *x = xmalloc(a.count * 4);
     memcpy(x, a.data, a.count * 4);

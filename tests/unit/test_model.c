@@ -38,7 +38,7 @@ static npy_file load_npy(const char *path)
 static void check_emb(const char *what, const float *got, const char *ref_path, int n, int d)
 {
     npy_file r = load_npy(ref_path);
-    CHECK(r.a.dtype == NPY_F32 && r.a.ndim == 2 && r.a.shape[0] == n && r.a.shape[1] == d,
+    CHECK(r.a.dtype == DT_F32 && r.a.ndim == 2 && r.a.shape[0] == n && r.a.shape[1] == d,
           "%s: reference shape", ref_path);
     const float *want = r.a.data;
     for (int i = 0; i < n; i++) {

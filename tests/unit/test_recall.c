@@ -207,13 +207,13 @@ static void write_stream(int n, int bad, const char *what)
         if (is_bad && !strcmp(what, "zero")) img[0] = 0;
         if (is_bad && !strcmp(what, "nocap")) tshape[0] = 0;
         if (!(is_bad && !strcmp(what, "noimg")))
-            sample_set_npy(&s, "img_emb.npy", NPY_F32, 1, ishape, img);
+            sample_set_npy(&s, "img_emb.npy", DT_F32, 1, ishape, img);
         if (!(is_bad && !strcmp(what, "notxt"))) {
             if (is_bad && !strcmp(what, "int")) {
                 int32_t t[8] = {0};
-                sample_set_npy(&s, "txt_emb.npy", NPY_I32, 2, tshape, t);
+                sample_set_npy(&s, "txt_emb.npy", DT_I32, 2, tshape, t);
             } else {
-                sample_set_npy(&s, "txt_emb.npy", NPY_F32, 2, tshape, txt);
+                sample_set_npy(&s, "txt_emb.npy", DT_F32, 2, tshape, txt);
             }
         }
         if (stream_write(w, &s)) die("%s", clip_error());

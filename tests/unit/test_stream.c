@@ -23,7 +23,7 @@ static void make_sample(sample *s, int i)
     int64_t shape[2] = {i % 7 + 1, 3};
     int32_t v[24];
     for (int k = 0; k < 24; k++) v[k] = i * 100 + k;
-    sample_set_npy(s, "tok.npy", NPY_I32, 2, shape, v);
+    sample_set_npy(s, "tok.npy", DT_I32, 2, shape, v);
     if (i % 3 == 0) sample_set_copy(s, "unknown.bin", "\0\1\2", 3); /* passes through */
 }
 
@@ -88,10 +88,10 @@ static void test_npy(void)
     float v[24];
     for (int i = 0; i < 24; i++) v[i] = i * 0.5f;
     size_t len;
-    unsigned char *b = npy_encode(NPY_F32, 3, shape, v, &len);
+    unsigned char *b = npy_encode(DT_F32, 3, shape, v, &len);
     npy_array a;
     CHECK(npy_parse(b, len, &a, "t") == 0, "%s", clip_error());
-    CHECK(a.ndim == 3 && a.shape[0] == 2 && a.shape[2] == 4 && a.dtype == NPY_F32, "shape");
+    CHECK(a.ndim == 3 && a.shape[0] == 2 && a.shape[2] == 4 && a.dtype == DT_F32, "shape");
     CHECK(!memcmp(a.data, v, sizeof v), "data");
     CHECK((len - sizeof v) % 64 == 0, "header padded to 64");
     CHECK(npy_parse(b, len - 1, &a, "t") == -1 && strstr(clip_error(), "truncated"), "%s", clip_error());
@@ -102,7 +102,7 @@ static void test_npy(void)
     CHECK(rc == -1 && !strncmp(clip_error(), "t: ", 3), "corrupted header: rc %d, %s", rc, clip_error());
     free(b);
     int64_t one[1] = {5};
-    b = npy_encode(NPY_U8, 1, one, "abcde", &len);
+    b = npy_encode(DT_U8, 1, one, "abcde", &len);
     CHECK(npy_parse(b, len, &a, "t") == 0 && a.count == 5, "1-d");
     CHECK(memmem(b, len, "(5,)", 4) != NULL, "1-d shape written as (5,)");
     free(b);

@@ -1,8 +1,9 @@
-/* String -> int32 hash map for the tokenisers (vocabularies, BPE word cache).
+/* String -> int32 hash map (vocabularies, the BPE word cache, checkpoint tensor
+ * names, archive member names).
  * Keys are byte strings copied into the map; inserting an existing key
  * overwrites its value (as a Python dict built from a list does). */
-#ifndef CLIP_TOKMAP_H
-#define CLIP_TOKMAP_H
+#ifndef CLIP_STRMAP_H
+#define CLIP_STRMAP_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -16,14 +17,14 @@ typedef struct {
     uint32_t n, cap;    /* entries */
     char *pool;
     size_t pool_len, pool_cap;
-} tokmap;
+} strmap;
 
-void tokmap_init(tokmap *m);
-void tokmap_free(tokmap *m);
-void tokmap_clear(tokmap *m);
-void tokmap_put(tokmap *m, const char *key, size_t len, int32_t value);
+void strmap_init(strmap *m);
+void strmap_free(strmap *m);
+void strmap_clear(strmap *m);
+void strmap_put(strmap *m, const char *key, size_t len, int32_t value);
 /* 1 and *value when found, else 0. */
-int tokmap_get(const tokmap *m, const char *key, size_t len, int32_t *value);
+int strmap_get(const strmap *m, const char *key, size_t len, int32_t *value);
 
 /* Same for (a, b) pairs of int32 (BPE merge ranks). */
 typedef struct {

@@ -1,5 +1,5 @@
 /* Open addressing with linear probing; tables stay at most half full. */
-#include "core/tokmap.h"
+#include "core/strmap.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -14,14 +14,14 @@ static uint32_t hash_bytes(const char *s, size_t n)
     return h ^ (h >> 15);
 }
 
-void tokmap_init(tokmap *m)
+void strmap_init(strmap *m)
 {
     memset(m, 0, sizeof *m);
     m->mask = 1023;
     m->slots = xcalloc(m->mask + 1, sizeof *m->slots);
 }
 
-void tokmap_free(tokmap *m)
+void strmap_free(strmap *m)
 {
     free(m->slots);
     free(m->key_off);
@@ -31,14 +31,14 @@ void tokmap_free(tokmap *m)
     memset(m, 0, sizeof *m);
 }
 
-void tokmap_clear(tokmap *m)
+void strmap_clear(strmap *m)
 {
     memset(m->slots, 0, (m->mask + 1) * sizeof *m->slots);
     m->n = 0;
     m->pool_len = 0;
 }
 
-static uint32_t *find_slot(const tokmap *m, const char *key, size_t len)
+static uint32_t *find_slot(const strmap *m, const char *key, size_t len)
 {
     uint32_t i = hash_bytes(key, len) & m->mask;
     for (;; i = (i + 1) & m->mask) {
@@ -51,7 +51,7 @@ static uint32_t *find_slot(const tokmap *m, const char *key, size_t len)
     }
 }
 
-static void grow(tokmap *m)
+static void grow(strmap *m)
 {
     uint32_t nmask = m->mask * 2 + 1;
     free(m->slots);
@@ -61,7 +61,7 @@ static void grow(tokmap *m)
         *find_slot(m, m->pool + m->key_off[e], m->key_len[e]) = e + 1;
 }
 
-void tokmap_put(tokmap *m, const char *key, size_t len, int32_t value)
+void strmap_put(strmap *m, const char *key, size_t len, int32_t value)
 {
     uint32_t *slot = find_slot(m, key, len);
     if (*slot) {
@@ -88,7 +88,7 @@ void tokmap_put(tokmap *m, const char *key, size_t len, int32_t value)
         grow(m);
 }
 
-int tokmap_get(const tokmap *m, const char *key, size_t len, int32_t *value)
+int strmap_get(const strmap *m, const char *key, size_t len, int32_t *value)
 {
     uint32_t e = *find_slot(m, key, len);
     if (!e)
