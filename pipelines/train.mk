@@ -5,7 +5,7 @@
 #   make train ARCH=small EPOCHS=30 BATCH=64 LR=5e-4                          # from scratch
 #   make eval     make plots
 #
-# `make train` resumes an interrupted run (its state is $(RUN)/model.pth.state);
+# `make train` resumes an interrupted run (its state is $(RUN)/model.safetensors.state);
 # `make clean-train` starts over.
 
 # DATA: a Flickr8k-CN folder (not shipped: bring your own copy)

@@ -1,4 +1,4 @@
-/* Retrieval recall (DESIGN.md "Evaluation"): images x all captions, R@1/5/10
+/* Retrieval recall as Chinese-CLIP measures it: images x all captions, R@1/5/10
  * both ways, computed in blocks so that the score matrix is never held whole.
  *
  * Rank of a query = 1 + the number of wrong candidates whose score is strictly
