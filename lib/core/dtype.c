@@ -110,3 +110,52 @@ void dtype_to_f32(clip_dtype t, const void *src, size_t n, float *dst)
 #undef CONVERT
     }
 }
+
+static uint16_t f32_to_bf16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffff) > 0x7f800000) return (uint16_t)((x >> 16) | 0x40); /* NaN stays NaN */
+    return (uint16_t)((x + 0x7fff + ((x >> 16) & 1)) >> 16);
+}
+
+static uint16_t f32_to_f16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint16_t sign = (x >> 16) & 0x8000;
+    uint32_t a = x & 0x7fffffff;
+    if (a > 0x7f800000) return sign | 0x7e00;     /* NaN */
+    if (a >= 0x477ff000) return sign | 0x7c00;    /* rounds to >= 65520: inf */
+    if (a < 0x38800000) {                         /* below 2^-14: subnormal or zero */
+        if (a < 0x33000000) return sign;          /* below half the smallest subnormal */
+        uint32_t man = (a & 0x7fffff) | 0x800000; /* 24-bit significand */
+        int shift = 126 - (int)(a >> 23);         /* 14..24 more bits to drop */
+        uint32_t kept = man >> shift, rest = man & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rest > half || (rest == half && (kept & 1))) kept++;
+        return sign | (uint16_t)kept;
+    }
+    uint32_t r = a + 0xfff + ((a >> 13) & 1); /* round the 13 dropped bits to nearest even */
+    return sign | (uint16_t)((r >> 13) - (112u << 10));
+}
+
+int dtype_from_f32(clip_dtype t, const float *src, size_t n, void *dst)
+{
+    unsigned char *d = dst;
+    switch (t) {
+    case DT_F32: memcpy(dst, src, n * 4); return 0;
+    case DT_BF16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h = f32_to_bf16(src[i]);
+            memcpy(d + 2 * i, &h, 2);
+        }
+        return 0;
+    case DT_F16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h = f32_to_f16(src[i]);
+            memcpy(d + 2 * i, &h, 2);
+        }
+        return 0;
+    default: return -1;
+    }
+}

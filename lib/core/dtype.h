@@ -33,4 +33,8 @@ int dtype_from_npy_descr(const char *descr, size_t len, clip_dtype *t);
 /* n elements of type t at src (unaligned, little-endian) to float32. */
 void dtype_to_f32(clip_dtype t, const void *src, size_t n, float *dst);
 
+/* n float32 values to type t (F32, F16, BF16: round to nearest even, as
+ * torch's .to() does); -1 for any other type. */
+int dtype_from_f32(clip_dtype t, const float *src, size_t n, void *dst);
+
 #endif
