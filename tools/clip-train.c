@@ -19,6 +19,7 @@
 #include "kernels/ops.h"
 #include "search/recall.h"
 #include "io/sample.h"
+#include "io/sample_file.h"
 #include "io/stream.h"
 #include "train/train.h"
 #include "core/util.h"

@@ -82,3 +82,14 @@ int sample_get_npy(const sample *s, const char *name, npy_array *out)
     snprintf(what, sizeof what, "sample %s: %s", key, name);
     return npy_parse(f->data, f->size, out, what);
 }
+
+int sample_split_member_name(const char *path, char **key, const char **field)
+{
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    const char *dot = strchr(base, '.');
+    if (!dot || dot == base || !dot[1]) return -1;
+    *key = xstrndup(path, dot - path);
+    *field = dot + 1;
+    return 0;
+}

@@ -35,4 +35,10 @@ void sample_set_npy(sample *s, const char *name, npy_dtype t, int ndim, const in
  * field is missing or malformed. */
 int sample_get_npy(const sample *s, const char *name, npy_array *out);
 
+/* A tar member's name, "<dir>/<key>.<field>": the key runs to the first dot
+ * of the base name (so "a/b.img.npy" is key "a/b", field "img.npy"). -1 when
+ * there is no dot, or nothing before or after it. *key is malloc'd; *field
+ * points into path. */
+int sample_split_member_name(const char *path, char **key, const char **field);
+
 #endif

@@ -14,19 +14,6 @@
 #include <unistd.h>
 #include <zmq.h>
 
-/* ---- names: "<key>.<field>"; the key ends at the first dot of the basename ---- */
-
-static int split_member_name(const char *path, char **key, const char **field)
-{
-    const char *base = strrchr(path, '/');
-    base = base ? base + 1 : path;
-    const char *dot = strchr(base, '.');
-    if (!dot || dot == base || !dot[1]) return -1;
-    *key = xstrndup(path, dot - path);
-    *field = dot + 1;
-    return 0;
-}
-
 int stream_is_zmq(const char *endpoint)
 {
     const char *e = endpoint;
@@ -226,7 +213,7 @@ static int next_member(stream_reader *r)
         const char *path = archive_entry_pathname(e);
         const char *field;
         char *key;
-        if (!path || split_member_name(path, &key, &field)) {
+        if (!path || sample_split_member_name(path, &key, &field)) {
             clip_set_error("%s: member '%s' is not named <key>.<field>", r->name, path ? path : "");
             return -1;
         }
@@ -579,131 +566,4 @@ void stream_abort_write(stream_writer *w)
 {
     w->failed = 1;
     stream_close_write(w);
-}
-
-/* ---- random access over an uncompressed tar file ---- */
-
-typedef struct {
-    char *key;
-    size_t offset; /* header position of the sample's first member */
-    int members;
-} file_entry;
-
-struct sample_file {
-    char *path;
-    unsigned char *map;
-    size_t size;
-    file_entry *e;
-    size_t n, cap;
-};
-
-sample_file *sample_file_open(const char *path)
-{
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) {
-        clip_set_error("%s: %s", path, strerror(errno));
-        return NULL;
-    }
-    struct stat st;
-    fstat(fd, &st);
-    sample_file *f = xcalloc(1, sizeof *f);
-    f->path = xstrdup(path);
-    f->size = (size_t)st.st_size;
-    f->map = f->size ? mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
-    close(fd);
-    if (f->size && f->map == MAP_FAILED) {
-        clip_set_error("%s: cannot map: %s", path, strerror(errno));
-        free(f->path);
-        free(f);
-        return NULL;
-    }
-    if (f->size < 512) return f; /* empty stream */
-    struct archive *a = archive_read_new();
-    archive_read_support_format_tar(a);
-    if (archive_read_open_memory(a, f->map, f->size) != ARCHIVE_OK) goto bad;
-    struct archive_entry *ent;
-    int rc;
-    while ((rc = archive_read_next_header(a, &ent)) == ARCHIVE_OK || rc == ARCHIVE_WARN) {
-        if (archive_entry_filetype(ent) != AE_IFREG) continue;
-        const char *field;
-        char *key;
-        if (split_member_name(archive_entry_pathname(ent), &key, &field)) {
-            clip_set_error("%s: member '%s' is not named <key>.<field>", path,
-                           archive_entry_pathname(ent));
-            goto fail;
-        }
-        if (f->n && !strcmp(f->e[f->n - 1].key, key)) {
-            f->e[f->n - 1].members++;
-            free(key);
-        } else {
-            if (f->n == f->cap) f->e = xrealloc(f->e, (f->cap = f->cap ? 2 * f->cap : 1024) * sizeof *f->e);
-            f->e[f->n++] = (file_entry){key, (size_t)archive_read_header_position(a), 1};
-        }
-    }
-    if (rc != ARCHIVE_EOF) goto bad;
-    archive_read_free(a);
-    return f;
-bad:
-    clip_set_error("%s: not an uncompressed tar file, or truncated (random access needs a plain "
-                   ".tar): %s", path, archive_error_string(a));
-fail:
-    archive_read_free(a);
-    sample_file_close(f);
-    return NULL;
-}
-
-size_t sample_file_count(const sample_file *f) { return f->n; }
-const char *sample_file_key(const sample_file *f, size_t i) { return f->e[i].key; }
-
-int sample_file_read(sample_file *f, size_t i, sample *s)
-{
-    sample_clear(s);
-    struct archive *a = archive_read_new();
-    archive_read_support_format_tar(a);
-    const file_entry *fe = &f->e[i];
-    if (archive_read_open_memory(a, f->map + fe->offset, f->size - fe->offset) != ARCHIVE_OK)
-        goto bad;
-    s->key = xstrdup(fe->key);
-    for (int m = 0; m < fe->members;) {
-        struct archive_entry *ent;
-        int rc = archive_read_next_header(a, &ent);
-        if (rc != ARCHIVE_OK && rc != ARCHIVE_WARN) goto bad;
-        if (archive_entry_filetype(ent) != AE_IFREG) continue;
-        const char *path = archive_entry_pathname(ent);
-        const char *base = strrchr(path, '/');
-        const char *field = strchr(base ? base + 1 : path, '.') + 1;
-        int64_t declared = archive_entry_size(ent);
-        if (declared < 0 || (uint64_t)declared > STREAM_MAX_MEMBER ||
-            (uint64_t)declared > f->size - fe->offset) {
-            clip_set_error("%s: sample %s: member %s claims %lld bytes, more than the file "
-                           "holds or the limit of %zu for one field", f->path, fe->key, path,
-                           (long long)declared, STREAM_MAX_MEMBER);
-            archive_read_free(a);
-            return -1;
-        }
-        size_t size = (size_t)declared;
-        unsigned char *buf = xmalloc(size ? size : 1);
-        if (archive_read_data(a, buf, size) != (la_ssize_t)size) {
-            free(buf);
-            goto bad;
-        }
-        sample_set(s, field, buf, size);
-        m++;
-    }
-    archive_read_free(a);
-    return 0;
-bad:
-    clip_set_error("%s: sample %s: %s", f->path, fe->key, archive_error_string(a));
-    archive_read_free(a);
-    return -1;
-}
-
-void sample_file_close(sample_file *f)
-{
-    if (!f) return;
-    for (size_t i = 0; i < f->n; i++) free(f->e[i].key);
-    free(f->e);
-    if (f->map && f->map != MAP_FAILED) munmap(f->map, f->size);
-    free(f->path);
-    free(f);
 }

@@ -34,12 +34,4 @@ int stream_write(stream_writer *w, const sample *s);
 int stream_close_write(stream_writer *w);
 void stream_abort_write(stream_writer *w);
 
-/* Random access over a tar file: indexed once, sample i read on demand. */
-typedef struct sample_file sample_file;
-sample_file *sample_file_open(const char *path);
-size_t sample_file_count(const sample_file *f);
-const char *sample_file_key(const sample_file *f, size_t i);
-int sample_file_read(sample_file *f, size_t i, sample *s);
-void sample_file_close(sample_file *f);
-
 #endif

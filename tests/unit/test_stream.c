@@ -1,6 +1,7 @@
 /* The stream library: .npy round trips and malformed headers; N samples
  * through a pipe, a file (sequential and random access) and ZeroMQ arrive
  * exactly once (in order for pipes and files); truncation is an error. */
+#include "io/sample_file.h"
 #include "io/stream.h"
 #include "unit.h"
 #include "core/util.h"
@@ -41,19 +42,21 @@ static int sample_matches(const sample *s, int i)
     return ok;
 }
 
-static void write_samples(const char *endpoint, int n)
+static void write_range(const char *endpoint, int from, int to)
 {
     stream_writer *w = stream_open_write(endpoint);
     if (!w) die("%s", clip_error());
     sample s;
     sample_init(&s);
-    for (int i = 0; i < n; i++) {
+    for (int i = from; i < to; i++) {
         make_sample(&s, i);
         if (stream_write(w, &s)) die("%s", clip_error());
     }
     if (stream_close_write(w)) die("%s", clip_error());
     sample_free(&s);
 }
+
+static void write_samples(const char *endpoint, int n) { write_range(endpoint, 0, n); }
 
 /* Reads everything; returns how many samples matched their expected index
  * in order; *count gets the number read; *seen counts arrivals per index. */
@@ -152,6 +155,47 @@ static void test_file(void)
     unlink(path);
 }
 
+/* Shards in brace notation are one sequence of samples, in the order named. */
+static void test_shards(void)
+{
+    char dir[] = "/tmp/clip-test-shards-XXXXXX", path[96], spec[96];
+    if (!mkdtemp(dir)) die("mkdtemp");
+    int cuts[] = {0, 100, 101, 300}; /* shard 1 holds one sample */
+    for (int k = 0; k < 3; k++) {
+        snprintf(path, sizeof path, "%s/part-%02d.tar", dir, k);
+        write_range(path, cuts[k], cuts[k + 1]);
+    }
+    snprintf(spec, sizeof spec, "%s/part-{00..02}.tar", dir);
+    sample_file *f = sample_file_open(spec);
+    CHECK(f && sample_file_count(f) == N_SAMPLES && sample_file_shards(f) == 3,
+          "shards: %zu samples in %zu files: %s", f ? sample_file_count(f) : 0,
+          f ? sample_file_shards(f) : 0, clip_error());
+    if (f) {
+        sample s;
+        sample_init(&s);
+        int good = 0;
+        for (int k = 0; k < N_SAMPLES; k++) {
+            int i = (k * 7919) % N_SAMPLES;
+            good += sample_file_read(f, i, &s) == 0 && sample_matches(&s, i);
+        }
+        CHECK(good == N_SAMPLES, "shards: %d of %d read back as written", good, N_SAMPLES);
+        sample_free(&s);
+        sample_file_close(f);
+    }
+    snprintf(spec, sizeof spec, "%s/part-{00..03}.tar", dir);
+    clip_clear_error();
+    f = sample_file_open(spec);
+    CHECK(!f && strstr(clip_error(), "part-03.tar"), "a missing shard is named: %s", clip_error());
+    sample_file_close(f);
+    CHECK(!sample_file_open("/dev/null") && strstr(clip_error(), "/dev/null"),
+          "a device is not a random-access file: %s", clip_error());
+    for (int k = 0; k < 3; k++) {
+        snprintf(path, sizeof path, "%s/part-%02d.tar", dir, k);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
 static void test_pipe(void)
 {
     int p[2];
@@ -241,6 +285,7 @@ int main(void)
 {
     test_npy();
     test_file();
+    test_shards();
     test_pipe();
     char ipc[128];
     snprintf(ipc, sizeof ipc, "ipc:///tmp/clip-test-%d.ipc", (int)getpid());

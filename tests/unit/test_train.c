@@ -70,6 +70,7 @@
 #include <string.h>
 
 #include "ckpt/checkpoint.h"
+#include "io/sample_file.h"
 #include "io/stream.h"
 #include "train/train.h"
 #include "unit.h"
