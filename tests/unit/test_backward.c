@@ -131,10 +131,11 @@ static float *copy_table(const param_table *t, float *dst)
 static void run_step(clip_model *m, const uint8_t *pixels, const int32_t *ids, const float *r_img,
                      const float *r_txt, int B, int L)
 {
-    vit_forward(m->visual, pixels, B, NULL);
-    vit_backward(m->visual, r_img, B);
-    CHECK(bert_forward(m->bert, ids, B, L, NULL) == 0, "bert_forward: %s", clip_error());
-    bert_backward(m->bert, ids, r_txt, B, L);
+    const compute_ctx *cx = &m->compute;
+    CHECK(vit_forward(m->visual, cx, pixels, B, NULL) == 0, "vit_forward: %s", clip_error());
+    CHECK(vit_backward(m->visual, cx, r_img, B) == 0, "vit_backward: %s", clip_error());
+    CHECK(bert_forward(m->bert, cx, ids, B, L, NULL) == 0, "bert_forward: %s", clip_error());
+    CHECK(bert_backward(m->bert, cx, ids, r_txt, B, L) == 0, "bert_backward: %s", clip_error());
 }
 
 static void test_towers(void)
@@ -203,10 +204,10 @@ static void test_towers(void)
     for (size_t i = 0; i < N; i++) d2[i] = 1.0f;
     copy_table(&v->gtable, gsave);
     const float *inp = v->acts.blocks[last - 1].out;
-    resblock_backward(&v->params.blocks[last], NULL, &v->acts.blocks[last], &v->dacts, d1, d1, inp,
-                      B, g->tokens, g->width, g->mlp, g->heads, 0);
-    resblock_backward(&v->params.blocks[last], NULL, &v->acts.blocks[last], &v->dacts, d2, dout,
-                      inp, B, g->tokens, g->width, g->mlp, g->heads, 0);
+    resblock_backward(&m->compute, &v->params.blocks[last], NULL, &v->acts.blocks[last], &v->dacts,
+                      d1, d1, inp, B, g->tokens, g->width, g->mlp, g->heads, 0);
+    resblock_backward(&m->compute, &v->params.blocks[last], NULL, &v->acts.blocks[last], &v->dacts,
+                      d2, dout, inp, B, g->tokens, g->width, g->mlp, g->heads, 0);
     double maxd = 0, maxv = 0;
     for (size_t i = 0; i < N; i++) {
         maxv = fmax(maxv, fabs(d1[i]));
