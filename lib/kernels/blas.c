@@ -50,16 +50,18 @@ static int linear_int8(const compute_ctx *cx, float *out, int ldo, const float *
 }
 
 /* row-major C = op(A) @ op(B) + beta C through OpenBLAS or the bf16 kernel */
-static void gemm(const compute_ctx *cx, int ta, int tb, int M, int N, int K, const float *A,
-                 int lda, const float *B, int ldb, float beta, float *C, int ldc)
+static int gemm(const compute_ctx *cx, int ta, int tb, int M, int N, int K, const float *A,
+                int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
     double t0 = prof_start(cx);
+    int rc = 0;
     if (cx->precision == PRECISION_BF16)
-        gemm_bf16(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+        rc = gemm_bf16(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
     else
         cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                     M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
     prof_stop(cx, PROF_GEMM, t0);
+    return rc;
 }
 
 int matmul_forward(const compute_ctx *cx, float *out, int ldo, const float *inp,
@@ -72,8 +74,7 @@ int matmul_forward(const compute_ctx *cx, float *out, int ldo, const float *inp,
         for (int i = 0; i < M; i++) memcpy(out + (size_t)i * ldo, bias, N * sizeof(float));
         beta = 1.0f;
     }
-    gemm(cx, 0, 1, M, N, K, inp, K, weight, K, beta, out, ldo);
-    return 0;
+    return gemm(cx, 0, 1, M, N, K, inp, K, weight, K, beta, out, ldo);
 }
 
 int matmul_residual_forward(const compute_ctx *cx, float *out, const float *inp,
@@ -95,8 +96,7 @@ int matmul_residual_forward(const compute_ctx *cx, float *out, const float *inp,
             for (int j = 0; j < N; j++) o[j] = r[j] + 0.0f;
         }
     }
-    gemm(cx, 0, 1, M, N, K, inp, K, weight, K, 1.0f, out, N);
-    return 0;
+    return gemm(cx, 0, 1, M, N, K, inp, K, weight, K, 1.0f, out, N);
 }
 
 #define BIAS_COLS 64
@@ -128,18 +128,19 @@ CLIP_TARGET_AVX512 static void bias_grad_avx512(float *dbias, const float *dout,
     bias_grad_body(dbias, dout, ldd, M, c0, n);
 }
 
-void matmul_backward(const compute_ctx *cx, float *dinp, float *dweight, float *dbias,
-                     const float *dout, int ldd, const float *inp, const float *weight, int M,
-                     int K, int N)
+int matmul_backward(const compute_ctx *cx, float *dinp, float *dweight, float *dbias,
+                    const float *dout, int ldd, const float *inp, const float *weight, int M, int K,
+                    int N)
 {
     /* int8 is for the forwards only: its backward products are fp32 */
-    if (dinp) gemm(cx, 0, 0, M, K, N, dout, ldd, weight, K, 1.0f, dinp, K);
-    if (dweight) gemm(cx, 1, 0, N, K, M, dout, ldd, inp, K, 1.0f, dweight, K);
-    if (!dbias) return;
+    if (dinp && gemm(cx, 0, 0, M, K, N, dout, ldd, weight, K, 1.0f, dinp, K)) return -1;
+    if (dweight && gemm(cx, 1, 0, N, K, M, dout, ldd, inp, K, 1.0f, dweight, K)) return -1;
+    if (!dbias) return 0;
     void (*cols)(float *, const float *, int, int, int, int) =
         cpu_has(CPU_AVX512) ? bias_grad_avx512 : bias_grad;
     /* columns split between tasks, rows summed in order: race-free, deterministic */
 #pragma omp parallel for schedule(static)
     for (int c0 = 0; c0 < N; c0 += BIAS_COLS)
         cols(dbias, dout, ldd, M, c0, N - c0 < BIAS_COLS ? N - c0 : BIAS_COLS);
+    return 0;
 }

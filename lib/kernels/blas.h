@@ -80,9 +80,9 @@ int matmul_residual_forward(const compute_ctx *cx, float *out, const float *inp,
  * accumulating: dinp[M, K] += dout @ weight; dweight[N, K] += dout^T @ inp;
  * dbias[N] += column sums of dout. Any of dinp/dweight/dbias may be NULL.
  * ldd: row stride of dout (N when contiguous). In bf16 under
- * PRECISION_BF16, fp32 otherwise. */
-void matmul_backward(const compute_ctx *cx, float *dinp, float *dweight, float *dbias,
-                     const float *dout, int ldd, const float *inp, const float *weight, int M,
-                     int K, int N);
+ * PRECISION_BF16, fp32 otherwise. 0, or -1 with an error (out of memory). */
+int matmul_backward(const compute_ctx *cx, float *dinp, float *dweight, float *dbias,
+                    const float *dout, int ldd, const float *inp, const float *weight, int M, int K,
+                    int N);
 
 #endif

@@ -502,8 +502,9 @@ int bert_backward(bert *m, const compute_ctx *cx, const int32_t *ids, const floa
     layernorm_backward(d->dpooled, gr->ln_final_w, gr->ln_final_b, d->dln_final, a->pooled,
                        p->ln_final_w, a->ln_final_mean, a->ln_final_rstd, B, H);
     tanh_backward(d->dpool_pre, a->pooled, d->dpooled, BH);
-    matmul_backward(cx, d->dcls, gr->pooler_w, gr->pooler_b, d->dpool_pre, H, a->cls, p->pooler_w,
-                    B, H, H);
+    if (matmul_backward(cx, d->dcls, gr->pooler_w, gr->pooler_b, d->dpool_pre, H, a->cls,
+                        p->pooler_w, B, H, H))
+        return -1;
     zero_floats(d->dx, N * H);
     for (int b = 0; b < B; b++)
         memcpy(d->dx + (size_t)b * L * H, d->dcls + (size_t)b * H, H * sizeof(float));
@@ -521,9 +522,12 @@ int bert_backward(bert *m, const compute_ctx *cx, const int32_t *ids, const floa
         gelu_erf_forward(l->fc_act, l->fc, N * FF); /* the slot is shared: recompute */
         zero_floats(d->dfc_act, N * FF);
         zero_floats(d->dfc, N * FF);
-        matmul_backward(cx, d->dfc_act, lg->o_w, lg->o_b, d->dres, H, l->fc_act, lp->o_w, N, FF, H);
+        if (matmul_backward(cx, d->dfc_act, lg->o_w, lg->o_b, d->dres, H, l->fc_act, lp->o_w, N, FF,
+                            H))
+            return -1;
         gelu_erf_backward(d->dfc, l->fc, d->dfc_act, N * FF);
-        matmul_backward(cx, d->dln, lg->i_w, lg->i_b, d->dfc, FF, l->ln_1, lp->i_w, N, H, FF);
+        if (matmul_backward(cx, d->dln, lg->i_w, lg->i_b, d->dfc, FF, l->ln_1, lp->i_w, N, H, FF))
+            return -1;
         /* ln_1 = LN(res_1), res_1 = x + attention.output.dense(attn(q, k, v of x)) */
         zero_floats(d->dres, N * H);
         layernorm_backward(d->dres, lg->ao_ln_w, lg->ao_ln_b, d->dln, l->res_1, lp->ao_ln_w,
@@ -531,13 +535,15 @@ int bert_backward(bert *m, const compute_ctx *cx, const int32_t *ids, const floa
         memcpy(d->dx, d->dres, N * H * sizeof(float));
         zero_floats(d->datty, N * H);
         zero_floats(d->dqkv, N * 3 * H);
-        matmul_backward(cx, d->datty, lg->ao_w, lg->ao_b, d->dres, H, l->atty, lp->ao_w, N, H, H);
+        if (matmul_backward(cx, d->datty, lg->ao_w, lg->ao_b, d->dres, H, l->atty, lp->ao_w, N, H, H))
+            return -1;
         t0 = prof_start(cx);
         attention_backward(d->dqkv, d->datt, d->datty, l->qkv, l->att, B, L, H, g->heads);
         prof_stop(cx, PROF_ATTENTION, t0);
-        matmul_backward(cx, d->dx, lg->q_w, lg->q_b, d->dqkv, 3 * H, x, lp->q_w, N, H, H);
-        matmul_backward(cx, d->dx, lg->k_w, lg->k_b, d->dqkv + H, 3 * H, x, lp->k_w, N, H, H);
-        matmul_backward(cx, d->dx, lg->v_w, lg->v_b, d->dqkv + 2 * H, 3 * H, x, lp->v_w, N, H, H);
+        if (matmul_backward(cx, d->dx, lg->q_w, lg->q_b, d->dqkv, 3 * H, x, lp->q_w, N, H, H) ||
+            matmul_backward(cx, d->dx, lg->k_w, lg->k_b, d->dqkv + H, 3 * H, x, lp->k_w, N, H, H) ||
+            matmul_backward(cx, d->dx, lg->v_w, lg->v_b, d->dqkv + 2 * H, 3 * H, x, lp->v_w, N, H, H))
+            return -1;
     }
 
     /* emb = word[id] + position[t] + token_type[0]; emb_ln = LN(emb) */

@@ -122,9 +122,9 @@ void resblock_layout_dacts(param_table *t, resblock_dacts *d, int B, int T, int 
     pt_add(t, &d->dfc, "dfc", 2, (int64_t[]){N, F});
 }
 
-void resblock_backward(const compute_ctx *cx, const resblock_params *p, resblock_params *g,
-                       const resblock_acts *a, resblock_dacts *d, float *dinp, const float *dout,
-                       const float *inp, int B, int T, int C, int F, int NH, int causal)
+int resblock_backward(const compute_ctx *cx, const resblock_params *p, resblock_params *g,
+                      const resblock_acts *a, resblock_dacts *d, float *dinp, const float *dout,
+                      const float *inp, int B, int T, int C, int F, int NH, int causal)
 {
 #define G(f) (g ? g->f : NULL)
     size_t N = (size_t)B * T;
@@ -143,26 +143,33 @@ void resblock_backward(const compute_ctx *cx, const resblock_params *p, resblock
     zero_floats(d->datty, N * C);
     zero_floats(d->dqkv, N * 3 * C);
     /* out = res_1 + c_proj(quickgelu(c_fc(ln_2(res_1)))); dx: d(out) -> d(res_1) */
-    matmul_backward(cx, d->dfc_act, G(c_proj_w), G(c_proj_b), dx, C, a->fc_act, p->c_proj_w, N, F, C);
+    if (matmul_backward(cx, d->dfc_act, G(c_proj_w), G(c_proj_b), dx, C, a->fc_act, p->c_proj_w, N,
+                        F, C))
+        return -1;
     quickgelu_backward(d->dfc, a->fc, d->dfc_act, N * F);
-    matmul_backward(cx, d->dln, G(c_fc_w), G(c_fc_b), d->dfc, F, a->ln_2, p->c_fc_w, N, C, F);
+    if (matmul_backward(cx, d->dln, G(c_fc_w), G(c_fc_b), d->dfc, F, a->ln_2, p->c_fc_w, N, C, F))
+        return -1;
     layernorm_backward(dx, G(ln_2_w), G(ln_2_b), d->dln, a->res_1, p->ln_2_w, a->ln_2_mean,
                        a->ln_2_rstd, N, C);
     /* res_1 = inp + out_proj(attn(in_proj(ln_1(inp)))); dx: d(res_1) -> d(inp) */
-    matmul_backward(cx, d->datty, G(out_proj_w), G(out_proj_b), dx, C, a->atty, p->out_proj_w, N, C, C);
+    if (matmul_backward(cx, d->datty, G(out_proj_w), G(out_proj_b), dx, C, a->atty, p->out_proj_w,
+                        N, C, C))
+        return -1;
     attention_timed(cx, a->atty, a->att, a->qkv, causal, B, T, C, NH);
     double t0 = prof_start(cx);
     attention_backward(d->dqkv, d->datt, d->datty, a->qkv, a->att, B, T, C, NH);
     prof_stop(cx, PROF_ATTENTION, t0);
     zero_floats(d->dln, N * C);
     layernorm_forward(a->ln_1, a->ln_1_mean, a->ln_1_rstd, inp, p->ln_1_w, p->ln_1_b, N, C, 1e-5f);
-    matmul_backward(cx, d->dln, G(in_proj_w), G(in_proj_b), d->dqkv, 3 * C, a->ln_1, p->in_proj_w, N, C,
-                    3 * C);
+    if (matmul_backward(cx, d->dln, G(in_proj_w), G(in_proj_b), d->dqkv, 3 * C, a->ln_1,
+                        p->in_proj_w, N, C, 3 * C))
+        return -1;
     layernorm_backward(dx, G(ln_1_w), G(ln_1_b), d->dln, inp, p->ln_1_w, a->ln_1_mean, a->ln_1_rstd,
                        N, C);
     if (dx != dinp) {
 #pragma omp parallel for simd schedule(static)
         for (size_t i = 0; i < N * C; i++) dinp[i] += dx[i];
     }
+    return 0;
 #undef G
 }

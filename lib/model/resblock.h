@@ -81,9 +81,10 @@ void resblock_layout_dacts(param_table *t, resblock_dacts *d, int B, int T, int 
  * updated in place from d(out) to d(inp) (overwritten, not accumulated).
  * Otherwise dinp += d(inp) and dout is left unchanged. d is scratch (zeroed
  * here as needed); a->ln_1, att, atty, ln_2 and fc_act are recomputed (the
- * same values: causal as in the forward). */
-void resblock_backward(const compute_ctx *cx, const resblock_params *p, resblock_params *g,
-                       const resblock_acts *a, resblock_dacts *d, float *dinp, const float *dout,
-                       const float *inp, int B, int T, int C, int F, int NH, int causal);
+ * same values: causal as in the forward). 0, or -1 with an error (out of
+ * memory in a bf16 product). */
+int resblock_backward(const compute_ctx *cx, const resblock_params *p, resblock_params *g,
+                      const resblock_acts *a, resblock_dacts *d, float *dinp, const float *dout,
+                      const float *inp, int B, int T, int C, int F, int NH, int causal);
 
 #endif

@@ -349,8 +349,9 @@ int vit_backward(vit *m, const compute_ctx *cx, const float *dout, int B)
 
     for (int l = g->layers - 1; l >= 0; l--) {
         const float *inp = l ? a->blocks[l - 1].out : a->ln_pre;
-        resblock_backward(cx, &p->blocks[l], &gr->blocks[l], &a->blocks[l], &m->dacts, m->dx, m->dx,
-                          inp, B, T, W, g->mlp, g->heads, 0);
+        if (resblock_backward(cx, &p->blocks[l], &gr->blocks[l], &a->blocks[l], &m->dacts, m->dx,
+                              m->dx, inp, B, T, W, g->mlp, g->heads, 0))
+            return -1;
     }
 
     /* emb = [class | patches] + positions; ln_pre = LN(emb) */
@@ -370,8 +371,8 @@ int vit_backward(vit *m, const compute_ctx *cx, const float *dout, int B)
                 memcpy(dpatch + ((size_t)b * GG + t - 1) * W, src, W * sizeof(float));
         }
     }
-    matmul_backward(cx, NULL, gr->conv1_w, NULL, dpatch, W, a->patches, p->conv1_w, B * GG, K, W);
-    return 0;
+    return matmul_backward(cx, NULL, gr->conv1_w, NULL, dpatch, W, a->patches, p->conv1_w, B * GG,
+                           K, W);
 }
 
 double vit_forward_flops(const vit_config *g)
