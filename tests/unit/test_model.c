@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -500,6 +501,40 @@ static void test_precision_per_model(const char *joint)
     free(ids.buf);
 }
 
+/* Loading's warnings reach the caller in m->warnings, one line each, and
+ * the library prints nothing itself (stderr is captured into a file). */
+static void test_warnings(void)
+{
+    char log[] = "/tmp/test_model_stderr.XXXXXX";
+    int fd = mkstemp(log), saved = dup(2);
+    if (fd < 0 || saved < 0) die("mkstemp/dup");
+    fflush(stderr);
+    dup2(fd, 2);
+    clip_model *m = clip_model_load(FIX "openai.pth", FIX "bert");
+    clip_model *t = train_model_load(FIX "openai.pth", FIX "bert");
+    clip_model *quiet = clip_model_load(FIX "joint.pth", NULL);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    struct stat st;
+    CHECK(fstat(fd, &st) == 0 && st.st_size == 0, "the library wrote %lld bytes to stderr",
+          (long long)st.st_size);
+    close(fd);
+    unlink(log);
+    CHECK(m && m->n_warnings == 1 &&
+              strstr(m->warnings[0], "no text_projection for the BERT tower: initialising [64, 32]"),
+          "clip_model_load: %d warnings: %s", m ? m->n_warnings : -1,
+          m && m->n_warnings ? m->warnings[0] : clip_error());
+    CHECK(t && t->n_warnings == 2 && strstr(t->warnings[1], "26 tensors not used by the model") &&
+              strstr(t->warnings[1], FIX "openai.pth") && !strchr(t->warnings[1], '\n'),
+          "train_model_load: %d warnings: %s", t ? t->n_warnings : -1,
+          t && t->n_warnings > 1 ? t->warnings[1] : clip_error());
+    CHECK(quiet && quiet->n_warnings == 0 && !quiet->warnings, "a complete checkpoint: no warning");
+    clip_model_free(m);
+    clip_model_free(t);
+    clip_model_free(quiet);
+}
+
 /* clip-train --arch image_heads=N: saved in the record, reloaded with it;
  * the default stays width / 64, a count that does not divide the width is
  * refused */
@@ -555,5 +590,6 @@ int main(int argc, char **argv)
     test_recorded_heads();
     test_precision_per_model(joint);
     test_arch_image_heads();
+    test_warnings();
     return unit_done();
 }
