@@ -206,6 +206,7 @@ int main(int argc, char **argv)
     };
     const char *model = NULL, *text_model = NULL, *in = "-", *out = "-", *device = "cpu";
     int batch = 32, threads = 0, show_progress = 0, do_images = 1, do_texts = 1, c;
+    int amp = 0, int8 = 0;
     opterr = 0; /* our own one-line message */
     while ((c = getopt_long(argc, argv, "m:i:o:b:t:h", opts, NULL)) != -1) {
         switch (c) {
@@ -219,9 +220,9 @@ int main(int argc, char **argv)
         case OPT_PROGRESS: show_progress = 1; break;
         case OPT_NO_IMAGES: do_images = 0; break;
         case OPT_NO_TEXTS: do_texts = 0; break;
-        case OPT_AMP: blas_set_bf16(1); break;
+        case OPT_AMP: amp = 1; break;
         case OPT_INT8:
-            blas_set_int8(1);
+            int8 = 1;
             if (!gemm_int8_available())
                 warn("--int8: no AVX512_VNNI here (CPU features: %s, see CLIP_CPU), so the int8 "
                      "layers run in plain C, slower than fp32", cpu_describe());
@@ -240,6 +241,10 @@ int main(int argc, char **argv)
 
     clip_model *m = clip_model_load(model, text_model);
     if (!m) die("%s", clip_error());
+    for (int i = 0; i < m->n_warnings; i++) warn("%s", m->warnings[i]);
+    /* --int8 wins over --amp: its Linear layers leave no matrix product to bf16 */
+    if (clip_model_set_precision(m, int8 ? PRECISION_INT8 : amp ? PRECISION_BF16 : PRECISION_FP32))
+        die("%s: %s", model, clip_error());
     embedder e = {.m = m, .batch = batch, .do_images = do_images, .do_texts = do_texts};
     e.res = clip_image_resolution(m);
     e.dim = m->embed_dim;

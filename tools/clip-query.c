@@ -509,6 +509,7 @@ int main(int argc, char **argv)
 
     clip_model *m = clip_model_load(model, text_model);
     if (!m) die("%s", clip_error());
+    for (int i = 0; i < m->n_warnings; i++) warn("%s", m->warnings[i]);
     int dim = m->embed_dim, vocab_size, max_len;
     clip_text_limits(m, &vocab_size, &max_len);
     if ((text || labels) && m->text == CLIP_TEXT_NONE)

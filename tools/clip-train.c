@@ -486,10 +486,11 @@ int main(int argc, char **argv)
         } else if (!(m = train_model_load(init, text_dir))) {
             die("%s", clip_error());
         }
-        t = trainer_create(m, &cfg, batch, max_len);
+        if (!(t = trainer_create(m, &cfg, batch, max_len))) die("%s", clip_error());
     }
     trainer_set_devices(t, idev, tdev);
     clip_model *m = trainer_model(t);
+    for (int i = 0; i < m->n_warnings; i++) warn("%s", m->warnings[i]);
     d.res = clip_image_resolution(m);
     {
         int max_pos;

@@ -51,7 +51,8 @@ static float round_bf16(float x)
 /* op(X) rows x cols, copied rounded into a contiguous rows x cols matrix */
 static float *rounded_copy(int trans, int rows, int cols, const float *X, int ld)
 {
-    float *r = xmalloc((size_t)rows * cols * sizeof(float) + 1);
+    float *r = malloc((size_t)rows * cols * sizeof(float) + 1);
+    if (!r) return NULL;
     for (int i = 0; i < rows; i++)
         for (int j = 0; j < cols; j++)
             r[(size_t)i * cols + j] =
@@ -59,14 +60,19 @@ static float *rounded_copy(int trans, int rows, int cols, const float *X, int ld
     return r;
 }
 
-static void gemm_fallback(int transA, int transB, int M, int N, int K, float alpha, const float *A,
-                          int lda, const float *B, int ldb, float beta, float *C, int ldc)
+static int gemm_fallback(int transA, int transB, int M, int N, int K, float alpha, const float *A,
+                         int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
-    float *a = rounded_copy(transA, M, K, A, lda), *b = rounded_copy(transB, K, N, B, ldb);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, alpha, a, K, b, N, beta, C,
-                ldc);
+    float *a = rounded_copy(transA, M, K, A, lda), *b = a ? rounded_copy(transB, K, N, B, ldb) : NULL;
+    if (b)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, alpha, a, K, b, N, beta, C,
+                    ldc);
+    else
+        clip_set_error("gemm_bf16: out of memory for the rounded copies of a %d x %d x %d product",
+                       M, N, K);
     free(a);
     free(b);
+    return b ? 0 : -1;
 }
 
 /* The functions marked CLIP_TARGET_AVX512_BF16 (util.h) are compiled for
@@ -398,18 +404,18 @@ CLIP_TARGET_AVX512_BF16 static void gemm_avx512bf16(int transA, int transB, int 
     }
 }
 
-void gemm_bf16(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
-               const float *B, int ldb, float beta, float *C, int ldc)
+int gemm_bf16(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+              const float *B, int ldb, float beta, float *C, int ldc)
 {
-    if (M <= 0 || N <= 0) return;
+    if (M <= 0 || N <= 0) return 0;
     if (K <= 0 || alpha == 0.0f) {
         for (int i = 0; i < M; i++)
             for (int j = 0; j < N; j++)
                 C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
-        return;
+        return 0;
     }
     if (!gemm_bf16_available())
-        gemm_fallback(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    else
-        gemm_avx512bf16(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return gemm_fallback(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    gemm_avx512bf16(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return 0;
 }

@@ -9,9 +9,10 @@
  * N x K with ldb >= K when transB). beta == 0 does not read C. Parallel over
  * the OpenMP pool (one thread when called inside a parallel region); callable
  * from several threads at once. The AVX512_BF16 instructions flush fp32
- * denormals (|x| < 1.2e-38) in the inputs and in partial sums to zero. */
-void gemm_bf16(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
-               const float *B, int ldb, float beta, float *C, int ldc);
+ * denormals (|x| < 1.2e-38) in the inputs and in partial sums to zero.
+ * 0, or -1 with an error (out of memory for the fallback's copies). */
+int gemm_bf16(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+              const float *B, int ldb, float beta, float *C, int ldc);
 
 /* cpu_has(CPU_AVX512_BF16) (util.h: CLIP_CPU=avx512 or generic turns it
  * off); otherwise gemm_bf16 rounds the inputs to bf16 and calls cblas_sgemm

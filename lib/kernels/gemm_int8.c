@@ -13,6 +13,7 @@
 #include "kernels/gemm_int8.h"
 
 #include <immintrin.h>
+#include <limits.h>
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
@@ -67,13 +68,21 @@ static inline int quantise(float x, float inv)
 
 qweight *qweight_make(const float *W, int N, int K)
 {
-    qweight *q = xcalloc(1, sizeof *q);
+    if (N <= 0 || N > INT_MAX - NR || K <= 0 || K > GEMM_INT8_MAX_K) {
+        clip_set_error("qweight_make: a weight of [%d, %d]; int8 takes 1..%d input columns "
+                       "(where its int32 sums stay exact)", N, K, GEMM_INT8_MAX_K);
+        return NULL;
+    }
+    qweight *q = calloc(1, sizeof *q);
+    if (!q) goto oom;
     q->N = N, q->K = K, q->K4 = (K + 3) & ~3, q->npan = (N + NR - 1) / NR;
     size_t np = (size_t)q->npan * NR;
+    /* clip_alloc_big for the panels: huge pages for the big weights */
     q->packed = clip_alloc_big(np * q->K4);
+    q->scale = calloc(np, sizeof(float));
+    q->corr = calloc(np, sizeof(int32_t));
+    if (!q->packed || !q->scale || !q->corr) goto oom;
     memset(q->packed, 0, np * q->K4);
-    q->scale = xcalloc(np, sizeof(float));
-    q->corr = xcalloc(np, sizeof(int32_t));
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *w = W + (size_t)n * K;
@@ -88,12 +97,16 @@ qweight *qweight_make(const float *W, int N, int K)
         q->corr[n] = 128 * sum;
     }
     return q;
+oom:
+    clip_set_error("qweight_make: out of memory quantising a [%d, %d] weight", N, K);
+    qweight_free(q);
+    return NULL;
 }
 
 void qweight_free(qweight *q)
 {
     if (!q) return;
-    clip_free_big(q->packed, (size_t)q->npan * NR * q->K4);
+    if (q->packed) clip_free_big(q->packed, (size_t)q->npan * NR * q->K4);
     free(q->scale);
     free(q->corr);
     free(q);
@@ -233,17 +246,22 @@ static uint8_t *rows_buffer(size_t bytes)
 {
     if (bytes > a_cap) {
         free(a_buf);
-        if (posix_memalign((void **)&a_buf, 64, bytes)) die("out of memory (%zu bytes)", bytes);
+        a_cap = 0;
+        if (posix_memalign((void **)&a_buf, 64, bytes)) return a_buf = NULL;
         a_cap = bytes;
     }
     return a_buf;
 }
 
-void gemm_int8(float *out, int ldo, const float *inp, int M, int K, const qweight *w,
-               const float *bias, const float *resid, int ldr)
+int gemm_int8(float *out, int ldo, const float *inp, int M, int K, const qweight *w,
+              const float *bias, const float *resid, int ldr)
 {
-    if (M <= 0 || w->N <= 0) return;
-    if (K != w->K) die("gemm_int8: K %d against a weight of K %d", K, w->K);
+    if (K != w->K) {
+        clip_set_error("gemm_int8: an input of %d columns against a weight quantised with %d", K,
+                       w->K);
+        return -1;
+    }
+    if (M <= 0) return 0;
     int vnni = gemm_int8_available();
     int nth = omp_in_parallel() ? 1 : omp_get_max_threads();
     int nrb = (M + MC - 1) / MC;
@@ -251,13 +269,18 @@ void gemm_int8(float *out, int ldo, const float *inp, int M, int K, const qweigh
     int nch = nrb >= 4 * nth ? 1 : (4 * nth + nrb - 1) / nrb;
     if (nch > w->npan) nch = w->npan;
     int per = (w->npan + nch - 1) / nch;
-    int K4 = w->K4, kq = K4 / 4;
+    int K4 = w->K4, kq = K4 / 4, no_buffer = 0;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
     for (int t = 0; t < nrb * nch; t++) {
         int r0 = t / nch * MC, rows = M - r0 < MC ? M - r0 : MC;
         int p0 = t % nch * per, p1 = p0 + per < w->npan ? p0 + per : w->npan;
         if (p0 >= p1) continue;
         uint8_t *apack = rows_buffer((size_t)MC * K4);
+        if (!apack) {
+#pragma omp atomic write
+            no_buffer = 1;
+            continue;
+        }
         float sa[MC];
         if (vnni) quantise_rows_avx512(inp + (size_t)r0 * K, K, K4, rows, apack, sa);
         else quantise_rows(inp + (size_t)r0 * K, K, K4, rows, apack, sa);
@@ -277,4 +300,10 @@ void gemm_int8(float *out, int ldo, const float *inp, int M, int K, const qweigh
             }
         }
     }
+    if (no_buffer) {
+        clip_set_error("gemm_int8: out of memory (%zu bytes of quantised rows per thread)",
+                       (size_t)MC * K4);
+        return -1;
+    }
+    return 0;
 }

@@ -7,6 +7,12 @@
  * |W[n, k]|)) in fp32, in [-127, 127]; kept packed for the kernel. */
 typedef struct qweight qweight;
 
+/* the most input columns K: 2^31 / (255 * 127), where the int32 sums stay exact */
+#define GEMM_INT8_MAX_K 66311
+
+/* W [N, K] quantised and packed into a new qweight (W is not kept); NULL
+ * with an error for N or K out of range (K > GEMM_INT8_MAX_K) or out of
+ * memory. Free with qweight_free (NULL is fine). */
 qweight *qweight_make(const float *W, int N, int K);
 void qweight_free(qweight *q);
 
@@ -17,9 +23,10 @@ void qweight_free(qweight *q);
  * The integer products are exact (int32), so the product term is
  * scale_x[m] * scale_w[n] * sum_k qx[m, k] * qw[n, k] up to fp32 rounding of
  * that one product; bias and resid are added in the same pass. Parallel over
- * the OpenMP pool. */
-void gemm_int8(float *out, int ldo, const float *inp, int M, int K, const qweight *w,
-               const float *bias, const float *resid, int ldr);
+ * the OpenMP pool. 0, or -1 with an error: K is not the weight's, or no
+ * memory for a thread's quantised rows (112 x K bytes, kept per thread). */
+int gemm_int8(float *out, int ldo, const float *inp, int M, int K, const qweight *w,
+              const float *bias, const float *resid, int ldr);
 
 /* cpu_has(CPU_AVX512_VNNI) (util.h: CLIP_CPU=avx512 or generic turns it
  * off); otherwise gemm_int8 runs the same integer arithmetic in plain C (same

@@ -14,8 +14,6 @@ CLIP_TARGET_AVX512 __m512 _ZGVeN16v_expf(__m512 x);
 CLIP_TARGET_AVX512 __m512 _ZGVeN16v_erff(__m512 x);
 CLIP_TARGET_AVX512 __m512 _ZGVeN16v_tanhf(__m512 x);
 
-op_profile op_prof;
-
 /* One row of LayerNorm (the AVX-512 copy is twice as fast per row on Zen 5:
  * the sums are compute-bound in L1). */
 CLIP_TWICE_COMPILED void layernorm_row_body(float *o, float *mean, float *rstd, const float *x,
@@ -206,7 +204,6 @@ void attention_forward(float *out, float *att, const float *qkv, const uint8_t *
     int hs = C / NH;
     int C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
-    double t0 = now_seconds();
     softmax_fn *softmax = softmax_pick();
     /* one (sequence, head) per task; OpenBLAS runs single-threaded inside */
 #pragma omp parallel for schedule(dynamic, 1)
@@ -235,7 +232,6 @@ void attention_forward(float *out, float *att, const float *qkv, const uint8_t *
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, a, T, v, C3, 0.0f, o,
                     C);
     }
-    op_prof.attention += now_seconds() - t0;
 }
 
 void l2_normalize(float *out, const float *x, int N, int D)
@@ -453,7 +449,6 @@ void attention_backward(float *dqkv, float *datt, const float *dout, const float
     int hs = C / NH;
     int C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
-    double t0 = now_seconds();
 #pragma omp parallel for schedule(dynamic, 1)
     for (int bh = 0; bh < B * NH; bh++) {
         int b = bh / NH, h = bh % NH;
@@ -484,7 +479,6 @@ void attention_backward(float *dqkv, float *datt, const float *dout, const float
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, scale, da, T, q, C3, 1.0f, dk,
                     C3);
     }
-    op_prof.attention += now_seconds() - t0;
 }
 
 int trim_padding(int32_t *out, const int32_t *ids, int B, int L)

@@ -70,12 +70,4 @@ void attention_backward(float *dqkv, float *datt, const float *dout, const float
 /* x[0..n) = 0, in parallel (backward scratch). */
 void zero_floats(float *x, size_t n);
 
-/* Seconds spent in the big GEMMs (matmul_forward and friends) and in
- * attention_forward since the last reset, for benchmarks: the rest of a
- * forward pass is LayerNorm, activations and copies. */
-typedef struct {
-    double gemm, attention;
-} op_profile;
-extern op_profile op_prof;
-
 #endif

@@ -9,6 +9,7 @@
 #include "kernels/blas.h"
 #include "kernels/ops.h"
 #include "core/util.h"
+#include "model/resblock.h"
 
 static const ckpt_tensor *find2(const ckpt *c, const char *prefix, const char *name)
 {
@@ -52,7 +53,7 @@ int bert_config_from_ckpt(const ckpt *c, const char *prefix, bert_config *cfg)
     cfg->max_pos = (int)pos->shape[0];
     cfg->type_vocab = (int)type->shape[0];
     cfg->intermediate = (int)inter->shape[0];
-    cfg->heads = cfg->hidden / 64 ? cfg->hidden / 64 : 1;
+    cfg->heads = cfg->hidden / MODEL_DEFAULT_HEAD_DIM ? cfg->hidden / MODEL_DEFAULT_HEAD_DIM : 1;
     cfg->eps = 1e-12f;
     cfg->position_ids = find2(c, prefix, "embeddings.position_ids") != NULL;
     char name[128];
@@ -207,13 +208,58 @@ static void bert_layout(const bert_config *g, bert_params *p, param_table *t)
 
 bert *bert_create(const bert_config *cfg)
 {
-    bert *m = xcalloc(1, sizeof *m);
+    bert *m = calloc(1, sizeof *m);
+    size_t n = cfg->layers ? cfg->layers : 1;
+    if (!m || !(m->params.layers = calloc(n, sizeof(bert_layer_params))) ||
+        !(m->acts.layers = calloc(n, sizeof(bert_layer_acts)))) {
+        clip_set_error("text tower: out of memory for %d layers", cfg->layers);
+        bert_free(m);
+        return NULL;
+    }
     m->cfg = *cfg;
-    m->params.layers = xcalloc(cfg->layers, sizeof(bert_layer_params));
-    m->acts.layers = xcalloc(cfg->layers, sizeof(bert_layer_acts));
     bert_layout(cfg, &m->params, &m->ptable);
     pt_alloc(&m->ptable);
     return m;
+}
+
+static void free_qweights(bert_qweights *q, int layers)
+{
+    for (int i = 0; q->layers && i < layers; i++) {
+        bert_layer_qweights *l = &q->layers[i];
+        qweight_free(l->q), qweight_free(l->k), qweight_free(l->v);
+        qweight_free(l->ao), qweight_free(l->i), qweight_free(l->o);
+    }
+    free(q->layers);
+    qweight_free(q->pooler);
+    memset(q, 0, sizeof *q);
+}
+
+void bert_free_quantised(bert *m) { free_qweights(&m->q, m->cfg.layers); }
+
+int bert_quantise(bert *m)
+{
+    const bert_config *g = &m->cfg;
+    int H = g->hidden, FF = g->intermediate;
+    bert_qweights q = {0};
+    if (!(q.layers = calloc(g->layers ? g->layers : 1, sizeof *q.layers))) {
+        clip_set_error("text tower: out of memory quantising the weights");
+        return -1;
+    }
+    int ok = (q.pooler = qweight_make(m->params.pooler_w, H, H)) != NULL;
+    for (int i = 0; ok && i < g->layers; i++) {
+        const bert_layer_params *p = &m->params.layers[i];
+        bert_layer_qweights *l = &q.layers[i];
+        ok = (l->q = qweight_make(p->q_w, H, H)) && (l->k = qweight_make(p->k_w, H, H)) &&
+             (l->v = qweight_make(p->v_w, H, H)) && (l->ao = qweight_make(p->ao_w, H, H)) &&
+             (l->i = qweight_make(p->i_w, FF, H)) && (l->o = qweight_make(p->o_w, H, FF));
+    }
+    if (!ok) {
+        free_qweights(&q, g->layers);
+        return -1;
+    }
+    bert_free_quantised(m);
+    m->q = q;
+    return 0;
 }
 
 int bert_load_body(bert *m, const ckpt *c, const char *prefix)
@@ -244,6 +290,7 @@ int bert_load_body(bert *m, const ckpt *c, const char *prefix)
 void bert_free(bert *m)
 {
     if (!m) return;
+    bert_free_quantised(m);
     pt_free(&m->ptable);
     pt_free(&m->atable);
     pt_free(&m->gtable);
@@ -255,17 +302,21 @@ void bert_free(bert *m)
     free(m);
 }
 
-void bert_reserve(bert *m, int B, int L, int keep_layers)
+int bert_reserve(bert *m, int B, int L, int keep_layers)
 {
     if (m->atable.data && B <= m->act_batch && L <= m->act_len && keep_layers == m->act_keep)
-        return;
+        return 0;
     pt_free(&m->atable);
     free(m->acts.key_valid);
+    m->act_batch = m->act_len = 0;
     const bert_config *g = &m->cfg;
     bert_acts *a = &m->acts;
     param_table *t = &m->atable;
     int64_t H = g->hidden, FF = g->intermediate, N = (int64_t)B * L;
-    a->key_valid = xmalloc(N);
+    if (!(a->key_valid = malloc(N ? N : 1))) {
+        clip_set_error("text tower: out of memory for a batch of %d x %d tokens", B, L);
+        return -1;
+    }
     pt_add(t, &a->emb, "emb", 2, (int64_t[]){N, H});
     pt_add(t, &a->emb_ln, "emb_ln", 2, (int64_t[]){N, H});
     pt_add(t, &a->emb_ln_mean, "emb_ln_mean", 1, (int64_t[]){N});
@@ -301,9 +352,18 @@ void bert_reserve(bert *m, int B, int L, int keep_layers)
     m->act_batch = B;
     m->act_len = L;
     m->act_keep = keep_layers;
+    return 0;
 }
 
-int bert_forward(bert *m, const int32_t *ids, int B, int L, float *out)
+static void attention_timed(const compute_ctx *cx, float *out, float *att, const float *qkv,
+                            const uint8_t *key_valid, int B, int T, int C, int NH)
+{
+    double t0 = prof_start(cx);
+    attention_forward(out, att, qkv, key_valid, 0, B, T, C, NH);
+    prof_stop(cx, PROF_ATTENTION, t0);
+}
+
+int bert_forward(bert *m, const compute_ctx *cx, const int32_t *ids, int B, int L, float *out)
 {
     const bert_config *g = &m->cfg;
     const bert_params *p = &m->params;
@@ -312,7 +372,12 @@ int bert_forward(bert *m, const int32_t *ids, int B, int L, float *out)
         return -1;
     }
     if (check_token_ids(ids, B, L, g->vocab)) return -1;
-    bert_reserve(m, B, L, m->act_keep);
+    if (cx->precision == PRECISION_INT8 && !m->q.layers) {
+        clip_set_error("the text tower runs in int8 but its weights are not quantised "
+                       "(bert_quantise, clip_model_set_precision)");
+        return -1;
+    }
+    if (bert_reserve(m, B, L, m->act_keep)) return -1;
     bert_acts *a = &m->acts;
     int H = g->hidden, FF = g->intermediate, N = B * L;
 
@@ -329,28 +394,36 @@ int bert_forward(bert *m, const int32_t *ids, int B, int L, float *out)
     const float *x = a->emb_ln;
     for (int i = 0; i < g->layers; i++) {
         const bert_layer_params *lp = &p->layers[i];
+        const bert_layer_qweights *lq = m->q.layers ? &m->q.layers[i] : &(bert_layer_qweights){0};
         bert_layer_acts *l = &a->layers[i];
-        matmul_forward(l->qkv, 3 * H, x, lp->q_w, lp->q_b, N, H, H);
-        matmul_forward(l->qkv + H, 3 * H, x, lp->k_w, lp->k_b, N, H, H);
-        matmul_forward(l->qkv + 2 * H, 3 * H, x, lp->v_w, lp->v_b, N, H, H);
-        attention_forward(l->atty, l->att, l->qkv, a->key_valid, 0, B, L, H, g->heads);
-        matmul_residual_forward(l->res_1, l->atty, lp->ao_w, lp->ao_b, x, N, H, H);
+        if (matmul_forward(cx, l->qkv, 3 * H, x, lp->q_w, lq->q, lp->q_b, N, H, H) ||
+            matmul_forward(cx, l->qkv + H, 3 * H, x, lp->k_w, lq->k, lp->k_b, N, H, H) ||
+            matmul_forward(cx, l->qkv + 2 * H, 3 * H, x, lp->v_w, lq->v, lp->v_b, N, H, H))
+            return -1;
+        attention_timed(cx, l->atty, l->att, l->qkv, a->key_valid, B, L, H, g->heads);
+        if (matmul_residual_forward(cx, l->res_1, l->atty, lp->ao_w, lq->ao, lp->ao_b, x, N, H, H))
+            return -1;
         layernorm_forward(l->ln_1, l->ln_1_mean, l->ln_1_rstd, l->res_1, lp->ao_ln_w, lp->ao_ln_b, N,
                           H, g->eps);
-        matmul_forward(l->fc, FF, l->ln_1, lp->i_w, lp->i_b, N, H, FF);
+        if (matmul_forward(cx, l->fc, FF, l->ln_1, lp->i_w, lq->i, lp->i_b, N, H, FF)) return -1;
         gelu_erf_forward(l->fc_act, l->fc, (size_t)N * FF);
-        matmul_residual_forward(l->res_2, l->fc_act, lp->o_w, lp->o_b, l->ln_1, N, FF, H);
+        if (matmul_residual_forward(cx, l->res_2, l->fc_act, lp->o_w, lq->o, lp->o_b, l->ln_1, N, FF,
+                                    H))
+            return -1;
         layernorm_forward(l->out, l->out_mean, l->out_rstd, l->res_2, lp->o_ln_w, lp->o_ln_b, N, H,
                           g->eps);
         x = l->out;
     }
     for (int b = 0; b < B; b++) memcpy(a->cls + (size_t)b * H, x + (size_t)b * L * H, H * sizeof(float));
-    matmul_forward(a->pool_pre, H, a->cls, p->pooler_w, p->pooler_b, B, H, H);
+    if (matmul_forward(cx, a->pool_pre, H, a->cls, p->pooler_w, m->q.pooler, p->pooler_b, B, H, H))
+        return -1;
     tanh_forward(a->pooled, a->pool_pre, (size_t)B * H);
     layernorm_forward(a->ln_final, a->ln_final_mean, a->ln_final_rstd, a->pooled, p->ln_final_w,
                       p->ln_final_b, B, H, 1e-5f);
+    double t0 = prof_start(cx);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, g->out_dim, H, 1.0f, a->ln_final, H,
                 p->text_proj, g->out_dim, 0.0f, a->out, g->out_dim);
+    prof_stop(cx, PROF_GEMM, t0);
     if (out) memcpy(out, a->out, (size_t)B * g->out_dim * sizeof(float));
     return 0;
 }
@@ -380,27 +453,36 @@ static void bert_reserve_dacts(bert *m, int B, int L)
     m->dact_len = L;
 }
 
-void bert_alloc_grads(bert *m)
+int bert_alloc_grads(bert *m)
 {
     if (!m->gtable.data) {
-        m->grads.layers = xcalloc(m->cfg.layers, sizeof(bert_layer_params));
+        size_t n = m->cfg.layers ? m->cfg.layers : 1;
+        if (!(m->grads.layers = calloc(n, sizeof(bert_layer_params)))) {
+            clip_set_error("text tower: out of memory for the gradients of %d layers",
+                           m->cfg.layers);
+            return -1;
+        }
         bert_layout(&m->cfg, &m->grads, &m->gtable);
         pt_alloc(&m->gtable);
     }
     if (m->act_batch) bert_reserve_dacts(m, m->act_batch, m->act_len);
+    return 0;
 }
 
 #define EMB_COLS 32
 
-void bert_backward(bert *m, const int32_t *ids, const float *dout, int B, int L)
+int bert_backward(bert *m, const compute_ctx *cx, const int32_t *ids, const float *dout, int B,
+                  int L)
 {
     const bert_config *g = &m->cfg;
     const bert_params *p = &m->params;
     const bert_acts *a = &m->acts;
-    if (!m->act_keep || !m->atable.data || B > m->act_batch || L > m->act_len)
-        die("bert_backward: no activations kept for %d x %d tokens (bert_reserve(m, B, L, 1) "
-            "before the forward)", B, L);
-    bert_alloc_grads(m);
+    if (!m->act_keep || !m->atable.data || B > m->act_batch || L > m->act_len) {
+        clip_set_error("bert_backward: no activations kept for %d x %d tokens (bert_reserve(m, B, "
+                       "L, 1) before the forward)", B, L);
+        return -1;
+    }
+    if (bert_alloc_grads(m)) return -1;
     bert_reserve_dacts(m, B, L);
     bert_params *gr = &m->grads;
     bert_dacts *d = &m->dacts;
@@ -408,20 +490,21 @@ void bert_backward(bert *m, const int32_t *ids, const float *dout, int B, int L)
     size_t N = (size_t)B * L, BH = (size_t)B * H;
 
     /* head: out = ln_final(tanh(pooler(cls))) @ text_projection */
-    double t0 = now_seconds();
+    double t0 = prof_start(cx);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, H, D, 1.0f, dout, D, p->text_proj, D,
                 0.0f, d->dln_final, H);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, H, D, B, 1.0f, a->ln_final, H, dout, D, 1.0f,
                 gr->text_proj, D);
-    op_prof.gemm += now_seconds() - t0;
+    prof_stop(cx, PROF_GEMM, t0);
     memset(d->dpooled, 0, BH * sizeof(float));
     memset(d->dpool_pre, 0, BH * sizeof(float));
     memset(d->dcls, 0, BH * sizeof(float));
     layernorm_backward(d->dpooled, gr->ln_final_w, gr->ln_final_b, d->dln_final, a->pooled,
                        p->ln_final_w, a->ln_final_mean, a->ln_final_rstd, B, H);
     tanh_backward(d->dpool_pre, a->pooled, d->dpooled, BH);
-    matmul_backward(d->dcls, gr->pooler_w, gr->pooler_b, d->dpool_pre, H, a->cls, p->pooler_w, B, H,
-                    H);
+    if (matmul_backward(cx, d->dcls, gr->pooler_w, gr->pooler_b, d->dpool_pre, H, a->cls,
+                        p->pooler_w, B, H, H))
+        return -1;
     zero_floats(d->dx, N * H);
     for (int b = 0; b < B; b++)
         memcpy(d->dx + (size_t)b * L * H, d->dcls + (size_t)b * H, H * sizeof(float));
@@ -439,9 +522,12 @@ void bert_backward(bert *m, const int32_t *ids, const float *dout, int B, int L)
         gelu_erf_forward(l->fc_act, l->fc, N * FF); /* the slot is shared: recompute */
         zero_floats(d->dfc_act, N * FF);
         zero_floats(d->dfc, N * FF);
-        matmul_backward(d->dfc_act, lg->o_w, lg->o_b, d->dres, H, l->fc_act, lp->o_w, N, FF, H);
+        if (matmul_backward(cx, d->dfc_act, lg->o_w, lg->o_b, d->dres, H, l->fc_act, lp->o_w, N, FF,
+                            H))
+            return -1;
         gelu_erf_backward(d->dfc, l->fc, d->dfc_act, N * FF);
-        matmul_backward(d->dln, lg->i_w, lg->i_b, d->dfc, FF, l->ln_1, lp->i_w, N, H, FF);
+        if (matmul_backward(cx, d->dln, lg->i_w, lg->i_b, d->dfc, FF, l->ln_1, lp->i_w, N, H, FF))
+            return -1;
         /* ln_1 = LN(res_1), res_1 = x + attention.output.dense(attn(q, k, v of x)) */
         zero_floats(d->dres, N * H);
         layernorm_backward(d->dres, lg->ao_ln_w, lg->ao_ln_b, d->dln, l->res_1, lp->ao_ln_w,
@@ -449,11 +535,15 @@ void bert_backward(bert *m, const int32_t *ids, const float *dout, int B, int L)
         memcpy(d->dx, d->dres, N * H * sizeof(float));
         zero_floats(d->datty, N * H);
         zero_floats(d->dqkv, N * 3 * H);
-        matmul_backward(d->datty, lg->ao_w, lg->ao_b, d->dres, H, l->atty, lp->ao_w, N, H, H);
+        if (matmul_backward(cx, d->datty, lg->ao_w, lg->ao_b, d->dres, H, l->atty, lp->ao_w, N, H, H))
+            return -1;
+        t0 = prof_start(cx);
         attention_backward(d->dqkv, d->datt, d->datty, l->qkv, l->att, B, L, H, g->heads);
-        matmul_backward(d->dx, lg->q_w, lg->q_b, d->dqkv, 3 * H, x, lp->q_w, N, H, H);
-        matmul_backward(d->dx, lg->k_w, lg->k_b, d->dqkv + H, 3 * H, x, lp->k_w, N, H, H);
-        matmul_backward(d->dx, lg->v_w, lg->v_b, d->dqkv + 2 * H, 3 * H, x, lp->v_w, N, H, H);
+        prof_stop(cx, PROF_ATTENTION, t0);
+        if (matmul_backward(cx, d->dx, lg->q_w, lg->q_b, d->dqkv, 3 * H, x, lp->q_w, N, H, H) ||
+            matmul_backward(cx, d->dx, lg->k_w, lg->k_b, d->dqkv + H, 3 * H, x, lp->k_w, N, H, H) ||
+            matmul_backward(cx, d->dx, lg->v_w, lg->v_b, d->dqkv + 2 * H, 3 * H, x, lp->v_w, N, H, H))
+            return -1;
     }
 
     /* emb = word[id] + position[t] + token_type[0]; emb_ln = LN(emb) */
@@ -483,6 +573,7 @@ void bert_backward(bert *m, const int32_t *ids, const float *dout, int B, int L)
         }
         for (int j = 0; j < n; j++) gr->type_emb[c0 + j] += st[j];
     }
+    return 0;
 }
 
 double bert_forward_flops(const bert_config *g, int L)

@@ -9,6 +9,7 @@
 
 #include "ckpt/checkpoint.h"
 #include "ckpt/param_table.h"
+#include "kernels/blas.h"
 
 /* limits on sizes read from a checkpoint or config.json (BERT-large: 1024
  * wide, 24 layers; bert-base-chinese: 21128 ids) */
@@ -43,6 +44,17 @@ typedef struct {
     float *ln_final_w, *ln_final_b; /* head: LayerNorm(hidden), eps 1e-5 */
     float *text_proj;               /* [H, D] */
 } bert_params;
+
+/* The Linear weights quantised for int8 (gemm_int8.h): every layer's six
+ * and the pooler's; all NULL when not quantised. */
+typedef struct {
+    qweight *q, *k, *v, *ao, *i, *o;
+} bert_layer_qweights;
+
+typedef struct {
+    bert_layer_qweights *layers; /* [layers] */
+    qweight *pooler;
+} bert_qweights;
 
 typedef struct {
     float *qkv;                     /* [N, 3H] */
@@ -80,6 +92,7 @@ typedef struct {
     bert_config cfg;
     bert_params params;
     param_table ptable;
+    bert_qweights q; /* bert_quantise; owned, freed with the tower */
     bert_acts acts;
     param_table atable;
     int act_batch, act_len, act_keep;
@@ -93,7 +106,8 @@ typedef struct {
 } bert;
 
 /* Config from tensor shapes under `prefix` ("transformer.", "bert." or "");
- * heads = hidden / 64 and eps 1e-12 unless set by bert_config_from_json;
+ * heads = hidden / MODEL_DEFAULT_HEAD_DIM (64, BERT-base's; at least 1) and
+ * eps 1e-12 unless set by bert_config_from_json or a checkpoint's record;
  * position_ids from the presence of `prefix`embeddings.position_ids. */
 int bert_config_from_ckpt(const ckpt *c, const char *prefix, bert_config *cfg);
 /* Overrides from a Hugging Face config.json: each size in range, heads
@@ -103,6 +117,7 @@ int bert_config_from_json(const char *path, bert_config *cfg);
  * else -1 naming `path`, the key and both values. */
 int bert_config_matches(const bert_config *cfg, const bert_config *tensors, const char *path);
 
+/* The tower with zeroed parameters; NULL with an error (out of memory). */
 bert *bert_create(const bert_config *cfg);
 /* Body weights from `c` where they sit under `prefix` (the joint
  * checkpoint's "transformer.", or an HF file's "bert." or ""). Accepts the
@@ -110,21 +125,30 @@ bert *bert_create(const bert_config *cfg);
 int bert_load_body(bert *m, const ckpt *c, const char *prefix);
 void bert_free(bert *m);
 
-void bert_reserve(bert *m, int B, int L, int keep_layers);
+/* As vit_quantise / vit_free_quantised (vit.h), for this tower's Linears. */
+int bert_quantise(bert *m);
+void bert_free_quantised(bert *m);
+
+/* 0, or -1 with an error (out of memory). */
+int bert_reserve(bert *m, int B, int L, int keep_layers);
 
 /* ids: int32 [B, L], 0 = [PAD] (masked). out: [B, out_dim] unnormalised.
- * -1 with an error for an id outside the vocabulary or L > max positions. */
-int bert_forward(bert *m, const int32_t *ids, int B, int L, float *out);
+ * cx: as vit_forward's. -1 with an error for an id outside the vocabulary,
+ * L > max positions, or int8 without bert_quantise. */
+int bert_forward(bert *m, const compute_ctx *cx, const int32_t *ids, int B, int L, float *out);
 
 /* Allocate (zeroed) the gradients, and the backward scratch for the shape
- * the activations are reserved for; does nothing the second time. */
-void bert_alloc_grads(bert *m);
+ * the activations are reserved for; does nothing the second time. 0, or -1
+ * with an error (out of memory). */
+int bert_alloc_grads(bert *m);
 /* Backward of the bert_forward just run on the same ids, with activations
  * kept (bert_reserve(m, B, L, 1) before the forward). dout: [B, out_dim]
  * gradient w.r.t. the unnormalised output. Accumulates into m->grads (zero
  * m->gtable.data between steps). As nn.Embedding(padding_idx=0), the [PAD]
- * row of the word embeddings gets no gradient. */
-void bert_backward(bert *m, const int32_t *ids, const float *dout, int B, int L);
+ * row of the word embeddings gets no gradient. -1 with an error when no
+ * activations were kept for B x L tokens, else 0. */
+int bert_backward(bert *m, const compute_ctx *cx, const int32_t *ids, const float *dout, int B,
+                  int L);
 
 /* FLOPs of one text of L tokens through the layers (GEMMs and attention). */
 double bert_forward_flops(const bert_config *cfg, int L);

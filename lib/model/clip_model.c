@@ -1,6 +1,7 @@
 #include "model/clip_model.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,7 +41,25 @@ static int read_record(const ckpt *c, const char *path, json_t **rec)
     return 0;
 }
 
-/* The head count recorded for a tower ("image" or "text") of the given
+int clip_model_warn(clip_model *m, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *line = NULL;
+    int n = vasprintf(&line, fmt, ap);
+    va_end(ap);
+    char **v = n >= 0 ? realloc(m->warnings, (m->n_warnings + 1) * sizeof *v) : NULL;
+    if (!v) {
+        clip_set_error("out of memory for a warning");
+        if (n >= 0) free(line);
+        return -1;
+    }
+    m->warnings = v;
+    m->warnings[m->n_warnings++] = line;
+    return 0;
+}
+
+/* The head count recorded for a tower ("image", "text" or "clip_text") of the given
  * width: 0 when not recorded; -1 with an error naming the file unless it is
  * a positive integer that divides the width. */
 static int recorded_heads(json_t *rec, const char *tower, int width, const char *path, int *heads)
@@ -64,15 +83,16 @@ static int recorded_heads(json_t *rec, const char *tower, int width, const char 
 
 /* text heads and eps: the record when there is one, over config.json
  * (json_path, NULL when not read) over the shapes' guess */
-static int text_config_from_record(json_t *rec, const char *path, const char *json_path,
-                                   bert_config *cfg)
+static int text_config_from_record(clip_model *m, json_t *rec, const char *path,
+                                   const char *json_path, bert_config *cfg)
 {
     int heads;
     if (recorded_heads(rec, "text", cfg->hidden, path, &heads)) return -1;
     if (heads) {
-        if (json_path && heads != cfg->heads)
-            warn("%s says %d attention heads, %s records %d: using %d", json_path, cfg->heads,
-                 path, heads, heads);
+        if (json_path && heads != cfg->heads &&
+            clip_model_warn(m, "%s says %d attention heads, %s records %d: using %d", json_path,
+                            cfg->heads, path, heads, heads))
+            return -1;
         cfg->heads = heads;
     }
     json_t *eps = json_object_get(json_object_get(rec, "text"), "eps");
@@ -119,13 +139,13 @@ static int load_bert(clip_model *m, const ckpt *c, const char *ckpt_path, json_t
         }
     }
     /* the record describes the BERT of this checkpoint, not one beside it */
-    if (src == c && text_config_from_record(rec, ckpt_path, json_path, &cfg)) goto out;
+    if (src == c && text_config_from_record(m, rec, ckpt_path, json_path, &cfg)) goto out;
     const ckpt_tensor *tp = head_in_ckpt ? ckpt_find(c, "text_projection") : NULL;
     cfg.out_dim = tp && tp->ndim == 2 ? (int)tp->shape[1]
                   : m->visual          ? m->visual->cfg.out_dim
                                        : 512;
-    m->bert = bert_create(&cfg);
-    if (bert_load_body(m->bert, src, prefix)) goto out; /* the message names the file */
+    if (!(m->bert = bert_create(&cfg)) || bert_load_body(m->bert, src, prefix))
+        goto out; /* the message names the file */
     bert_params *p = &m->bert->params;
     if (head_in_ckpt && ckpt_find(c, "ln_final.weight")) {
         if (ckpt_read_f32(c, "ln_final.weight", 1, (int64_t[]){cfg.hidden}, p->ln_final_w) ||
@@ -139,8 +159,9 @@ static int load_bert(clip_model *m, const ckpt *c, const char *ckpt_path, json_t
                           p->text_proj))
             goto out;
     } else {
-        warn("no text_projection for the BERT tower: initialising [%d, %d] from N(0, %d^-0.5)",
-             cfg.hidden, cfg.out_dim, cfg.hidden);
+        if (clip_model_warn(m, "no text_projection for the BERT tower: initialising [%d, %d] from "
+                            "N(0, %d^-0.5)", cfg.hidden, cfg.out_dim, cfg.hidden))
+            goto out;
         fill_normal(p->text_proj, (size_t)cfg.hidden * cfg.out_dim, 1.0f / sqrtf(cfg.hidden), 42);
     }
     rc = 0;
@@ -160,10 +181,15 @@ clip_model *clip_model_load(const char *ckpt_path, const char *bert_dir)
 
 clip_model *clip_model_from_ckpt(const ckpt *c, const char *ckpt_path, const char *bert_dir)
 {
-    clip_model *m = xcalloc(1, sizeof *m);
+    clip_model *m = calloc(1, sizeof *m);
+    json_t *rec = NULL;
+    if (!m) {
+        clip_set_error("%s: out of memory for the model", ckpt_path);
+        return NULL;
+    }
     m->max_batch = 32;
     m->logit_scale = logf(1.0f / 0.07f);
-    json_t *rec;
+    m->compute = (compute_ctx){PRECISION_FP32, NULL};
     if (read_record(c, ckpt_path, &rec)) goto fail;
 
     if (ckpt_find(c, "visual.conv1.weight")) {
@@ -171,18 +197,21 @@ clip_model *clip_model_from_ckpt(const ckpt *c, const char *ckpt_path, const cha
         const ckpt_tensor *conv = ckpt_find(c, "visual.conv1.weight");
         int heads;
         if (recorded_heads(rec, "image", conv->ndim ? (int)conv->shape[0] : 0, ckpt_path, &heads) ||
-            vit_config_from_ckpt(c, heads, &vc))
+            vit_config_from_ckpt(c, heads, &vc) || !(m->visual = vit_create(&vc)) ||
+            vit_load(m->visual, c))
             goto fail;
-        m->visual = vit_create(&vc);
-        if (vit_load(m->visual, c)) goto fail;
     }
     int has_ctext = ckpt_find(c, "transformer.resblocks.0.attn.in_proj_weight") &&
                     ckpt_find(c, "token_embedding.weight");
     if (has_ctext) {
         clip_text_config tc;
-        if (clip_text_config_from_ckpt(c, &tc)) goto fail;
-        m->ctext = clip_text_create(&tc);
-        if (clip_text_load(m->ctext, c)) goto fail;
+        const ckpt_tensor *tok = ckpt_find(c, "token_embedding.weight");
+        int heads;
+        if (recorded_heads(rec, "clip_text", tok->ndim == 2 ? (int)tok->shape[1] : 0, ckpt_path,
+                           &heads) ||
+            clip_text_config_from_ckpt(c, heads, &tc) || !(m->ctext = clip_text_create(&tc)) ||
+            clip_text_load(m->ctext, c))
+            goto fail;
     }
     /* the top-level ln_final/text_projection belong to whichever text tower
      * sits under `transformer.` */
@@ -231,7 +260,31 @@ void clip_model_free(clip_model *m)
     vit_free(m->visual);
     bert_free(m->bert);
     clip_text_free(m->ctext);
+    for (int i = 0; i < m->n_warnings; i++) free(m->warnings[i]);
+    free(m->warnings);
     free(m);
+}
+
+int clip_model_set_precision(clip_model *m, clip_precision p)
+{
+    if (p == PRECISION_INT8) {
+        /* all towers or none: a failure frees what the others made */
+        if ((m->visual && vit_quantise(m->visual)) || (m->bert && bert_quantise(m->bert)) ||
+            (m->ctext && clip_text_quantise(m->ctext))) {
+            if (m->compute.precision != PRECISION_INT8) {
+                if (m->visual) vit_free_quantised(m->visual);
+                if (m->bert) bert_free_quantised(m->bert);
+                if (m->ctext) clip_text_free_quantised(m->ctext);
+            }
+            return -1;
+        }
+    } else {
+        if (m->visual) vit_free_quantised(m->visual);
+        if (m->bert) bert_free_quantised(m->bert);
+        if (m->ctext) clip_text_free_quantised(m->ctext);
+    }
+    m->compute.precision = p;
+    return 0;
 }
 
 int clip_image_resolution(const clip_model *m)
@@ -256,7 +309,7 @@ int clip_encode_images(clip_model *m, const uint8_t *pixels, int B, float *out)
     for (int b = 0; b < B; b += m->max_batch) {
         int n = B - b < m->max_batch ? B - b : m->max_batch;
         float *o = out + (size_t)b * m->embed_dim;
-        vit_forward(m->visual, pixels + b * img, n, o);
+        if (vit_forward(m->visual, &m->compute, pixels + b * img, n, o)) return -1;
         l2_normalize(o, o, n, m->embed_dim);
     }
     return 0;
@@ -274,11 +327,14 @@ int clip_encode_texts(clip_model *m, const int32_t *ids, int B, int L, float *ou
         float *o = out + (size_t)b * m->embed_dim;
         const int32_t *x = ids + (size_t)b * L;
         /* captions are mostly padding: encode up to the chunk's longest */
-        if (!trimmed) trimmed = xmalloc((size_t)m->max_batch * L * sizeof *trimmed);
+        if (!trimmed && !(trimmed = malloc((size_t)m->max_batch * L * sizeof *trimmed))) {
+            clip_set_error("out of memory for %d texts of %d tokens", m->max_batch, L);
+            return -1;
+        }
         int used = trim_padding(trimmed, x, n, L);
         if (used < L) x = trimmed;
-        int rc = m->text == CLIP_TEXT_BERT ? bert_forward(m->bert, x, n, used, o)
-                                           : clip_text_forward(m->ctext, x, n, used, o);
+        int rc = m->text == CLIP_TEXT_BERT ? bert_forward(m->bert, &m->compute, x, n, used, o)
+                                           : clip_text_forward(m->ctext, &m->compute, x, n, used, o);
         if (rc) {
             free(trimmed);
             return -1;

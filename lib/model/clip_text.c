@@ -10,7 +10,7 @@
 
 static void clip_text_layout(const clip_text_config *g, clip_text_params *p, param_table *t);
 
-int clip_text_config_from_ckpt(const ckpt *c, clip_text_config *cfg)
+int clip_text_config_from_ckpt(const ckpt *c, int heads, clip_text_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
     const ckpt_tensor *tok = ckpt_find(c, "token_embedding.weight");
@@ -41,11 +41,21 @@ int clip_text_config_from_ckpt(const ckpt *c, clip_text_config *cfg)
     cfg->context = (int)pos->shape[0];
     cfg->out_dim = (int)proj->shape[1];
     cfg->mlp = (int)fc->shape[0];
-    if (cfg->width % 64) {
-        clip_set_error("CLIP text tower: width %d is not a multiple of 64", cfg->width);
+    if (heads) {
+        if (heads < 0 || cfg->width % heads) {
+            clip_set_error("CLIP text tower: the recorded head count %d does not divide the width "
+                           "%d (a damaged clip_config record?)", heads, cfg->width);
+            return -1;
+        }
+        cfg->heads = heads;
+    } else if (cfg->width % MODEL_DEFAULT_HEAD_DIM) {
+        clip_set_error("CLIP text tower: width %d is not a multiple of %d (without a recorded head "
+                       "count, heads = width / %d)",
+                       cfg->width, MODEL_DEFAULT_HEAD_DIM, MODEL_DEFAULT_HEAD_DIM);
         return -1;
+    } else {
+        cfg->heads = cfg->width / MODEL_DEFAULT_HEAD_DIM;
     }
-    cfg->heads = cfg->width / 64;
     char name[128];
     for (;;) {
         snprintf(name, sizeof name, "transformer.resblocks.%d.ln_1.weight", cfg->layers);
@@ -59,7 +69,10 @@ int clip_text_config_from_ckpt(const ckpt *c, clip_text_config *cfg)
     /* every tensor the configuration implies, before anything is allocated */
     clip_text_params p = {0};
     param_table t = {0};
-    p.blocks = xcalloc(cfg->layers ? cfg->layers : 1, sizeof(resblock_params));
+    if (!(p.blocks = calloc(cfg->layers ? cfg->layers : 1, sizeof(resblock_params)))) {
+        clip_set_error("CLIP text tower: out of memory for %d layers", cfg->layers);
+        return -1;
+    }
     clip_text_layout(cfg, &p, &t);
     int rc = pt_check(&t, c);
     pt_free(&t);
@@ -84,10 +97,15 @@ static void clip_text_layout(const clip_text_config *g, clip_text_params *p, par
 
 clip_text *clip_text_create(const clip_text_config *cfg)
 {
-    clip_text *m = xcalloc(1, sizeof *m);
+    clip_text *m = calloc(1, sizeof *m);
+    size_t n = cfg->layers ? cfg->layers : 1;
+    if (!m || !(m->params.blocks = calloc(n, sizeof(resblock_params))) ||
+        !(m->acts.blocks = calloc(n, sizeof(resblock_acts)))) {
+        clip_set_error("CLIP text tower: out of memory for %d layers", cfg->layers);
+        clip_text_free(m);
+        return NULL;
+    }
     m->cfg = *cfg;
-    m->params.blocks = xcalloc(cfg->layers, sizeof(resblock_params));
-    m->acts.blocks = xcalloc(cfg->layers, sizeof(resblock_acts));
     clip_text_layout(cfg, &m->params, &m->ptable);
     pt_alloc(&m->ptable);
     return m;
@@ -98,9 +116,40 @@ int clip_text_load(clip_text *m, const ckpt *c)
     return pt_load(&m->ptable, c, NULL, NULL);
 }
 
+static void free_qweights(resblock_qweights *q, int layers)
+{
+    for (int i = 0; q && i < layers; i++) resblock_free_quantised(&q[i]);
+    free(q);
+}
+
+void clip_text_free_quantised(clip_text *m)
+{
+    free_qweights(m->q, m->cfg.layers);
+    m->q = NULL;
+}
+
+int clip_text_quantise(clip_text *m)
+{
+    const clip_text_config *g = &m->cfg;
+    resblock_qweights *q = calloc(g->layers ? g->layers : 1, sizeof *q);
+    if (!q) {
+        clip_set_error("CLIP text tower: out of memory quantising the weights");
+        return -1;
+    }
+    for (int i = 0; i < g->layers; i++)
+        if (resblock_quantise(&q[i], &m->params.blocks[i], g->width, g->mlp)) {
+            free_qweights(q, g->layers);
+            return -1;
+        }
+    clip_text_free_quantised(m);
+    m->q = q;
+    return 0;
+}
+
 void clip_text_free(clip_text *m)
 {
     if (!m) return;
+    clip_text_free_quantised(m);
     pt_free(&m->ptable);
     pt_free(&m->atable);
     free(m->acts.eot_pos);
@@ -109,17 +158,21 @@ void clip_text_free(clip_text *m)
     free(m);
 }
 
-void clip_text_reserve(clip_text *m, int B, int L, int keep_layers)
+int clip_text_reserve(clip_text *m, int B, int L, int keep_layers)
 {
     if (m->atable.data && B <= m->act_batch && L <= m->act_len && keep_layers == m->act_keep)
-        return;
+        return 0;
     pt_free(&m->atable);
     free(m->acts.eot_pos);
+    m->act_batch = m->act_len = 0;
     const clip_text_config *g = &m->cfg;
     clip_text_acts *a = &m->acts;
     param_table *t = &m->atable;
     int64_t W = g->width, N = (int64_t)B * L;
-    a->eot_pos = xmalloc(B * sizeof(int));
+    if (!(a->eot_pos = malloc((B ? B : 1) * sizeof(int)))) {
+        clip_set_error("CLIP text tower: out of memory for a batch of %d", B);
+        return -1;
+    }
     pt_add(t, &a->emb, "emb", 2, (int64_t[]){N, W});
     int slots = keep_layers ? g->layers : 1;
     for (int i = 0; i < slots; i++) resblock_layout_acts(t, &a->blocks[i], B, L, W, g->mlp, g->heads);
@@ -133,9 +186,11 @@ void clip_text_reserve(clip_text *m, int B, int L, int keep_layers)
     m->act_batch = B;
     m->act_len = L;
     m->act_keep = keep_layers;
+    return 0;
 }
 
-int clip_text_forward(clip_text *m, const int32_t *ids, int B, int L, float *out)
+int clip_text_forward(clip_text *m, const compute_ctx *cx, const int32_t *ids, int B, int L,
+                      float *out)
 {
     const clip_text_config *g = &m->cfg;
     const clip_text_params *p = &m->params;
@@ -144,7 +199,12 @@ int clip_text_forward(clip_text *m, const int32_t *ids, int B, int L, float *out
         return -1;
     }
     if (check_token_ids(ids, B, L, g->vocab)) return -1;
-    clip_text_reserve(m, B, L, m->act_keep);
+    if (cx->precision == PRECISION_INT8 && !m->q) {
+        clip_set_error("the CLIP text tower runs in int8 but its weights are not quantised "
+                       "(clip_text_quantise, clip_model_set_precision)");
+        return -1;
+    }
+    if (clip_text_reserve(m, B, L, m->act_keep)) return -1;
     clip_text_acts *a = &m->acts;
     int W = g->width, N = B * L;
 #pragma omp parallel for schedule(static)
@@ -156,7 +216,9 @@ int clip_text_forward(clip_text *m, const int32_t *ids, int B, int L, float *out
     }
     const float *x = a->emb;
     for (int l = 0; l < g->layers; l++) {
-        resblock_forward(&p->blocks[l], &a->blocks[l], x, B, L, W, g->mlp, g->heads, 1);
+        if (resblock_forward(cx, &p->blocks[l], m->q ? &m->q[l] : NULL, &a->blocks[l], x, B, L, W,
+                             g->mlp, g->heads, 1))
+            return -1;
         x = a->blocks[l].out;
     }
     for (int b = 0; b < B; b++) {
@@ -168,8 +230,10 @@ int clip_text_forward(clip_text *m, const int32_t *ids, int B, int L, float *out
     }
     layernorm_forward(a->ln_final, a->ln_final_mean, a->ln_final_rstd, a->eot, p->ln_final_w,
                       p->ln_final_b, B, W, 1e-5f);
+    double t0 = prof_start(cx);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, g->out_dim, W, 1.0f, a->ln_final, W,
                 p->text_proj, g->out_dim, 0.0f, a->out, g->out_dim);
+    prof_stop(cx, PROF_GEMM, t0);
     if (out) memcpy(out, a->out, (size_t)B * g->out_dim * sizeof(float));
     return 0;
 }

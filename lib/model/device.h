@@ -10,12 +10,15 @@
 #include "model/bert.h"
 #include "model/vit.h"
 
+/* The calls of vit.h and bert.h; each 0, or -1 with an error. */
 typedef struct {
     const char *name;
-    void (*vit_forward)(vit *m, const uint8_t *pixels, int B, float *out);
-    void (*vit_backward)(vit *m, const float *dout, int B);
-    int (*bert_forward)(bert *m, const int32_t *ids, int B, int L, float *out);
-    void (*bert_backward)(bert *m, const int32_t *ids, const float *dout, int B, int L);
+    int (*vit_forward)(vit *m, const compute_ctx *cx, const uint8_t *pixels, int B, float *out);
+    int (*vit_backward)(vit *m, const compute_ctx *cx, const float *dout, int B);
+    int (*bert_forward)(bert *m, const compute_ctx *cx, const int32_t *ids, int B, int L,
+                        float *out);
+    int (*bert_backward)(bert *m, const compute_ctx *cx, const int32_t *ids, const float *dout,
+                         int B, int L);
 } clip_device;
 
 /* "cpu"; a known accelerator name ("sdaa", "sdaa:1", "cuda:0") that is not

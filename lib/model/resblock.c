@@ -57,21 +57,57 @@ void resblock_layout_acts_kept(param_table *t, resblock_acts *a, int B, int T, i
     layout_acts(t, a, B, T, C, F, NH, 0);
 }
 
-void resblock_forward(const resblock_params *p, resblock_acts *a, const float *inp, int B, int T,
-                      int C, int F, int NH, int causal)
+int resblock_quantise(resblock_qweights *q, const resblock_params *p, int C, int F)
 {
+    memset(q, 0, sizeof *q);
+    if ((q->in_proj = qweight_make(p->in_proj_w, 3 * C, C)) &&
+        (q->out_proj = qweight_make(p->out_proj_w, C, C)) &&
+        (q->c_fc = qweight_make(p->c_fc_w, F, C)) && (q->c_proj = qweight_make(p->c_proj_w, C, F)))
+        return 0;
+    resblock_free_quantised(q);
+    return -1;
+}
+
+void resblock_free_quantised(resblock_qweights *q)
+{
+    qweight_free(q->in_proj);
+    qweight_free(q->out_proj);
+    qweight_free(q->c_fc);
+    qweight_free(q->c_proj);
+    memset(q, 0, sizeof *q);
+}
+
+static void attention_timed(const compute_ctx *cx, float *out, float *att, const float *qkv,
+                            int causal, int B, int T, int C, int NH)
+{
+    double t0 = prof_start(cx);
+    attention_forward(out, att, qkv, NULL, causal, B, T, C, NH);
+    prof_stop(cx, PROF_ATTENTION, t0);
+}
+
+int resblock_forward(const compute_ctx *cx, const resblock_params *p, const resblock_qweights *q,
+                     resblock_acts *a, const float *inp, int B, int T, int C, int F, int NH,
+                     int causal)
+{
+#define Q(f) (q ? q->f : NULL)
     int N = B * T;
     layernorm_forward(a->ln_1, a->ln_1_mean, a->ln_1_rstd, inp, p->ln_1_w, p->ln_1_b, N, C, 1e-5f);
-    matmul_forward(a->qkv, 3 * C, a->ln_1, p->in_proj_w, p->in_proj_b, N, C, 3 * C);
-    attention_forward(a->atty, a->att, a->qkv, NULL, causal, B, T, C, NH);
-    matmul_residual_forward(a->res_1, a->atty, p->out_proj_w, p->out_proj_b, inp, N, C, C);
+    if (matmul_forward(cx, a->qkv, 3 * C, a->ln_1, p->in_proj_w, Q(in_proj), p->in_proj_b, N, C,
+                       3 * C))
+        return -1;
+    attention_timed(cx, a->atty, a->att, a->qkv, causal, B, T, C, NH);
+    if (matmul_residual_forward(cx, a->res_1, a->atty, p->out_proj_w, Q(out_proj), p->out_proj_b,
+                                inp, N, C, C))
+        return -1;
     layernorm_forward(a->ln_2, a->ln_2_mean, a->ln_2_rstd, a->res_1, p->ln_2_w, p->ln_2_b, N, C,
                       1e-5f);
-    matmul_forward(a->fc, F, a->ln_2, p->c_fc_w, p->c_fc_b, N, C, F);
+    if (matmul_forward(cx, a->fc, F, a->ln_2, p->c_fc_w, Q(c_fc), p->c_fc_b, N, C, F)) return -1;
     quickgelu_forward(a->fc_act, a->fc, (size_t)N * F);
     /* inp may alias a->out when activations are shared between layers
      * (inference): it is no longer read past this point */
-    matmul_residual_forward(a->out, a->fc_act, p->c_proj_w, p->c_proj_b, a->res_1, N, F, C);
+    return matmul_residual_forward(cx, a->out, a->fc_act, p->c_proj_w, Q(c_proj), p->c_proj_b,
+                                   a->res_1, N, F, C);
+#undef Q
 }
 
 void resblock_layout_dacts(param_table *t, resblock_dacts *d, int B, int T, int C, int F, int NH)
@@ -86,9 +122,9 @@ void resblock_layout_dacts(param_table *t, resblock_dacts *d, int B, int T, int 
     pt_add(t, &d->dfc, "dfc", 2, (int64_t[]){N, F});
 }
 
-void resblock_backward(const resblock_params *p, resblock_params *g, const resblock_acts *a,
-                       resblock_dacts *d, float *dinp, const float *dout, const float *inp, int B,
-                       int T, int C, int F, int NH, int causal)
+int resblock_backward(const compute_ctx *cx, const resblock_params *p, resblock_params *g,
+                      const resblock_acts *a, resblock_dacts *d, float *dinp, const float *dout,
+                      const float *inp, int B, int T, int C, int F, int NH, int causal)
 {
 #define G(f) (g ? g->f : NULL)
     size_t N = (size_t)B * T;
@@ -107,24 +143,33 @@ void resblock_backward(const resblock_params *p, resblock_params *g, const resbl
     zero_floats(d->datty, N * C);
     zero_floats(d->dqkv, N * 3 * C);
     /* out = res_1 + c_proj(quickgelu(c_fc(ln_2(res_1)))); dx: d(out) -> d(res_1) */
-    matmul_backward(d->dfc_act, G(c_proj_w), G(c_proj_b), dx, C, a->fc_act, p->c_proj_w, N, F, C);
+    if (matmul_backward(cx, d->dfc_act, G(c_proj_w), G(c_proj_b), dx, C, a->fc_act, p->c_proj_w, N,
+                        F, C))
+        return -1;
     quickgelu_backward(d->dfc, a->fc, d->dfc_act, N * F);
-    matmul_backward(d->dln, G(c_fc_w), G(c_fc_b), d->dfc, F, a->ln_2, p->c_fc_w, N, C, F);
+    if (matmul_backward(cx, d->dln, G(c_fc_w), G(c_fc_b), d->dfc, F, a->ln_2, p->c_fc_w, N, C, F))
+        return -1;
     layernorm_backward(dx, G(ln_2_w), G(ln_2_b), d->dln, a->res_1, p->ln_2_w, a->ln_2_mean,
                        a->ln_2_rstd, N, C);
     /* res_1 = inp + out_proj(attn(in_proj(ln_1(inp)))); dx: d(res_1) -> d(inp) */
-    matmul_backward(d->datty, G(out_proj_w), G(out_proj_b), dx, C, a->atty, p->out_proj_w, N, C, C);
-    attention_forward(a->atty, a->att, a->qkv, NULL, causal, B, T, C, NH);
+    if (matmul_backward(cx, d->datty, G(out_proj_w), G(out_proj_b), dx, C, a->atty, p->out_proj_w,
+                        N, C, C))
+        return -1;
+    attention_timed(cx, a->atty, a->att, a->qkv, causal, B, T, C, NH);
+    double t0 = prof_start(cx);
     attention_backward(d->dqkv, d->datt, d->datty, a->qkv, a->att, B, T, C, NH);
+    prof_stop(cx, PROF_ATTENTION, t0);
     zero_floats(d->dln, N * C);
     layernorm_forward(a->ln_1, a->ln_1_mean, a->ln_1_rstd, inp, p->ln_1_w, p->ln_1_b, N, C, 1e-5f);
-    matmul_backward(d->dln, G(in_proj_w), G(in_proj_b), d->dqkv, 3 * C, a->ln_1, p->in_proj_w, N, C,
-                    3 * C);
+    if (matmul_backward(cx, d->dln, G(in_proj_w), G(in_proj_b), d->dqkv, 3 * C, a->ln_1,
+                        p->in_proj_w, N, C, 3 * C))
+        return -1;
     layernorm_backward(dx, G(ln_1_w), G(ln_1_b), d->dln, inp, p->ln_1_w, a->ln_1_mean, a->ln_1_rstd,
                        N, C);
     if (dx != dinp) {
 #pragma omp parallel for simd schedule(static)
         for (size_t i = 0; i < N * C; i++) dinp[i] += dx[i];
     }
+    return 0;
 #undef G
 }

@@ -7,6 +7,12 @@
 #include <stdint.h>
 
 #include "ckpt/param_table.h"
+#include "kernels/blas.h"
+
+/* When the attention head count is not recorded (a foreign checkpoint, no
+ * config.json), it is width / MODEL_DEFAULT_HEAD_DIM: OpenAI CLIP's and
+ * Hugging Face BERT-base's 64-wide heads. */
+#define MODEL_DEFAULT_HEAD_DIM 64
 
 typedef struct {
     float *ln_1_w, *ln_1_b;
@@ -16,6 +22,18 @@ typedef struct {
     float *c_fc_w, *c_fc_b;         /* [F, C], [F] */
     float *c_proj_w, *c_proj_b;     /* [C, F], [C] */
 } resblock_params;
+
+/* A block's Linear weights quantised for int8 inference (gemm_int8.h),
+ * owned by the tower that owns the block: resblock_quantise makes them from
+ * the current weights (change the weights and they are stale: quantise
+ * again), resblock_free_quantised frees them. All NULL when not quantised. */
+typedef struct {
+    qweight *in_proj, *out_proj, *c_fc, *c_proj;
+} resblock_qweights;
+
+/* 0, or -1 with an error (out of memory), nothing left allocated. */
+int resblock_quantise(resblock_qweights *q, const resblock_params *p, int C, int F);
+void resblock_free_quantised(resblock_qweights *q);
 
 /* What one block's forward keeps for its backward (N = B*T rows). */
 typedef struct {
@@ -49,8 +67,11 @@ void resblock_layout_acts(param_table *t, resblock_acts *a, int B, int T, int C,
  * (saves 3 N*C + N*F + B*NH*T*T floats per block; ~1/3 of ViT-B/16's). */
 void resblock_layout_acts_kept(param_table *t, resblock_acts *a, int B, int T, int C, int F, int NH);
 
-void resblock_forward(const resblock_params *p, resblock_acts *a, const float *inp, int B, int T,
-                      int C, int F, int NH, int causal);
+/* q: the block's quantised weights, needed (non-NULL) when cx->precision is
+ * PRECISION_INT8, else ignored. 0, or -1 with an error (int8 without them). */
+int resblock_forward(const compute_ctx *cx, const resblock_params *p, const resblock_qweights *q,
+                     resblock_acts *a, const float *inp, int B, int T, int C, int F, int NH,
+                     int causal);
 void resblock_layout_dacts(param_table *t, resblock_dacts *d, int B, int T, int C, int F, int NH);
 
 /* Backward of resblock_forward, right after it (a: that block's kept
@@ -60,9 +81,10 @@ void resblock_layout_dacts(param_table *t, resblock_dacts *d, int B, int T, int 
  * updated in place from d(out) to d(inp) (overwritten, not accumulated).
  * Otherwise dinp += d(inp) and dout is left unchanged. d is scratch (zeroed
  * here as needed); a->ln_1, att, atty, ln_2 and fc_act are recomputed (the
- * same values: causal as in the forward). */
-void resblock_backward(const resblock_params *p, resblock_params *g, const resblock_acts *a,
-                       resblock_dacts *d, float *dinp, const float *dout, const float *inp, int B,
-                       int T, int C, int F, int NH, int causal);
+ * same values: causal as in the forward). 0, or -1 with an error (out of
+ * memory in a bf16 product). */
+int resblock_backward(const compute_ctx *cx, const resblock_params *p, resblock_params *g,
+                      const resblock_acts *a, resblock_dacts *d, float *dinp, const float *dout,
+                      const float *inp, int B, int T, int C, int F, int NH, int causal);
 
 #endif

@@ -64,11 +64,13 @@ int vit_config_from_ckpt(const ckpt *c, int heads, vit_config *cfg)
             return -1;
         }
         cfg->heads = heads;
-    } else if (cfg->width % 64) {
-        clip_set_error("visual: width %d is not a multiple of 64 (heads = width / 64)", cfg->width);
+    } else if (cfg->width % MODEL_DEFAULT_HEAD_DIM) {
+        clip_set_error("visual: width %d is not a multiple of %d (without a recorded head count, "
+                       "heads = width / %d)",
+                       cfg->width, MODEL_DEFAULT_HEAD_DIM, MODEL_DEFAULT_HEAD_DIM);
         return -1;
     } else {
-        cfg->heads = cfg->width / 64;
+        cfg->heads = cfg->width / MODEL_DEFAULT_HEAD_DIM;
     }
     char name[128];
     for (;;) {
@@ -105,7 +107,10 @@ int vit_check_ckpt(const vit_config *cfg, const ckpt *c)
 {
     vit_params p = {0};
     param_table t = {0};
-    p.blocks = xcalloc(cfg->layers ? cfg->layers : 1, sizeof(resblock_params));
+    if (!(p.blocks = calloc(cfg->layers ? cfg->layers : 1, sizeof(resblock_params)))) {
+        clip_set_error("visual: out of memory for %d layers", cfg->layers);
+        return -1;
+    }
     vit_layout(cfg, &p, &t);
     int rc = pt_check(&t, c);
     pt_free(&t);
@@ -115,10 +120,15 @@ int vit_check_ckpt(const vit_config *cfg, const ckpt *c)
 
 vit *vit_create(const vit_config *cfg)
 {
-    vit *m = xcalloc(1, sizeof *m);
+    vit *m = calloc(1, sizeof *m);
+    size_t n = cfg->layers ? cfg->layers : 1;
+    if (!m || !(m->params.blocks = calloc(n, sizeof(resblock_params))) ||
+        !(m->acts.blocks = calloc(n, sizeof(resblock_acts)))) {
+        clip_set_error("visual: out of memory for %d layers", cfg->layers);
+        vit_free(m);
+        return NULL;
+    }
     m->cfg = *cfg;
-    m->params.blocks = xcalloc(cfg->layers, sizeof(resblock_params));
-    m->acts.blocks = xcalloc(cfg->layers, sizeof(resblock_acts));
     vit_layout(cfg, &m->params, &m->ptable);
     pt_alloc(&m->ptable);
     return m;
@@ -129,9 +139,40 @@ int vit_load(vit *m, const ckpt *c)
     return pt_load(&m->ptable, c, NULL, NULL);
 }
 
+static void free_qweights(vit_qweights *q, int layers)
+{
+    qweight_free(q->conv1);
+    for (int i = 0; q->blocks && i < layers; i++) resblock_free_quantised(&q->blocks[i]);
+    free(q->blocks);
+    memset(q, 0, sizeof *q);
+}
+
+void vit_free_quantised(vit *m) { free_qweights(&m->q, m->cfg.layers); }
+
+int vit_quantise(vit *m)
+{
+    const vit_config *g = &m->cfg;
+    vit_qweights q = {0};
+    if (!(q.blocks = calloc(g->layers ? g->layers : 1, sizeof *q.blocks))) {
+        clip_set_error("visual: out of memory quantising the weights");
+        return -1;
+    }
+    int ok = (q.conv1 = qweight_make(m->params.conv1_w, g->width, 3 * g->patch * g->patch)) != NULL;
+    for (int i = 0; ok && i < g->layers; i++)
+        ok = !resblock_quantise(&q.blocks[i], &m->params.blocks[i], g->width, g->mlp);
+    if (!ok) {
+        free_qweights(&q, g->layers);
+        return -1;
+    }
+    vit_free_quantised(m);
+    m->q = q;
+    return 0;
+}
+
 void vit_free(vit *m)
 {
     if (!m) return;
+    vit_free_quantised(m);
     pt_free(&m->ptable);
     pt_free(&m->atable);
     pt_free(&m->gtable);
@@ -142,10 +183,11 @@ void vit_free(vit *m)
     free(m);
 }
 
-void vit_reserve(vit *m, int B, int keep_layers)
+int vit_reserve(vit *m, int B, int keep_layers)
 {
-    if (m->atable.data && B <= m->act_batch && keep_layers == m->act_keep) return;
+    if (m->atable.data && B <= m->act_batch && keep_layers == m->act_keep) return 0;
     pt_free(&m->atable);
+    m->act_batch = 0;
     const vit_config *g = &m->cfg;
     vit_acts *a = &m->acts;
     param_table *t = &m->atable;
@@ -174,6 +216,7 @@ void vit_reserve(vit *m, int B, int keep_layers)
     for (int i = slots; i < g->layers; i++) a->blocks[i] = a->blocks[0];
     m->act_batch = B;
     m->act_keep = keep_layers;
+    return 0;
 }
 
 /* uint8 HWC pixels -> normalised patches, one row per patch in the
@@ -199,16 +242,23 @@ static void im2col_normalize(float *patches, const uint8_t *pixels, int B, int G
     }
 }
 
-void vit_forward(vit *m, const uint8_t *pixels, int B, float *out)
+int vit_forward(vit *m, const compute_ctx *cx, const uint8_t *pixels, int B, float *out)
 {
     const vit_config *g = &m->cfg;
     const vit_params *p = &m->params;
-    vit_reserve(m, B, m->act_keep);
+    if (cx->precision == PRECISION_INT8 && !m->q.blocks) {
+        clip_set_error("the image tower runs in int8 but its weights are not quantised "
+                       "(vit_quantise, clip_model_set_precision)");
+        return -1;
+    }
+    if (vit_reserve(m, B, m->act_keep)) return -1;
     vit_acts *a = &m->acts;
     int W = g->width, T = g->tokens, GG = g->grid * g->grid, N = B * T;
 
     im2col_normalize(a->patches, pixels, B, g->grid, g->patch);
-    matmul_forward(a->patch_emb, W, a->patches, p->conv1_w, NULL, B * GG, 3 * g->patch * g->patch, W);
+    if (matmul_forward(cx, a->patch_emb, W, a->patches, p->conv1_w, m->q.conv1, NULL, B * GG,
+                       3 * g->patch * g->patch, W))
+        return -1;
 #pragma omp parallel for schedule(static)
     for (int bt = 0; bt < N; bt++) {
         int b = bt / T, t = bt % T;
@@ -222,15 +272,20 @@ void vit_forward(vit *m, const uint8_t *pixels, int B, float *out)
 
     const float *x = a->ln_pre;
     for (int l = 0; l < g->layers; l++) {
-        resblock_forward(&p->blocks[l], &a->blocks[l], x, B, T, W, g->mlp, g->heads, 0);
+        if (resblock_forward(cx, &p->blocks[l], m->q.blocks ? &m->q.blocks[l] : NULL,
+                             &a->blocks[l], x, B, T, W, g->mlp, g->heads, 0))
+            return -1;
         x = a->blocks[l].out;
     }
     for (int b = 0; b < B; b++) memcpy(a->cls + (size_t)b * W, x + (size_t)b * T * W, W * sizeof(float));
     layernorm_forward(a->ln_post, a->ln_post_mean, a->ln_post_rstd, a->cls, p->ln_post_w,
                       p->ln_post_b, B, W, 1e-5f);
+    double t0 = prof_start(cx);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, g->out_dim, W, 1.0f, a->ln_post, W,
                 p->proj, g->out_dim, 0.0f, a->out, g->out_dim);
+    prof_stop(cx, PROF_GEMM, t0);
     if (out) memcpy(out, a->out, (size_t)B * g->out_dim * sizeof(float));
+    return 0;
 }
 
 static void vit_reserve_dacts(vit *m, int B)
@@ -247,37 +302,44 @@ static void vit_reserve_dacts(vit *m, int B)
     m->dact_batch = B;
 }
 
-void vit_alloc_grads(vit *m)
+int vit_alloc_grads(vit *m)
 {
     if (!m->gtable.data) {
-        m->grads.blocks = xcalloc(m->cfg.layers, sizeof(resblock_params));
+        size_t n = m->cfg.layers ? m->cfg.layers : 1;
+        if (!(m->grads.blocks = calloc(n, sizeof(resblock_params)))) {
+            clip_set_error("visual: out of memory for the gradients of %d layers", m->cfg.layers);
+            return -1;
+        }
         vit_layout(&m->cfg, &m->grads, &m->gtable);
         pt_alloc(&m->gtable);
     }
     if (m->act_batch) vit_reserve_dacts(m, m->act_batch);
+    return 0;
 }
 
-void vit_backward(vit *m, const float *dout, int B)
+int vit_backward(vit *m, const compute_ctx *cx, const float *dout, int B)
 {
     const vit_config *g = &m->cfg;
     const vit_params *p = &m->params;
     const vit_acts *a = &m->acts;
-    if (!m->act_keep || !m->atable.data || B > m->act_batch)
-        die("vit_backward: no activations kept for batch %d (vit_reserve(m, B, 1) before the "
-            "forward)", B);
-    vit_alloc_grads(m);
+    if (!m->act_keep || !m->atable.data || B > m->act_batch) {
+        clip_set_error("vit_backward: no activations kept for a batch of %d (vit_reserve(m, B, 1) "
+                       "before the forward)", B);
+        return -1;
+    }
+    if (vit_alloc_grads(m)) return -1;
     vit_reserve_dacts(m, B);
     vit_params *gr = &m->grads;
     int W = g->width, T = g->tokens, D = g->out_dim, GG = g->grid * g->grid, N = B * T;
     int K = 3 * g->patch * g->patch;
 
     /* out = ln_post(cls) @ proj */
-    double t0 = now_seconds();
+    double t0 = prof_start(cx);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, W, D, 1.0f, dout, D, p->proj, D, 0.0f,
                 m->dln_post, W);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, W, D, B, 1.0f, a->ln_post, W, dout, D, 1.0f,
                 gr->proj, D);
-    op_prof.gemm += now_seconds() - t0;
+    prof_stop(cx, PROF_GEMM, t0);
     memset(m->dcls, 0, (size_t)B * W * sizeof(float));
     layernorm_backward(m->dcls, gr->ln_post_w, gr->ln_post_b, m->dln_post, a->cls, p->ln_post_w,
                        a->ln_post_mean, a->ln_post_rstd, B, W);
@@ -287,8 +349,9 @@ void vit_backward(vit *m, const float *dout, int B)
 
     for (int l = g->layers - 1; l >= 0; l--) {
         const float *inp = l ? a->blocks[l - 1].out : a->ln_pre;
-        resblock_backward(&p->blocks[l], &gr->blocks[l], &a->blocks[l], &m->dacts, m->dx, m->dx, inp,
-                          B, T, W, g->mlp, g->heads, 0);
+        if (resblock_backward(cx, &p->blocks[l], &gr->blocks[l], &a->blocks[l], &m->dacts, m->dx,
+                              m->dx, inp, B, T, W, g->mlp, g->heads, 0))
+            return -1;
     }
 
     /* emb = [class | patches] + positions; ln_pre = LN(emb) */
@@ -308,7 +371,8 @@ void vit_backward(vit *m, const float *dout, int B)
                 memcpy(dpatch + ((size_t)b * GG + t - 1) * W, src, W * sizeof(float));
         }
     }
-    matmul_backward(NULL, gr->conv1_w, NULL, dpatch, W, a->patches, p->conv1_w, B * GG, K, W);
+    return matmul_backward(cx, NULL, gr->conv1_w, NULL, dpatch, W, a->patches, p->conv1_w, B * GG,
+                           K, W);
 }
 
 double vit_forward_flops(const vit_config *g)

@@ -37,10 +37,18 @@ typedef struct {
     float *out; /* [B, D] */
 } vit_acts;
 
+/* The Linear weights quantised for int8 (resblock.h): the patch embedding
+ * and every block's; all NULL when not quantised. */
+typedef struct {
+    qweight *conv1;
+    resblock_qweights *blocks; /* [layers] */
+} vit_qweights;
+
 typedef struct {
     vit_config cfg;
     vit_params params;
     param_table ptable;
+    vit_qweights q; /* vit_quantise; owned, freed with the tower */
     vit_acts acts;
     param_table atable;
     int act_batch, act_keep; /* what the activations are sized for */
@@ -59,32 +67,44 @@ typedef struct {
 
 /* Config from the shapes of `visual.*`. heads: the head count the checkpoint
  * records (clip-train's clip_config metadata), or 0 when it records none:
- * then width / 64, OpenAI's rule. 0, or -1 with an error if `visual.*` is
+ * then width / MODEL_DEFAULT_HEAD_DIM (64, OpenAI's rule). 0, or -1 with an error if `visual.*` is
  * absent or inconsistent (sizes in range, heads dividing the width, every
  * tensor the configuration implies present with its shape: vit_check_ckpt),
  * before anything is allocated. */
 int vit_config_from_ckpt(const ckpt *c, int heads, vit_config *cfg);
 int vit_check_ckpt(const vit_config *cfg, const ckpt *c);
+/* The tower with zeroed parameters; NULL with an error (out of memory). */
 vit *vit_create(const vit_config *cfg);
 int vit_load(vit *m, const ckpt *c);
 void vit_free(vit *m);
 
+/* Quantise the Linear weights as they are now, for forwards under
+ * PRECISION_INT8 (again after the weights change); 0, or -1 with an error,
+ * the tower unchanged. vit_free_quantised drops them (vit_free does too). */
+int vit_quantise(vit *m);
+void vit_free_quantised(vit *m);
+
 /* Size the activations for batch B; keep_layers keeps every block's
- * activations (training) instead of reusing one slot. */
-void vit_reserve(vit *m, int B, int keep_layers);
+ * activations (training) instead of reusing one slot. 0, or -1 with an
+ * error (out of memory). */
+int vit_reserve(vit *m, int B, int keep_layers);
 
 /* pixels: uint8 [B, R, R, 3] (R = cfg.resolution), normalised with CLIP's
- * mean/std here. out: [B, out_dim] unnormalised features. */
-void vit_forward(vit *m, const uint8_t *pixels, int B, float *out);
+ * mean/std here. out: [B, out_dim] unnormalised features (NULL: only in
+ * m->acts.out). cx: the precision and timing of the matrix products
+ * (PRECISION_INT8 needs vit_quantise first). 0, or -1 with an error. */
+int vit_forward(vit *m, const compute_ctx *cx, const uint8_t *pixels, int B, float *out);
 
 /* Allocate (zeroed) the gradients, and the backward scratch for the batch
- * the activations are reserved for; does nothing the second time. */
-void vit_alloc_grads(vit *m);
+ * the activations are reserved for; does nothing the second time. 0, or -1
+ * with an error (out of memory). */
+int vit_alloc_grads(vit *m);
 /* Backward of the vit_forward just run on the same batch, with activations
  * kept (vit_reserve(m, B, 1) before the forward). dout: [B, out_dim]
  * gradient w.r.t. the unnormalised output. Accumulates into m->grads (zero
- * m->gtable.data between steps). No gradient w.r.t. the pixels. */
-void vit_backward(vit *m, const float *dout, int B);
+ * m->gtable.data between steps). No gradient w.r.t. the pixels. -1 with an
+ * error when no activations were kept for batch B, else 0. */
+int vit_backward(vit *m, const compute_ctx *cx, const float *dout, int B);
 
 /* Multiply-add FLOPs (2 per MAC) of one image's forward pass: the GEMMs
  * and attention products, for benchmarks. */

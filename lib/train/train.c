@@ -29,23 +29,32 @@ static void arch_preset(train_arch *a, int image_width, int image_layers, int pa
                         int text_width, int text_layers, int max_pos, int embed_dim)
 {
     memset(a, 0, sizeof *a);
+    /* image heads 0: width / MODEL_DEFAULT_HEAD_DIM in arch_finish */
     a->vit = (vit_config){.width = image_width, .layers = image_layers, .patch = patch,
                           .resolution = resolution, .out_dim = embed_dim};
-    a->bert = (bert_config){.hidden = text_width, .layers = text_layers, .heads = text_width / 64,
-                            .max_pos = max_pos, .type_vocab = 2, .vocab = 21128, .eps = 1e-12f,
-                            .out_dim = embed_dim};
+    a->bert = (bert_config){.hidden = text_width, .layers = text_layers,
+                            .heads = text_width / MODEL_DEFAULT_HEAD_DIM, .max_pos = max_pos,
+                            .type_vocab = 2, .vocab = 21128, .eps = 1e-12f, .out_dim = embed_dim};
 }
 
-/* derived fields, and the constraints the towers rely on */
+/* derived fields, and the constraints the towers rely on; v->heads 0: the
+ * default, width / MODEL_DEFAULT_HEAD_DIM */
 static int arch_finish(train_arch *a)
 {
     vit_config *v = &a->vit;
     bert_config *b = &a->bert;
-    if (v->width <= 0 || v->width % 64 || v->layers <= 0 || v->patch <= 0 || v->resolution <= 0 ||
-        v->resolution % v->patch) {
-        clip_set_error("arch: image_width must be a positive multiple of 64 and resolution a "
-                       "multiple of patch (width %d, patch %d, resolution %d)",
-                       v->width, v->patch, v->resolution);
+    int heads = v->heads ? v->heads : MODEL_DEFAULT_HEAD_DIM;
+    if (v->width <= 0 || heads <= 0 || v->width % heads || v->layers <= 0 || v->patch <= 0 ||
+        v->resolution <= 0 || v->resolution % v->patch) {
+        if (v->heads)
+            clip_set_error("arch: image_width must be a positive multiple of image_heads and "
+                           "resolution a multiple of patch (width %d, heads %d, patch %d, "
+                           "resolution %d)", v->width, v->heads, v->patch, v->resolution);
+        else
+            clip_set_error("arch: image_width must be a positive multiple of %d (or of "
+                           "image_heads) and resolution a multiple of patch (width %d, patch %d, "
+                           "resolution %d)", MODEL_DEFAULT_HEAD_DIM, v->width, v->patch,
+                           v->resolution);
         return -1;
     }
     if (b->hidden <= 0 || b->layers <= 0 || b->heads <= 0 || b->hidden % b->heads ||
@@ -54,7 +63,7 @@ static int arch_finish(train_arch *a)
                        "max_pos and embed_dim positive");
         return -1;
     }
-    v->heads = v->width / 64;
+    if (!v->heads) v->heads = v->width / MODEL_DEFAULT_HEAD_DIM;
     v->mlp = 4 * v->width;
     v->grid = v->resolution / v->patch;
     v->tokens = v->grid * v->grid + 1;
@@ -65,8 +74,12 @@ static int arch_finish(train_arch *a)
 
 int train_arch_parse(const char *spec, train_arch *a)
 {
-    char *s = xstrdup(spec), *save = NULL;
+    char *s = strdup(spec), *save = NULL;
     int rc = -1, first = 1;
+    if (!s) {
+        clip_set_error("arch '%s': out of memory", spec);
+        return -1;
+    }
     arch_preset(a, 256, 6, 16, 112, 256, 4, 64, 256); /* "small" */
     for (char *tok = strtok_r(s, ",", &save); tok; tok = strtok_r(NULL, ",", &save), first = 0) {
         char *eq = strchr(tok, '=');
@@ -86,16 +99,17 @@ int train_arch_parse(const char *spec, train_arch *a)
             const char *key;
             int *dst;
         } keys[] = {{"image_width", &a->vit.width}, {"image_layers", &a->vit.layers},
-                    {"patch", &a->vit.patch},       {"resolution", &a->vit.resolution},
-                    {"text_width", &a->bert.hidden}, {"text_layers", &a->bert.layers},
-                    {"text_heads", &a->bert.heads}, {"vocab", &a->bert.vocab},
-                    {"max_pos", &a->bert.max_pos},  {"embed_dim", &a->vit.out_dim}};
+                    {"image_heads", &a->vit.heads}, {"patch", &a->vit.patch},
+                    {"resolution", &a->vit.resolution}, {"text_width", &a->bert.hidden},
+                    {"text_layers", &a->bert.layers}, {"text_heads", &a->bert.heads},
+                    {"vocab", &a->bert.vocab},      {"max_pos", &a->bert.max_pos},
+                    {"embed_dim", &a->vit.out_dim}};
         size_t k = 0;
         while (k < sizeof keys / sizeof keys[0] && strcmp(keys[k].key, tok)) k++;
         if (k == sizeof keys / sizeof keys[0]) goto bad;
         *keys[k].dst = (int)v;
         if (!strcmp(tok, "text_width") && !strstr(spec, "text_heads="))
-            a->bert.heads = (int)v / 64 ? (int)v / 64 : 1;
+            a->bert.heads = (int)v / MODEL_DEFAULT_HEAD_DIM ? (int)v / MODEL_DEFAULT_HEAD_DIM : 1;
         *eq = '=';
     }
     rc = arch_finish(a);
@@ -103,8 +117,8 @@ int train_arch_parse(const char *spec, train_arch *a)
     return rc;
 bad:
     clip_set_error("arch '%s': expected tiny|small|base and/or KEY=N,... (keys image_width, "
-                   "image_layers, patch, resolution, text_width, text_layers, text_heads, vocab, "
-                   "max_pos, embed_dim)",
+                   "image_layers, image_heads, patch, resolution, text_width, text_layers, "
+                   "text_heads, vocab, max_pos, embed_dim)",
                    spec);
     free(s);
     return -1;
@@ -147,13 +161,20 @@ static void init_tower(const param_table *t, int is_vit, int width, int layers, 
 
 clip_model *train_model_create(const train_arch *a, uint64_t seed)
 {
-    clip_model *m = xcalloc(1, sizeof *m);
-    m->visual = vit_create(&a->vit);
-    m->bert = bert_create(&a->bert);
+    clip_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        clip_set_error("out of memory for the model");
+        return NULL;
+    }
+    if (!(m->visual = vit_create(&a->vit)) || !(m->bert = bert_create(&a->bert))) {
+        clip_model_free(m);
+        return NULL;
+    }
     m->text = CLIP_TEXT_BERT;
     m->embed_dim = a->vit.out_dim;
     m->logit_scale = logf(1.0f / 0.07f);
     m->max_batch = 32;
+    m->compute = (compute_ctx){PRECISION_FP32, NULL};
     init_tower(&m->visual->ptable, 1, a->vit.width, a->vit.layers, seed);
     init_tower(&m->bert->ptable, 0, a->bert.hidden, a->bert.layers, seed ^ 0xb5ad4eceda1ce2a9ull);
     return m;
@@ -194,36 +215,54 @@ clip_model *train_model_load(const char *init, const char *text_dir)
             snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", unused > 1 ? ", " : "",
                      name);
     }
-    if (unused)
-        warn("%s: %zu tensors not used by the model, left alone (%s%s)", init, unused, list,
-             unused > 4 ? ", ..." : "");
+    if (unused && clip_model_warn(m, "%s: %zu tensors not used by the model, left alone (%s%s)",
+                                  init, unused, list, unused > 4 ? ", ..." : "")) {
+        clip_model_free(m);
+        m = NULL;
+    }
     ckpt_free(c);
     return m;
 }
 
 /* ---- the trainer */
 
+/* One encoder under training, a value the trainer's loops iterate over: its
+ * kind (which functions run it), its model (config, parameters and
+ * gradients live there), the AdamW moments in its parameters' layout, the
+ * device it runs on. */
+typedef enum { TOWER_VIT, TOWER_BERT } tower_kind;
+
+typedef struct {
+    tower_kind kind;
+    union {
+        vit *vit;
+        bert *bert;
+    } model;
+    const param_table *params, *grads;
+    float *adam_m, *adam_v; /* [params->total] each */
+    const clip_device *dev;
+} train_tower;
+
+enum { IMAGE_TOWER, TEXT_TOWER, N_TOWERS };
+
+/* what a tower encodes in a step: pixels for the image tower, ids for a text one */
+typedef struct {
+    const uint8_t *pixels; /* [B, R, R, 3] */
+    const int32_t *ids;    /* [B, L] */
+    int B, L;
+} tower_input;
+
 struct trainer {
     clip_model *m;
     train_config cfg;
+    compute_ctx cx; /* the steps' precision (cfg.amp); the model's own stays fp32 */
     int batch, max_len;
-    float *adam_m[2], *adam_v[2]; /* per tower, laid out as its parameters */
-    float ls_grad, ls_m, ls_v;    /* logit_scale */
+    train_tower towers[N_TOWERS];
+    float ls_grad, ls_m, ls_v; /* logit_scale */
     long step;
     float *img, *txt, *dimg, *dtxt, *scratch; /* [batch, D] and the loss's scratch */
     int32_t *ids;                             /* [batch, max_len] trimmed */
-    const clip_device *image_dev, *text_dev;
 };
-
-static const param_table *tower_params(const trainer *t, int k)
-{
-    return k == 0 ? &t->m->visual->ptable : &t->m->bert->ptable;
-}
-
-static const param_table *tower_grads(const trainer *t, int k)
-{
-    return k == 0 ? &t->m->visual->gtable : &t->m->bert->gtable;
-}
 
 static float *alloc_floats(size_t n)
 {
@@ -232,41 +271,96 @@ static float *alloc_floats(size_t n)
     return p;
 }
 
+/* gradients, activations kept for batch x max_len, AdamW moments */
+static int tower_init(train_tower *tw, clip_model *m, int which, int batch, int max_len)
+{
+    memset(tw, 0, sizeof *tw);
+    tw->dev = device_find("cpu", "");
+    if (which == IMAGE_TOWER) {
+        tw->kind = TOWER_VIT;
+        tw->model.vit = m->visual;
+        if (vit_alloc_grads(m->visual) || vit_reserve(m->visual, batch, 1)) return -1;
+        tw->params = &m->visual->ptable, tw->grads = &m->visual->gtable;
+    } else {
+        tw->kind = TOWER_BERT;
+        tw->model.bert = m->bert;
+        if (bert_alloc_grads(m->bert) || bert_reserve(m->bert, batch, max_len, 1)) return -1;
+        tw->params = &m->bert->ptable, tw->grads = &m->bert->gtable;
+    }
+    tw->adam_m = alloc_floats(tw->params->total);
+    tw->adam_v = alloc_floats(tw->params->total);
+    return 0;
+}
+
+static void tower_free(train_tower *tw)
+{
+    if (!tw->params) return;
+    size_t bytes = tw->params->total * sizeof(float);
+    if (tw->adam_m) clip_free_big(tw->adam_m, bytes);
+    if (tw->adam_v) clip_free_big(tw->adam_v, bytes);
+}
+
+static int tower_forward(const trainer *t, train_tower *tw, const tower_input *in, float *out)
+{
+    switch (tw->kind) {
+    case TOWER_VIT: return tw->dev->vit_forward(tw->model.vit, &t->cx, in->pixels, in->B, out);
+    case TOWER_BERT:
+        return tw->dev->bert_forward(tw->model.bert, &t->cx, in->ids, in->B, in->L, out);
+    }
+    return -1;
+}
+
+static int tower_backward(const trainer *t, train_tower *tw, const tower_input *in,
+                          const float *dout)
+{
+    switch (tw->kind) {
+    case TOWER_VIT: return tw->dev->vit_backward(tw->model.vit, &t->cx, dout, in->B);
+    case TOWER_BERT:
+        return tw->dev->bert_backward(tw->model.bert, &t->cx, in->ids, dout, in->B, in->L);
+    }
+    return -1;
+}
+
 trainer *trainer_create(clip_model *m, const train_config *cfg, int batch, int max_len)
 {
-    trainer *t = xcalloc(1, sizeof *t);
+    if (!m) return NULL; /* the error is the model's */
+    trainer *t = calloc(1, sizeof *t);
+    if (!t) {
+        clip_set_error("out of memory for the trainer");
+        clip_model_free(m);
+        return NULL;
+    }
     t->m = m;
     t->cfg = *cfg;
+    t->cx = (compute_ctx){cfg->amp ? PRECISION_BF16 : PRECISION_FP32, NULL};
     t->batch = batch;
     t->max_len = max_len;
-    t->image_dev = t->text_dev = device_find("cpu", "");
     m->max_batch = batch; /* evaluation reuses the training activations */
-    vit_alloc_grads(m->visual);
-    bert_alloc_grads(m->bert);
-    vit_reserve(m->visual, batch, 1);
-    bert_reserve(m->bert, batch, max_len, 1);
-    for (int k = 0; k < 2; k++) {
-        t->adam_m[k] = alloc_floats(tower_params(t, k)->total);
-        t->adam_v[k] = alloc_floats(tower_params(t, k)->total);
+    /* evaluation in fp32, and no quantised copies for training to make stale */
+    if (clip_model_set_precision(m, PRECISION_FP32)) goto fail;
+    for (int k = 0; k < N_TOWERS; k++)
+        if (tower_init(&t->towers[k], m, k, batch, max_len)) goto fail;
+    size_t D = m->embed_dim, emb = (size_t)batch * D * sizeof(float);
+    t->img = malloc(emb);
+    t->txt = malloc(emb);
+    t->dimg = malloc(emb);
+    t->dtxt = malloc(emb);
+    t->scratch = malloc(((size_t)3 * batch * batch + (size_t)2 * batch * D) * sizeof(float));
+    t->ids = malloc((size_t)batch * max_len * sizeof(int32_t));
+    if (!t->img || !t->txt || !t->dimg || !t->dtxt || !t->scratch || !t->ids) {
+        clip_set_error("out of memory for a batch of %d", batch);
+        goto fail;
     }
-    int D = m->embed_dim;
-    t->img = xmalloc((size_t)batch * D * sizeof(float));
-    t->txt = xmalloc((size_t)batch * D * sizeof(float));
-    t->dimg = xmalloc((size_t)batch * D * sizeof(float));
-    t->dtxt = xmalloc((size_t)batch * D * sizeof(float));
-    t->scratch = xmalloc(((size_t)3 * batch * batch + (size_t)2 * batch * D) * sizeof(float));
-    t->ids = xmalloc((size_t)batch * max_len * sizeof(int32_t));
     return t;
+fail:
+    trainer_free(t);
+    return NULL;
 }
 
 void trainer_free(trainer *t)
 {
     if (!t) return;
-    for (int k = 0; k < 2; k++) {
-        size_t bytes = tower_params(t, k)->total * sizeof(float);
-        clip_free_big(t->adam_m[k], bytes);
-        clip_free_big(t->adam_v[k], bytes);
-    }
+    for (int k = 0; k < N_TOWERS; k++) tower_free(&t->towers[k]);
     clip_model_free(t->m);
     free(t->img);
     free(t->txt);
@@ -279,8 +373,8 @@ void trainer_free(trainer *t)
 
 void trainer_set_devices(trainer *t, const clip_device *image, const clip_device *text)
 {
-    t->image_dev = image;
-    t->text_dev = text;
+    t->towers[IMAGE_TOWER].dev = image;
+    t->towers[TEXT_TOWER].dev = text;
 }
 
 clip_model *trainer_model(trainer *t) { return t->m; }
@@ -295,28 +389,25 @@ int trainer_compute_grads(trainer *t, const uint8_t *pixels, const int32_t *ids,
                        t->max_len);
         return -1;
     }
-    for (int k = 0; k < 2; k++)
-        memset(tower_grads(t, k)->data, 0, tower_grads(t, k)->total * sizeof(float));
-    blas_set_bf16(t->cfg.amp);
-    double t0 = now_seconds();
-    t->image_dev->vit_forward(m->visual, pixels, B, t->img);
-    double t1 = now_seconds();
+    for (int k = 0; k < N_TOWERS; k++)
+        memset(t->towers[k].grads->data, 0, t->towers[k].grads->total * sizeof(float));
     int used = trim_padding(t->ids, ids, B, L);
     if (used == L) memcpy(t->ids, ids, (size_t)B * L * sizeof *ids); /* kept for the backward */
-    if (t->text_dev->bert_forward(m->bert, t->ids, B, used, t->txt)) {
-        blas_set_bf16(0);
-        return -1;
-    }
+    train_tower *image = &t->towers[IMAGE_TOWER], *text = &t->towers[TEXT_TOWER];
+    tower_input image_in = {pixels, NULL, B, 0}, text_in = {NULL, t->ids, B, used};
+    double t0 = now_seconds();
+    if (tower_forward(t, image, &image_in, t->img)) return -1;
+    double t1 = now_seconds();
+    if (tower_forward(t, text, &text_in, t->txt)) return -1;
     double t2 = now_seconds();
     contrastive_stats cs;
     contrastive_loss(t->img, t->txt, B, m->embed_dim, m->logit_scale, t->dimg, t->dtxt,
                      &t->ls_grad, t->scratch, &cs);
     double t3 = now_seconds();
-    t->image_dev->vit_backward(m->visual, t->dimg, B);
+    if (tower_backward(t, image, &image_in, t->dimg)) return -1;
     double t4 = now_seconds();
-    t->text_dev->bert_backward(m->bert, t->ids, t->dtxt, B, used);
+    if (tower_backward(t, text, &text_in, t->dtxt)) return -1;
     double t5 = now_seconds();
-    blas_set_bf16(0);
     if (st) {
         memset(st, 0, sizeof *st);
         st->sec_image = (t1 - t0) + (t4 - t3);
@@ -335,11 +426,11 @@ const float *trainer_grad(const trainer *t, const char *name, size_t *n)
         *n = 1;
         return &t->ls_grad;
     }
-    for (int k = 0; k < 2; k++) {
-        const param_spec *s = pt_find(tower_params(t, k), name);
+    for (int k = 0; k < N_TOWERS; k++) {
+        const param_spec *s = pt_find(t->towers[k].params, name);
         if (s) {
             *n = s->numel;
-            return tower_grads(t, k)->data + s->offset;
+            return t->towers[k].grads->data + s->offset;
         }
     }
     return NULL;
@@ -351,7 +442,8 @@ int trainer_step(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, i
     train_stats s;
     if (trainer_compute_grads(t, pixels, ids, B, L, &s)) return -1;
     double sq = (double)t->ls_grad * t->ls_grad;
-    for (int k = 0; k < 2; k++) sq += sum_squares(tower_grads(t, k)->data, tower_grads(t, k)->total);
+    for (int k = 0; k < N_TOWERS; k++)
+        sq += sum_squares(t->towers[k].grads->data, t->towers[k].grads->total);
     s.grad_norm = sqrt(sq);
     s.lr = lr_at_step(t->cfg.schedule, t->cfg.lr, t->cfg.min_lr_ratio, t->cfg.warmup,
                       t->cfg.total_steps, t->step);
@@ -360,21 +452,22 @@ int trainer_step(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, i
     if (t->cfg.grad_clip > 0) {
         double coef = t->cfg.grad_clip / (s.grad_norm + 1e-6);
         if (coef < 1.0) {
-            for (int k = 0; k < 2; k++)
-                scale_floats(tower_grads(t, k)->data, tower_grads(t, k)->total, (float)coef);
+            for (int k = 0; k < N_TOWERS; k++)
+                scale_floats(t->towers[k].grads->data, t->towers[k].grads->total, (float)coef);
             t->ls_grad *= (float)coef;
         }
     }
     double t0 = now_seconds();
     t->step++;
     float lr = (float)s.lr, wd = (float)t->cfg.weight_decay;
-    for (int k = 0; k < 2; k++) {
-        const param_table *p = tower_params(t, k), *g = tower_grads(t, k);
+    for (int k = 0; k < N_TOWERS; k++) {
+        const train_tower *tw = &t->towers[k];
+        const param_table *p = tw->params, *g = tw->grads;
         for (int i = 0; i < p->n; i++) {
             const param_spec *ps = &p->v[i];
             size_t o = ps->offset;
-            adamw_update(p->data + o, g->data + o, t->adam_m[k] + o, t->adam_v[k] + o, ps->numel,
-                         lr, ps->ndim >= 2 || t->cfg.wd_all ? wd : 0.0f, &t->cfg.adam, t->step);
+            adamw_update(p->data + o, g->data + o, tw->adam_m + o, tw->adam_v + o, ps->numel, lr,
+                         ps->ndim >= 2 || t->cfg.wd_all ? wd : 0.0f, &t->cfg.adam, t->step);
         }
     }
     adamw_update(&t->m->logit_scale, &t->ls_grad, &t->ls_m, &t->ls_v, 1, lr,
@@ -429,15 +522,13 @@ static int arch_from_json(const char *s, train_arch *a)
         return -1;
     }
     int inter = a->bert.intermediate, types = a->bert.type_vocab;
-    if (arch_finish(a)) return -1;
-    if (image_heads) {
-        if (image_heads < 0 || a->vit.width % image_heads) {
-            clip_set_error("clip_config metadata: image heads %d do not divide the width %d",
-                           image_heads, a->vit.width);
-            return -1;
-        }
-        a->vit.heads = image_heads;
+    if (image_heads < 0 || (image_heads && a->vit.width % image_heads)) {
+        clip_set_error("clip_config metadata: image heads %d do not divide the width %d",
+                       image_heads, a->vit.width);
+        return -1;
     }
+    a->vit.heads = image_heads;
+    if (arch_finish(a)) return -1;
     a->vit.mlp = mlp;
     a->bert.intermediate = inter;
     a->bert.type_vocab = types;
@@ -449,18 +540,25 @@ typedef struct {
     ckpt_out_tensor *v;
     size_t n, cap;
     char **names; /* owned */
+    int failed;   /* out of memory: the list is incomplete (tl_add set the error) */
 } tensor_list;
 
 static void tl_add(tensor_list *l, const char *prefix, const char *name, clip_dtype dt, int ndim,
                    const int64_t *shape, const void *data)
 {
+    if (l->failed) return;
     if (l->n == l->cap) {
-        l->cap = l->cap ? 2 * l->cap : 256;
-        l->v = xrealloc(l->v, l->cap * sizeof *l->v);
-        l->names = xrealloc(l->names, l->cap * sizeof *l->names);
+        size_t cap = l->cap ? 2 * l->cap : 256;
+        ckpt_out_tensor *v = realloc(l->v, cap * sizeof *v);
+        if (v) l->v = v;
+        char **names = v ? realloc(l->names, cap * sizeof *names) : NULL;
+        if (names) l->names = names;
+        if (!v || !names) goto oom;
+        l->cap = cap;
     }
     size_t len = strlen(prefix) + strlen(name) + 1;
-    char *full = xmalloc(len);
+    char *full = malloc(len);
+    if (!full) goto oom;
     snprintf(full, len, "%s%s", prefix, name);
     ckpt_out_tensor *o = &l->v[l->n];
     memset(o, 0, sizeof *o);
@@ -469,6 +567,10 @@ static void tl_add(tensor_list *l, const char *prefix, const char *name, clip_dt
     o->ndim = ndim;
     for (int i = 0; i < ndim; i++) o->shape[i] = shape[i];
     o->data = data;
+    return;
+oom:
+    clip_set_error("out of memory listing the tensors to save");
+    l->failed = 1;
 }
 
 static void tl_add_table(tensor_list *l, const char *prefix, const param_table *t, const float *data)
@@ -488,29 +590,43 @@ static void tl_free(tensor_list *l)
 /* the reference model's state dict: both towers, the head, logit_scale and,
  * when the model came with it (bert_config.position_ids), BERT's
  * position_ids buffer: exactly the keys a strict load_state_dict of the
- * reference model built from the same init expects. Returns the buffer's
- * data (free it after writing), NULL without one. */
-static int64_t *model_tensors(tensor_list *l, const clip_model *m)
+ * reference model built from the same init expects. *pos: the buffer's data
+ * (free it after writing), NULL without one. 0, or -1 with an error. */
+static int model_tensors(tensor_list *l, const clip_model *m, int64_t **pos)
 {
+    *pos = NULL;
     tl_add_table(l, "", &m->visual->ptable, m->visual->ptable.data);
     tl_add_table(l, "", &m->bert->ptable, m->bert->ptable.data);
     tl_add(l, "", "logit_scale", DT_F32, 0, NULL, &m->logit_scale);
-    if (!m->bert->cfg.position_ids) return NULL;
+    if (!m->bert->cfg.position_ids) return l->failed ? -1 : 0;
     int P = m->bert->cfg.max_pos;
-    int64_t *pos = xmalloc(P * sizeof *pos);
-    for (int i = 0; i < P; i++) pos[i] = i;
-    tl_add(l, "", "transformer.embeddings.position_ids", DT_I64, 2, (int64_t[]){1, P}, pos);
-    return pos;
+    if (!(*pos = malloc(P * sizeof **pos))) {
+        clip_set_error("out of memory for position_ids");
+        return -1;
+    }
+    for (int i = 0; i < P; i++) (*pos)[i] = i;
+    tl_add(l, "", "transformer.embeddings.position_ids", DT_I64, 2, (int64_t[]){1, P}, *pos);
+    return l->failed ? -1 : 0;
+}
+
+static char *config_or_error(const clip_model *m)
+{
+    char *cfg = config_json(m);
+    if (!cfg) clip_set_error("out of memory for the clip_config record");
+    return cfg;
 }
 
 int trainer_save_weights(const trainer *t, const char *path)
 {
     tensor_list l = {0};
-    int64_t *pos = model_tensors(&l, t->m);
-    char *cfg = config_json(t->m);
-    const char *meta[] = {"format", "pt", "clip_config", cfg, NULL};
-    int rc = ends_with(path, ".safetensors") ? ckpt_save_safetensors(path, l.v, l.n, meta)
+    int64_t *pos;
+    char *cfg = NULL;
+    int rc = -1;
+    if (!model_tensors(&l, t->m, &pos) && (cfg = config_or_error(t->m))) {
+        const char *meta[] = {"format", "pt", "clip_config", cfg, NULL};
+        rc = ends_with(path, ".safetensors") ? ckpt_save_safetensors(path, l.v, l.n, meta)
                                              : ckpt_save_pth(path, l.v, l.n, meta + 2);
+    }
     free(cfg);
     free(pos);
     tl_free(&l);
@@ -520,19 +636,25 @@ int trainer_save_weights(const trainer *t, const char *path)
 int trainer_save_state(const trainer *t, const char *path, const char *extra_json)
 {
     tensor_list l = {0};
-    int64_t *pos = model_tensors(&l, t->m);
-    for (int k = 0; k < 2; k++) {
-        tl_add_table(&l, "adam_m.", tower_params(t, k), t->adam_m[k]);
-        tl_add_table(&l, "adam_v.", tower_params(t, k), t->adam_v[k]);
+    int64_t *pos;
+    char *cfg = NULL;
+    int rc = model_tensors(&l, t->m, &pos);
+    for (int k = 0; k < N_TOWERS; k++) {
+        const train_tower *tw = &t->towers[k];
+        tl_add_table(&l, "adam_m.", tw->params, tw->adam_m);
+        tl_add_table(&l, "adam_v.", tw->params, tw->adam_v);
     }
     tl_add(&l, "adam_m.", "logit_scale", DT_F32, 0, NULL, &t->ls_m);
     tl_add(&l, "adam_v.", "logit_scale", DT_F32, 0, NULL, &t->ls_v);
-    char *cfg = config_json(t->m);
-    char step[32];
-    snprintf(step, sizeof step, "%ld", t->step);
-    const char *meta[] = {"format", "clip-train state", "clip_config", cfg, "step", step,
-                          "extra", extra_json ? extra_json : "{}", NULL};
-    int rc = ckpt_save_safetensors(path, l.v, l.n, meta);
+    if (!rc && !l.failed && (cfg = config_or_error(t->m))) {
+        char step[32];
+        snprintf(step, sizeof step, "%ld", t->step);
+        const char *meta[] = {"format", "clip-train state", "clip_config", cfg, "step", step,
+                              "extra", extra_json ? extra_json : "{}", NULL};
+        rc = ckpt_save_safetensors(path, l.v, l.n, meta);
+    } else {
+        rc = -1;
+    }
     free(cfg);
     free(pos);
     tl_free(&l);
@@ -565,18 +687,23 @@ trainer *trainer_load_state(const char *path, const train_config *cfg, int batch
     if (arch_from_json(meta, &a)) goto fail;
     /* the saved key set continues that of the run's init */
     a.bert.position_ids = ckpt_find(c, "transformer.embeddings.position_ids") != NULL;
-    t = trainer_create(train_model_create(&a, 0), cfg, batch, max_len);
+    if (!(t = trainer_create(train_model_create(&a, 0), cfg, batch, max_len))) goto fail;
     t->step = atol(step);
-    for (int k = 0; k < 2; k++)
-        if (read_table(c, "", tower_params(t, k), tower_params(t, k)->data) ||
-            read_table(c, "adam_m.", tower_params(t, k), t->adam_m[k]) ||
-            read_table(c, "adam_v.", tower_params(t, k), t->adam_v[k]))
+    for (int k = 0; k < N_TOWERS; k++) {
+        const train_tower *tw = &t->towers[k];
+        if (read_table(c, "", tw->params, tw->params->data) ||
+            read_table(c, "adam_m.", tw->params, tw->adam_m) ||
+            read_table(c, "adam_v.", tw->params, tw->adam_v))
             goto fail;
+    }
     if (ckpt_read_f32(c, "logit_scale", 0, NULL, &t->m->logit_scale) ||
         ckpt_read_f32(c, "adam_m.logit_scale", 0, NULL, &t->ls_m) ||
         ckpt_read_f32(c, "adam_v.logit_scale", 0, NULL, &t->ls_v))
         goto fail;
-    if (extra_json) *extra_json = xstrdup(extra);
+    if (extra_json && !(*extra_json = strdup(extra))) {
+        clip_set_error("out of memory");
+        goto fail;
+    }
     ckpt_free(c);
     return t;
 fail:;

@@ -35,17 +35,21 @@ typedef struct {
 } train_arch;
 
 /* "small", "base", "tiny" or KEY=VALUE,... over a preset (keys: image_width,
- * image_layers, patch, resolution, text_width, text_layers, text_heads,
- * vocab, max_pos, embed_dim); e.g. "small,resolution=96". -1 with an error. */
+ * image_layers, image_heads, patch, resolution, text_width, text_layers,
+ * text_heads, vocab, max_pos, embed_dim); e.g. "small,resolution=96". Head
+ * counts default to width / MODEL_DEFAULT_HEAD_DIM (the image width must
+ * then be a multiple of it; text heads at least 1); a given count must
+ * divide its width. -1 with an error. */
 int train_arch_parse(const char *spec, train_arch *a);
-/* A freshly initialised model (OpenAI CLIP / BERT initialisation, seeded). */
+/* A freshly initialised model (OpenAI CLIP / BERT initialisation, seeded);
+ * NULL with an error (out of memory). */
 clip_model *train_model_create(const train_arch *a, uint64_t seed);
 
 /* The training model from a checkpoint: the ViT and logit_scale of `init`,
  * BERT (and the ln_final/text_projection head when they fit) from `init` or
  * `text_dir`, as clip_model_load does. Tensors of `init` the model does not
- * use (the English text tower of an OpenAI checkpoint) are reported on
- * stderr and left alone. NULL with an error. */
+ * use (the English text tower of an OpenAI checkpoint) are reported in
+ * m->warnings and left alone. NULL with an error. */
 clip_model *train_model_load(const char *init, const char *text_dir);
 
 typedef struct {
@@ -57,7 +61,12 @@ typedef struct {
 typedef struct trainer trainer;
 
 /* Allocates gradients, AdamW moments and activations for batches of up to
- * `batch` samples of texts up to `max_len` tokens. Takes the model. */
+ * `batch` samples of texts up to `max_len` tokens. Takes the model, also on
+ * failure (NULL with an error; m NULL: NULL, the error left as it is, so
+ * that trainer_create(train_model_create(...)) reports either's). The steps
+ * compute in cfg->amp's precision (bf16 or fp32) through the trainer's own
+ * compute context; the model's own (clip_encode_*, evaluation) is set to
+ * fp32, its int8 weights, if any, freed. */
 trainer *trainer_create(clip_model *m, const train_config *cfg, int batch, int max_len);
 void trainer_free(trainer *t);
 /* Run the image / text encoder on these devices (default: both cpu). */
@@ -66,7 +75,7 @@ clip_model *trainer_model(trainer *t);
 long trainer_step_count(const trainer *t);
 
 /* Forward + loss + backward into the gradients (no update). pixels uint8
- * [B, R, R, 3]; ids int32 [B, L]. -1 with an error (bad token id). */
+ * [B, R, R, 3]; ids int32 [B, L]. -1 with an error (a bad token id, out of memory). */
 int trainer_compute_grads(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, int L,
                           train_stats *st);
 /* The gradient of a parameter by its checkpoint name ("logit_scale"

@@ -130,3 +130,16 @@ fine_tune() {
     run "$BIN/clip-train" --help
     [[ "$output" == *"--position-ids"* ]]
 }
+
+@test "--arch image_heads=2: the record's head count builds PyTorch's model, same embeddings" {
+    needs_torch
+    "$BIN/clip-train" --arch tiny,image_heads=2,text_heads=4 --train "$FIX/train.tar" -b 4 \
+        --steps 2 --save "$T/h.pth" --quiet
+    "$BIN/clip-embed" --model "$T/h.pth" -i "$FIX/val.tar" -o "$T/emb.tar"
+    run /usr/bin/python3 tests/ref/load_strict.py "$T/h.pth" --arch --embedded "$T/emb.tar"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    run "$BIN/clip-train" --arch tiny,image_heads=3 --train "$FIX/train.tar" -b 4 --steps 1
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"image_width must be a positive multiple of image_heads"*"heads 3"* ]]
+}

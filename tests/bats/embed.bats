@@ -183,3 +183,14 @@ PY
     [ "$status" -eq 1 ]
     [[ "$output" == *"device cuda not available in this build"* ]]
 }
+
+@test "clip-embed: what loading noticed is a warning on stderr, and the run goes on" {
+    mkstream "$T/in.tar"
+    # the English checkpoint + a BERT directory: no text_projection for BERT
+    run "$EMBED" --model "$FIX/openai.pth" --text-model "$FIX/bert" --no-images -i "$T/in.tar" \
+        -o "$T/out.tar"
+    [ "$status" -eq 0 ]
+    [ "${#lines[@]}" -eq 1 ]
+    [[ "${lines[0]}" == "clip-embed: no text_projection for the BERT tower: initialising [64, 32] from N(0, 64^-0.5)" ]]
+    [ -s "$T/out.tar" ]
+}

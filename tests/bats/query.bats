@@ -263,3 +263,13 @@ PY
     [ "$st" -eq 143 ]
     [ "$(tail -n 1 "$T/serve.err")" = "clip-query: stopped by SIGTERM" ]
 }
+
+@test "what loading the model noticed is a warning on stderr, and the query goes on" {
+    mkindex
+    # the English checkpoint + a BERT directory: no text_projection for BERT
+    run "$BIN/clip-query" -m "$FIX/model/openai.pth" --text-model "$FIX/model/bert" \
+        --vocab "$T/vocab.txt" -t 1 --index "$T/idx.tar" --text '! # [MASK]' -k 1
+    [ "$status" -eq 0 ]
+    [[ "${lines[0]}" == "clip-query: no text_projection for the BERT tower: initialising [64, 32] from N(0, 64^-0.5)" ]]
+    [ "${#lines[@]}" -eq 2 ]
+}

@@ -236,3 +236,12 @@ PY
     head -c 8 "$T/run/loss.png" | od -An -c | grep -q 'P   N   G'
     head -c 8 "$T/run/recall.png" | od -An -c | grep -q 'P   N   G'
 }
+
+@test "--init: what loading noticed (no text_projection, unused tensors) is a warning on stderr" {
+    SEED="$ROOT/tests/fixtures/model"
+    run "$TRAIN" --init "$SEED/openai.pth" --text-model "$SEED/bert" --train "$FIX/train.tar" \
+        -b 4 --steps 1 --quiet
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"clip-train: no text_projection for the BERT tower: initialising [64, 32] from N(0, 64^-0.5)"* ]]
+    [[ "$output" == *"clip-train: $SEED/openai.pth: 26 tensors not used by the model, left alone (positional_embedding, "* ]]
+}

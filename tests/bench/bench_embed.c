@@ -39,10 +39,12 @@ int main(int argc, char **argv)
     clip_model *m = clip_model_load(argv[1], NULL);
     if (!m) die("%s", clip_error());
     m->max_batch = bi > bt ? bi : bt;
+    op_profile prof;
+    m->compute.prof = &prof;
 
     for (int mode = 0; mode < 3; mode++) {
-        blas_set_bf16(mode == 1);
-        blas_set_int8(mode == 2);
+        clip_precision p = mode == 1 ? PRECISION_BF16 : mode == 2 ? PRECISION_INT8 : PRECISION_FP32;
+        if (clip_model_set_precision(m, p)) die("%s", clip_error());
         const char *sfx = mode == 1 ? "_bf16" : mode == 2 ? "_int8" : "";
         if (m->visual && bi > 0) {
             int R = clip_image_resolution(m);
@@ -50,14 +52,14 @@ int main(int argc, char **argv)
             for (size_t i = 0; i < (size_t)bi * R * R * 3; i++) px[i] = (uint8_t)(i * 2654435761u >> 24);
             float *emb = xmalloc((size_t)bi * m->embed_dim * sizeof(float));
             clip_encode_images(m, px, bi, emb); /* warm-up: page faults, thread start */
-            memset(&op_prof, 0, sizeof op_prof);
+            memset(&prof, 0, sizeof prof);
             double t0 = now_seconds();
             for (int r = 0; r < reps; r++) clip_encode_images(m, px, bi, emb);
             double s = (now_seconds() - t0) / reps;
             printf("images_per_s%s %.2f\n", sfx, bi / s);
             printf("image_gflops%s %.1f\n", sfx, vit_forward_flops(&m->visual->cfg) * bi / s / 1e9);
             printf("image_gemm_share%s %.3f\nimage_attention_share%s %.3f\n", sfx,
-                   op_prof.gemm / reps / s, sfx, op_prof.attention / reps / s);
+                   prof.gemm / reps / s, sfx, prof.attention / reps / s);
             fflush(stdout);
             free(px), free(emb);
         }
@@ -68,14 +70,14 @@ int main(int argc, char **argv)
                     ids[b * L + t] = t == 0 ? 101 : t == L - 1 ? 102 : 1000 + (b * 131 + t * 71) % 20000;
             float *emb = xmalloc((size_t)bt * m->embed_dim * sizeof(float));
             if (clip_encode_texts(m, ids, bt, L, emb)) die("%s", clip_error());
-            memset(&op_prof, 0, sizeof op_prof);
+            memset(&prof, 0, sizeof prof);
             double t0 = now_seconds();
             for (int r = 0; r < reps; r++) clip_encode_texts(m, ids, bt, L, emb);
             double s = (now_seconds() - t0) / reps;
             printf("texts_per_s%s %.2f\n", sfx, bt / s);
             printf("text_gflops%s %.1f\n", sfx, bert_forward_flops(&m->bert->cfg, L) * bt / s / 1e9);
             printf("text_gemm_share%s %.3f\ntext_attention_share%s %.3f\n", sfx,
-                   op_prof.gemm / reps / s, sfx, op_prof.attention / reps / s);
+                   prof.gemm / reps / s, sfx, prof.attention / reps / s);
             fflush(stdout);
             free(ids), free(emb);
         }

@@ -5,12 +5,16 @@ Face BertModel, written out in plain torch (Debian has no `transformers`).
 
   model_ref.py fixtures OUTDIR   tiny random models in the real checkpoint
                                  formats + inputs + expected embeddings
+                                 (the heads ones included)
+  model_ref.py heads OUTDIR      only OUTDIR/heads/: head counts other than
+                                 width / 64, recorded in the checkpoint
   model_ref.py bench OUTDIR      full-size ViT-B/16 + BERT-base random
                                  checkpoint (bench only, never committed)
 """
 import json
 import math
 import os
+import struct
 import sys
 from collections import OrderedDict
 
@@ -366,6 +370,51 @@ def fixtures(out):
         p = os.path.join(out, name)
         if os.path.isfile(p):
             print(f"{p}: {os.path.getsize(p)} bytes")
+    heads_fixtures(out)
+
+
+def save_safetensors(path, state, metadata):
+    """A safetensors file (F16 here, the dtype of the released OpenAI
+    checkpoints) with a __metadata__ record, written by hand: Debian has no
+    `safetensors`."""
+    header, blobs, off = {}, [], 0
+    for name, t in state.items():
+        b = t.detach().contiguous().half().numpy().astype("<f2").tobytes()
+        header[name] = {"dtype": "F16", "shape": list(t.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    header["__metadata__"] = metadata
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def heads_fixtures(out):
+    """An OpenAI-style English model whose head counts are not width / 64:
+    a ViT of width 64 with 8 heads of 8 and a text transformer of width 64
+    with 4 heads of 16, as the clip_config record of its safetensors file
+    says ("image" and "clip_text"); the expected embeddings of pixels.npy and
+    ids_clip.npy (written by `fixtures` beside OUTDIR/heads)."""
+    d = os.path.join(out, "heads")
+    os.makedirs(d, exist_ok=True)
+    torch.manual_seed(2)
+    gen = torch.Generator().manual_seed(3)
+    vit = dict(resolution=32, patch=8, width=64, layers=2, heads=8, mlp=128, out_dim=32)
+    text = dict(vocab=512, context=77, width=64, layers=2, heads=4, mlp=256, out_dim=32)
+    model = OpenAICLIP(vit, text).eval()
+    randomise(model, gen)
+    pixels = np.load(os.path.join(out, "pixels.npy"))
+    ids = torch.from_numpy(np.load(os.path.join(out, "ids_clip.npy"))).long()
+    with torch.no_grad():
+        model.half().float()  # compute with the weights the F16 file holds
+        record = {"image": {"heads": 8}, "clip_text": {"heads": 4}}
+        save_safetensors(os.path.join(d, "model.safetensors"), model.state_dict(),
+                         {"format": "pt", "clip_config": json.dumps(record)})
+        np.save(os.path.join(d, "img.npy"), normalize(encode_image(model, pixels)))
+        np.save(os.path.join(d, "txt.npy"), normalize(model.encode_text(ids)))
+    for name in sorted(os.listdir(d)):
+        print(f"{os.path.join(d, name)}: {os.path.getsize(os.path.join(d, name))} bytes")
 
 
 def bench(out):
@@ -380,7 +429,7 @@ def bench(out):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("fixtures", "bench"):
+    if len(sys.argv) != 3 or sys.argv[1] not in ("fixtures", "heads", "bench"):
         sys.exit(__doc__)
     torch.set_grad_enabled(False)
-    (fixtures if sys.argv[1] == "fixtures" else bench)(sys.argv[2])
+    {"fixtures": fixtures, "heads": heads_fixtures, "bench": bench}[sys.argv[1]](sys.argv[2])

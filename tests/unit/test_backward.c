@@ -131,10 +131,11 @@ static float *copy_table(const param_table *t, float *dst)
 static void run_step(clip_model *m, const uint8_t *pixels, const int32_t *ids, const float *r_img,
                      const float *r_txt, int B, int L)
 {
-    vit_forward(m->visual, pixels, B, NULL);
-    vit_backward(m->visual, r_img, B);
-    CHECK(bert_forward(m->bert, ids, B, L, NULL) == 0, "bert_forward: %s", clip_error());
-    bert_backward(m->bert, ids, r_txt, B, L);
+    const compute_ctx *cx = &m->compute;
+    CHECK(vit_forward(m->visual, cx, pixels, B, NULL) == 0, "vit_forward: %s", clip_error());
+    CHECK(vit_backward(m->visual, cx, r_img, B) == 0, "vit_backward: %s", clip_error());
+    CHECK(bert_forward(m->bert, cx, ids, B, L, NULL) == 0, "bert_forward: %s", clip_error());
+    CHECK(bert_backward(m->bert, cx, ids, r_txt, B, L) == 0, "bert_backward: %s", clip_error());
 }
 
 static void test_towers(void)
@@ -203,10 +204,10 @@ static void test_towers(void)
     for (size_t i = 0; i < N; i++) d2[i] = 1.0f;
     copy_table(&v->gtable, gsave);
     const float *inp = v->acts.blocks[last - 1].out;
-    resblock_backward(&v->params.blocks[last], NULL, &v->acts.blocks[last], &v->dacts, d1, d1, inp,
-                      B, g->tokens, g->width, g->mlp, g->heads, 0);
-    resblock_backward(&v->params.blocks[last], NULL, &v->acts.blocks[last], &v->dacts, d2, dout,
-                      inp, B, g->tokens, g->width, g->mlp, g->heads, 0);
+    resblock_backward(&m->compute, &v->params.blocks[last], NULL, &v->acts.blocks[last], &v->dacts,
+                      d1, d1, inp, B, g->tokens, g->width, g->mlp, g->heads, 0);
+    resblock_backward(&m->compute, &v->params.blocks[last], NULL, &v->acts.blocks[last], &v->dacts,
+                      d2, dout, inp, B, g->tokens, g->width, g->mlp, g->heads, 0);
     double maxd = 0, maxv = 0;
     for (size_t i = 0; i < N; i++) {
         maxv = fmax(maxv, fabs(d1[i]));
@@ -253,11 +254,39 @@ static void test_attention(void)
     free(qkv), free(dout), free(kv), free(out), free(dqkv), free(att), free(datt);
 }
 
+/* A backward without the kept activations it needs used to exit the
+ * program: now -1 with a message naming the call, the gradients untouched. */
+static void test_backward_errors(void)
+{
+    clip_model *m = clip_model_load(FIX "joint.pth", NULL);
+    if (!m) die("%s", clip_error());
+    const int B = 3, L = 12;
+    float *dout = xcalloc((size_t)B * m->embed_dim, sizeof(float));
+    int32_t ids[3 * 12] = {101, 5, 102};
+    clip_clear_error();
+    CHECK(vit_backward(m->visual, &m->compute, dout, B) == -1 &&
+              strstr(clip_error(), "vit_backward: no activations kept for a batch of 3"),
+          "vit_backward before any forward: %s", clip_error());
+    clip_clear_error();
+    CHECK(bert_backward(m->bert, &m->compute, ids, dout, B, L) == -1 &&
+              strstr(clip_error(), "bert_backward: no activations kept for 3 x 12 tokens"),
+          "bert_backward before any forward: %s", clip_error());
+    /* activations kept for 2 images, a backward asked for 3 */
+    CHECK(vit_reserve(m->visual, 2, 1) == 0, "%s", clip_error());
+    clip_clear_error();
+    CHECK(vit_backward(m->visual, &m->compute, dout, B) == -1 && strstr(clip_error(), "batch of 3"),
+          "vit_backward past the kept batch: %s", clip_error());
+    CHECK(!m->visual->gtable.data && !m->bert->gtable.data, "a refused backward allocated gradients");
+    free(dout);
+    clip_model_free(m);
+}
+
 int main(int argc, char **argv)
 {
     blas_setup(argc, argv);
     test_towers();
     test_attention();
+    test_backward_errors();
     printf("worst ratio to tolerance overall: %.4f (%s)\n", worst_ratio, worst_name);
     return unit_done();
 }

@@ -160,6 +160,34 @@ static void check_concurrent(void)
     free(X), free(W), free(ref), free(out);
 }
 
+/* what used to exit the program is an error the caller gets: an input of
+ * another K than the weight's (out untouched), a weight past the limit */
+static void check_errors(void)
+{
+    int M = 3, N = 4, K = 8;
+    float X[3 * 9], W[4 * 8], C[3 * 4];
+    fill(X, sizeof X / sizeof X[0], 1, 1.0f), fill(W, sizeof W / sizeof W[0], 2, 1.0f);
+    for (int i = 0; i < M * N; i++) C[i] = 7.0f;
+    qweight *qw = qweight_make(W, N, K);
+    CHECK(qw != NULL, "qweight_make: %s", clip_error());
+    clip_clear_error();
+    CHECK(gemm_int8(C, N, X, M, K + 1, qw, NULL, NULL, 0) == -1 && strstr(clip_error(), "9") &&
+              strstr(clip_error(), "8"),
+          "K 9 against a weight of K 8: %s", clip_error());
+    int untouched = 1;
+    for (int i = 0; i < M * N; i++) untouched &= C[i] == 7.0f;
+    CHECK(untouched, "a refused call wrote to out");
+    CHECK(gemm_int8(C, N, X, M, K, qw, NULL, NULL, 0) == 0, "the right K: %s", clip_error());
+    qweight_free(qw);
+    clip_clear_error();
+    CHECK(qweight_make(W, N, GEMM_INT8_MAX_K + 1) == NULL && strstr(clip_error(), "66311"),
+          "K past the exact int32 range: %s", clip_error());
+    clip_clear_error();
+    CHECK(qweight_make(W, 0, K) == NULL && strstr(clip_error(), "qweight_make"),
+          "N = 0: %s", clip_error());
+    qweight_free(NULL);
+}
+
 static const int shapes[][3] = {
     {1, 1, 1},    {1, 5, 3},     {3, 1, 7},      {2, 3, 2},     {13, 17, 19},  {14, 32, 4},
     {15, 33, 31}, {28, 64, 64},  {29, 65, 257},  {100, 37, 1},  {1, 200, 300}, {113, 40, 770},
@@ -175,6 +203,7 @@ int main(void)
     }
     check_nonfinite();
     check_concurrent();
+    check_errors();
     printf("gemm_int8 (%s): worst err/tol %.3g against the exact scheme, %.3g against the "
            "quantisation bound\n",
            gemm_int8_available() ? "AVX512_VNNI" : "plain C only", worst_exact, worst_bound);

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -338,6 +339,246 @@ static void test_saved_keys(void)
     rmdir(dir);
 }
 
+/* the smallest per-row cosine of [n, d] embeddings against a reference file */
+static double min_cosine(const float *got, const char *ref_path, int n, int d)
+{
+    npy_file r = load_npy(ref_path);
+    const float *want = r.a.data;
+    double worst = 1.0;
+    for (int i = 0; i < n; i++) {
+        double dot = 0, gn = 0, wn = 0;
+        for (int j = 0; j < d; j++) {
+            float g = got[i * d + j], w;
+            memcpy(&w, want + i * d + j, sizeof w);
+            dot += (double)g * w, gn += (double)g * g, wn += (double)w * w;
+        }
+        worst = fmin(worst, dot / sqrt(gn * wn));
+    }
+    free(r.buf);
+    return worst;
+}
+
+/* Head counts that are not width / 64, from the checkpoint's clip_config
+ * record (tests/ref/model_ref.py heads: a ViT of 8 heads of 8 and an English
+ * text transformer of 4 heads of 16, in .safetensors): PyTorch's embeddings.
+ * The same tensors without the record load with width / 64 = 1 head each and
+ * embed to something else; a record whose clip_text heads do not divide the
+ * width is refused naming the file. */
+static void test_recorded_heads(void)
+{
+    const char *path = FIX "heads/model.safetensors";
+    clip_model *m = clip_model_load(path, NULL);
+    CHECK(m != NULL, "%s: %s", path, clip_error());
+    if (!m) return;
+    CHECK(m->visual->cfg.heads == 8 && m->ctext && m->ctext->cfg.heads == 4 &&
+              m->text == CLIP_TEXT_CLIP,
+          "recorded heads: image %d, text %d", m->visual->cfg.heads,
+          m->ctext ? m->ctext->cfg.heads : 0);
+    check_images(m, "8-head image", FIX "heads/img.npy");
+    check_texts(m, "4-head text", FIX "ids_clip.npy", FIX "heads/txt.npy");
+    clip_model_free(m);
+
+    char dir[] = "/tmp/test_model.XXXXXX", bare[64], bad[64];
+    if (!mkdtemp(dir)) die("mkdtemp");
+    snprintf(bare, sizeof bare, "%s/bare.safetensors", dir);
+    snprintf(bad, sizeof bad, "%s/bad.safetensors", dir);
+    CHECK(write_broken(path, bare, NULL, NULL) == 0, "write: %s", clip_error());
+    m = clip_model_load(bare, NULL);
+    CHECK(m && m->visual->cfg.heads == 1 && m->ctext->cfg.heads == 1,
+          "without the record: width / 64 heads: %s", m ? "other heads" : clip_error());
+    if (m) {
+        npy_file px = load_npy(FIX "pixels.npy");
+        int n = (int)px.a.shape[0];
+        float *emb = xcalloc((size_t)n * m->embed_dim, sizeof(float));
+        CHECK(clip_encode_images(m, px.a.data, n, emb) == 0, "%s", clip_error());
+        CHECK(min_cosine(emb, FIX "heads/img.npy", n, m->embed_dim) < 0.9999,
+              "1 head embeds like 8: the fixture does not tell head counts apart");
+        free(emb);
+        free(px.buf);
+        clip_model_free(m);
+    }
+    CHECK(write_record(path, bad, "clip_text", "heads", "3") == 0, "%s", clip_error());
+    m = clip_model_load(bad, NULL);
+    CHECK(!m && strstr(clip_error(), bad) && strstr(clip_error(), "clip_text heads = 3"),
+          "clip_text heads = 3 refused naming the file: %s", m ? "loaded" : clip_error());
+    clip_model_free(m);
+    unlink(bare);
+    unlink(bad);
+    rmdir(dir);
+}
+
+/* Precision belongs to the model: fp32, bf16 and int8 copies of the joint
+ * model side by side in one process, their encodings interleaved. The fp32
+ * one gives the fp32 reference's embeddings, bit for bit the same before and
+ * after the others ran; bf16 and int8 stay near it (cosine 0.999 and 0.99,
+ * as clip-embed --amp / --int8 promise) without being it. A model freed in
+ * int8 leaves nothing behind: the next model quantised (whose weights may
+ * reuse its memory) embeds near its own reference. A model whose precision
+ * says int8 without quantised weights is an error, not a silent fp32. */
+static void test_precision_per_model(const char *joint)
+{
+    clip_model *m[3];
+    const clip_precision prec[3] = {PRECISION_FP32, PRECISION_BF16, PRECISION_INT8};
+    const double min_cos[3] = {0.9999, 0.999, 0.99};
+    for (int k = 0; k < 3; k++) {
+        m[k] = clip_model_load(joint, NULL);
+        if (!m[k]) die("%s", clip_error());
+    }
+    for (int k = 2; k > 0; k--)
+        CHECK(clip_model_set_precision(m[k], prec[k]) == 0, "%s: %s", precision_name(prec[k]),
+              clip_error());
+    npy_file px = load_npy(FIX "pixels.npy"), ids = load_npy(FIX "ids_bert.npy");
+    int n = (int)px.a.shape[0], nt = (int)ids.a.shape[0], L = (int)ids.a.shape[1];
+    int D = m[0]->embed_dim;
+    float *img[3], *txt[3], *again = xcalloc((size_t)n * D, sizeof(float));
+    for (int k = 2; k >= 0; k--) { /* the fp32 model last: after the others */
+        img[k] = xcalloc((size_t)n * D, sizeof(float));
+        txt[k] = xcalloc((size_t)nt * D, sizeof(float));
+        CHECK(clip_encode_images(m[k], px.a.data, n, img[k]) == 0 &&
+                  clip_encode_texts(m[k], ids.a.data, nt, L, txt[k]) == 0,
+              "%s: %s", precision_name(prec[k]), clip_error());
+    }
+    check_emb("fp32 beside bf16 and int8 (images)", img[0], FIX "joint_img.npy", n, D);
+    check_emb("fp32 beside bf16 and int8 (texts)", txt[0], FIX "joint_txt.npy", nt, D);
+    for (int k = 1; k < 3; k++) {
+        double ci = min_cosine(img[k], FIX "joint_img.npy", n, D);
+        double ct = min_cosine(txt[k], FIX "joint_txt.npy", nt, D);
+        CHECK(ci >= min_cos[k] && ct >= min_cos[k], "%s: cosine %.6f (images), %.6f (texts)",
+              precision_name(prec[k]), ci, ct);
+        if (getenv("VERBOSE"))
+            fprintf(stderr, "%s beside fp32: cosine %.6f (images), %.6f (texts)\n",
+                    precision_name(prec[k]), ci, ct);
+        CHECK(memcmp(img[k], img[0], (size_t)n * D * sizeof(float)) &&
+                  memcmp(txt[k], txt[0], (size_t)nt * D * sizeof(float)),
+              "%s gives the fp32 embeddings: its precision did not apply",
+              precision_name(prec[k]));
+    }
+    CHECK(clip_encode_images(m[2], px.a.data, n, again) == 0, "%s", clip_error());
+    CHECK(clip_encode_images(m[0], px.a.data, n, again) == 0 &&
+              !memcmp(again, img[0], (size_t)n * D * sizeof(float)),
+          "fp32 changed after an int8 encoding");
+
+    /* back to fp32 frees the quantised weights and gives fp32's bits */
+    CHECK(clip_model_set_precision(m[2], PRECISION_FP32) == 0 && !m[2]->visual->q.blocks &&
+              !m[2]->bert->q.layers,
+          "fp32 again: quantised weights freed");
+    CHECK(clip_encode_images(m[2], px.a.data, n, again) == 0 &&
+              !memcmp(again, img[0], (size_t)n * D * sizeof(float)),
+          "int8 then fp32 gives the fp32 embeddings");
+
+    /* int8 said without quantised weights */
+    m[2]->compute.precision = PRECISION_INT8;
+    clip_clear_error();
+    CHECK(clip_encode_images(m[2], px.a.data, n, again) == -1 &&
+              strstr(clip_error(), "not quantised"),
+          "int8 without quantised weights: %s", clip_error());
+    clip_clear_error();
+    CHECK(clip_encode_texts(m[2], ids.a.data, nt, L, again) == -1 &&
+              strstr(clip_error(), "not quantised"),
+          "int8 without quantised weights (text): %s", clip_error());
+    for (int k = 0; k < 3; k++) {
+        clip_model_free(m[k]);
+        free(img[k]);
+        free(txt[k]);
+    }
+    free(again);
+
+    /* a model freed while int8, then another quantised */
+    clip_model *a = clip_model_load(joint, NULL), *b;
+    if (!a || clip_model_set_precision(a, PRECISION_INT8) ||
+        clip_encode_images(a, px.a.data, n, (again = xcalloc((size_t)n * D, sizeof(float)))))
+        die("%s", clip_error());
+    clip_model_free(a);
+    if (!(b = clip_model_load(FIX "openai.pth", NULL)) || clip_model_set_precision(b, PRECISION_INT8))
+        die("%s", clip_error());
+    CHECK(clip_encode_images(b, px.a.data, n, again) == 0, "%s", clip_error());
+    double c = min_cosine(again, FIX "openai_img.npy", n, D);
+    CHECK(c >= 0.99, "int8 after another int8 model was freed: cosine %.6f to its own reference", c);
+    if (getenv("VERBOSE")) fprintf(stderr, "int8 after another model was freed: cosine %.6f\n", c);
+    clip_model_free(b);
+    free(again);
+    free(px.buf);
+    free(ids.buf);
+}
+
+/* Loading's warnings reach the caller in m->warnings, one line each, and
+ * the library prints nothing itself (stderr is captured into a file). */
+static void test_warnings(void)
+{
+    char log[] = "/tmp/test_model_stderr.XXXXXX";
+    int fd = mkstemp(log), saved = dup(2);
+    if (fd < 0 || saved < 0) die("mkstemp/dup");
+    fflush(stderr);
+    dup2(fd, 2);
+    clip_model *m = clip_model_load(FIX "openai.pth", FIX "bert");
+    clip_model *t = train_model_load(FIX "openai.pth", FIX "bert");
+    clip_model *quiet = clip_model_load(FIX "joint.pth", NULL);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    struct stat st;
+    CHECK(fstat(fd, &st) == 0 && st.st_size == 0, "the library wrote %lld bytes to stderr",
+          (long long)st.st_size);
+    close(fd);
+    unlink(log);
+    CHECK(m && m->n_warnings == 1 &&
+              strstr(m->warnings[0], "no text_projection for the BERT tower: initialising [64, 32]"),
+          "clip_model_load: %d warnings: %s", m ? m->n_warnings : -1,
+          m && m->n_warnings ? m->warnings[0] : clip_error());
+    CHECK(t && t->n_warnings == 2 && strstr(t->warnings[1], "26 tensors not used by the model") &&
+              strstr(t->warnings[1], FIX "openai.pth") && !strchr(t->warnings[1], '\n'),
+          "train_model_load: %d warnings: %s", t ? t->n_warnings : -1,
+          t && t->n_warnings > 1 ? t->warnings[1] : clip_error());
+    CHECK(quiet && quiet->n_warnings == 0 && !quiet->warnings, "a complete checkpoint: no warning");
+    clip_model_free(m);
+    clip_model_free(t);
+    clip_model_free(quiet);
+}
+
+/* clip-train --arch image_heads=N: saved in the record, reloaded with it;
+ * the default stays width / 64, a count that does not divide the width is
+ * refused */
+static void test_arch_image_heads(void)
+{
+    train_arch a;
+    CHECK(train_arch_parse("tiny", &a) == 0 && a.vit.heads == 1, "tiny: %d image heads",
+          a.vit.heads);
+    CHECK(train_arch_parse("tiny,image_heads=4", &a) == 0 && a.vit.heads == 4 && a.bert.heads == 1,
+          "image_heads=4: %d, text %d", a.vit.heads, a.bert.heads);
+    clip_clear_error();
+    CHECK(train_arch_parse("tiny,image_heads=3", &a) == -1 && strstr(clip_error(), "image_heads"),
+          "image_heads=3 with width 64: %s", clip_error());
+    CHECK(train_arch_parse("tiny,image_width=96", &a) == -1 && strstr(clip_error(), "64"),
+          "width 96 without image_heads: %s", clip_error());
+    CHECK(train_arch_parse("tiny,image_width=96,image_heads=3", &a) == 0 && a.vit.heads == 3,
+          "width 96, 3 heads: %s", clip_error());
+
+    char dir[] = "/tmp/test_model.XXXXXX", path[64];
+    if (!mkdtemp(dir)) die("mkdtemp");
+    CHECK(train_arch_parse("tiny,image_heads=4", &a) == 0, "%s", clip_error());
+    train_config tc;
+    train_config_defaults(&tc);
+    trainer *t = trainer_create(train_model_create(&a, 1), &tc, 2, 8);
+    if (!t) die("%s", clip_error());
+    snprintf(path, sizeof path, "%s/s.safetensors", dir);
+    CHECK(trainer_save_weights(t, path) == 0, "%s", clip_error());
+    clip_model *r = clip_model_load(path, NULL);
+    CHECK(r && r->visual->cfg.heads == 4, "the saved model reloads with 4 image heads: %s",
+          r ? "other heads" : clip_error());
+    clip_model_free(r);
+    snprintf(path, sizeof path, "%s/s.state", dir);
+    CHECK(trainer_save_state(t, path, NULL) == 0, "%s", clip_error());
+    trainer_free(t);
+    t = trainer_load_state(path, &tc, 2, 8, NULL);
+    CHECK(t && trainer_model(t)->visual->cfg.heads == 4, "the state resumes with 4 image heads: %s",
+          t ? "other heads" : clip_error());
+    trainer_free(t);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/s.safetensors", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(int argc, char **argv)
 {
     const char *joint = argc > 1 ? argv[1] : FIX "joint.pth";
@@ -346,5 +587,9 @@ int main(int argc, char **argv)
     test_errors(joint);
     test_saved_heads();
     test_saved_keys();
+    test_recorded_heads();
+    test_precision_per_model(joint);
+    test_arch_image_heads();
+    test_warnings();
     return unit_done();
 }

@@ -356,10 +356,61 @@ static void run(const char *name, json_t *spec, int check_final)
     trainer_free(t);
 }
 
+/* --amp is the trainer's precision, not the model's: a bf16 step's
+ * gradients differ from fp32's and stay near them (within 5% of each
+ * tensor's scale), while the model under training keeps fp32 for
+ * evaluation: its embeddings after the bf16 step are the fp32 trainer's,
+ * bit for bit. */
+static void test_amp_is_the_trainers(void)
+{
+    train_config cfg;
+    train_config_defaults(&cfg);
+    trainer *f = new_trainer(&cfg);
+    cfg.amp = 1;
+    trainer *a = new_trainer(&cfg);
+    CHECK(trainer_compute_grads(f, pixels[0], ids[0], B, L, NULL) == 0 &&
+              trainer_compute_grads(a, pixels[0], ids[0], B, L, NULL) == 0,
+          "%s", clip_error());
+    static const char *const names[] = {"visual.conv1.weight", "visual.proj",
+                                        "transformer.encoder.layer.0.attention.self.query.weight",
+                                        "text_projection"};
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        size_t n, n2;
+        const float *gf = trainer_grad(f, names[k], &n), *ga = trainer_grad(a, names[k], &n2);
+        double scale = max_abs(gf, n), maxdiff = 0;
+        for (size_t i = 0; i < n; i++) maxdiff = fmax(maxdiff, fabs((double)ga[i] - gf[i]));
+        CHECK(n == n2 && maxdiff > 0 && maxdiff <= 0.05 * scale,
+              "amp gradient %s: max diff %.3g, scale %.3g (0: bf16 did not apply)", names[k],
+              maxdiff, scale);
+        if (getenv("VERBOSE"))
+            fprintf(stderr, "amp gradient %s: max diff %.3g of scale %.3g\n", names[k], maxdiff,
+                    scale);
+    }
+    clip_model *ma = trainer_model(a), *mf = trainer_model(f);
+    CHECK(ma->compute.precision == PRECISION_FP32, "the amp trainer's model computes in %s",
+          precision_name(ma->compute.precision));
+    int D = ma->embed_dim;
+    float *ea = xmalloc((size_t)B * D * sizeof(float)), *ef = xmalloc((size_t)B * D * sizeof(float));
+    CHECK(clip_encode_images(ma, pixels[0], B, ea) == 0 &&
+              clip_encode_images(mf, pixels[0], B, ef) == 0,
+          "%s", clip_error());
+    CHECK(!memcmp(ea, ef, (size_t)B * D * sizeof(float)),
+          "evaluation after a bf16 step is not the fp32 trainer's");
+    CHECK(clip_encode_texts(ma, ids[0], B, L, ea) == 0 &&
+              clip_encode_texts(mf, ids[0], B, L, ef) == 0,
+          "%s", clip_error());
+    CHECK(!memcmp(ea, ef, (size_t)B * D * sizeof(float)),
+          "text evaluation after a bf16 step is not the fp32 trainer's");
+    free(ea), free(ef);
+    trainer_free(a);
+    trainer_free(f);
+}
+
 int main(void)
 {
     load_data();
     test_step1_grads();
+    test_amp_is_the_trainers();
     json_error_t err;
     json_t *exp = json_load_file(FIX "expected.json", 0, &err);
     if (!exp) die("expected.json: %s", err.text);
