@@ -3,7 +3,7 @@
 fixtures-checkpoint:
 	/usr/bin/python3 tests/ref/make_checkpoints.py tests/fixtures/ckpt
 
-CKPT_SRC := lib/core/util.c lib/ckpt/checkpoint.c lib/ckpt/safetensors.c lib/ckpt/pickle.c lib/ckpt/torch_zip.c lib/ckpt/torch_legacy.c
+CKPT_SRC := lib/core/util.c lib/core/atomic_file.c lib/ckpt/checkpoint.c lib/ckpt/safetensors.c lib/ckpt/pickle.c lib/ckpt/torch_zip.c lib/ckpt/torch_legacy.c
 CKPT_FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -Ilib \
                     $(shell pkg-config --cflags libarchive jansson 2>/dev/null)
 CKPT_FUZZ_LIBS := $(shell pkg-config --libs libarchive jansson 2>/dev/null) -lm
