@@ -1,5 +1,6 @@
 #include "kernels/blas.h"
 
+#include <omp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,8 +12,6 @@
 #include "kernels/ops.h"
 #include "core/util.h"
 
-char *openblas_get_corename(void);
-int openblas_get_num_threads(void);
 
 void blas_setup(int argc, char **argv)
 {
@@ -26,8 +25,15 @@ void blas_setup(int argc, char **argv)
 const char *blas_describe(void)
 {
     static char buf[96];
-    snprintf(buf, sizeof buf, "%s, %d threads", openblas_get_corename(), openblas_get_num_threads());
+    int n = openblas_get_num_threads();
+    snprintf(buf, sizeof buf, "%s, %d thread%s", openblas_get_corename(), n, n == 1 ? "" : "s");
     return buf;
+}
+
+void blas_set_threads(int n)
+{
+    omp_set_num_threads(n);
+    openblas_set_num_threads(n);
 }
 
 static int use_bf16;
