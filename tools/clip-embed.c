@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/atomic_file.h"
 #include "kernels/blas.h"
 #include "model/clip_model.h"
 #include "kernels/gemm_int8.h"
@@ -26,7 +27,8 @@ static void usage(FILE *f)
             "  -i, --input ENDPOINT   sample stream in: -, FILE.tar, tcp://..., ipc://... (default -)\n"
             "  -o, --output ENDPOINT  sample stream out (default -)\n"
             "  -b, --batch-size N     images (and captions) encoded together (default 32)\n"
-            "  -t, --threads N        OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
+            "  -t, --threads N        OpenMP and OpenBLAS threads (default: OMP_NUM_THREADS or all\n"
+            "                         cores)\n"
             "      --device NAME      only cpu in this build\n"
             "      --no-images        do not embed images (img.npy passes through)\n"
             "      --no-texts         do not embed captions (tok.npy passes through)\n"
@@ -187,6 +189,7 @@ int main(int argc, char **argv)
 {
     blas_setup(argc, argv);
     clip_set_progname(argv[0]);
+    clip_handle_signals();
     enum { OPT_TEXT_MODEL = 256, OPT_DEVICE, OPT_PROGRESS, OPT_NO_IMAGES, OPT_NO_TEXTS, OPT_AMP, OPT_INT8 };
     static const struct option opts[] = {
         {"model", required_argument, NULL, 'm'},
@@ -227,7 +230,7 @@ int main(int argc, char **argv)
                 warn("--int8: no AVX512_VNNI here (CPU features: %s, see CLIP_CPU), so the int8 "
                      "layers run in plain C, slower than fp32", cpu_describe());
             break;
-        case 'h': usage(stdout); return 0;
+        case 'h': usage(stdout); close_stdout(); return 0;
         default:
             if (optopt && optopt < 256 && !strchr("miobth", optopt))
                 die("unknown option '-%c' (see --help)", optopt);
@@ -237,7 +240,7 @@ int main(int argc, char **argv)
     if (optind < argc) die("unexpected argument '%s' (see --help)", argv[optind]);
     if (!model) die("--model CKPT is required (see --help)");
     if (strcmp(device, "cpu")) die("device %s not available in this build", device);
-    if (threads) omp_set_num_threads(threads);
+    if (threads) blas_set_threads(threads);
 
     clip_model *m = clip_model_load(model, text_model);
     if (!m) die("%s", clip_error());
@@ -265,5 +268,6 @@ int main(int argc, char **argv)
     free(e.buf), free(e.has_img), free(e.n_caps), free(e.pixels), free(e.img_emb);
     free(e.ids), free(e.txt_emb);
     clip_model_free(m);
+    close_stdout();
     return 0;
 }

@@ -1,6 +1,7 @@
 /* clip-merge: weight-space ensembling (WiSE-FT) of a zero-shot and a
  * fine-tuned checkpoint. */
 #include "ckpt/checkpoint.h"
+#include "core/atomic_file.h"
 #include "ckpt/merge.h"
 #include "core/util.h"
 
@@ -22,6 +23,7 @@ static const char usage[] =
 int main(int argc, char **argv)
 {
     clip_set_progname(argv[0]);
+    clip_handle_signals();
     const char *out_path = NULL;
     double alpha = 0.5;
     int quiet = 0;

@@ -1,5 +1,6 @@
 /* clip-prep: annotations + images (folder or archive) -> a sample stream with
  * preprocessed pixels (img.npy) and captions (json). See clip-prep(1). */
+#include "core/atomic_file.h"
 #include "io/annotations.h"
 #include "io/image.h"
 #include "io/image_source.h"
@@ -195,6 +196,7 @@ static char *meta_json(const job *j)
 int main(int argc, char **argv)
 {
     clip_set_progname(argv[0]);
+    clip_handle_signals();
     /* per-image buffers (~150 KB) would otherwise be fresh mmaps, each page faulted in */
     mallopt(M_MMAP_THRESHOLD, 64 << 20);
     mallopt(M_TRIM_THRESHOLD, 256 << 20);
@@ -209,6 +211,7 @@ int main(int argc, char **argv)
         const char *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fputs(usage, stdout);
+            close_stdout();
             return 0;
         } else if (!strcmp(a, "--annotations")) {
             if (!val) die("--annotations needs a file");
@@ -356,5 +359,6 @@ int main(int argc, char **argv)
     free(batch);
     free(npy_header);
     free(tids);
+    close_stdout();
     return 0;
 }

@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "core/atomic_file.h"
 #include "kernels/blas.h"
 #include "model/clip_model.h"
 #include "io/image.h"
@@ -48,7 +49,8 @@ static void usage(FILE *f)
             "                           {\"quit\": true}, SIGINT or SIGTERM\n"
             "      --request ADDR JSON  send one request to a --serve ADDR and print the reply\n"
             "      --timeout SEC        --request: seconds to wait for the reply (default 600)\n"
-            "  -t, --threads N          OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
+            "  -t, --threads N          OpenMP and OpenBLAS threads (default: OMP_NUM_THREADS or\n"
+            "                           all cores)\n"
             "  -h, --help               this help\n",
             clip_progname, clip_progname);
 }
@@ -445,6 +447,7 @@ int main(int argc, char **argv)
 {
     blas_setup(argc, argv);
     clip_set_progname(argv[0]);
+    clip_handle_signals(); /* --serve installs its own for SIGINT and SIGTERM */
     enum { OPT_TEXT_MODEL = 256, OPT_VOCAB, OPT_CTX, OPT_INDEX, OPT_TEXT, OPT_IMAGE, OPT_LABELS,
            OPT_JSON, OPT_SERVE, OPT_REQUEST, OPT_TIMEOUT };
     static const struct option opts[] = {
@@ -485,7 +488,7 @@ int main(int argc, char **argv)
         case OPT_TIMEOUT: timeout = (int)parse_long_option("--timeout", optarg, 1, 1000000); break;
         case 'k': k = (int)parse_long_option("-k", optarg, 1, 1 << 30); break;
         case 't': threads = (int)parse_long_option("--threads", optarg, 1, 1024); break;
-        case 'h': usage(stdout); return 0;
+        case 'h': usage(stdout); close_stdout(); return 0;
         default:
             if (optopt && optopt < 256 && !strchr("mkth", optopt))
                 die("unknown option '-%c' (see --help)", optopt);
@@ -494,7 +497,9 @@ int main(int argc, char **argv)
     }
     if (request_addr) {
         if (optind != argc - 1) die("--request ADDR needs one JSON argument (see --help)");
-        return request(request_addr, argv[optind], timeout * 1000);
+        int rc = request(request_addr, argv[optind], timeout * 1000);
+        close_stdout();
+        return rc;
     }
     if (optind < argc) die("unexpected argument '%s' (see --help)", argv[optind]);
     if (!model) die("--model CKPT is required (see --help)");
@@ -504,7 +509,7 @@ int main(int argc, char **argv)
         die("give one of --text TEXT, --image FILE or --serve ADDR (see --help)");
     if (labels && !image) die("--labels needs --image FILE");
     if (!serve_addr && !labels && !index) die("--index FILE is required (see --help)");
-    if (threads) omp_set_num_threads(threads);
+    if (threads) blas_set_threads(threads);
     if ((image || serve_addr) && image_init(argv[0])) die("%s", clip_error());
 
     clip_model *m = clip_model_load(model, text_model);

@@ -1,4 +1,5 @@
 /* clip-recall: retrieval recall R@1/5/10 both ways of an embedded stream. */
+#include "core/atomic_file.h"
 #include "kernels/blas.h"
 #include "search/recall.h"
 #include "core/util.h"
@@ -34,6 +35,7 @@ int main(int argc, char **argv)
 {
     blas_setup(argc, argv);
     clip_set_progname(argv[0]);
+    clip_handle_signals();
     const char *input = "-", *json_out = NULL;
     int table = 0, verbose = 0, block_images = 0, block_texts = 0;
     enum { OPT_TABLE = 256, OPT_JSON_OUT, OPT_BLOCK_IMAGES, OPT_BLOCK_TEXTS };
@@ -60,7 +62,7 @@ int main(int argc, char **argv)
             block_texts = (int)parse_long_option("--block-texts", optarg, 1, 1 << 20);
             break;
         case 'v': verbose = 1; break;
-        case 'h': fputs(usage, stdout); return 0;
+        case 'h': fputs(usage, stdout); close_stdout(); return 0;
         default: fputs(usage, stderr); return 2;
         }
     }
@@ -87,20 +89,28 @@ int main(int argc, char **argv)
 
     json_t *j = recall_metrics_json(&m);
     size_t flags = JSON_REAL_PRECISION(10);
-    if (json_out) {
-        FILE *f = fopen(json_out, "w");
-        if (!f) die("%s: cannot write: %m", json_out);
-        int bad = json_dumpf(j, f, flags) || fputc('\n', f) == EOF;
-        if (fclose(f) || bad) die("%s: write failed: %m", json_out);
+    if (json_out) { /* a file appears whole or not at all (core/atomic_file.h) */
+        atomic_file *af = NULL;
+        FILE *f = NULL;
+        if (atomic_file_applies(json_out)) {
+            if (!(af = atomic_file_create(json_out)) || !(f = atomic_file_stream(af)))
+                die("%s", clip_error());
+        } else if (!(f = fopen(json_out, "w"))) {
+            die("%s: cannot write: %m", json_out);
+        }
+        if (json_dumpf(j, f, flags) || fputc('\n', f) == EOF)
+            die("%s: write failed: %m", json_out); /* a temporary file goes at exit */
+        if (af && atomic_file_commit(af)) die("%s", clip_error());
+        if (!af && fclose(f)) die("%s: write failed: %m", json_out);
     }
     if (table)
         print_table(stdout, &m);
     else if (json_dumpf(j, stdout, flags) || putchar('\n') == EOF)
         die("stdout: write failed");
-    if (fflush(stdout)) die("stdout: write failed: %m");
     json_decref(j);
     free(img_rank);
     free(txt_rank);
     recall_set_free(&set);
+    close_stdout();
     return 0;
 }

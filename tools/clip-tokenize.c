@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/atomic_file.h"
 #include "io/sample.h"
 #include "io/stream.h"
 #include "text/tokenizer.h"
@@ -108,9 +109,15 @@ static void run_lines(tokenizer *t, const char *in, const char *out, int ctx)
     FILE *fi = strcmp(in, "-") ? fopen(in, "r") : stdin;
     if (!fi)
         die("%s: cannot open: %m", in);
-    FILE *fo = strcmp(out, "-") ? fopen(out, "w") : stdout;
-    if (!fo)
-        die("%s: cannot create: %m", out);
+    /* a file appears only when complete: no partial FILE after a bad line */
+    atomic_file *file = NULL;
+    FILE *fo = stdout;
+    if (strcmp(out, "-") && atomic_file_applies(out)) {
+        if (!(file = atomic_file_create(out)) || !(fo = atomic_file_stream(file)))
+            die("%s", clip_error());
+    } else if (strcmp(out, "-") && !(fo = fopen(out, "w"))) {
+        die("%s: cannot open: %m", out);
+    }
     int32_t *ids = xmalloc(ctx * sizeof *ids);
     char *line = NULL;
     size_t cap = 0, lineno = 0;
@@ -124,12 +131,17 @@ static void run_lines(tokenizer *t, const char *in, const char *out, int ctx)
             die("%s: line %zu: %s", strcmp(in, "-") ? in : "<stdin>", lineno, clip_error());
         for (int i = 0; i < n; i++)
             fprintf(fo, i ? " %d" : "%d", ids[i]);
-        fputc('\n', fo);
+        if (fputc('\n', fo) == EOF || ferror(fo)) /* stop at a full disk, not at the end */
+            die("%s: write failed: %m", fo == stdout ? "stdout" : out);
     }
     if (ferror(fi))
         die("%s: read error", in);
-    if (fflush(fo) || ferror(fo) || (fo != stdout && fclose(fo)))
-        die("%s: write error: %m", out);
+    if (file) {
+        if (atomic_file_commit(file))
+            die("%s", clip_error());
+    } else if (fo != stdout && (fflush(fo) || ferror(fo) | fclose(fo))) {
+        die("%s: write failed: %m", out);
+    } /* stdout: close_stdout() */
     free(line);
     free(ids);
 }
@@ -137,6 +149,7 @@ static void run_lines(tokenizer *t, const char *in, const char *out, int ctx)
 int main(int argc, char **argv)
 {
     clip_set_progname(argv[0]);
+    clip_handle_signals();
     enum { OPT_VOCAB = 256, OPT_BPE, OPT_CONTEXT, OPT_FIELD, OPT_LINES };
     static const struct option opts[] = {
         {"vocab", required_argument, NULL, OPT_VOCAB},
@@ -169,7 +182,7 @@ int main(int argc, char **argv)
         case OPT_FIELD: field = optarg; break;
         case OPT_LINES: lines = 1; break;
         case 'q': quiet = 1; break;
-        case 'h': usage(stdout); return 0;
+        case 'h': usage(stdout); close_stdout(); return 0;
         default:
             if (optopt && optopt < 256 && !strchr("ioqh", optopt))
                 die("unknown option '-%c' (see --help)", optopt);
@@ -194,5 +207,6 @@ int main(int argc, char **argv)
     else
         run_stream(t, in, out, field, ctx, quiet);
     tokenizer_close(t);
+    close_stdout();
     return 0;
 }

@@ -13,6 +13,7 @@
 
 #include <jansson.h>
 
+#include "core/atomic_file.h"
 #include "kernels/blas.h"
 #include "model/device.h"
 #include "io/image.h"
@@ -73,7 +74,7 @@ static void usage(FILE *f)
             "Devices:\n"
             "      --device NAME        both encoders (default cpu)\n"
             "      --image-device NAME  --text-device NAME   per encoder\n"
-            "  -t, --threads N          OpenMP threads (default: all cores)\n"
+            "  -t, --threads N          OpenMP and OpenBLAS threads (default: all cores)\n"
             "  -h, --help               this help\n",
             clip_progname);
 }
@@ -301,6 +302,44 @@ static void log_json(outputs *o, json_t *j)
     json_decref(j);
 }
 
+/* A resumed run redoes the steps after its state's (those of a run killed
+ * since its last save): their lines are cut from the end of the log, so that
+ * each step is logged once. A line cut short by the kill goes too; the lines
+ * of earlier steps, evaluations included, stay. Dies naming the log. */
+static void trim_log(const char *path, long state_step)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        if (errno == ENOENT) return;
+        die("%s: %s", path, strerror(errno));
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    off_t pos = 0, keep = 0;
+    long dropped = 0;
+    while ((len = getline(&line, &cap, f)) > 0) {
+        pos += len;
+        json_t *j = line[len - 1] == '\n' ? json_loads(line, JSON_DISABLE_EOF_CHECK, NULL) : NULL;
+        json_t *step = json_object_get(j, "step");
+        if (json_is_integer(step) && json_integer_value(step) <= state_step) {
+            keep = pos;
+            dropped = 0;
+        } else {
+            dropped++;
+        }
+        json_decref(j);
+    }
+    int bad = ferror(f);
+    free(line);
+    fclose(f);
+    if (bad) die("%s: read error", path);
+    if (!dropped) return;
+    if (truncate(path, keep)) die("%s: cannot drop the lines of redone steps: %s", path, strerror(errno));
+    warn("%s: dropped the last %ld line%s, of steps after %ld that this run redoes", path, dropped,
+         dropped == 1 ? "" : "s", state_step);
+}
+
 static void report_eval(outputs *o, clip_model *m, const val_set *v, long step, long epoch)
 {
     double t0 = now_seconds();
@@ -335,6 +374,7 @@ int main(int argc, char **argv)
 {
     clip_set_progname(argv[0]);
     blas_setup(argc, argv);
+    clip_handle_signals(); /* the graceful SIGINT/SIGTERM of the training loop come later */
     enum {
         O_INIT = 256, O_TEXT, O_ARCH, O_RESUME, O_TRAIN, O_VAL, O_EVAL0, O_EPOCHS, O_STEPS,
         O_NOSHUF, O_NOAUG, O_CAPTION, O_SEED, O_LR, O_WARMUP, O_SCHED, O_MINLR, O_WD, O_WDALL,
@@ -411,8 +451,8 @@ int main(int argc, char **argv)
         case O_DEVICE: image_device = text_device = optarg; break;
         case O_IDEV: image_device = optarg; break;
         case O_TDEV: text_device = optarg; break;
-        case 't': omp_set_num_threads((int)parse_long_option("--threads", optarg, 1, 1024)); break;
-        case 'h': usage(stdout); return 0;
+        case 't': blas_set_threads((int)parse_long_option("--threads", optarg, 1, 1024)); break;
+        case 'h': usage(stdout); close_stdout(); return 0;
         default: usage(stderr); return 2;
         }
     }
@@ -508,6 +548,7 @@ int main(int argc, char **argv)
     d.pixels = clip_alloc_big((size_t)batch * d.res * d.res * 3);
     d.ids = xmalloc((size_t)batch * d.len * sizeof *d.ids);
 
+    if (out.log_path && resuming) trim_log(out.log_path, trainer_step_count(t));
     if (out.log_path && !(out.log = fopen(out.log_path, resuming ? "a" : "w")))
         die("%s: %s", out.log_path, strerror(errno));
     struct sigaction sa = {.sa_handler = on_signal};
@@ -606,5 +647,6 @@ int main(int argc, char **argv)
     sample_free(&first);
     for (int i = 0; i < batch; i++) sample_free(&d.buf[i]);
     trainer_free(t);
+    close_stdout();
     return 0;
 }

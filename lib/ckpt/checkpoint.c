@@ -3,11 +3,11 @@
  * the tensor table (tensors.c); saving goes to the writer of the format the
  * path names. Writes are atomic. */
 #include "ckpt/ckpt_internal.h"
+#include "core/atomic_file.h"
 #include "core/util.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -179,44 +179,6 @@ int ckpt_check_out(const char *path, const ckpt_out_tensor *t, size_t n)
 
 int ckpt_write_atomic(const char *path, int (*fn)(int fd, void *ctx), void *ctx)
 {
-    char *d = xstrdup(path), *b = xstrdup(path);
-    const char *dir = dirname(d), *base = basename(b);
-    size_t len = strlen(dir) + strlen(base) + 16;
-    char *tmp = xmalloc(len);
-    snprintf(tmp, len, "%s/.%s.XXXXXX", dir, base);
-    int rc = -1, fd = mkstemp(tmp);
-    if (fd < 0) {
-        clip_set_error("%s: cannot create a temporary file: %s", path, strerror(errno));
-        goto out;
-    }
-    mode_t mask = umask(0);
-    umask(mask);
-    fchmod(fd, 0666 & ~mask);
-    if (fn(fd, ctx) < 0) {
-        close(fd);
-        unlink(tmp);
-        goto out;
-    }
-    if (fsync(fd) < 0 || close(fd) < 0) {
-        clip_set_error("%s: %s", path, strerror(errno));
-        unlink(tmp);
-        goto out;
-    }
-    if (rename(tmp, path) < 0) {
-        clip_set_error("%s: rename: %s", path, strerror(errno));
-        unlink(tmp);
-        goto out;
-    }
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
-    rc = 0;
-out:
-    free(tmp);
-    free(d);
-    free(b);
-    return rc;
+    return atomic_file_write(path, fn, ctx);
 }
 

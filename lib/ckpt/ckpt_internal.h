@@ -51,7 +51,8 @@ int ckpt_set_metadata(ckpt *c, json_t *m, const char *what);
 json_t *ckpt_metadata_object(const char *const *metadata);
 
 /* Writes through fn into a temporary file beside path, fsyncs it and renames
- * it over path. fn returns -1 with the error set. */
+ * it over path: atomic_file_write (core/atomic_file.h), whose temporary file
+ * a signal or an error removes. fn returns -1 with the error set. */
 int ckpt_write_atomic(const char *path, int (*fn)(int fd, void *ctx), void *ctx);
 int ckpt_write_all(int fd, const void *buf, size_t n);
 /* Checks names (present, unique), dims and data pointers before writing. */

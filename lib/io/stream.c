@@ -1,4 +1,5 @@
 #include "io/stream.h"
+#include "core/atomic_file.h"
 #include "core/util.h"
 
 #include <archive.h>
@@ -382,37 +383,32 @@ void stream_close_read(stream_reader *r)
 
 struct stream_writer {
     struct archive *aw;
-    char *path, *tmp_path; /* file output goes to tmp_path, renamed at close */
+    char *name;        /* for messages: the file, the device or <stdout> */
+    atomic_file *file; /* a regular file: written under a temporary name, renamed at close */
     time_t mtime;
     int failed;
     void *ctx, *sock;
-    stream_writer *next_open;
 };
 
-/* Temporary files of writers still open when the program exits (die() on
- * bad input) are removed, so no partial output is left behind. */
-static stream_writer *open_writers;
-
-static void remove_unfinished_outputs(void)
+/* "NAME: what: No space left on device": libarchive's errno where it kept one */
+static void set_write_error(const stream_writer *w, const char *key, const char *what)
 {
-    for (stream_writer *w = open_writers; w; w = w->next_open) unlink(w->tmp_path);
+    int err = archive_errno(w->aw);
+    const char *why = err > 0 ? strerror(err) : archive_error_string(w->aw);
+    if (key)
+        clip_set_error("%s: sample %s: %s: %s%s", w->name, key, what, why ? why : "I/O error",
+                       err == EFBIG ? " (the file size limit: ulimit -f)" : "");
+    else
+        clip_set_error("%s: %s: %s%s", w->name, what, why ? why : "I/O error",
+                       err == EFBIG ? " (the file size limit: ulimit -f)" : "");
 }
 
-static void track_writer(stream_writer *w)
+static void writer_free(stream_writer *w)
 {
-    static int registered;
-    if (!registered) atexit(remove_unfinished_outputs), registered = 1;
-    w->next_open = open_writers;
-    open_writers = w;
-}
-
-static void untrack_writer(stream_writer *w)
-{
-    for (stream_writer **p = &open_writers; *p; p = &(*p)->next_open)
-        if (*p == w) {
-            *p = w->next_open;
-            return;
-        }
+    if (w->aw) archive_write_free(w->aw);
+    atomic_file_abort(w->file);
+    free(w->name);
+    free(w);
 }
 
 stream_writer *stream_open_write(const char *endpoint)
@@ -429,30 +425,22 @@ stream_writer *stream_open_write(const char *endpoint)
     }
     const char *sde = getenv("SOURCE_DATE_EPOCH");
     w->mtime = sde ? (time_t)strtoll(sde, NULL, 10) : time(NULL);
+    int to_stdout = !endpoint || !strcmp(endpoint, "-");
+    w->name = xstrdup(to_stdout ? "<stdout>" : endpoint);
+    if (!to_stdout && atomic_file_applies(endpoint) && !(w->file = atomic_file_create(endpoint))) {
+        writer_free(w);
+        return NULL;
+    }
     w->aw = archive_write_new();
     archive_write_set_format_pax_restricted(w->aw);
     archive_write_set_bytes_per_block(w->aw, 64 << 10); /* 10 KB: ~15 writes per image */
     archive_write_set_bytes_in_last_block(w->aw, 1);
-    int rc;
-    struct stat st;
-    if (!endpoint || !strcmp(endpoint, "-")) {
-        rc = archive_write_open_fd(w->aw, 1);
-    } else if (!stat(endpoint, &st) && !S_ISREG(st.st_mode)) {
-        rc = archive_write_open_filename(w->aw, endpoint);
-    } else {
-        w->path = xstrdup(endpoint);
-        size_t n = strlen(endpoint) + 32;
-        w->tmp_path = xmalloc(n);
-        snprintf(w->tmp_path, n, "%s.tmp-%ld", endpoint, (long)getpid());
-        rc = archive_write_open_filename(w->aw, w->tmp_path);
-        if (rc == ARCHIVE_OK) track_writer(w);
-    }
+    int rc = to_stdout ? archive_write_open_fd(w->aw, 1)
+             : w->file ? archive_write_open_fd(w->aw, atomic_file_fd(w->file))
+                       : archive_write_open_filename(w->aw, endpoint); /* a device or fifo */
     if (rc != ARCHIVE_OK) {
-        clip_set_error("%s: %s", endpoint, archive_error_string(w->aw));
-        archive_write_free(w->aw);
-        free(w->path);
-        free(w->tmp_path);
-        free(w);
+        set_write_error(w, NULL, "cannot open");
+        writer_free(w);
         return NULL;
     }
     return w;
@@ -517,7 +505,7 @@ int stream_write(stream_writer *w, const sample *s)
         archive_entry_set_mtime(e, w->mtime, 0);
         if (archive_write_header(w->aw, e) != ARCHIVE_OK ||
             (f->size && archive_write_data(w->aw, f->data, f->size) != (la_ssize_t)f->size)) {
-            clip_set_error("sample %s: write failed: %s", s->key, archive_error_string(w->aw));
+            set_write_error(w, s->key, "write failed");
             archive_entry_free(e);
             w->failed = 1;
             return -1;
@@ -540,25 +528,21 @@ int stream_close_write(stream_writer *w)
         free(w);
         return rc;
     }
-    if (archive_write_close(w->aw) != ARCHIVE_OK) {
-        clip_set_error("%s: %s", w->path ? w->path : "<stdout>", archive_error_string(w->aw));
+    if (w->failed) {
+        /* no end-of-archive marker: a reader of a stream cut short sees it truncated */
+        archive_write_fail(w->aw);
+        rc = -1;
+    } else if (archive_write_close(w->aw) != ARCHIVE_OK) {
+        set_write_error(w, NULL, "write failed");
         rc = -1;
     }
-    archive_write_free(w->aw);
-    if (w->tmp_path) {
-        untrack_writer(w);
-        if (rc || w->failed) {
-            unlink(w->tmp_path);
-            rc = -1;
-        } else if (rename(w->tmp_path, w->path)) {
-            clip_set_error("%s: %s", w->path, strerror(errno));
-            unlink(w->tmp_path);
-            rc = -1;
-        }
+    if (w->file) {
+        atomic_file *f = w->file;
+        w->file = NULL;
+        if (rc) atomic_file_abort(f);
+        else if (atomic_file_commit(f)) rc = -1;
     }
-    free(w->path);
-    free(w->tmp_path);
-    free(w);
+    writer_free(w);
     return rc;
 }
 

@@ -26,11 +26,17 @@ void stream_close_read(stream_reader *r);
 
 stream_writer *stream_open_write(const char *endpoint);
 int stream_write(stream_writer *w, const sample *s);
-/* A file endpoint is written under a temporary name and renamed at close, so
- * a failed run leaves neither a partial file nor a clobbered old one; devices
- * and fifos (/dev/null, named pipes) are written directly.
- * Close flushes; -1 if anything failed (e.g. disk full). Abort drops the
- * output (removes the temporary file). */
+/* A regular file endpoint is written as an atomic_file (core/atomic_file.h):
+ * under FILE.tmp-PID, fsynced and renamed at close, so a failed or killed run
+ * leaves neither a partial file nor a clobbered old one (the temporary file
+ * is removed at exit, on the signals of clip_handle_signals, or by the next
+ * run writing FILE); devices and fifos (/dev/null, named pipes) are written
+ * directly. Errors name the output and the cause ("No space left on device").
+ * Close flushes; -1 if anything failed (e.g. disk full), the file then
+ * removed. Abort drops the output: the temporary file is removed, and a
+ * stream on stdout or a fifo is left without its end-of-archive marker, so
+ * that its reader sees it truncated rather than complete. After a failed
+ * stream_write, close does the same and returns -1. */
 int stream_close_write(stream_writer *w);
 void stream_abort_write(stream_writer *w);
 

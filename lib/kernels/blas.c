@@ -1,5 +1,6 @@
 #include "kernels/blas.h"
 
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,8 +11,6 @@
 #include "kernels/ops.h"
 #include "core/util.h"
 
-char *openblas_get_corename(void);
-int openblas_get_num_threads(void);
 
 void blas_setup(int argc, char **argv)
 {
@@ -25,8 +24,15 @@ void blas_setup(int argc, char **argv)
 const char *blas_describe(void)
 {
     static char buf[96];
-    snprintf(buf, sizeof buf, "%s, %d threads", openblas_get_corename(), openblas_get_num_threads());
+    int n = openblas_get_num_threads();
+    snprintf(buf, sizeof buf, "%s, %d thread%s", openblas_get_corename(), n, n == 1 ? "" : "s");
     return buf;
+}
+
+void blas_set_threads(int n)
+{
+    omp_set_num_threads(n);
+    openblas_set_num_threads(n);
 }
 
 const char *precision_name(clip_precision p)

@@ -13,8 +13,14 @@
  * it and re-exec ourselves so that OpenBLAS chooses its own best kernel. */
 void blas_setup(int argc, char **argv);
 
-/* "SkylakeX, 2 threads" for logs and benchmarks. */
+/* "SkylakeX, 2 threads" for logs and benchmarks: OpenBLAS's core and its
+ * thread count (openblas_get_num_threads, what it really uses). */
 const char *blas_describe(void);
+
+/* The -t/--threads options: n threads for both OpenMP (our kernels) and
+ * OpenBLAS, which keeps a count of its own read once at load time
+ * (OMP_NUM_THREADS or the cores) that omp_set_num_threads does not change. */
+void blas_set_threads(int n);
 
 /* How the matrix products of the functions below compute:
  *   PRECISION_FP32  OpenBLAS sgemm;
