@@ -44,7 +44,7 @@ int main(int argc, char **argv)
         }
         case 'o': out_path = optarg; break;
         case 'q': quiet = 1; break;
-        case 'h': fputs(usage, stdout); return 0;
+        case 'h': fputs(usage, stdout); close_stdout(); return 0;
         default: fputs(usage, stderr); return 2;
         }
     }

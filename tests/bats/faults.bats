@@ -330,7 +330,7 @@ full() {
 }
 
 @test "--help > /dev/full: every tool exits non-zero saying the write failed" {
-    for tool in clip-prep clip-tokenize clip-embed clip-train clip-recall clip-query; do
+    for tool in clip-prep clip-tokenize clip-embed clip-train clip-recall clip-query clip-merge; do
         full "$BIN/$tool" --help
         [ "$status" -eq 1 ]
         [[ "$output" == *"$tool: stdout: write failed: No space left on device"* ]]
