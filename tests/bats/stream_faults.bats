@@ -209,10 +209,10 @@ json.dump(a, open(sys.argv[2], "w"), ensure_ascii=False)' $MINI/cn_mini.json "$T
 }
 
 @test "endpoint options are checked" {
-    run $BIN/clip-tokenize --vocab $VOCAB -i "$ADDR?timeout=soon" -o "$TMP/out.tar"
+    run timeout 10 $BIN/clip-tokenize --vocab $VOCAB -i "$ADDR?timeout=soon" -o "$TMP/out.tar"
     [ "$status" -eq 1 ]
     [[ "$output" == *"endpoint option 'timeout=soon' wants a whole number from 0 to 604800"* ]]
-    run $BIN/clip-tokenize --vocab $VOCAB -i "$ADDR?credits=2" -o "$TMP/out.tar"
+    run timeout 10 $BIN/clip-tokenize --vocab $VOCAB -i "$ADDR?credits=2" -o "$TMP/out.tar"
     [ "$status" -eq 1 ]
     [[ "$output" == *"unknown endpoint option 'credits=2'"* ]]
 }
