@@ -51,12 +51,13 @@ static int lock_model(query_engine *qe, const query_budget *b)
         pthread_mutex_lock(&qe->model_lock);
         return 0;
     }
+    /* pthread_mutex_timedlock waits on the wall clock: the deadline's distance from now on it */
     struct timespec until;
-    double whole = floor(b->deadline);
-    until.tv_sec = (time_t)whole;
-    until.tv_nsec = (long)((b->deadline - whole) * 1e9);
-    if (until.tv_nsec > 999999999) until.tv_nsec = 999999999;
-    int rc = pthread_mutex_clocklock(&qe->model_lock, CLOCK_MONOTONIC, &until);
+    clock_gettime(CLOCK_REALTIME, &until);
+    double left = fmax(0, fmin(b->deadline - now_seconds(), 1e6)), ns = until.tv_nsec + left * 1e9;
+    until.tv_sec += (time_t)(ns / 1e9);
+    until.tv_nsec = (long)fmod(ns, 1e9);
+    int rc = pthread_mutex_timedlock(&qe->model_lock, &until);
     if (rc == 0 && !query_budget_check(b, "waiting for the model")) return 0;
     if (rc == 0) pthread_mutex_unlock(&qe->model_lock);
     else budget_error(b, "waiting for the model");
@@ -255,6 +256,39 @@ out:
 
 /* ---- search ---- */
 
+/* s with each byte that is not part of valid UTF-8 as '?' (keys and messages
+ * may quote a tar name or a request's bytes); malloc'd */
+static char *utf8_lossy(const char *s)
+{
+    size_t n = strlen(s), o = 0;
+    char *clean = xmalloc(n + 1);
+    for (size_t i = 0; i < n;) {
+        utf8proc_int32_t cp;
+        utf8proc_ssize_t got = utf8proc_iterate((const utf8proc_uint8_t *)s + i, n - i, &cp);
+        if (got <= 0) {
+            clean[o++] = '?';
+            i++;
+        } else {
+            memcpy(clean + o, s + i, got);
+            o += got, i += got;
+        }
+    }
+    clean[o] = 0;
+    return clean;
+}
+
+/* a JSON string of s, or null for NULL */
+static json_t *json_text(const char *s)
+{
+    if (!s) return json_null();
+    json_t *j = json_string(s);
+    if (j) return j;
+    char *clean = utf8_lossy(s);
+    j = json_string(clean);
+    free(clean);
+    return j;
+}
+
 static double dot(const float *a, const float *b, int dim)
 {
     double s = 0;
@@ -304,9 +338,9 @@ json_t *query_search(const query_engine *qe, const float *q, size_t k, int capti
     for (size_t r = 0; r < top.n; r++) {
         size_t i = top.hit[r].index, sample = captions ? owner(ix, i) : i;
         const char *what = captions ? meta->caption[i] : meta->image[i];
-        json_t *o = json_pack("{s:s, s:f}", "key", meta->key[sample], "score", top.hit[r].score);
-        json_object_set_new(o, captions ? "caption" : "image", what ? json_string(what) : json_null());
-        json_array_append_new(arr, o);
+        json_array_append_new(arr, json_pack("{s:o, s:f, s:o}", "key", json_text(meta->key[sample]),
+                                             "score", top.hit[r].score,
+                                             captions ? "caption" : "image", json_text(what)));
     }
     query_top_free(&top);
     return arr;
@@ -365,7 +399,7 @@ json_t *query_zero_shot(query_engine *qe, const float *img, const char *const *l
     arr = json_array();
     for (size_t r = 0; r < top.n; r++) {
         size_t i = top.hit[r].index;
-        json_array_append_new(arr, json_pack("{s:s, s:f}", "label", labels[i], "prob", p[i]));
+        json_array_append_new(arr, json_pack("{s:o, s:f}", "label", json_text(labels[i]), "prob", p[i]));
     }
     query_top_free(&top);
 out:
@@ -491,21 +525,7 @@ json_t *query_run(query_engine *qe, const query_request *r, const query_budget *
 
 json_t *query_error_json(const char *msg)
 {
-    /* a message may quote what a request or a file holds: invalid UTF-8 becomes '?' */
-    size_t n = strlen(msg), o = 0;
-    char *clean = xmalloc(n + 1);
-    for (size_t i = 0; i < n;) {
-        utf8proc_int32_t cp;
-        utf8proc_ssize_t got = utf8proc_iterate((const utf8proc_uint8_t *)msg + i, n - i, &cp);
-        if (got <= 0) {
-            clean[o++] = '?';
-            i++;
-        } else {
-            memcpy(clean + o, msg + i, got);
-            o += got, i += got;
-        }
-    }
-    clean[o] = 0;
+    char *clean = utf8_lossy(msg);
     json_t *j = json_pack("{s:s}", "error", clean);
     free(clean);
     return j;

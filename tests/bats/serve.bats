@@ -119,7 +119,7 @@ refused() {
 }
 
 @test "serve: a request over --time-budget is answered with its error; others meanwhile and after are answered" {
-    start_server "ipc://$T/s.sock" --time-budget 2
+    start_server "ipc://$T/s.sock" --time-budget 4
     mkfifo "$T/never.fifo" # no one ever writes it
     timeout 60 "$BIN/clip-query" --request "$ADDR" --timeout 20 \
         '{"image": "'"$T/never.fifo"'", "labels": ["a"]}' > "$T/slow.json" &
@@ -130,14 +130,14 @@ refused() {
         sleep 0.1
     done
     ls -l "/proc/$SPID/fd" | grep -q never.fifo
-    ask "$LABELS"
+    ask "$LABELS" 2 # answered long before the slow one's budget is out
     [ "$status" -eq 0 ]
     [[ "$output" == *'"label"'* ]]
     st=0
     wait "$CPID" || st=$?
     cat "$T/slow.json"
     [ "$st" -eq 1 ]
-    grep -qF '"error":"request: over the time budget of 2 s while reading '"$T/never.fifo"' (a pipe)' "$T/slow.json"
+    grep -qF '"error":"request: over the time budget of 4 s while reading '"$T/never.fifo"' (a pipe)' "$T/slow.json"
     ask "$LABELS"
     [ "$status" -eq 0 ]
     [[ "$output" == *'"label"'* ]]
@@ -168,4 +168,46 @@ refused() {
     run $Q --serve "ipc://$T/s.sock" --workers 0
     [ "$status" -eq 1 ]
     [[ "$output" == *"--workers"* ]]
+}
+
+# sockets SPID: how many sockets the process has open
+sockets() {
+    ls -l "/proc/$1/fd" | grep -c 'socket:'
+}
+
+@test "serve: SIGTERM: a queued request is answered 'stopping', the one being answered gets its reply" {
+    start_server "ipc://$T/s.sock" --workers 1 --time-budget 3
+    mkfifo "$T/never.fifo"
+    timeout 60 "$BIN/clip-query" --request "$ADDR" --timeout 20 \
+        '{"image": "'"$T/never.fifo"'", "labels": ["a"]}' > "$T/slow.json" &
+    C1=$!
+    for i in $(seq 100); do
+        ls -l "/proc/$SPID/fd" | grep -q never.fifo && break
+        sleep 0.1
+    done
+    ls -l "/proc/$SPID/fd" | grep -q never.fifo # the only worker is on it
+    before=$(sockets "$SPID")
+    timeout 60 "$BIN/clip-query" --request "$ADDR" --timeout 20 "$LABELS" > "$T/queued.json" &
+    C2=$!
+    for i in $(seq 100); do
+        if [ "$(sockets "$SPID")" -gt "$before" ]; then break; fi
+        sleep 0.1
+    done
+    sleep 0.5 # connected: its request is read at once
+    kill -TERM "$SPID"
+    st=0
+    wait "$C2" || st=$?
+    cat "$T/queued.json"
+    [ "$st" -eq 1 ]
+    grep -qF '{"error":"request: the server is stopping"}' "$T/queued.json"
+    st=0
+    wait "$C1" || st=$?
+    cat "$T/slow.json"
+    [ "$st" -eq 1 ]
+    grep -qF 'over the time budget of 3 s while reading' "$T/slow.json"
+    st=0
+    timeout 10 tail --pid="$SPID" -s 0.1 -f /dev/null
+    wait "$SPID" || st=$?
+    SPID=
+    [ "$st" -eq 143 ]
 }

@@ -1,14 +1,17 @@
 /* search/query.h without a model: the top-k selection against a full sort
- * (ties, NaN), a search over a hand-made index (order, caption owners, the
- * budget), the request parser's answers, error replies that stay JSON, and
- * --labels' splitting. */
+ * (ties, NaN), a search over a hand-made index (order, caption owners, a key
+ * that is not UTF-8, the budget), the request parser's answers, error replies that stay JSON,
+ * --labels' splitting, and recall_load as clip-query loads an index. */
 #include "search/query.h"
 #include "core/util.h"
+#include "io/stream.h"
 #include "unit.h"
 
 #include <math.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct {
     double score;
@@ -54,7 +57,7 @@ static void test_search(void)
     float img[] = {1, 0, 0, 1, 0.6f, 0.8f}, txt[] = {0, 1, 1, 0, 0.8f, 0.6f};
     int64_t off[] = {0, 1, 1, 3};
     recall_set ix = {.n_images = 3, .n_texts = 3, .dim = 2, .img = img, .txt = txt, .txt_off = off};
-    char *keys[] = {"a", "b", "c"}, *images[] = {"a.jpg", NULL, "c.jpg"},
+    char *keys[] = {"a", "b", "c\xff"}, /* a tar name need not be UTF-8 */ *images[] = {"a.jpg", NULL, "c.jpg"},
          *caps[] = {"a's", "c's first", NULL};
     recall_meta meta = {keys, images, caps};
     query_engine qe;
@@ -63,13 +66,13 @@ static void test_search(void)
     json_t *r = query_search(&qe, q, 2, 0, NULL);
     char *s = json_dumps(r, JSON_COMPACT | JSON_REAL_PRECISION(3));
     CHECK(s && !strcmp(s, "[{\"key\":\"a\",\"score\":1.0,\"image\":\"a.jpg\"},"
-                          "{\"key\":\"c\",\"score\":0.6,\"image\":\"c.jpg\"}]"),
+                          "{\"key\":\"c?\",\"score\":0.6,\"image\":\"c.jpg\"}]"),
           "text -> images: %s", s);
     free(s), json_decref(r);
     r = query_search(&qe, q, 10, 1, NULL);
     s = json_dumps(r, JSON_COMPACT | JSON_REAL_PRECISION(3));
-    CHECK(s && !strcmp(s, "[{\"key\":\"c\",\"score\":1.0,\"caption\":\"c's first\"},"
-                          "{\"key\":\"c\",\"score\":0.8,\"caption\":null},"
+    CHECK(s && !strcmp(s, "[{\"key\":\"c?\",\"score\":1.0,\"caption\":\"c's first\"},"
+                          "{\"key\":\"c?\",\"score\":0.8,\"caption\":null},"
                           "{\"key\":\"a\",\"score\":0.0,\"caption\":\"a's\"}]"),
           "image -> captions: each caption's own sample: %s", s);
     free(s), json_decref(r);
@@ -150,6 +153,58 @@ static void test_error_json(void)
     free(s), json_decref(j);
 }
 
+/* recall_load as clip-query uses it: vectors scaled to unit length, the
+ * json's image and captions kept, a sample without txt_emb.npy has none, and
+ * errors name the stream. */
+static void test_load_index(void)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/test_query_%d.tar", (int)getpid());
+    stream_writer *w = stream_open_write(path);
+    if (!w) die("%s", clip_error());
+    sample s;
+    sample_init(&s);
+    float a_img[] = {3, 4}, a_txt[] = {0, 2, 5, 0}, b_img[] = {0, 0.5f};
+    int64_t ishape[] = {2}, tshape[] = {2, 2};
+    sample_set_key(&s, "a");
+    sample_set_npy(&s, "img_emb.npy", NPY_F32, 1, ishape, a_img);
+    sample_set_npy(&s, "txt_emb.npy", NPY_F32, 2, tshape, a_txt);
+    const char *json = "{\"image\": \"a.jpg\", \"captions\": [\"one\", \"two\"]}";
+    sample_set_copy(&s, "json", json, strlen(json));
+    if (stream_write(w, &s)) die("%s", clip_error());
+    sample_clear(&s);
+    sample_set_key(&s, "b");
+    sample_set_npy(&s, "img_emb.npy", NPY_F32, 1, ishape, b_img);
+    if (stream_write(w, &s) || stream_close_write(w)) die("%s", clip_error());
+    sample_free(&s);
+
+    recall_set ix;
+    recall_meta meta;
+    int rc = recall_load(path, RECALL_IMAGES | RECALL_TEXTS_IF_ANY | RECALL_NAME_STREAM, 2, &ix, &meta);
+    CHECK(rc == 0, "%s", clip_error());
+    if (!rc) {
+        CHECK(ix.n_images == 2 && ix.n_texts == 2 && ix.txt_off[1] == 2 && ix.txt_off[2] == 2,
+              "%lld images, %lld captions", (long long)ix.n_images, (long long)ix.n_texts);
+        CHECK(fabsf(ix.img[0] - 0.6f) < 1e-6f && fabsf(ix.img[1] - 0.8f) < 1e-6f && ix.img[3] == 1,
+              "images scaled to unit length: %g %g %g", ix.img[0], ix.img[1], ix.img[3]);
+        CHECK(ix.txt[1] == 1 && ix.txt[2] == 1, "captions scaled: %g %g", ix.txt[1], ix.txt[2]);
+        CHECK(meta.key[1] && !strcmp(meta.key[1], "b") && meta.image[0] &&
+                  !strcmp(meta.image[0], "a.jpg") && !meta.image[1] && meta.caption[1] &&
+                  !strcmp(meta.caption[1], "two"),
+              "meta: the keys, the json's image and captions");
+        recall_meta_free(&meta, &ix);
+        recall_set_free(&ix);
+    }
+    rc = recall_load(path, RECALL_IMAGES | RECALL_NAME_STREAM, 3, &ix, &meta);
+    CHECK(rc == -1 && strstr(clip_error(), ": sample a: img_emb.npy has dimension 2 but the model "
+                                           "embeds in 3") &&
+              !strncmp(clip_error(), path, strlen(path)),
+          "%s", clip_error());
+    rc = recall_load(path, RECALL_TEXTS, 0, &ix, &meta);
+    CHECK(rc == -1 && !strcmp(clip_error(), "sample b: no txt_emb.npy field"), "%s", clip_error());
+    unlink(path);
+}
+
 static void test_split_labels(void)
 {
     char s[] = " 狗 ,, 猫,a b , ";
@@ -166,5 +221,6 @@ int main(void)
     test_request_parse();
     test_error_json();
     test_split_labels();
+    test_load_index();
     return unit_done();
 }
