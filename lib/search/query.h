@@ -84,8 +84,9 @@ int query_encode_image(query_engine *qe, const char *path, float *out, const que
 /* q[dim] (L2-normalised) against the index's images (captions == 0) or
  * captions (1): a new JSON array of the min(k, n) best, highest score first,
  * {"key", "score", "image"} or {"key", "score", "caption"} (null where the
- * sample's json has none). The index must have what is searched. NULL after
- * clip_set_error when the budget runs out. */
+ * sample's json has none; a byte of a key that is not UTF-8 as '?'). The
+ * index must have what is searched. NULL after clip_set_error when the
+ * budget runs out. */
 json_t *query_search(const query_engine *qe, const float *q, size_t k, int captions,
                      const query_budget *b);
 
