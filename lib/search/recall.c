@@ -1,6 +1,7 @@
 #include "search/recall.h"
-#include "io/stream.h"
 #include "core/util.h"
+#include "io/stream.h"
+#include "kernels/ops.h"
 
 #include <cblas.h>
 #include <limits.h>
@@ -27,8 +28,7 @@ static int normalize(float *v, int dim, const char *key, const char *field, int6
         clip_set_error("sample %s: %s row %lld is a zero vector", key, field, (long long)row);
         return -1;
     }
-    float inv = (float)(1.0 / sqrt(ss));
-    for (int k = 0; k < dim; k++) v[k] *= inv;
+    l2_normalize(v, v, 1, dim);
     return 0;
 }
 
@@ -42,83 +42,149 @@ static int check_f32(const npy_array *a, const char *key, const char *field, int
     return 0;
 }
 
-/* Appends the sample's vectors to set (capacities in rows). */
-static int add_sample(recall_set *set, const sample *s, int64_t *img_cap, int64_t *txt_cap)
+/* A field's embedding dimension against the model's (model_dim) or the set's. */
+static int check_dim(int64_t d, int set_dim, int model_dim, const char *key, const char *field)
+{
+    if (d == set_dim) return 0;
+    if (model_dim)
+        clip_set_error("sample %s: %s has dimension %lld but the model embeds in %d", key, field,
+                       (long long)d, model_dim);
+    else
+        clip_set_error("sample %s: embedding dimension %lld (%s), expected %d as in the first "
+                       "sample",
+                       key, (long long)d, field, set_dim);
+    return -1;
+}
+
+typedef struct {
+    unsigned what;
+    int model_dim;
+    int64_t img_cap, txt_cap; /* capacities in rows */
+    recall_meta *meta;
+} loader;
+
+static void add_meta(loader *ld, recall_set *set, const sample *s, const char *key, int64_t n_cap)
+{
+    recall_meta *meta = ld->meta;
+    const sample_field *jf = sample_get(s, "json");
+    json_t *j = jf ? json_loadb((const char *)jf->data, jf->size, 0, NULL) : NULL;
+    const char *image = json_string_value(json_object_get(j, "image"));
+    json_t *caps = json_object_get(j, "captions");
+    meta->key[set->n_images] = xstrdup(key);
+    meta->image[set->n_images] = image ? xstrdup(image) : NULL;
+    for (int64_t r = 0; r < n_cap; r++) {
+        const char *c = json_string_value(json_array_get(caps, (size_t)r));
+        meta->caption[set->n_texts + r] = c ? xstrdup(c) : NULL;
+    }
+    json_decref(j);
+}
+
+/* Appends the sample's vectors (and meta) to set. */
+static int add_sample(loader *ld, recall_set *set, const sample *s)
 {
     const char *key = s->key ? s->key : "?";
     npy_array img, txt;
-    if (sample_get_npy(s, "img_emb.npy", &img) || check_f32(&img, key, "img_emb.npy", 1)) return -1;
-    if (sample_get_npy(s, "txt_emb.npy", &txt) || check_f32(&txt, key, "txt_emb.npy", 2)) return -1;
-    if (set->n_images == 0) {
-        if (img.shape[0] < 1 || img.shape[0] > 65536) {
-            clip_set_error("sample %s: img_emb.npy has dimension %lld", key,
-                           (long long)img.shape[0]);
+    int with_img = ld->what & RECALL_IMAGES;
+    int with_txt = (ld->what & RECALL_TEXTS) ||
+                   ((ld->what & RECALL_TEXTS_IF_ANY) && sample_get(s, "txt_emb.npy"));
+    if (with_img &&
+        (sample_get_npy(s, "img_emb.npy", &img) || check_f32(&img, key, "img_emb.npy", 1)))
+        return -1;
+    if (with_txt &&
+        (sample_get_npy(s, "txt_emb.npy", &txt) || check_f32(&txt, key, "txt_emb.npy", 2)))
+        return -1;
+    if (set->dim == 0 && (with_img || with_txt)) { /* the first sample's, no model's */
+        int64_t d = with_img ? img.shape[0] : txt.shape[1];
+        if (d < 1 || d > 65536) {
+            clip_set_error("sample %s: %s has dimension %lld", key,
+                           with_img ? "img_emb.npy" : "txt_emb.npy", (long long)d);
             return -1;
         }
-        set->dim = (int)img.shape[0];
+        set->dim = (int)d;
     }
     int dim = set->dim;
-    if (img.shape[0] != dim || txt.shape[1] != dim) {
-        clip_set_error("sample %s: embedding dimension %lld (img_emb.npy) / %lld (txt_emb.npy), "
-                       "expected %d as in the first sample",
-                       key, (long long)img.shape[0], (long long)txt.shape[1], dim);
-        return -1;
-    }
-    int64_t n_cap = txt.shape[0];
+    if (with_img && check_dim(img.shape[0], dim, ld->model_dim, key, "img_emb.npy")) return -1;
+    if (with_txt && check_dim(txt.shape[1], dim, ld->model_dim, key, "txt_emb.npy")) return -1;
+    int64_t n_cap = with_txt ? txt.shape[0] : 0;
     if (set->n_images + 1 >= INT_MAX || set->n_texts + n_cap >= INT_MAX) {
         clip_set_error("sample %s: more than %d images or captions", key, INT_MAX - 1);
         return -1;
     }
-    if (set->n_images == *img_cap) {
-        *img_cap = *img_cap ? 2 * *img_cap : 1024;
-        set->img = xrealloc(set->img, *img_cap * dim * sizeof(float));
-        set->txt_off = xrealloc(set->txt_off, (*img_cap + 1) * sizeof(int64_t));
+    if (set->n_images == ld->img_cap) {
+        ld->img_cap = ld->img_cap ? 2 * ld->img_cap : 1024;
+        if (with_img) set->img = xrealloc(set->img, ld->img_cap * dim * sizeof(float));
+        set->txt_off = xrealloc(set->txt_off, (ld->img_cap + 1) * sizeof(int64_t));
+        if (ld->meta) {
+            ld->meta->key = xrealloc(ld->meta->key, ld->img_cap * sizeof(char *));
+            ld->meta->image = xrealloc(ld->meta->image, ld->img_cap * sizeof(char *));
+        }
     }
-    while (set->n_texts + n_cap > *txt_cap) {
-        *txt_cap = *txt_cap ? 2 * *txt_cap : 4096;
-        set->txt = xrealloc(set->txt, *txt_cap * dim * sizeof(float));
+    if (set->n_texts + n_cap > ld->txt_cap) {
+        while (set->n_texts + n_cap > ld->txt_cap) ld->txt_cap = ld->txt_cap ? 2 * ld->txt_cap : 4096;
+        set->txt = xrealloc(set->txt, ld->txt_cap * dim * sizeof(float));
+        if (ld->meta) ld->meta->caption = xrealloc(ld->meta->caption, ld->txt_cap * sizeof(char *));
     }
-    float *iv = set->img + set->n_images * dim;
-    float *tv = set->txt + set->n_texts * dim;
-    memcpy(iv, img.data, dim * sizeof(float)); /* npy data need not be aligned */
-    memcpy(tv, txt.data, n_cap * dim * sizeof(float));
-    if (normalize(iv, dim, key, "img_emb.npy", 0)) return -1;
-    for (int64_t r = 0; r < n_cap; r++)
-        if (normalize(tv + r * dim, dim, key, "txt_emb.npy", r)) return -1;
+    if (with_img) {
+        float *iv = set->img + set->n_images * dim;
+        memcpy(iv, img.data, dim * sizeof(float)); /* npy data need not be aligned */
+        if (normalize(iv, dim, key, "img_emb.npy", 0)) return -1;
+    }
+    if (n_cap) {
+        float *tv = set->txt + set->n_texts * dim;
+        memcpy(tv, txt.data, n_cap * dim * sizeof(float));
+        for (int64_t r = 0; r < n_cap; r++)
+            if (normalize(tv + r * dim, dim, key, "txt_emb.npy", r)) return -1;
+    }
+    if (ld->meta) add_meta(ld, set, s, key, n_cap);
     set->n_images++;
     set->n_texts += n_cap;
     set->txt_off[set->n_images] = set->n_texts;
     return 0;
 }
 
-int recall_load_stream(const char *endpoint, recall_set *set)
+int recall_load(const char *endpoint, unsigned what, int dim, recall_set *set, recall_meta *meta)
 {
     memset(set, 0, sizeof *set);
+    if (meta) memset(meta, 0, sizeof *meta);
     set->txt_off = xcalloc(1, sizeof(int64_t));
+    set->dim = dim;
     stream_reader *r = stream_open_read(endpoint);
-    if (!r) return -1;
+    if (!r) {
+        recall_set_free(set);
+        return -1;
+    }
     sample s;
     sample_init(&s);
-    int64_t img_cap = 0, txt_cap = 0;
+    loader ld = {.what = what, .model_dim = dim, .meta = meta};
     int rc;
     while ((rc = stream_read(r, &s)) == 1)
-        if (add_sample(set, &s, &img_cap, &txt_cap)) break;
+        if (add_sample(&ld, set, &s)) {
+            if (what & RECALL_NAME_STREAM) clip_set_error("%s: %s", endpoint, clip_error());
+            break;
+        }
     int err = rc != 0;
     sample_free(&s);
     stream_close_read(r);
+    int need_texts = (what & RECALL_TEXTS) || ((what & RECALL_TEXTS_IF_ANY) && !(what & RECALL_IMAGES));
     if (!err && set->n_images == 0) {
         clip_set_error("%s: empty stream (no samples)", endpoint);
         err = 1;
-    } else if (!err && set->n_texts == 0) {
+    } else if (!err && need_texts && set->n_texts == 0) {
         clip_set_error("%s: no captions in any of %lld samples", endpoint,
                        (long long)set->n_images);
         err = 1;
     }
     if (err) {
+        if (meta) recall_meta_free(meta, set);
         recall_set_free(set);
         return -1;
     }
     return 0;
+}
+
+int recall_load_stream(const char *endpoint, recall_set *set)
+{
+    return recall_load(endpoint, RECALL_IMAGES | RECALL_TEXTS, 0, set, NULL);
 }
 
 void recall_set_free(recall_set *set)
@@ -127,6 +193,16 @@ void recall_set_free(recall_set *set)
     free(set->txt);
     free(set->txt_off);
     memset(set, 0, sizeof *set);
+}
+
+void recall_meta_free(recall_meta *meta, const recall_set *set)
+{
+    for (int64_t i = 0; meta->key && i < set->n_images; i++) free(meta->key[i]), free(meta->image[i]);
+    for (int64_t c = 0; meta->caption && c < set->n_texts; c++) free(meta->caption[c]);
+    free(meta->key);
+    free(meta->image);
+    free(meta->caption);
+    memset(meta, 0, sizeof *meta);
 }
 
 /* ---- ranking ---- */

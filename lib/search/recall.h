@@ -25,13 +25,38 @@ typedef struct {
     int64_t *txt_off; /* [n_images + 1] */
 } recall_set;
 
-/* Reads img_emb.npy (float32 [D]) and txt_emb.npy (float32 [n, D]) of every
- * sample of a stream and L2-normalises them (scores are cosine similarities).
+/* What recall_load reads of each sample of a stream (flags, or'ed). */
+enum {
+    RECALL_IMAGES = 1,       /* img_emb.npy (float32 [D]): every sample must have one */
+    RECALL_TEXTS = 2,        /* txt_emb.npy (float32 [n, D]): every sample must have one */
+    RECALL_TEXTS_IF_ANY = 4, /* txt_emb.npy where a sample has one (without: no captions) */
+    RECALL_NAME_STREAM = 8,  /* errors about a sample start with the endpoint ("emb.tar: sample k: ...") */
+};
+
+/* What a search shows of the samples (recall_load's meta): owned, strings malloc'd. */
+typedef struct {
+    char **key;     /* [n_images] the samples' keys */
+    char **image;   /* [n_images] the json field's "image", NULL where there is none */
+    char **caption; /* [n_texts] the json field's "captions"[row], NULL where there is none */
+} recall_meta;
+
+/* The one loader of embedded streams (clip-recall, clip-query): every sample
+ * of the stream at endpoint is an image of set, with the vectors `what` asks
+ * for, L2-normalised (scores are cosine similarities); set->img stays NULL
+ * without RECALL_IMAGES, set->txt without a RECALL_TEXTS*. dim: the model's
+ * embedding dimension, which every vector must have (0: the first sample's,
+ * 1..65536). meta (may be NULL) gets the keys, image paths and captions.
  * -1 with clip_error() naming the sample on a missing field, a bad shape or
- * dtype, a dimension that differs from the first sample's, a non-finite
- * value, a zero vector, or an empty stream. */
+ * dtype, a dimension that differs, a non-finite value, a zero vector; and
+ * naming the stream on an empty stream, or one without captions when they
+ * are required (RECALL_TEXTS) or all that is read (no RECALL_IMAGES).
+ * set and meta are then left empty. */
+int recall_load(const char *endpoint, unsigned what, int dim, recall_set *set, recall_meta *meta);
+/* recall_load(endpoint, RECALL_IMAGES | RECALL_TEXTS, 0, set, NULL) */
 int recall_load_stream(const char *endpoint, recall_set *set);
 void recall_set_free(recall_set *set);
+/* Frees meta's strings and arrays (set: the set it was loaded with); NULLs them. */
+void recall_meta_free(recall_meta *meta, const recall_set *set);
 
 /* Ranks of every image (img_rank[n_images], 0 for an image without captions)
  * and every caption (txt_rank[n_texts]) by dot product of the vectors as
