@@ -53,17 +53,22 @@ build/libclip.a: $(LIB_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
-bin/%: tools/%.c build/libclip.a
+# what the programs share (tools/tool.h: exiting, which the library never does)
+build/tools/tool.o: tools/tool.c tools/tool.h $(wildcard lib/*/*.h)
 	@mkdir -p $(@D)
-	$(CC) $(CLIP_CFLAGS) $(CFLAGS) -o $@ $< build/libclip.a $(LDLIBS)
+	$(CC) $(CLIP_CFLAGS) $(CFLAGS) -c -o $@ $<
 
-build/bench/%: tests/bench/%.c build/libclip.a
+bin/%: tools/%.c build/tools/tool.o build/libclip.a
 	@mkdir -p $(@D)
-	$(CC) $(CLIP_CFLAGS) $(CFLAGS) -o $@ $< build/libclip.a $(LDLIBS)
+	$(CC) $(CLIP_CFLAGS) $(CFLAGS) -o $@ $< build/tools/tool.o build/libclip.a $(LDLIBS)
 
-build/tests/%: tests/unit/%.c tests/unit/unit.h build/libclip.a
+build/bench/%: tests/bench/%.c build/tools/tool.o build/libclip.a
 	@mkdir -p $(@D)
-	$(CC) $(CLIP_CFLAGS) $(CFLAGS) -Itests/unit -o $@ $< build/libclip.a $(LDLIBS)
+	$(CC) $(CLIP_CFLAGS) $(CFLAGS) -Itools -o $@ $< build/tools/tool.o build/libclip.a $(LDLIBS)
+
+build/tests/%: tests/unit/%.c tests/unit/unit.h build/tools/tool.o build/libclip.a
+	@mkdir -p $(@D)
+	$(CC) $(CLIP_CFLAGS) $(CFLAGS) -Itests/unit -Itools -o $@ $< build/tools/tool.o build/libclip.a $(LDLIBS)
 
 check: all $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; ./$$t; done

@@ -3,9 +3,9 @@
 fixtures-checkpoint:
 	/usr/bin/python3 tests/ref/make_checkpoints.py tests/fixtures/ckpt
 
-CKPT_SRC := lib/core/util.c lib/core/strmap.c lib/core/dtype.c lib/core/atomic_file.c \
+CKPT_SRC := tools/tool.c lib/core/util.c lib/core/strmap.c lib/core/dtype.c lib/core/atomic_file.c \
             $(filter-out lib/ckpt/param_table.c,$(wildcard lib/ckpt/*.c))
-CKPT_FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -Ilib \
+CKPT_FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -Ilib -Itools \
                     $(shell pkg-config --cflags libarchive jansson 2>/dev/null)
 CKPT_FUZZ_LIBS := $(shell pkg-config --libs libarchive jansson 2>/dev/null) -lm
 CKPT_CORPUS := $(wildcard tests/fixtures/ckpt/*.pth tests/fixtures/ckpt/*.safetensors)

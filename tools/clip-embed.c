@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tool.h"
 #include "core/atomic_file.h"
 #include "kernels/blas.h"
 #include "model/clip_model.h"
@@ -233,12 +234,12 @@ int main(int argc, char **argv)
         case 'h': usage(stdout); close_stdout(); return 0;
         default:
             if (optopt && optopt < 256 && !strchr("miobth", optopt))
-                die("unknown option '-%c' (see --help)", optopt);
-            die("option '%s' is unknown or needs a value (see --help)", argv[optind - 1]);
+                usage_error("unknown option '-%c'", optopt);
+            usage_error("option '%s' is unknown or needs a value", argv[optind - 1]);
         }
     }
-    if (optind < argc) die("unexpected argument '%s' (see --help)", argv[optind]);
-    if (!model) die("--model CKPT is required (see --help)");
+    if (optind < argc) usage_error("unexpected argument '%s'", argv[optind]);
+    if (!model) usage_error("--model CKPT is required");
     if (strcmp(device, "cpu")) die("device %s not available in this build", device);
     if (threads) blas_set_threads(threads);
 

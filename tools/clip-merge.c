@@ -1,5 +1,6 @@
 /* clip-merge: weight-space ensembling (WiSE-FT) of a zero-shot and a
  * fine-tuned checkpoint. */
+#include "tool.h"
 #include "ckpt/checkpoint.h"
 #include "core/atomic_file.h"
 #include "ckpt/merge.h"
@@ -39,7 +40,7 @@ int main(int argc, char **argv)
             char *end;
             alpha = strtod(optarg, &end);
             if (end == optarg || *end || !isfinite(alpha))
-                die("--alpha: expected a number, got '%s'", optarg);
+                usage_error("--alpha: expected a number, got '%s'", optarg);
             break;
         }
         case 'o': out_path = optarg; break;

@@ -1,5 +1,6 @@
 /* clip-prep: annotations + images (folder or archive) -> a sample stream with
  * preprocessed pixels (img.npy) and captions (json). See clip-prep(1). */
+#include "tool.h"
 #include "core/atomic_file.h"
 #include "io/annotations.h"
 #include "io/image.h"

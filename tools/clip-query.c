@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "tool.h"
 #include "core/atomic_file.h"
 #include "core/util.h"
 #include "io/image.h"
@@ -187,24 +188,24 @@ int main(int argc, char **argv)
         case 'h': usage(stdout); close_stdout(); return 0;
         default:
             if (optopt && optopt < 256 && !strchr("mkth", optopt))
-                die("unknown option '-%c' (see --help)", optopt);
-            die("option '%s' is unknown or needs a value (see --help)", argv[optind - 1]);
+                usage_error("unknown option '-%c'", optopt);
+            usage_error("option '%s' is unknown or needs a value", argv[optind - 1]);
         }
     }
     if (request_addr) {
-        if (optind != argc - 1) die("--request ADDR needs one JSON argument (see --help)");
+        if (optind != argc - 1) usage_error("--request ADDR needs one JSON argument");
         int rc = request(request_addr, argv[optind], timeout * 1000);
         close_stdout();
         return rc;
     }
-    if (optind < argc) die("unexpected argument '%s' (see --help)", argv[optind]);
-    if (!model) die("--model CKPT is required (see --help)");
+    if (optind < argc) usage_error("unexpected argument '%s'", argv[optind]);
+    if (!model) usage_error("--model CKPT is required");
     if (serve_addr && (text || image || labels))
         die("--serve takes its queries as requests, not --text/--image/--labels");
     if (!serve_addr && !text == !image)
-        die("give one of --text TEXT, --image FILE or --serve ADDR (see --help)");
+        usage_error("give one of --text TEXT, --image FILE or --serve ADDR");
     if (labels && !image) die("--labels needs --image FILE");
-    if (!serve_addr && !labels && !index) die("--index FILE is required (see --help)");
+    if (!serve_addr && !labels && !index) usage_error("--index FILE is required");
     if (threads) blas_set_threads(threads);
     if ((image || serve_addr) && image_init(argv[0])) die("%s", clip_error());
 

@@ -1,4 +1,5 @@
 /* clip-recall: retrieval recall R@1/5/10 both ways of an embedded stream. */
+#include "tool.h"
 #include "core/atomic_file.h"
 #include "kernels/blas.h"
 #include "search/recall.h"
@@ -66,7 +67,7 @@ int main(int argc, char **argv)
         default: fputs(usage, stderr); return 2;
         }
     }
-    if (optind < argc) die("unexpected argument '%s' (see --help)", argv[optind]);
+    if (optind < argc) usage_error("unexpected argument '%s'", argv[optind]);
 
     double t0 = now_seconds();
     recall_set set;

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "tool.h"
 #include "core/atomic_file.h"
 #include "io/sample.h"
 #include "io/stream.h"
@@ -185,12 +186,12 @@ int main(int argc, char **argv)
         case 'h': usage(stdout); close_stdout(); return 0;
         default:
             if (optopt && optopt < 256 && !strchr("ioqh", optopt))
-                die("unknown option '-%c' (see --help)", optopt);
-            die("option '%s' is unknown or needs a value (see --help)", argv[optind - 1]);
+                usage_error("unknown option '-%c'", optopt);
+            usage_error("option '%s' is unknown or needs a value", argv[optind - 1]);
         }
     }
     if (optind < argc)
-        die("unexpected argument '%s' (see --help)", argv[optind]);
+        usage_error("unexpected argument '%s'", argv[optind]);
     if (vocab && bpe)
         die("give one of --vocab (WordPiece) or --bpe (CLIP BPE), not both; see --help");
     if (!*field || strchr(field, '/'))

@@ -13,6 +13,7 @@
 
 #include <jansson.h>
 
+#include "tool.h"
 #include "core/atomic_file.h"
 #include "kernels/blas.h"
 #include "model/device.h"

@@ -38,7 +38,7 @@ void *ckpt_own(ckpt *c, size_t bytes)
         c->owned = xrealloc(c->owned, c->cap_owned * sizeof *c->owned);
     }
     void *p = NULL;
-    if (posix_memalign(&p, 64, bytes ? bytes : 64)) die("out of memory (%zu bytes)", bytes);
+    if (posix_memalign(&p, 64, bytes ? bytes : 64)) clip_out_of_memory(bytes);
     c->owned[c->n_owned++] = p;
     return p;
 }

@@ -37,15 +37,9 @@ void clip_set_progname(const char *argv0)
     clip_progname = s ? s + 1 : argv0;
 }
 
-void die(const char *fmt, ...)
+void clip_out_of_memory(size_t bytes)
 {
-    va_list ap;
-    fflush(stdout);
-    fprintf(stderr, "%s: ", clip_progname);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
+    fprintf(stderr, "%s: out of memory (%zu bytes)\n", clip_progname, bytes);
     exit(1);
 }
 
@@ -62,21 +56,21 @@ void warn(const char *fmt, ...)
 void *xmalloc(size_t n)
 {
     void *p = malloc(n ? n : 1);
-    if (!p) die("out of memory (%zu bytes)", n);
+    if (!p) clip_out_of_memory(n);
     return p;
 }
 
 void *xcalloc(size_t n, size_t size)
 {
     void *p = calloc(n ? n : 1, size ? size : 1);
-    if (!p) die("out of memory (%zu x %zu bytes)", n, size);
+    if (!p) clip_out_of_memory(n * size);
     return p;
 }
 
 void *xrealloc(void *p, size_t n)
 {
     p = realloc(p, n ? n : 1);
-    if (!p) die("out of memory (%zu bytes)", n);
+    if (!p) clip_out_of_memory(n);
     return p;
 }
 
@@ -96,11 +90,11 @@ void *clip_alloc_big(size_t bytes)
 {
     if (bytes < BIG_THRESHOLD) {
         void *p = NULL;
-        if (posix_memalign(&p, 64, bytes ? bytes : 64)) die("out of memory (%zu bytes)", bytes);
+        if (posix_memalign(&p, 64, bytes ? bytes : 64)) clip_out_of_memory(bytes);
         return p;
     }
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) die("out of memory (%zu bytes)", bytes);
+    if (p == MAP_FAILED) clip_out_of_memory(bytes);
     madvise(p, bytes, MADV_HUGEPAGE);
     return p;
 }
@@ -180,17 +174,6 @@ int check_range(const char *what, int64_t v, int64_t lo, int64_t hi)
     return -1;
 }
 
-void close_stdout(void)
-{
-    errno = 0;
-    int failed = fflush(stdout) | ferror(stdout);
-    if (failed) die("stdout: write failed%s%s", errno ? ": " : "", errno ? strerror(errno) : "");
-    if (fclose(stdout)) { /* not die(): it flushes stdout, closed now */
-        fprintf(stderr, "%s: stdout: close failed: %s\n", clip_progname, strerror(errno));
-        exit(1);
-    }
-}
-
 double now_seconds(void)
 {
     struct timespec ts;
@@ -233,16 +216,6 @@ void progress_update(progress *p, size_t done)
 void progress_end(progress *p, size_t done)
 {
     if (p->enabled) progress_print(p, done, 1);
-}
-
-long parse_long_option(const char *opt, const char *val, long min, long max)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(val ? val : "", &end, 10);
-    if (!val || !*val || *end || errno || v < min || v > max)
-        die("%s: expected an integer in [%ld, %ld], got '%s'", opt, min, max, val ? val : "");
-    return v;
 }
 
 uint64_t splitmix64(uint64_t *state)

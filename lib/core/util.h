@@ -14,14 +14,20 @@ const char *clip_error(void);
  * clip_set_error() (tests use it to see that a failure set its own message). */
 void clip_clear_error(void);
 
-/* Tools: "prog: message" on stderr. */
+/* The program's name for messages ("prog: message"); the tools set it.
+ * Exiting is the tools' (tools/tool.h); the library returns errors. */
 extern const char *clip_progname;
 void clip_set_progname(const char *argv0);
-noreturn void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* A notice that is no error ("prog: message" on stderr): a stale temporary
+ * file removed, an unknown CLIP_CPU value. */
 void warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* Tools, before exiting 0: flush and close stdout, and die if any write to
- * it failed (a full disk, /dev/full, a closed pipe). */
-void close_stdout(void);
+
+/* The allocators. Every size that comes from input is checked against its
+ * limit before it is allocated (check_range, the CLIP_MAX_* limits), so a
+ * failure here is the machine running out of memory, not bad input: the one
+ * process-wide policy of the library is then to say so and exit(1) (which
+ * still removes unfinished outputs, core/atomic_file.h). */
+noreturn void clip_out_of_memory(size_t bytes);
 
 void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t size);
@@ -75,8 +81,6 @@ void progress_end(progress *p, size_t done);
  * LO..HI"): sizes read from files are checked before they size anything. */
 int check_range(const char *what, int64_t v, int64_t lo, int64_t hi);
 
-/* Parse a positive integer option value or die naming the option. */
-long parse_long_option(const char *opt, const char *val, long min, long max);
 
 /* CPU features, for the one dispatch policy of every kernel. The build
  * targets x86-64's baseline (SSE2, no -march); a kernel's AVX-512 variant is

@@ -79,7 +79,14 @@ query_server *query_server_open(const char *addr, const query_server_options *o)
         free(s);
         return NULL;
     }
-    if (pipe2(s->wake, O_NONBLOCK | O_CLOEXEC)) die("pipe: %m"); /* out of descriptors */
+    if (pipe2(s->wake, O_NONBLOCK | O_CLOEXEC)) { /* out of descriptors */
+        clip_set_error("%s: pipe: %s", addr, strerror(errno));
+        zmq_close(s->sock);
+        zmq_ctx_term(s->ctx);
+        free(s->addr);
+        free(s);
+        return NULL;
+    }
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->work, NULL);
     return s;
@@ -296,7 +303,7 @@ static void *worker(void *arg)
     return NULL;
 }
 
-static void start_workers(query_server *s)
+static int start_workers(query_server *s)
 {
     /* signals go to the main thread (and its OpenMP threads), whose poll they end */
     sigset_t block, old;
@@ -305,10 +312,16 @@ static void start_workers(query_server *s)
     sigaddset(&block, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &block, &old);
     s->threads = xcalloc(s->o.workers, sizeof *s->threads);
-    for (int i = 0; i < s->o.workers; i++)
-        if (pthread_create(&s->threads[i], NULL, worker, s)) die("cannot start a thread: %m");
-    s->n_threads = s->o.workers;
+    int err = 0;
+    for (s->n_threads = 0; s->n_threads < s->o.workers && !err; s->n_threads++)
+        if ((err = pthread_create(&s->threads[s->n_threads], NULL, worker, s))) break;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (err) {
+        clip_set_error("%s: cannot start worker thread %d: %s", s->addr, s->n_threads + 1,
+                       strerror(err));
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- the loop ---- */
@@ -316,7 +329,7 @@ static void start_workers(query_server *s)
 int query_server_run(query_server *s, query_engine *qe)
 {
     s->qe = qe;
-    if (!s->n_threads) start_workers(s);
+    if (!s->n_threads && start_workers(s) < 0) return -1;
     int quit = 0, stopping = 0;
     for (;;) {
         int stop = quit || (s->o.stop && *s->o.stop);

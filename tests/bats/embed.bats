@@ -177,7 +177,7 @@ PY
     [ "${#lines[@]}" -eq 1 ]
     [[ "$output" == *"no-such.pth"* ]]
     run "$EMBED" -i /dev/null
-    [ "$status" -eq 1 ]
+    [ "$status" -eq 2 ] # a usage error, as in every tool
     [[ "$output" == *"--model"* ]]
     run "$EMBED" --model "$MODEL" --device cuda
     [ "$status" -eq 1 ]

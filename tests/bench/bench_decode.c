@@ -13,6 +13,7 @@
 
 #include <jpeglib.h>
 
+#include "tool.h"
 #include "core/util.h"
 
 typedef struct {

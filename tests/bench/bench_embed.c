@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tool.h"
 #include "kernels/blas.h"
 #include "model/clip_model.h"
 #include "kernels/ops.h"

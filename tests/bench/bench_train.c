@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "tool.h"
 #include "kernels/blas.h"
 #include "train/train.h"
 #include "core/util.h"

@@ -7,6 +7,7 @@
  *   cc -fsanitize=address,undefined ...  then
  *     fuzz_checkpoint ITERATIONS SEED FILE...   (a built-in mutator over the given files:
  *     byte flips, interesting values, truncation, insertion, deletion, chunk copies) */
+#include "tool.h"
 #include "ckpt/checkpoint.h"
 #include "core/util.h"
 

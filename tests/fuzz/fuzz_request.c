@@ -9,6 +9,7 @@
  *   cc -fsanitize=address,undefined ...  then
  *     fuzz_request ITERATIONS SEED FILE...   (a built-in mutator over the given files:
  *     byte flips, JSON's bytes, truncation, insertion, deletion, chunk copies) */
+#include "tool.h"
 #include "core/util.h"
 #include "search/query.h"
 

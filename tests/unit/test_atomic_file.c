@@ -2,6 +2,7 @@
  * temporary files of dead processes go, those of live ones stay; a signal,
  * an exit or a write past the size limit leaves no temporary file; the
  * registry holds up under threads and says when it is full. */
+#include "tool.h"
 #include "core/atomic_file.h"
 #include "core/util.h"
 #include "unit.h"

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tool.h"
 #include "kernels/blas.h"
 #include "ckpt/checkpoint.h"
 #include "model/clip_model.h"

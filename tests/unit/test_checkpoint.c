@@ -1,5 +1,6 @@
 /* Checkpoint loading and saving against tests/fixtures/ckpt (made by
  * tests/ref/make_checkpoints.py with PyTorch), plus hostile inputs. */
+#include "tool.h"
 #include "ckpt/checkpoint.h"
 #include "unit.h"
 #include "core/util.h"

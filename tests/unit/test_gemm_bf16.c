@@ -15,6 +15,7 @@
 
 #include <cblas.h>
 
+#include "tool.h"
 #include "kernels/gemm_bf16.h"
 #include "io/npy.h"
 #include "unit.h"

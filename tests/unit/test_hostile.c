@@ -3,6 +3,7 @@
  * refused with an error naming the input and the limit. Buffers under test
  * end at a PROT_NONE guard page, so a read past their end faults even
  * without ASan. */
+#include "tool.h"
 #include "io/npy.h"
 #include "io/sample.h"
 #include "io/stream.h"

@@ -13,6 +13,7 @@
 
 #include <jansson.h>
 
+#include "tool.h"
 #include "ckpt/checkpoint.h"
 #include "model/clip_model.h"
 #include "io/npy.h"

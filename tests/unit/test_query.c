@@ -2,6 +2,7 @@
  * (ties, NaN), a search over a hand-made index (order, caption owners, a key
  * that is not UTF-8, the budget), the request parser's answers, error replies that stay JSON,
  * --labels' splitting, and recall_load as clip-query loads an index. */
+#include "tool.h"
 #include "search/query.h"
 #include "core/util.h"
 #include "io/stream.h"

@@ -2,6 +2,7 @@
  * the blocked algorithm equals a brute force on integer-valued data (exact
  * scores, many ties, images without captions) for every block size, and is
  * block-size invariant on continuous data; loading errors name the sample. */
+#include "tool.h"
 #include "search/recall.h"
 #include "io/stream.h"
 #include "unit.h"

@@ -1,6 +1,7 @@
 /* The stream library: .npy round trips and malformed headers; N samples
  * through a pipe, a file (sequential and random access) and ZeroMQ arrive
  * exactly once (in order for pipes and files); truncation is an error. */
+#include "tool.h"
 #include "io/sample_file.h"
 #include "io/stream.h"
 #include "unit.h"

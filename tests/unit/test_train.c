@@ -69,6 +69,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tool.h"
 #include "ckpt/checkpoint.h"
 #include "io/sample_file.h"
 #include "io/stream.h"

@@ -1,0 +1,22 @@
+/* What the programs share and the library never does: ending the process.
+ * Each tool (and test program) prints "prog: message" and exits; the library
+ * only returns errors (clip_error()). Exit status 1: a failure; 2: a usage
+ * error (an unknown option, a bad option value). */
+#ifndef CLIP_TOOL_H
+#define CLIP_TOOL_H
+
+#include <stdnoreturn.h>
+
+#include "core/util.h"
+
+/* "prog: message" on stderr, exit 1. */
+noreturn void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* "prog: message (see --help)" on stderr, exit 2. */
+noreturn void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Before exiting 0: flush and close stdout, and die if any write to it
+ * failed (a full disk, /dev/full, a closed pipe). */
+void close_stdout(void);
+/* An integer option value in [min, max], or a usage error naming the option. */
+long parse_long_option(const char *opt, const char *val, long min, long max);
+
+#endif
