@@ -10,6 +10,7 @@
 #include "core/atomic_file.h"
 #include "kernels/blas.h"
 #include "model/clip_model.h"
+#include "model/device.h"
 #include "kernels/gemm_int8.h"
 #include "kernels/ops.h"
 #include "io/sample.h"
@@ -212,7 +213,8 @@ int main(int argc, char **argv)
     int batch = 32, threads = 0, show_progress = 0, do_images = 1, do_texts = 1, c;
     int amp = 0, int8 = 0;
     opterr = 0; /* our own one-line message */
-    while ((c = getopt_long(argc, argv, "m:i:o:b:t:h", opts, NULL)) != -1) {
+    static const char short_opts[] = "m:i:o:b:t:h";
+    while ((c = getopt_long(argc, argv, short_opts, opts, NULL)) != -1) {
         switch (c) {
         case 'm': model = optarg; break;
         case OPT_TEXT_MODEL: text_model = optarg; break;
@@ -232,15 +234,12 @@ int main(int argc, char **argv)
                      "layers run in plain C, slower than fp32", cpu_describe());
             break;
         case 'h': usage(stdout); close_stdout(); return 0;
-        default:
-            if (optopt && optopt < 256 && !strchr("miobth", optopt))
-                usage_error("unknown option '-%c'", optopt);
-            usage_error("option '%s' is unknown or needs a value", argv[optind - 1]);
+        default: option_error(argv, short_opts);
         }
     }
     if (optind < argc) usage_error("unexpected argument '%s'", argv[optind]);
     if (!model) usage_error("--model CKPT is required");
-    if (strcmp(device, "cpu")) die("device %s not available in this build", device);
+    if (!device_find(device, "encoder")) die("%s", clip_error());
     if (threads) blas_set_threads(threads);
 
     clip_model *m = clip_model_load(model, text_model);

@@ -162,7 +162,8 @@ int main(int argc, char **argv)
     query_server_options so = {QUERY_SERVER_MAX_REQUEST, QUERY_SERVER_TIME_BUDGET,
                                QUERY_SERVER_WORKERS, &stop_signal};
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "m:k:t:h", opts, NULL)) != -1) {
+    static const char short_opts[] = "m:k:t:h";
+    while ((c = getopt_long(argc, argv, short_opts, opts, NULL)) != -1) {
         switch (c) {
         case 'm': model = optarg; break;
         case OPT_TEXT_MODEL: text_model = optarg; break;
@@ -186,10 +187,7 @@ int main(int argc, char **argv)
         case 'k': k = (int)parse_long_option("-k", optarg, 1, 1 << 30); break;
         case 't': threads = (int)parse_long_option("--threads", optarg, 1, 1024); break;
         case 'h': usage(stdout); close_stdout(); return 0;
-        default:
-            if (optopt && optopt < 256 && !strchr("mkth", optopt))
-                usage_error("unknown option '-%c'", optopt);
-            usage_error("option '%s' is unknown or needs a value", argv[optind - 1]);
+        default: option_error(argv, short_opts);
         }
     }
     if (request_addr) {

@@ -167,7 +167,8 @@ int main(int argc, char **argv)
     const char *vocab = NULL, *merges = NULL, *in = "-", *out = "-", *field = "tok.npy";
     int ctx = 0, lines = 0, quiet = 0, bpe = 0, c;
     opterr = 0; /* our own one-line message */
-    while ((c = getopt_long(argc, argv, "i:o:qh", opts, NULL)) != -1) {
+    static const char short_opts[] = "i:o:qh";
+    while ((c = getopt_long(argc, argv, short_opts, opts, NULL)) != -1) {
         switch (c) {
         case OPT_VOCAB: vocab = optarg; break;
         case OPT_BPE:
@@ -184,10 +185,7 @@ int main(int argc, char **argv)
         case OPT_LINES: lines = 1; break;
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); close_stdout(); return 0;
-        default:
-            if (optopt && optopt < 256 && !strchr("ioqh", optopt))
-                usage_error("unknown option '-%c'", optopt);
-            usage_error("option '%s' is unknown or needs a value", argv[optind - 1]);
+        default: option_error(argv, short_opts);
         }
     }
     if (optind < argc)

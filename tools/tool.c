@@ -40,6 +40,14 @@ void close_stdout(void)
     }
 }
 
+void option_error(char **argv, const char *short_opts)
+{
+    extern int optind, optopt;
+    const char *known = optopt > 0 && optopt < 256 ? strchr(short_opts, optopt) : NULL;
+    if (optopt > 0 && optopt < 256 && !known) usage_error("unknown option '-%c'", optopt);
+    usage_error("option '%s' is unknown or needs a value", argv[optind - 1]);
+}
+
 long parse_long_option(const char *opt, const char *val, long min, long max)
 {
     char *end;

@@ -16,6 +16,9 @@ noreturn void usage_error(const char *fmt, ...) __attribute__((format(printf, 1,
 /* Before exiting 0: flush and close stdout, and die if any write to it
  * failed (a full disk, /dev/full, a closed pipe). */
 void close_stdout(void);
+/* getopt_long returned '?' or ':': a usage error naming the option that is
+ * unknown or needs a value (short_opts: the string given to getopt_long). */
+noreturn void option_error(char **argv, const char *short_opts);
 /* An integer option value in [min, max], or a usage error naming the option. */
 long parse_long_option(const char *opt, const char *val, long min, long max);
 

@@ -181,7 +181,7 @@ PY
     [[ "$output" == *"--model"* ]]
     run "$EMBED" --model "$MODEL" --device cuda
     [ "$status" -eq 1 ]
-    [[ "$output" == *"device cuda not available in this build"* ]]
+    [[ "$output" == *"device 'cuda': this build has no cuda backend (available: cpu)"* ]]
 }
 
 @test "clip-embed: what loading noticed is a warning on stderr, and the run goes on" {
