@@ -43,7 +43,8 @@ static void usage(FILE *f)
             "                           --init the saved keys are always those of the init)\n"
             "      --resume             continue from the --save file's state (FILE.state)\n"
             "Data:\n"
-            "      --train DATA         FILE.tar (random access, shuffled each epoch) or a stream\n"
+            "      --train DATA         FILE.tar or shards 'train-{000..015}.tar' (random access,\n"
+            "                           shuffled each epoch) or a stream\n"
             "                           (-, tcp://..., ipc://...: read once, in order; needs --steps)\n"
             "      --val FILE.tar       evaluation samples: recall after every epoch\n"
             "      --eval-at-start      evaluate once before training too\n"
@@ -365,10 +366,12 @@ static double parse_double_option(const char *opt, const char *val, double min, 
     return v;
 }
 
+/* a file, or shards of files (io/shards.h): random access */
 static int is_regular_file(const char *path)
 {
     struct stat st;
-    return !stream_is_zmq(path) && strcmp(path, "-") && stat(path, &st) == 0 && S_ISREG(st.st_mode);
+    if (stream_is_zmq(path) || !strcmp(path, "-")) return 0;
+    return strchr(path, '{') || strstr(path, "::") || (stat(path, &st) == 0 && S_ISREG(st.st_mode));
 }
 
 int main(int argc, char **argv)

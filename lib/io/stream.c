@@ -1,4 +1,5 @@
 #include "io/stream.h"
+#include "io/shards.h"
 #include "core/atomic_file.h"
 #include "core/util.h"
 
@@ -228,6 +229,10 @@ struct stream_reader {
     size_t samples;
     char *last_key;
     zmq_reader *zmq; /* ZeroMQ endpoints only */
+    /* shards (io/shards.h): read one after the other through cur */
+    char **shards;
+    size_t n_shards, next_shard;
+    stream_reader *cur;
 };
 
 static void reader_set_last(stream_reader *r, const char *key)
@@ -260,6 +265,24 @@ stream_reader *stream_open_read(const char *endpoint)
         z->handed = -1;
         z->last_probe = now_seconds();
         r->zmq = z;
+        return r;
+    }
+    if (endpoint && (strchr(endpoint, '{') || strstr(endpoint, "::"))) {
+        if (!(r->shards = shards_expand(endpoint, &r->n_shards))) {
+            free(r);
+            return NULL;
+        }
+        for (size_t i = 0; i < r->n_shards; i++) /* a missing shard fails now, not hours later */
+            if (access(r->shards[i], R_OK)) {
+                clip_set_error("%s: %s (shard %zu of %zu of %s)", r->shards[i], strerror(errno),
+                               i + 1, r->n_shards, endpoint);
+                stream_close_read(r);
+                return NULL;
+            }
+        if (!(r->cur = stream_open_read(r->shards[r->next_shard++]))) {
+            stream_close_read(r);
+            return NULL;
+        }
         return r;
     }
     if (!endpoint || !strcmp(endpoint, "-")) {
@@ -713,6 +736,12 @@ int stream_read(stream_reader *r, sample *s)
 {
     sample_clear(s);
     if (r->zmq) return stream_read_zmq(r, s);
+    while (r->cur) {
+        int rc = stream_read(r->cur, s);
+        if (rc != 0 || r->next_shard == r->n_shards) return rc;
+        stream_close_read(r->cur);
+        if (!(r->cur = stream_open_read(r->shards[r->next_shard++]))) return -1;
+    }
     if (!r->have_pending) {
         int rc = next_member(r);
         if (rc <= 0) return rc;
@@ -733,6 +762,8 @@ int stream_read(stream_reader *r, sample *s)
 void stream_close_read(stream_reader *r)
 {
     if (!r) return;
+    stream_close_read(r->cur);
+    shards_free(r->shards, r->n_shards);
     if (r->ar) archive_read_free(r->ar);
     if (r->close_fd) close(r->fd);
     if (r->zmq) {

@@ -20,7 +20,9 @@ int stream_is_zmq(const char *endpoint);
  * bytes. Larger members are refused before anything is allocated. */
 #define STREAM_MAX_MEMBER ((size_t)1 << 30)
 
-/* NULL with clip_error() set on failure. */
+/* endpoint: "-" (stdin), a file, a ZeroMQ address, or shards in brace
+ * notation ("train-{000..015}.tar", "a.tar::b.tar"; io/shards.h), read one
+ * after the other as one stream. NULL with clip_error() set on failure. */
 stream_reader *stream_open_read(const char *endpoint);
 /* 1: a sample was read into s; 0: end of stream; -1: error (clip_error()).
  * ZeroMQ: asking for the next sample acknowledges the one before (passed on);

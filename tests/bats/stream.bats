@@ -75,3 +75,39 @@ PY
     [ "$status" -eq 0 ]
     [ -z "$output" ]
 }
+
+@test "shards in brace notation read as one stream, in order; a missing shard fails at once" {
+    $BIN/clip-prep --annotations $MINI/cn_mini.json --root $MINI -o "$TMP/all.tar"
+    # split into 3 shards at sample boundaries (3, 1 and 4 samples) with Python's tarfile
+    /usr/bin/python3 - "$TMP" <<'PY'
+import sys, tarfile
+d = sys.argv[1]
+with tarfile.open(f"{d}/all.tar") as t:
+    members = [(m, t.extractfile(m).read()) for m in t.getmembers()]
+keys = []
+for m, _ in members:
+    k = m.name.split(".", 1)[0]
+    if k not in keys:
+        keys.append(k)
+cut = {k: (0 if i < 3 else 1 if i < 4 else 2) for i, k in enumerate(keys)}
+import io
+outs = [tarfile.open(f"{d}/part-{i:02d}.tar", "w", format=tarfile.PAX_FORMAT) for i in range(3)]
+for m, data in members:
+    outs[cut[m.name.split(".", 1)[0]]].addfile(m, io.BytesIO(data))
+for o in outs:
+    o.close()
+PY
+    $BIN/clip-tokenize --vocab $VOCAB -i "$TMP/all.tar" -o "$TMP/ref.tar"
+    $BIN/clip-tokenize --vocab $VOCAB -i "$TMP/part-{00..02}.tar" -o "$TMP/sharded.tar"
+    run bash -c "tar tf '$TMP/ref.tar' > '$TMP/ref.txt' && tar tf '$TMP/sharded.tar' | diff '$TMP/ref.txt' -"
+    [ "$status" -eq 0 ]
+    run bash -c "tar xOf '$TMP/ref.tar' | cmp - <(tar xOf '$TMP/sharded.tar')"
+    [ "$status" -eq 0 ]
+    run $BIN/clip-tokenize --vocab $VOCAB -i "$TMP/part-{00..03}.tar" -o "$TMP/bad.tar"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"part-03.tar"*"shard 4 of 4"* ]]
+    [ ! -e "$TMP/bad.tar" ]
+    run $BIN/clip-tokenize --vocab $VOCAB -i "$TMP/part-{00..02.tar" -o "$TMP/bad.tar"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"'{' without '}'"* ]]
+}

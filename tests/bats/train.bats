@@ -245,3 +245,28 @@ PY
     [[ "$output" == *"clip-train: no text_projection for the BERT tower: initialising [64, 32] from N(0, 64^-0.5)"* ]]
     [[ "$output" == *"clip-train: $SEED/openai.pth: 26 tensors not used by the model, left alone (positional_embedding, "* ]]
 }
+
+@test "--train shards in brace notation: the same steps as the one file they were cut from" {
+    # cut train.tar at sample boundaries into 2 shards with Python's tarfile
+    /usr/bin/python3 - "$FIX/train.tar" "$T" <<'PY'
+import io, sys, tarfile
+with tarfile.open(sys.argv[1]) as t:
+    members = [(m, t.extractfile(m).read()) for m in t.getmembers()]
+keys = list(dict.fromkeys(m.name.split(".", 1)[0] for m, _ in members))
+half = set(keys[: len(keys) // 2 + 1])
+outs = [tarfile.open(f"{sys.argv[2]}/part-{i}.tar", "w", format=tarfile.PAX_FORMAT) for i in range(2)]
+for m, data in members:
+    outs[0 if m.name.split(".", 1)[0] in half else 1].addfile(m, io.BytesIO(data))
+for o in outs:
+    o.close()
+PY
+    "$TRAIN" "${INIT[@]}" --train "$FIX/train.tar" -b 4 --steps 3 "${DET[@]}" --lr 1e-3 \
+        --log "$T/one.jsonl" --quiet
+    "$TRAIN" "${INIT[@]}" --train "$T/part-{0..1}.tar" -b 4 --steps 3 "${DET[@]}" --lr 1e-3 \
+        --log "$T/shards.jsonl" --quiet
+    field loss "$T/one.jsonl" > "$T/one"
+    field loss "$T/shards.jsonl" > "$T/shards"
+    [ "$(wc -l < "$T/one")" -eq 3 ]
+    run diff "$T/one" "$T/shards"
+    [ "$status" -eq 0 ]
+}

@@ -183,7 +183,16 @@ static void test_shards(void)
         sample_free(&s);
         sample_file_close(f);
     }
+    int seen[N_SAMPLES] = {0}, n, rc;
+    int in_order = read_samples(spec, &n, seen, &rc);
+    CHECK(rc == 0 && n == N_SAMPLES && in_order == N_SAMPLES,
+          "shards as one stream: %d of %d in order (rc %d): %s", in_order, n, rc, clip_error());
     snprintf(spec, sizeof spec, "%s/part-{00..03}.tar", dir);
+    clip_clear_error();
+    memset(seen, 0, sizeof seen);
+    read_samples(spec, &n, seen, &rc);
+    CHECK(rc == -1 && n == 0 && strstr(clip_error(), "part-03.tar") && strstr(clip_error(), "shard 4 of 4"),
+          "a missing shard fails the stream at open, naming it: %s", clip_error());
     clip_clear_error();
     f = sample_file_open(spec);
     CHECK(!f && strstr(clip_error(), "part-03.tar"), "a missing shard is named: %s", clip_error());
