@@ -3,4 +3,8 @@
 fixtures-backward:
 	/usr/bin/python3 tests/ref/backward_ref.py tests/fixtures/backward
 
-.PHONY: fixtures-backward
+# only the English tower's en_* files
+fixtures-backward-english:
+	/usr/bin/python3 tests/ref/backward_ref.py --english tests/fixtures/backward
+
+.PHONY: fixtures-backward fixtures-backward-english

@@ -14,5 +14,11 @@ bench-train: build/bench/bench_train
 fixtures-train:
 	rm -rf tests/fixtures/train
 	/usr/bin/python3 tests/ref/train_ref.py fixtures tests/fixtures/train
+	/usr/bin/python3 tests/ref/train_ref.py english tests/fixtures/train/en
 
-.PHONY: bench-train fixtures-train
+# only the English model's tests/fixtures/train/en
+fixtures-train-english:
+	rm -rf tests/fixtures/train/en
+	/usr/bin/python3 tests/ref/train_ref.py english tests/fixtures/train/en
+
+.PHONY: bench-train fixtures-train fixtures-train-english

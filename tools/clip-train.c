@@ -30,14 +30,15 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: %s (--init CKPT [--text-model DIR] | --arch SPEC) --train DATA [options]\n"
-            "Train the joint CLIP model (ViT + BERT) contrastively on samples with img.npy and\n"
-            "tok.npy (clip-prep | clip-tokenize).\n"
+            "Train the joint CLIP model (ViT + BERT, or OpenAI's English CLIP) contrastively on\n"
+            "samples with img.npy and tok.npy (clip-prep | clip-tokenize [--bpe]).\n"
             "\n"
             "Model:\n"
             "      --init FILE          start from a checkpoint (.pth, .bin, .safetensors); tensors\n"
             "                           the model does not use are reported and left alone\n"
             "      --text-model DIR     Hugging Face BERT directory (config.json [+ weights])\n"
-            "      --arch SPEC          from scratch: tiny|small|base[,KEY=N...] (see clip-train(1))\n"
+            "      --arch SPEC          from scratch: tiny|small|base[,KEY=N...][,text=clip] (see\n"
+            "                           clip-train(1)); text=clip: OpenAI's English text tower\n"
             "      --position-ids       with --arch: save BERT's embeddings.position_ids buffer too,\n"
             "                           for a reference BertModel of transformers < 4.31 (with\n"
             "                           --init the saved keys are always those of the init)\n"
@@ -560,12 +561,14 @@ int main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
 
     const vit_config *vc = &m->visual->cfg;
-    const bert_config *bc = &m->bert->cfg;
+    int english = m->text == CLIP_TEXT_CLIP; /* the tower the checkpoint (or --arch) has */
     fprintf(stderr,
-            "%s: ViT %dx%d patch %d @%d, BERT %dx%d (%d heads), dim %d; %s%zu samples, batch %d, "
+            "%s: ViT %dx%d patch %d @%d, %s %dx%d (%d heads), dim %d; %s%zu samples, batch %d, "
             "%ld steps, lr %g (%s, warm-up %ld)%s; %s\n",
-            clip_progname, vc->width, vc->layers, vc->patch, vc->resolution, bc->hidden, bc->layers,
-            bc->heads, m->embed_dim, d.file ? "" : "stream, ", d.n, batch, total, cfg.lr,
+            clip_progname, vc->width, vc->layers, vc->patch, vc->resolution,
+            english ? "CLIP text" : "BERT", english ? m->ctext->cfg.width : m->bert->cfg.hidden,
+            english ? m->ctext->cfg.layers : m->bert->cfg.layers,
+            english ? m->ctext->cfg.heads : m->bert->cfg.heads, m->embed_dim, d.file ? "" : "stream, ", d.n, batch, total, cfg.lr,
             cfg.schedule == SCHEDULE_COSINE ? "cosine" : "constant", cfg.warmup,
             cfg.amp ? ", amp bf16" : "", blas_describe());
     if (val_path && eval0 && !resuming) report_eval(&out, m, &val, 0, 0);

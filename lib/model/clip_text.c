@@ -1,5 +1,6 @@
 #include "model/clip_text.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,8 +153,11 @@ void clip_text_free(clip_text *m)
     clip_text_free_quantised(m);
     pt_free(&m->ptable);
     pt_free(&m->atable);
+    pt_free(&m->gtable);
+    pt_free(&m->dtable);
     free(m->acts.eot_pos);
     free(m->params.blocks);
+    free(m->grads.blocks);
     free(m->acts.blocks);
     free(m);
 }
@@ -175,13 +179,20 @@ int clip_text_reserve(clip_text *m, int B, int L, int keep_layers)
     }
     pt_add(t, &a->emb, "emb", 2, (int64_t[]){N, W});
     int slots = keep_layers ? g->layers : 1;
-    for (int i = 0; i < slots; i++) resblock_layout_acts(t, &a->blocks[i], B, L, W, g->mlp, g->heads);
+    /* kept blocks share block 0's ln_1, att, ln_2 and fc_act (recomputed by the backward) */
+    for (int i = 0; i < slots; i++)
+        (i ? resblock_layout_acts_kept : resblock_layout_acts)(t, &a->blocks[i], B, L, W, g->mlp,
+                                                               g->heads);
     pt_add(t, &a->eot, "eot", 2, (int64_t[]){B, W});
     pt_add(t, &a->ln_final, "ln_final", 2, (int64_t[]){B, W});
     pt_add(t, &a->ln_final_mean, "ln_final_mean", 1, (int64_t[]){B});
     pt_add(t, &a->ln_final_rstd, "ln_final_rstd", 1, (int64_t[]){B});
     pt_add(t, &a->out, "out", 2, (int64_t[]){B, g->out_dim});
     pt_alloc(t);
+    for (int i = 1; i < slots; i++) {
+        resblock_acts *b = &a->blocks[i], *b0 = &a->blocks[0];
+        b->ln_1 = b0->ln_1, b->att = b0->att, b->ln_2 = b0->ln_2, b->fc_act = b0->fc_act;
+    }
     for (int i = slots; i < g->layers; i++) a->blocks[i] = a->blocks[0];
     m->act_batch = B;
     m->act_len = L;
@@ -235,5 +246,132 @@ int clip_text_forward(clip_text *m, const compute_ctx *cx, const int32_t *ids, i
                 p->text_proj, g->out_dim, 0.0f, a->out, g->out_dim);
     prof_stop(cx, PROF_GEMM, t0);
     if (out) memcpy(out, a->out, (size_t)B * g->out_dim * sizeof(float));
+    return 0;
+}
+
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && !strcmp(s + n - k, suffix);
+}
+
+void clip_text_init_params(clip_text *m, uint64_t seed)
+{
+    const param_table *t = &m->ptable;
+    float W = (float)m->cfg.width;
+    float attn_std = 1.0f / sqrtf(W), proj_std = attn_std / sqrtf(2.0f * m->cfg.layers);
+    float fc_std = 1.0f / sqrtf(2.0f * W);
+    for (int i = 0; i < t->n; i++) {
+        const param_spec *s = &t->v[i];
+        float *x = *s->ptr, std;
+        const char *n = s->name;
+        if (s->ndim == 1) { /* biases 0, LayerNorm gains 1 */
+            float v = ends_with(n, "ln_1.weight") || ends_with(n, "ln_2.weight") ||
+                              ends_with(n, "ln_final.weight")
+                          ? 1.0f
+                          : 0.0f;
+            for (size_t k = 0; k < s->numel; k++) x[k] = v;
+            continue;
+        }
+        if (!strcmp(n, "token_embedding.weight")) std = 0.02f;
+        else if (!strcmp(n, "positional_embedding")) std = 0.01f;
+        else if (ends_with(n, "in_proj_weight") || !strcmp(n, "text_projection")) std = attn_std;
+        else if (ends_with(n, "c_fc.weight")) std = fc_std;
+        else std = proj_std; /* attn.out_proj.weight, mlp.c_proj.weight */
+        fill_normal(x, s->numel, std, seed + 0x1000193ull * (uint64_t)(i + 1));
+    }
+}
+
+static void clip_text_reserve_dacts(clip_text *m, int B, int L)
+{
+    if (m->dtable.data && B <= m->dact_batch && L <= m->dact_len) return;
+    pt_free(&m->dtable);
+    const clip_text_config *g = &m->cfg;
+    param_table *t = &m->dtable;
+    resblock_layout_dacts(t, &m->dacts, B, L, g->width, g->mlp, g->heads);
+    pt_add(t, &m->dx, "dx", 2, (int64_t[]){(int64_t)B * L, g->width});
+    pt_add(t, &m->dln_final, "dln_final", 2, (int64_t[]){B, g->width});
+    pt_add(t, &m->deot, "deot", 2, (int64_t[]){B, g->width});
+    pt_alloc(t);
+    m->dact_batch = B;
+    m->dact_len = L;
+}
+
+int clip_text_alloc_grads(clip_text *m)
+{
+    if (!m->gtable.data) {
+        size_t n = m->cfg.layers ? m->cfg.layers : 1;
+        if (!(m->grads.blocks = calloc(n, sizeof(resblock_params)))) {
+            clip_set_error("CLIP text tower: out of memory for the gradients of %d layers",
+                           m->cfg.layers);
+            return -1;
+        }
+        clip_text_layout(&m->cfg, &m->grads, &m->gtable);
+        pt_alloc(&m->gtable);
+    }
+    if (m->act_batch) clip_text_reserve_dacts(m, m->act_batch, m->act_len);
+    return 0;
+}
+
+#define EMB_COLS 32
+
+int clip_text_backward(clip_text *m, const compute_ctx *cx, const int32_t *ids, const float *dout,
+                       int B, int L)
+{
+    const clip_text_config *g = &m->cfg;
+    const clip_text_params *p = &m->params;
+    const clip_text_acts *a = &m->acts;
+    if (!m->act_keep || !m->atable.data || B > m->act_batch || L > m->act_len) {
+        clip_set_error("clip_text_backward: no activations kept for %d x %d tokens "
+                       "(clip_text_reserve(m, B, L, 1) before the forward)", B, L);
+        return -1;
+    }
+    if (clip_text_alloc_grads(m)) return -1;
+    clip_text_reserve_dacts(m, B, L);
+    clip_text_params *gr = &m->grads;
+    int W = g->width, D = g->out_dim;
+    size_t N = (size_t)B * L;
+
+    /* out = ln_final(x[b, eot_b]) @ text_projection */
+    double t0 = prof_start(cx);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, W, D, 1.0f, dout, D, p->text_proj, D,
+                0.0f, m->dln_final, W);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, W, D, B, 1.0f, a->ln_final, W, dout, D,
+                1.0f, gr->text_proj, D);
+    prof_stop(cx, PROF_GEMM, t0);
+    memset(m->deot, 0, (size_t)B * W * sizeof(float));
+    layernorm_backward(m->deot, gr->ln_final_w, gr->ln_final_b, m->dln_final, a->eot,
+                       p->ln_final_w, a->ln_final_mean, a->ln_final_rstd, B, W);
+    zero_floats(m->dx, N * W);
+    for (int b = 0; b < B; b++)
+        memcpy(m->dx + ((size_t)b * L + a->eot_pos[b]) * W, m->deot + (size_t)b * W,
+               W * sizeof(float));
+
+    for (int l = g->layers - 1; l >= 0; l--) {
+        const float *inp = l ? a->blocks[l - 1].out : a->emb;
+        if (resblock_backward(cx, &p->blocks[l], &gr->blocks[l], &a->blocks[l], &m->dacts, m->dx,
+                              m->dx, inp, B, L, W, g->mlp, g->heads, 1))
+            return -1;
+    }
+
+    /* emb = token_embedding[id] + positional_embedding[t] */
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < L; t++) {
+        float *dpos = gr->pos_emb + (size_t)t * W;
+        for (int b = 0; b < B; b++) {
+            const float *src = m->dx + ((size_t)b * L + t) * W;
+            for (int j = 0; j < W; j++) dpos[j] += src[j];
+        }
+    }
+    /* the token scatter-add by column blocks: rows sharing an id never race */
+#pragma omp parallel for schedule(static)
+    for (int c0 = 0; c0 < W; c0 += EMB_COLS) {
+        int n = W - c0 < EMB_COLS ? W - c0 : EMB_COLS;
+        for (size_t bt = 0; bt < N; bt++) {
+            const float *src = m->dx + bt * W + c0;
+            float *dw = gr->token_emb + (size_t)ids[bt] * W + c0;
+            for (int j = 0; j < n; j++) dw[j] += src[j];
+        }
+    }
     return 0;
 }

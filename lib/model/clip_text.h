@@ -2,7 +2,8 @@
  * pre-LN) with ln_final and text_projection; the feature is taken at the EOT
  * token (the largest id). Keys at the top level of OpenAI's checkpoint:
  * token_embedding.weight, positional_embedding, transformer.resblocks.*,
- * ln_final.*, text_projection. */
+ * ln_final.*, text_projection. Forward for inference and training, backward
+ * for training (the interface of bert.h: alloc_grads, backward). */
 #ifndef CLIP_CLIP_TEXT_H
 #define CLIP_CLIP_TEXT_H
 
@@ -26,8 +27,9 @@ typedef struct {
 } clip_text_params;
 
 typedef struct {
-    float *emb; /* [B*L, W] */
-    resblock_acts *blocks;
+    float *emb; /* [B*L, W] token + positional embedding, block 0's input */
+    resblock_acts *blocks; /* all alias one slot unless kept for training; kept
+                              blocks share block 0's ln_1, att, ln_2, fc_act */
     float *eot; /* [B, W] the last block's output at each EOT */
     float *ln_final, *ln_final_mean, *ln_final_rstd;
     float *out; /* [B, D] */
@@ -42,6 +44,16 @@ typedef struct {
     clip_text_acts acts;
     param_table atable;
     int act_batch, act_len, act_keep;
+    /* training (clip_text_alloc_grads): gradients in the parameters' layout,
+     * and one block's worth of backward scratch sized for dact_batch x
+     * dact_len tokens */
+    clip_text_params grads;
+    param_table gtable;
+    resblock_dacts dacts;
+    float *dx;               /* [B*L, W] gradient of the residual stream */
+    float *dln_final, *deot; /* [B, W] */
+    param_table dtable;
+    int dact_batch, dact_len;
 } clip_text;
 
 #define CLIP_TEXT_MAX_LAYERS 1024
@@ -57,7 +69,9 @@ void clip_text_free(clip_text *m);
 /* As vit_quantise / vit_free_quantised (vit.h), for this tower's blocks. */
 int clip_text_quantise(clip_text *m);
 void clip_text_free_quantised(clip_text *m);
-/* 0, or -1 with an error (out of memory). */
+/* Size the activations for B texts of L tokens; keep_layers keeps every
+ * block's activations (training) instead of reusing one slot. 0, or -1 with
+ * an error (out of memory). */
 int clip_text_reserve(clip_text *m, int B, int L, int keep_layers);
 
 /* ids: int32 [B, L], L <= context. out: [B, out_dim] unnormalised. cx: as
@@ -65,5 +79,28 @@ int clip_text_reserve(clip_text *m, int B, int L, int keep_layers);
  * context, int8 without clip_text_quantise). */
 int clip_text_forward(clip_text *m, const compute_ctx *cx, const int32_t *ids, int B, int L,
                       float *out);
+
+/* OpenAI CLIP's initialisation of the text tower (initialize_parameters):
+ * token_embedding N(0, 0.02), positional_embedding N(0, 0.01), in_proj
+ * N(0, W^-0.5), out_proj and c_proj N(0, W^-0.5 (2 layers)^-0.5), c_fc
+ * N(0, (2W)^-0.5), text_projection N(0, W^-0.5); biases 0, LayerNorm 1/0.
+ * Reproducible from seed. */
+void clip_text_init_params(clip_text *m, uint64_t seed);
+
+/* Allocate (zeroed) the gradients, and the backward scratch for the shape
+ * the activations are reserved for; does nothing the second time. 0, or -1
+ * with an error (out of memory). */
+int clip_text_alloc_grads(clip_text *m);
+/* Backward of the clip_text_forward just run on the same ids, with
+ * activations kept (clip_text_reserve(m, B, L, 1) before the forward). dout:
+ * [B, out_dim] gradient w.r.t. the unnormalised output. Accumulates into
+ * m->grads (zero m->gtable.data between steps). Through the causal mask
+ * only the tokens up to each text's EOT receive gradient: the padding after
+ * it adds exactly 0 (to token_embedding row 0 and to its positions), as do
+ * positional_embedding rows from L on; otherwise id 0 (a real BPE token) is
+ * an ordinary row, there is no padding_idx. -1 with an error
+ * when no activations were kept for B x L tokens, else 0. */
+int clip_text_backward(clip_text *m, const compute_ctx *cx, const int32_t *ids, const float *dout,
+                       int B, int L);
 
 #endif

@@ -5,7 +5,8 @@
 #include "core/util.h"
 
 static const clip_device cpu_device = {"cpu", vit_forward, vit_backward, bert_forward,
-                                       bert_backward};
+                                       bert_backward,
+                                       clip_text_forward, clip_text_backward};
 
 const clip_device *device_find(const char *name, const char *what)
 {

@@ -8,9 +8,10 @@
 #include <stdint.h>
 
 #include "model/bert.h"
+#include "model/clip_text.h"
 #include "model/vit.h"
 
-/* The calls of vit.h and bert.h; each 0, or -1 with an error. */
+/* The calls of vit.h, bert.h and clip_text.h; each 0, or -1 with an error. */
 typedef struct {
     const char *name;
     int (*vit_forward)(vit *m, const compute_ctx *cx, const uint8_t *pixels, int B, float *out);
@@ -19,6 +20,10 @@ typedef struct {
                         float *out);
     int (*bert_backward)(bert *m, const compute_ctx *cx, const int32_t *ids, const float *dout,
                          int B, int L);
+    int (*clip_text_forward)(clip_text *m, const compute_ctx *cx, const int32_t *ids, int B, int L,
+                             float *out);
+    int (*clip_text_backward)(clip_text *m, const compute_ctx *cx, const int32_t *ids,
+                              const float *dout, int B, int L);
 } clip_device;
 
 /* "cpu"; a known accelerator name ("sdaa", "sdaa:1", "cuda:0") that is not

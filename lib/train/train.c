@@ -35,6 +35,7 @@ static void arch_preset(train_arch *a, int image_width, int image_layers, int pa
     a->bert = (bert_config){.hidden = text_width, .layers = text_layers,
                             .heads = text_width / MODEL_DEFAULT_HEAD_DIM, .max_pos = max_pos,
                             .type_vocab = 2, .vocab = 21128, .eps = 1e-12f, .out_dim = embed_dim};
+    a->text = CLIP_TEXT_BERT;
 }
 
 /* derived fields, and the constraints the towers rely on; v->heads 0: the
@@ -69,6 +70,9 @@ static int arch_finish(train_arch *a)
     v->tokens = v->grid * v->grid + 1;
     b->intermediate = 4 * b->hidden;
     b->out_dim = v->out_dim;
+    if (a->text == CLIP_TEXT_CLIP) /* OpenAI's English tower, sized by the text_* keys */
+        a->ctext = (clip_text_config){b->hidden, b->layers, b->heads, 4 * b->hidden, b->max_pos,
+                                      b->vocab, v->out_dim};
     return 0;
 }
 
@@ -92,6 +96,11 @@ int train_arch_parse(const char *spec, train_arch *a)
             continue;
         }
         *eq = 0;
+        if (!strcmp(tok, "text")) {
+            if (strcmp(eq + 1, "clip") && strcmp(eq + 1, "bert")) goto bad;
+            a->text = strcmp(eq + 1, "clip") ? CLIP_TEXT_BERT : CLIP_TEXT_CLIP;
+            continue;
+        }
         char *end;
         long v = strtol(eq + 1, &end, 10);
         if (*end || end == eq + 1 || v <= 0 || v > 1 << 20) goto bad;
@@ -112,13 +121,17 @@ int train_arch_parse(const char *spec, train_arch *a)
             a->bert.heads = (int)v / MODEL_DEFAULT_HEAD_DIM ? (int)v / MODEL_DEFAULT_HEAD_DIM : 1;
         *eq = '=';
     }
+    if (a->text == CLIP_TEXT_CLIP) { /* OpenAI's BPE vocabulary and context unless given */
+        if (!strstr(spec, "vocab=")) a->bert.vocab = 49408;
+        if (!strstr(spec, "max_pos=")) a->bert.max_pos = 77;
+    }
     rc = arch_finish(a);
     free(s);
     return rc;
 bad:
     clip_set_error("arch '%s': expected tiny|small|base and/or KEY=N,... (keys image_width, "
                    "image_layers, image_heads, patch, resolution, text_width, text_layers, "
-                   "text_heads, vocab, max_pos, embed_dim)",
+                   "text_heads, vocab, max_pos, embed_dim) and text=bert|clip",
                    spec);
     free(s);
     return -1;
@@ -166,24 +179,28 @@ clip_model *train_model_create(const train_arch *a, uint64_t seed)
         clip_set_error("out of memory for the model");
         return NULL;
     }
-    if (!(m->visual = vit_create(&a->vit)) || !(m->bert = bert_create(&a->bert))) {
+    int english = a->text == CLIP_TEXT_CLIP;
+    if (!(m->visual = vit_create(&a->vit)) ||
+        (english ? !(m->ctext = clip_text_create(&a->ctext)) : !(m->bert = bert_create(&a->bert)))) {
         clip_model_free(m);
         return NULL;
     }
-    m->text = CLIP_TEXT_BERT;
+    m->text = english ? CLIP_TEXT_CLIP : CLIP_TEXT_BERT;
     m->embed_dim = a->vit.out_dim;
     m->logit_scale = logf(1.0f / 0.07f);
     m->max_batch = 32;
     m->compute = (compute_ctx){PRECISION_FP32, NULL};
     init_tower(&m->visual->ptable, 1, a->vit.width, a->vit.layers, seed);
-    init_tower(&m->bert->ptable, 0, a->bert.hidden, a->bert.layers, seed ^ 0xb5ad4eceda1ce2a9ull);
+    if (english) clip_text_init_params(m->ctext, seed ^ 0xb5ad4eceda1ce2a9ull);
+    else init_tower(&m->bert->ptable, 0, a->bert.hidden, a->bert.layers, seed ^ 0xb5ad4eceda1ce2a9ull);
     return m;
 }
 
 static int used_by_model(const clip_model *m, const char *name)
 {
-    return pt_find(&m->visual->ptable, name) || pt_find(&m->bert->ptable, name) ||
-           !strcmp(name, "logit_scale") || !strcmp(name, "transformer.embeddings.position_ids");
+    return pt_find(&m->visual->ptable, name) || (m->bert && pt_find(&m->bert->ptable, name)) ||
+           (m->ctext && pt_find(&m->ctext->ptable, name)) || !strcmp(name, "logit_scale") ||
+           !strcmp(name, "transformer.embeddings.position_ids");
 }
 
 clip_model *train_model_load(const char *init, const char *text_dir)
@@ -191,11 +208,12 @@ clip_model *train_model_load(const char *init, const char *text_dir)
     ckpt *c = ckpt_load(init);
     if (!c) return NULL;
     clip_model *m = clip_model_from_ckpt(c, init, text_dir);
-    if (m && (!m->visual || !m->bert)) {
+    if (m && (!m->visual || m->text == CLIP_TEXT_NONE)) {
         clip_set_error("%s: %s", init,
                        !m->visual ? "no ViT image tower (visual.*) to train"
-                                  : "no BERT text tower: give --text-model DIR (a Hugging Face "
-                                    "BERT directory) or a checkpoint with transformer.embeddings.*");
+                                  : "no text tower: give --text-model DIR (a Hugging Face BERT "
+                                    "directory) or a checkpoint with transformer.embeddings.* "
+                                    "(BERT) or token_embedding.weight (OpenAI's English tower)");
         clip_model_free(m);
         m = NULL;
     }
@@ -203,9 +221,10 @@ clip_model *train_model_load(const char *init, const char *text_dir)
         ckpt_free(c);
         return NULL;
     }
-    clip_text_free(m->ctext);
-    m->ctext = NULL;
-    m->text = CLIP_TEXT_BERT;
+    if (m->text == CLIP_TEXT_BERT) { /* the English tower beside a BERT stays unused */
+        clip_text_free(m->ctext);
+        m->ctext = NULL;
+    }
     size_t unused = 0;
     char list[512] = "";
     for (size_t i = 0; i < ckpt_count(c); i++) {
@@ -230,13 +249,14 @@ clip_model *train_model_load(const char *init, const char *text_dir)
  * kind (which functions run it), its model (config, parameters and
  * gradients live there), the AdamW moments in its parameters' layout, the
  * device it runs on. */
-typedef enum { TOWER_VIT, TOWER_BERT } tower_kind;
+typedef enum { TOWER_VIT, TOWER_BERT, TOWER_CLIP_TEXT } tower_kind;
 
 typedef struct {
     tower_kind kind;
     union {
         vit *vit;
         bert *bert;
+        clip_text *ctext;
     } model;
     const param_table *params, *grads;
     float *adam_m, *adam_v; /* [params->total] each */
@@ -281,6 +301,11 @@ static int tower_init(train_tower *tw, clip_model *m, int which, int batch, int 
         tw->model.vit = m->visual;
         if (vit_alloc_grads(m->visual) || vit_reserve(m->visual, batch, 1)) return -1;
         tw->params = &m->visual->ptable, tw->grads = &m->visual->gtable;
+    } else if (m->text == CLIP_TEXT_CLIP) {
+        clip_text *c = tw->model.ctext = m->ctext;
+        tw->kind = TOWER_CLIP_TEXT;
+        if (clip_text_alloc_grads(c) || clip_text_reserve(c, batch, max_len, 1)) return -1;
+        tw->params = &c->ptable, tw->grads = &c->gtable;
     } else {
         tw->kind = TOWER_BERT;
         tw->model.bert = m->bert;
@@ -306,6 +331,8 @@ static int tower_forward(const trainer *t, train_tower *tw, const tower_input *i
     case TOWER_VIT: return tw->dev->vit_forward(tw->model.vit, &t->cx, in->pixels, in->B, out);
     case TOWER_BERT:
         return tw->dev->bert_forward(tw->model.bert, &t->cx, in->ids, in->B, in->L, out);
+    case TOWER_CLIP_TEXT:
+        return tw->dev->clip_text_forward(tw->model.ctext, &t->cx, in->ids, in->B, in->L, out);
     }
     return -1;
 }
@@ -317,6 +344,8 @@ static int tower_backward(const trainer *t, train_tower *tw, const tower_input *
     case TOWER_VIT: return tw->dev->vit_backward(tw->model.vit, &t->cx, dout, in->B);
     case TOWER_BERT:
         return tw->dev->bert_backward(tw->model.bert, &t->cx, in->ids, dout, in->B, in->L);
+    case TOWER_CLIP_TEXT:
+        return tw->dev->clip_text_backward(tw->model.ctext, &t->cx, in->ids, dout, in->B, in->L);
     }
     return -1;
 }
@@ -484,18 +513,26 @@ int trainer_step(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, i
 
 /* The "clip_config" record of saved checkpoints (.safetensors and .pth): the
  * architecture, with what tensor shapes do not tell, the head counts of both
- * towers and BERT's eps, so that a reload never guesses width / 64. */
+ * towers and BERT's eps, so that a reload never guesses width / 64. The
+ * English tower is "clip_text" (as clip_model_load reads it), BERT "text". */
 static char *config_json(const clip_model *m)
 {
     const vit_config *v = &m->visual->cfg;
-    const bert_config *b = &m->bert->cfg;
-    json_t *j = json_pack("{s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i},s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:f},s:i}",
+    const bert_config *b = m->bert ? &m->bert->cfg : NULL;
+    const clip_text_config *c = m->ctext ? &m->ctext->cfg : NULL;
+    json_t *text = m->text == CLIP_TEXT_CLIP
+                       ? json_pack("{s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "width", c->width, "layers",
+                                   c->layers, "heads", c->heads, "mlp", c->mlp, "context",
+                                   c->context, "vocab", c->vocab, "out_dim", c->out_dim)
+                       : json_pack("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:f}", "hidden", b->hidden,
+                                   "layers", b->layers, "heads", b->heads, "intermediate",
+                                   b->intermediate, "max_pos", b->max_pos, "type_vocab",
+                                   b->type_vocab, "vocab", b->vocab, "eps", (double)b->eps);
+    json_t *j = json_pack("{s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i},s:o,s:i}",
                           "image", "width", v->width, "layers", v->layers, "heads", v->heads, "mlp",
                           v->mlp, "patch", v->patch, "resolution", v->resolution, "out_dim",
-                          v->out_dim, "text", "hidden",
-                          b->hidden, "layers", b->layers, "heads", b->heads, "intermediate",
-                          b->intermediate, "max_pos", b->max_pos, "type_vocab", b->type_vocab,
-                          "vocab", b->vocab, "eps", (double)b->eps, "embed_dim", m->embed_dim);
+                          v->out_dim, m->text == CLIP_TEXT_CLIP ? "clip_text" : "text", text,
+                          "embed_dim", m->embed_dim);
     char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(j);
     return s;
@@ -508,29 +545,43 @@ static int arch_from_json(const char *s, train_arch *a)
     memset(a, 0, sizeof *a);
     double eps = 1e-12;
     int mlp = 0, image_heads = 0; /* absent from older state files: width / 64 */
-    int rc = json_unpack_ex(j, &err, 0, "{s:{s:i,s:i,s?i,s:i,s:i,s:i,s:i},s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:F}}",
+    int english = json_object_get(j, "clip_text") != NULL;
+    int rc = json_unpack_ex(j, &err, 0, "{s:{s:i,s:i,s?i,s:i,s:i,s:i,s:i}}",
                             "image", "width", &a->vit.width, "layers", &a->vit.layers, "heads",
                             &image_heads, "mlp", &mlp, "patch",
                             &a->vit.patch, "resolution", &a->vit.resolution, "out_dim",
-                            &a->vit.out_dim, "text", "hidden", &a->bert.hidden, "layers",
-                            &a->bert.layers, "heads", &a->bert.heads, "intermediate",
-                            &a->bert.intermediate, "max_pos", &a->bert.max_pos, "type_vocab",
-                            &a->bert.type_vocab, "vocab", &a->bert.vocab, "eps", &eps);
+                            &a->vit.out_dim);
+    if (!rc && english) /* into the text_* fields, as train_arch_parse puts them */
+        rc = json_unpack_ex(j, &err, 0, "{s:{s:i,s:i,s:i,s:i,s:i,s:i}}", "clip_text", "width",
+                            &a->bert.hidden, "layers", &a->bert.layers, "heads", &a->bert.heads,
+                            "mlp", &a->bert.intermediate, "context", &a->bert.max_pos, "vocab",
+                            &a->bert.vocab);
+    else if (!rc)
+        rc = json_unpack_ex(j, &err, 0, "{s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:F}}", "text", "hidden",
+                            &a->bert.hidden, "layers", &a->bert.layers, "heads", &a->bert.heads,
+                            "intermediate", &a->bert.intermediate, "max_pos", &a->bert.max_pos,
+                            "type_vocab", &a->bert.type_vocab, "vocab", &a->bert.vocab, "eps",
+                            &eps);
     json_decref(j);
     if (rc) {
         clip_set_error("clip_config metadata: %s", err.text);
         return -1;
     }
     int inter = a->bert.intermediate, types = a->bert.type_vocab;
+    if (inter <= 0) {
+        clip_set_error("clip_config metadata: the text MLP width %d is not positive", inter);
+        return -1;
+    }
     if (image_heads < 0 || (image_heads && a->vit.width % image_heads)) {
         clip_set_error("clip_config metadata: image heads %d do not divide the width %d",
                        image_heads, a->vit.width);
         return -1;
     }
     a->vit.heads = image_heads;
+    a->text = english ? CLIP_TEXT_CLIP : CLIP_TEXT_BERT;
     if (arch_finish(a)) return -1;
     a->vit.mlp = mlp;
-    a->bert.intermediate = inter;
+    a->bert.intermediate = a->ctext.mlp = inter;
     a->bert.type_vocab = types;
     a->bert.eps = (float)eps;
     return 0;
@@ -596,9 +647,10 @@ static int model_tensors(tensor_list *l, const clip_model *m, int64_t **pos)
 {
     *pos = NULL;
     tl_add_table(l, "", &m->visual->ptable, m->visual->ptable.data);
-    tl_add_table(l, "", &m->bert->ptable, m->bert->ptable.data);
+    const param_table *text = m->text == CLIP_TEXT_CLIP ? &m->ctext->ptable : &m->bert->ptable;
+    tl_add_table(l, "", text, text->data);
     tl_add(l, "", "logit_scale", DT_F32, 0, NULL, &m->logit_scale);
-    if (!m->bert->cfg.position_ids) return l->failed ? -1 : 0;
+    if (m->text == CLIP_TEXT_CLIP || !m->bert->cfg.position_ids) return l->failed ? -1 : 0;
     int P = m->bert->cfg.max_pos;
     if (!(*pos = malloc(P * sizeof **pos))) {
         clip_set_error("out of memory for position_ids");

@@ -1,5 +1,6 @@
-/* Contrastive training of the joint model (ViT image tower + BERT text tower
- * with its ln_final/text_projection head + logit_scale): one step = forward
+/* Contrastive training of the joint model (ViT image tower + a text tower:
+ * BERT with its ln_final/text_projection head, or OpenAI CLIP's English
+ * transformer + logit_scale): one step = forward
  * both towers keeping activations, the symmetric loss, backward, optional
  * gradient-norm clipping, AdamW, logit_scale clamped to [0, ln 100].
  * Resume state (weights + AdamW moments + position) is one safetensors file. */
@@ -28,28 +29,36 @@ void train_config_defaults(train_config *c);
 
 /* Architecture of a model trained from scratch. bert.position_ids (0 from
  * train_arch_parse, as current Hugging Face) adds BERT's position_ids buffer
- * to the saved checkpoints. */
+ * to the saved checkpoints. text: the text tower, CLIP_TEXT_BERT (bert) or
+ * CLIP_TEXT_CLIP (ctext, OpenAI's English transformer: its width, layers,
+ * heads, vocab and context are those of the text_* / vocab / max_pos keys). */
 typedef struct {
     vit_config vit;
     bert_config bert;
+    clip_text_kind text;
+    clip_text_config ctext;
 } train_arch;
 
 /* "small", "base", "tiny" or KEY=VALUE,... over a preset (keys: image_width,
  * image_layers, image_heads, patch, resolution, text_width, text_layers,
- * text_heads, vocab, max_pos, embed_dim); e.g. "small,resolution=96". Head
- * counts default to width / MODEL_DEFAULT_HEAD_DIM (the image width must
- * then be a multiple of it; text heads at least 1); a given count must
- * divide its width. -1 with an error. */
+ * text_heads, vocab, max_pos, embed_dim, and text=bert|clip for the text
+ * tower); e.g. "small,resolution=96" or "tiny,text=clip". Head counts
+ * default to width / MODEL_DEFAULT_HEAD_DIM (the image width must then be a
+ * multiple of it; text heads at least 1); a given count must divide its
+ * width. With text=clip, vocab defaults to 49408 (OpenAI's BPE) and max_pos
+ * (the context) to 77. -1 with an error. */
 int train_arch_parse(const char *spec, train_arch *a);
 /* A freshly initialised model (OpenAI CLIP / BERT initialisation, seeded);
  * NULL with an error (out of memory). */
 clip_model *train_model_create(const train_arch *a, uint64_t seed);
 
 /* The training model from a checkpoint: the ViT and logit_scale of `init`,
- * BERT (and the ln_final/text_projection head when they fit) from `init` or
- * `text_dir`, as clip_model_load does. Tensors of `init` the model does not
- * use (the English text tower of an OpenAI checkpoint) are reported in
- * m->warnings and left alone. NULL with an error. */
+ * and the text tower clip_model_load chooses: BERT (and the
+ * ln_final/text_projection head when they fit) from `init` or `text_dir`
+ * when there is one, else the English tower of an OpenAI checkpoint (the
+ * whole OpenAI CLIP trains). Tensors of `init` the model does not use (the
+ * English tower beside a BERT) are reported in m->warnings and left alone.
+ * NULL with an error. */
 clip_model *train_model_load(const char *init, const char *text_dir);
 
 typedef struct {

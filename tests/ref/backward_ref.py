@@ -1,8 +1,10 @@
 #!/usr/bin/python3
 """PyTorch reference gradients for the C backward passes (lib/model/vit.c,
-lib/model/bert.c, lib/model/resblock.c, lib/kernels/ops.c), checked by tests/unit/test_backward.c.
+lib/model/bert.c, lib/model/clip_text.c, lib/model/resblock.c, lib/kernels/ops.c),
+checked by tests/unit/test_backward.c.
 
-  backward_ref.py OUTDIR
+  backward_ref.py OUTDIR             everything below
+  backward_ref.py --english OUTDIR   only the English tower's en_* files
 
 Writes a tiny joint Chinese CLIP model (ViT + BERT + ln_final/text_projection)
 as joint.pth, its inputs, the random R of the scalar loss
@@ -10,6 +12,13 @@ as joint.pth, its inputs, the random R of the scalar loss
 and every parameter's gradient of that loss (grads.pth, float32, checkpoint
 key names); plus a direct case for attention_backward with a causal mask and
 with a key mask (attn_*.npy).
+
+The English tower (OpenAI CLIP's causal text transformer, en_*): a text-only
+checkpoint en_text.pth (token_embedding, positional_embedding of 16
+positions, 2 blocks of 2 heads, ln_final, text_projection; float16), its ids
+en_ids.npy (SOT 126 ... EOT 127, the largest id, then 0-padding; id 0 also
+inside a text, where it is a real token) and R en_r_txt.npy of the loss
+sum(encode_text(ids) * r_txt), and every tensor's gradient (en_grads.pth).
 
 The weights are stored as float16 (and the reference computes with the
 rounded values), and the towers are small (64 wide, 16 px images in 4 px
@@ -62,6 +71,39 @@ def attention_cases(out, rs):
         np.save(os.path.join(out, f"attn_dqkv_{name}.npy"), x.grad.numpy())
 
 
+TEXT = dict(vocab=128, context=16, width=64, layers=2, heads=2, mlp=128, out_dim=OUT_DIM)
+
+
+def english(out):
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(10)
+    gen = torch.Generator().manual_seed(11)
+    rs = np.random.RandomState(12)
+    L, sot, eot = 12, TEXT["vocab"] - 2, TEXT["vocab"] - 1
+    ids = np.zeros((3, L), np.int32)
+    for row, n in enumerate((L, 7, 3)):  # ids repeat across rows
+        ids[row, :n] = [sot] + list(rs.randint(0, 24, n - 2)) + [eot]
+    ids[1, 2] = 0  # "!" in BPE: a token like any other, not padding
+    r_txt = rs.standard_normal((3, OUT_DIM)).astype(np.float32)
+
+    model = mr.TextTransformer(**TEXT)
+    mr.randomise(model, gen)
+    with torch.no_grad():
+        model.half().float()  # compute with the weights the fp16 file holds
+    torch.save(OrderedDict((k, v.half()) for k, v in model.state_dict().items()),
+               os.path.join(out, "en_text.pth"))
+    txt = model(torch.from_numpy(ids).long())
+    (txt * torch.from_numpy(r_txt)).sum().backward()
+    grads = OrderedDict((k, p.grad.detach().clone()) for k, p in model.named_parameters())
+    assert all(g is not None for g in grads.values())
+    torch.save(grads, os.path.join(out, "en_grads.pth"))
+    np.save(os.path.join(out, "en_ids.npy"), ids)
+    np.save(os.path.join(out, "en_r_txt.npy"), r_txt)
+    for name in sorted(n for n in os.listdir(out) if n.startswith("en_")):
+        print(f"{os.path.join(out, name)}: {os.path.getsize(os.path.join(out, name))} bytes")
+    print(f"{len(grads)} English gradient tensors")
+
+
 def main(out):
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(0)
@@ -98,6 +140,7 @@ def main(out):
     np.save(os.path.join(out, "r_img.npy"), r_img)
     np.save(os.path.join(out, "r_txt.npy"), r_txt)
     attention_cases(out, rs)
+    english(out)
 
     total = 0
     for name in sorted(os.listdir(out)):
@@ -108,6 +151,9 @@ def main(out):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) == 3 and sys.argv[1] == "--english":
+        english(sys.argv[2])
+    elif len(sys.argv) == 2:
+        main(sys.argv[1])
+    else:
         sys.exit(__doc__)
-    main(sys.argv[1])

@@ -19,10 +19,17 @@ into both of:
      transformers < 4.31 wrote them) and not otherwise (current
      transformers); the init's own weights load into it strictly first, so it
      is the init's model
+An English init (OpenAI CLIP: token_embedding.weight, no BERT, no
+--text-model; .pth or .safetensors) trains whole: SAVED must load strictly
+into 1. a module of exactly the init's keys and shapes and 2.
+model_ref.OpenAICLIP of the init's configuration (head counts from its
+clip_config record, else width / 64), which the init loads into strictly
+first.
 --arch (a model from scratch): model_ref.ChineseCLIP as current transformers
 builds it (no position_ids in the state dict) or, with --position-ids, as
-older ones; dimensions from SAVED's shapes, head counts from its clip-tools
-metadata (archive/clip-tools/metadata.json).
+older ones; model_ref.OpenAICLIP when SAVED has the English tower
+(token_embedding.weight); dimensions from SAVED's shapes, head counts from
+its clip-tools metadata (archive/clip-tools/metadata.json).
 --embedded: clip-embed's output (img.npy, tok.npy, img_emb.npy, txt_emb.npy
 samples); the embeddings of model 2 with SAVED's weights must agree within
 1e-5, which checks the head counts clip-embed used.
@@ -32,6 +39,7 @@ import argparse
 import io
 import json
 import os
+import struct
 import sys
 import tarfile
 import zipfile
@@ -52,6 +60,35 @@ def recorded_config(path):
             return {}
         meta = json.loads(z.read(name[0]))
     return json.loads(meta.get("clip_config", "{}"))
+
+
+def load_init(path):
+    """(state dict, clip_config record) of a .pth or, read by hand (Debian has
+    no `safetensors`), a .safetensors file."""
+    if not path.endswith(".safetensors"):
+        return torch.load(path), recorded_config(path) if zipfile.is_zipfile(path) else {}
+    with open(path, "rb") as f:
+        data = f.read()
+    n, = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    meta = header.pop("__metadata__", {})
+    dtypes = {"F16": np.float16, "F32": np.float32, "I64": np.int64}
+    sd = OrderedDict()
+    for k, v in header.items():
+        b, e = v["data_offsets"]
+        arr = np.frombuffer(data[8 + n + b:8 + n + e], dtype=dtypes[v["dtype"]]).reshape(v["shape"])
+        sd[k] = torch.from_numpy(arr.copy())
+    return sd, json.loads(meta.get("clip_config", "{}"))
+
+
+def text_config(sd, heads=None):
+    """OpenAI's English tower (model_ref.TextTransformer) from its shapes."""
+    tok = sd["token_embedding.weight"]
+    layers = len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")})
+    return dict(vocab=tok.shape[0], context=sd["positional_embedding"].shape[0], width=tok.shape[1],
+                layers=layers, heads=heads or tok.shape[1] // 64,
+                mlp=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+                out_dim=sd["text_projection"].shape[1])
 
 
 def vit_config(sd, heads=None):
@@ -142,8 +179,13 @@ def main():
         sys.exit("give --init CKPT or --arch")
     saved = torch.load(a.saved, weights_only=True)
     rec = recorded_config(a.saved)
+    english = False  # an English init, trained whole
 
-    if a.arch:
+    if a.arch and "token_embedding.weight" in saved:
+        vit = vit_config(saved, rec.get("image", {}).get("heads"))
+        model = model_ref.OpenAICLIP(vit, text_config(saved, rec.get("clip_text", {}).get("heads"))).eval()
+        strict(model, saved, "model_ref.OpenAICLIP (the English tower)")
+    elif a.arch:
         body = OrderedDict((k[len("transformer."):], v) for k, v in saved.items() if k.startswith("transformer."))
         cfg = bert_config(body, rec.get("text", {}).get("heads"))
         vit = vit_config(saved, rec.get("image", {}).get("heads"))
@@ -151,7 +193,18 @@ def main():
         strict(model, saved, "model_ref.ChineseCLIP, position_ids %s" %
                ("in the state dict (transformers < 4.31)" if a.position_ids else "left out (current transformers)"))
     else:
-        init = torch.load(a.init)
+        init, init_rec = load_init(a.init)
+        english = ("token_embedding.weight" in init and not a.text_model and
+                   "transformer.embeddings.word_embeddings.weight" not in init)
+    if a.init and english:
+        print(f"init {a.init}: OpenAI CLIP with the English tower, trained whole")
+        shapes = OrderedDict((k, (tuple(v.shape), v.dtype)) for k, v in init.items())
+        strict(contract_module(shapes), saved, "the init's key contract")
+        model = model_ref.OpenAICLIP(vit_config(init, init_rec.get("image", {}).get("heads")),
+                                     text_config(init, init_rec.get("clip_text", {}).get("heads"))).eval()
+        strict(model, init, "model_ref.OpenAICLIP <- the init itself")
+        strict(model, saved, "model_ref.OpenAICLIP of the init")
+    elif a.init:
         if "transformer.embeddings.word_embeddings.weight" in init:
             body = OrderedDict((k[len("transformer."):], v) for k, v in init.items() if k.startswith("transformer."))
         else:

@@ -5,6 +5,11 @@
       tiny seeded model + train/val tars + per-step losses, lrs, logit
       scales and gradient norms of two short runs, the step-1 gradients and
       the final weights (step-for-step parity fixtures for the C trainer)
+  train_ref.py english OUTDIR
+      the same for the English model (OpenAI CLIP: ViT + the causal text
+      transformer, EOT pooling), one run: init.safetensors (float16, with the
+      head counts in its clip_config record), train.tar (SOT ... EOT token
+      rows), expected.json, grads_step1.pth, final.pth
   train_ref.py bench --arch base|small --batch N --steps K [--amp] [--threads T]
       K timed training steps (after one warm-up) of a random-weight model;
       prints one JSON line
@@ -44,7 +49,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from model_ref import ChineseCLIP, bert_config, encode_image, randomise  # noqa: E402
+from model_ref import (ChineseCLIP, OpenAICLIP, bert_config, encode_image, randomise,  # noqa: E402
+                       save_safetensors)
 import recall_ref  # noqa: E402
 
 LOGIT_SCALE_MAX = math.log(100)
@@ -273,6 +279,73 @@ def fixtures(out):
     print(f"total: {total} bytes")
 
 
+# ---- fixtures of the English model ----
+
+EN_VIT = dict(resolution=32, patch=8, width=64, layers=2, heads=2, mlp=256, out_dim=32)
+EN_TEXT = dict(vocab=512, context=16, width=64, layers=2, heads=2, mlp=256, out_dim=32)
+EN_RUN = dict(lr=1e-3, wd=0.1, warmup=2, steps=5, schedule="cosine", grad_clip=0)
+EN_CAPTIONS = ["a dog runs on the grass.", "two children play by the sea.",
+               "a woman in red stands in the street.", "people walk in the park.",
+               "a cat lies on the sofa.", "a man rides a bicycle over a bridge."]
+
+
+def english_samples(rs, n, R=32, L=12):
+    """make_samples' images with English captions and OpenAI-style token rows:
+    SOT (vocab - 2) ids EOT (vocab - 1, the largest: the pooled position)
+    then 0-padding; ids drawn from 0..vocab-3, 0 included (BPE's "!")."""
+    sot, eot = EN_TEXT["vocab"] - 2, EN_TEXT["vocab"] - 1
+    out = make_samples(rs, n, R, L)
+    for s in out:
+        s["json"]["captions"] = [EN_CAPTIONS[rs.randint(len(EN_CAPTIONS))] for _ in range(2)]
+        for row in range(s["tok"].shape[0]):
+            m = int(np.count_nonzero(s["tok"][row]))  # make_samples' length, kept
+            s["tok"][row] = 0
+            s["tok"][row, :m] = [sot] + list(rs.randint(0, sot, m - 2)) + [eot]
+    return out
+
+
+def english(out):
+    torch.set_num_threads(1)
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(20)
+    model = OpenAICLIP(EN_VIT, EN_TEXT).train()
+    randomise(model, torch.Generator().manual_seed(21))
+    with torch.no_grad():
+        model.half().float()  # the init is the float16 file's values exactly
+    init = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
+    record = {"image": {"heads": EN_VIT["heads"]}, "clip_text": {"heads": EN_TEXT["heads"]}}
+    save_safetensors(os.path.join(out, "init.safetensors"), init,
+                     {"format": "pt", "clip_config": json.dumps(record)})
+    write_tar(os.path.join(out, "train.tar"), english_samples(np.random.RandomState(2025), 12))
+    train = read_tar(os.path.join(out, "train.tar"))
+
+    r = EN_RUN
+    opt = make_optimizer(model, r["lr"], r["wd"])
+    rec = OrderedDict(r, loss=[], lr_used=[], logit_scale=[], grad_norm=[])
+    for s, (pixels, ids) in enumerate(batches(train, B_FIXTURE, r["steps"])):
+        lr = lr_at(s, r["lr"], r["warmup"], r["steps"], r["schedule"])
+        hook = None
+        if s == 0:
+            def hook(m):
+                torch.save(OrderedDict((k, p.grad.detach().clone()) for k, p in m.named_parameters()),
+                           os.path.join(out, "grads_step1.pth"))
+        loss, norm = train_step(model, opt, pixels, ids, lr, r["grad_clip"], on_grads=hook)
+        for k, v in (("loss", loss), ("lr_used", lr), ("logit_scale", model.logit_scale.item()),
+                     ("grad_norm", norm)):
+            rec[k].append(v)
+        print(f"english step {s}: loss {loss:.6f} lr {lr:.3e} grad_norm {norm:.6f}", file=sys.stderr)
+    torch.save(OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items()),
+               os.path.join(out, "final.pth"))
+    with open(os.path.join(out, "expected.json"), "w") as f:
+        json.dump(OrderedDict(batch=B_FIXTURE, runs=OrderedDict(english=rec)), f, indent=1)
+        f.write("\n")
+    total = 0
+    for fn in sorted(os.listdir(out)):
+        total += os.path.getsize(os.path.join(out, fn))
+        print(f"{os.path.join(out, fn)}: {os.path.getsize(os.path.join(out, fn))} bytes")
+    print(f"total: {total} bytes")
+
+
 # ---- bench ----
 
 ARCHS = {
@@ -329,6 +402,8 @@ def bench(argv):
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "fixtures":
         fixtures(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "english":
+        english(sys.argv[2])
     elif len(sys.argv) >= 2 and sys.argv[1] == "bench":
         bench(sys.argv[2:])
     else:

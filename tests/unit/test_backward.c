@@ -10,7 +10,10 @@
  * row of scores) and both sides give rounding noise of terms of the query's
  * and value's size. Measured worst ratio ~0.007. Also: every parameter is
  * covered, gradients accumulate, resblock_backward's non-aliased form, and
- * attention_backward directly with a causal and a key mask.
+ * attention_backward directly with a causal and a key mask. The English
+ * tower (OpenAI CLIP's causal text transformer, fixtures en_*) the same way:
+ * loss = sum(clip_text(ids) * r_txt), every tensor against PyTorch, the
+ * padding after each EOT and the positions past L getting exactly 0.
  * Run from the repository root; the speed is measured by make bench-train. */
 #include <math.h>
 #include <stdlib.h>
@@ -225,6 +228,75 @@ static void test_towers(void)
     clip_model_free(m);
 }
 
+/* the English tower: gradients of sum(clip_text(ids) * r_txt) */
+static void test_english(void)
+{
+    clip_model *m = clip_model_load(FIX "en_text.pth", NULL);
+    ckpt *ref = ckpt_load(FIX "en_grads.pth");
+    if (!m || !ref) die("%s", clip_error());
+    clip_text *t = m->ctext;
+    CHECK(t && !m->visual && !m->bert, "en_text.pth: the English text tower alone");
+    if (!t) return;
+    t->cfg.heads = 2; /* 2 heads of 32 (from shapes the loader infers width / 64 = 1) */
+    const int B = 3, L = 12, D = m->embed_dim, W = t->cfg.width;
+    int32_t *ids = load_npy(FIX "en_ids.npy", DT_I32, (size_t)B * L);
+    float *r_txt = load_npy(FIX "en_r_txt.npy", DT_F32, (size_t)B * D);
+    double worst_before = worst_ratio;
+    char name_before[256];
+    snprintf(name_before, sizeof name_before, "%s", worst_name);
+    worst_ratio = 0;
+    CHECK(clip_text_reserve(t, B, L, 1) == 0 && clip_text_alloc_grads(t) == 0, "%s", clip_error());
+    CHECK(t->gtable.total == t->ptable.total && t->gtable.n == t->ptable.n,
+          "gradient tables in the parameters' layout");
+    for (int pass = 1; pass <= 2; pass++) { /* the second accumulates: twice the gradients */
+        CHECK(clip_text_forward(t, &m->compute, ids, B, L, NULL) == 0, "clip_text_forward: %s",
+              clip_error());
+        CHECK(clip_text_backward(t, &m->compute, ids, r_txt, B, L) == 0, "clip_text_backward: %s",
+              clip_error());
+        int n = check_table(&t->gtable, ref, (float)pass);
+        CHECK(n == t->gtable.n && (size_t)n == ckpt_count(ref),
+              "coverage: %d of %d English tower parameters checked, %zu reference gradients", n,
+              t->gtable.n, ckpt_count(ref));
+        if (pass == 1)
+            printf("checked %d English tower gradients; worst ratio to tolerance %.4f (%s)\n", n,
+                   worst_ratio, worst_name);
+    }
+    if (worst_before > worst_ratio) {
+        worst_ratio = worst_before;
+        snprintf(worst_name, sizeof worst_name, "%s", name_before);
+    }
+    /* positions >= L get nothing; token_embedding row 0 gets text 1's inner
+     * "!" only, not the padding after an EOT: with the padding made another
+     * id, row 0 is the same (half the doubled one) */
+    int pos_zero = 1;
+    for (size_t j = (size_t)L * W; j < (size_t)t->cfg.context * W; j++)
+        pos_zero &= t->grads.pos_emb[j] == 0.0f;
+    CHECK(pos_zero, "no gradient for positions past the texts");
+    float *row0 = xmalloc(W * sizeof(float));
+    memcpy(row0, t->grads.token_emb, W * sizeof(float));
+    int32_t *shifted = xmalloc((size_t)B * L * sizeof *ids);
+    memcpy(shifted, ids, (size_t)B * L * sizeof *ids);
+    zero_table(&t->gtable);
+    int any_pad = 0;
+    for (int b = 0; b < B; b++) /* padding 0 -> another id: the EOT's output is the same */
+        for (int j = L - 1; j >= 0 && shifted[b * L + j] == 0; j--) shifted[b * L + j] = 5, any_pad = 1;
+    CHECK(any_pad, "the fixture has padding");
+    clip_text_forward(t, &m->compute, shifted, B, L, NULL);
+    clip_text_backward(t, &m->compute, shifted, r_txt, B, L);
+    double maxd = 0, maxv = 0;
+    for (int j = 0; j < W; j++) {
+        maxv = fmax(maxv, fabs(t->grads.token_emb[j]));
+        maxd = fmax(maxd, fabs(2.0f * t->grads.token_emb[j] - row0[j]));
+    }
+    CHECK(maxv > 0 && maxd <= 1e-6 * maxv,
+          "token_embedding row 0: the padding after the EOT changed it (diff %.3g of %.3g)", maxd,
+          maxv);
+    free(row0), free(shifted);
+    free(ids), free(r_txt);
+    ckpt_free(ref);
+    clip_model_free(m);
+}
+
 static void test_attention(void)
 {
     const int B = 2, T = 5, C = 16, NH = 2;
@@ -280,12 +352,30 @@ static void test_backward_errors(void)
     CHECK(!m->visual->gtable.data && !m->bert->gtable.data, "a refused backward allocated gradients");
     free(dout);
     clip_model_free(m);
+
+    clip_model *e = clip_model_load(FIX "en_text.pth", NULL);
+    if (!e) die("%s", clip_error());
+    dout = xcalloc((size_t)B * e->embed_dim, sizeof(float));
+    clip_clear_error();
+    CHECK(clip_text_backward(e->ctext, &e->compute, ids, dout, B, L) == -1 &&
+              strstr(clip_error(), "clip_text_backward: no activations kept for 3 x 12 tokens"),
+          "clip_text_backward before any forward: %s", clip_error());
+    /* activations for inference (one shared slot) are not enough */
+    CHECK(clip_text_forward(e->ctext, &e->compute, ids, B, L, NULL) == 0, "%s", clip_error());
+    clip_clear_error();
+    CHECK(clip_text_backward(e->ctext, &e->compute, ids, dout, B, L) == -1 &&
+              strstr(clip_error(), "no activations kept"),
+          "clip_text_backward after an inference forward: %s", clip_error());
+    CHECK(!e->ctext->gtable.data, "a refused English backward allocated gradients");
+    free(dout);
+    clip_model_free(e);
 }
 
 int main(int argc, char **argv)
 {
     blas_setup(argc, argv);
     test_towers();
+    test_english();
     test_attention();
     test_backward_errors();
     printf("worst ratio to tolerance overall: %.4f (%s)\n", worst_ratio, worst_name);
