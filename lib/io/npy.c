@@ -53,7 +53,8 @@ unsigned char *npy_encode(enum npy_dtype t, int ndim, const int64_t *shape, cons
     return out;
 }
 
-/* Find "'key':" in the header dict and return a pointer past the colon and spaces. */
+/* Find "'key':" in the header dict and return a pointer past the colon and spaces, or NULL
+ * when the header ends there (no value). */
 static const char *dict_value(const char *h, const char *end, const char *key)
 {
     size_t kl = strlen(key);
@@ -64,7 +65,7 @@ static const char *dict_value(const char *h, const char *end, const char *key)
             if (p >= end || *p != ':') return NULL;
             p++;
             while (p < end && *p == ' ') p++;
-            return p;
+            return p < end ? p : NULL;
         }
     }
     return NULL;
@@ -103,8 +104,8 @@ int npy_parse(const void *buf, size_t len, npy_array *out, const char *what)
             v[4] == *v)
             found = (int)i;
     }
-    if (found < 0) {
-        clip_set_error("%s: unsupported dtype %.6s", what, v);
+    if (found < 0) { /* quote at most the 5 bytes known to lie in the header */
+        clip_set_error("%s: unsupported dtype %.5s", what, v);
         return -1;
     }
     out->dtype = (enum npy_dtype)found;
