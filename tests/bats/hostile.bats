@@ -284,6 +284,20 @@ PY
     [[ "$output" == *"<stdin>: sample s000: member s000.json claims 4611686018427387904 bytes, more than the limit of 1073741824 for one field"* ]]
 }
 
+@test "a 1.5 KB stream whose member claims 900 MiB: refused as truncated within 600 MB, not 'out of memory'" {
+    # found by fuzz_tar: the reader allocated what the header claimed before any byte came
+    # (600 MB: OpenBLAS needs ~400 MB of address space to start, and loops below ~300 MB)
+    $CRAFT tar-900m "$T/t.tar"
+    cap_memory 600000
+    run timeout 60 "$BIN/clip-recall" -i "$T/t.tar"
+    echo "$output"
+    [ "$status" -eq 1 ]
+    [ "$output" = "clip-recall: $T/t.tar: sample s000: member s000.json truncated or unreadable: Truncated tar archive" ]
+    run timeout 60 "$BIN/clip-embed" --model "$ROOT/tests/fixtures/model/joint.pth" -o "$T/out.tar" < "$T/t.tar"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"<stdin>: sample s000: member s000.json truncated or unreadable"* ]]
+}
+
 @test "clip-query > /dev/full: exits 1 saying the write failed, not 0" {
     head -256 "$ROOT/share/clip-tools/bert-chinese-vocab.txt" > "$T/vocab.txt"
     img=$(ls "$ROOT"/tests/fixtures/flickr8k-mini/flickr8k-images/*.jpg | head -1)
