@@ -212,6 +212,7 @@ int main(int argc, char **argv)
         const char *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fputs(usage, stdout);
+            free(paths);
             close_stdout();
             return 0;
         } else if (!strcmp(a, "--annotations")) {
@@ -258,7 +259,12 @@ int main(int argc, char **argv)
     job *jobs;
     size_t n;
     if (ann_path) {
-        if (!(ann = annotations_load(ann_path))) die("%s", clip_error());
+        if (!(ann = annotations_load(ann_path)) || annotations_check_root(ann, root, ann_path))
+            die("%s", clip_error());
+        if (ann->n_merged)
+            warn("%s: %zu entr%s named an image listed before: %s captions joined its sample",
+                 ann_path, ann->n_merged, ann->n_merged == 1 ? "y" : "ies",
+                 ann->n_merged == 1 ? "its" : "their");
         n = ann->n;
         jobs = xcalloc(n + 1, sizeof *jobs);
         for (size_t i = 0; i < n; i++)

@@ -252,6 +252,23 @@ static void val_load(val_set *v, const char *path, int res)
     sample_file_close(f);
 }
 
+/* what main holds, at an exit through main (make check-asan finds any leak there) */
+static void run_free(loader *d, int batch, sample *first, val_set *v, trainer *t)
+{
+    if (d->file) sample_file_close(d->file);
+    if (d->stream) stream_close_read(d->stream);
+    sample_free(first);
+    for (int i = 0; i < batch; i++) sample_free(&d->buf[i]);
+    free(d->buf);
+    free(d->order);
+    clip_free_big(d->pixels, (size_t)batch * d->res * d->res * 3);
+    free(d->ids);
+    free(v->pixels);
+    free(v->ids);
+    free(v->txt_off);
+    trainer_free(t);
+}
+
 static json_t *evaluate(clip_model *m, const val_set *v)
 {
     recall_set set = {.n_images = v->n_images, .n_texts = v->n_texts, .dim = m->embed_dim};
@@ -637,23 +654,21 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: %s at step %ld: %s\n", clip_progname, strsignal(stop_signal), step,
                 out.save ? "saved; the same command with --resume continues"
                          : "nothing saved (no --save)");
+        run_free(&d, batch, &first, &val, t);
         return 128 + stop_signal;
     }
     if (stopped && step < total) {
         fprintf(stderr, "%s: stopped after %ld steps of this run (step %ld of %ld): %s\n",
                 clip_progname, step - step0, step, total,
                 out.save ? "saved; the same command with --resume continues" : "nothing saved");
+        run_free(&d, batch, &first, &val, t);
         return 0;
     }
     if (pos_batch != 0 && val_path) report_eval(&out, m, &val, step, pos_epoch + 1);
     if (out.log && (ferror(out.log) | fclose(out.log)))
         die("%s: write failed: %s", out.log_path, errno ? strerror(errno) : "I/O error");
     if (out.save) fprintf(stderr, "%s: saved %s\n", clip_progname, out.save);
-    if (d.file) sample_file_close(d.file);
-    if (d.stream) stream_close_read(d.stream);
-    sample_free(&first);
-    for (int i = 0; i < batch; i++) sample_free(&d.buf[i]);
-    trainer_free(t);
+    run_free(&d, batch, &first, &val, t);
     close_stdout();
     return 0;
 }

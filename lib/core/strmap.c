@@ -19,6 +19,10 @@ void strmap_init(strmap *m)
     memset(m, 0, sizeof *m);
     m->mask = 1023;
     m->slots = xcalloc(m->mask + 1, sizeof *m->slots);
+    /* never NULL, not even for a first key of 0 bytes: m->pool + 0 and memcpy(NULL, ...)
+     * are undefined (fuzz_annotations, an annotation with the image "") */
+    m->pool_cap = 4096;
+    m->pool = xmalloc(m->pool_cap);
 }
 
 void strmap_free(strmap *m)

@@ -40,7 +40,8 @@ unsigned char *npy_encode(npy_dtype t, int ndim, const int64_t *shape, const voi
     return out;
 }
 
-/* Find "'key':" in the header dict and return a pointer past the colon and spaces. */
+/* Find "'key':" in the header dict and return a pointer past the colon and spaces, or NULL
+ * when the header ends there (no value). */
 static const char *dict_value(const char *h, const char *end, const char *key)
 {
     size_t kl = strlen(key);
@@ -51,7 +52,7 @@ static const char *dict_value(const char *h, const char *end, const char *key)
             if (p >= end || *p != ':') return NULL;
             p++;
             while (p < end && *p == ' ') p++;
-            return p;
+            return p < end ? p : NULL;
         }
     }
     return NULL;
@@ -83,7 +84,7 @@ int npy_parse(const void *buf, size_t len, npy_array *out, const char *what)
     if (!v || v + 5 > end || (*v != '\'' && *v != '"')) goto bad;
     clip_dtype found;
     if (v[4] != *v || dtype_from_npy_descr(v + 1, 3, &found) < 0) {
-        clip_set_error("%s: unsupported dtype %.6s", what, v);
+        clip_set_error("%s: unsupported dtype %.5s", what, v); /* at most the 5 bytes known to lie in the header */
         return -1;
     }
     out->dtype = found;

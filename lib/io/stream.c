@@ -392,7 +392,10 @@ static int read_member_data(stream_reader *r, sample *s)
                        r->pending_size, limit);
         return -1;
     }
-    size_t cap = r->pending_size, n = 0;
+    /* memory follows the bytes that arrive, up to the declared size, not the size alone: a
+     * 1 KB stream claiming a 1 GB member is refused as truncated, not out of memory */
+    const size_t first = 1 << 20;
+    size_t declared = r->pending_size, cap = declared < first ? declared : first, n = 0;
     unsigned char *buf = xmalloc(cap ? cap : 1);
     for (;;) {
         if (n == cap) {
@@ -403,6 +406,7 @@ static int read_member_data(stream_reader *r, sample *s)
                 return -1;
             }
             cap = cap ? 2 * cap : 4096;
+            if (n < declared && cap > declared) cap = declared;
             if (cap > limit + 1) cap = limit + 1;
             buf = xrealloc(buf, cap);
         }

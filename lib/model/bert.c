@@ -1,5 +1,6 @@
 #include "model/bert.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -143,7 +144,16 @@ int bert_config_from_json(const char *path, bert_config *cfg)
         *ints[i].dst = (int)json_integer_value(v);
     }
     json_t *eps = json_object_get(j, "layer_norm_eps");
-    if (eps && json_is_number(eps)) cfg->eps = (float)json_number_value(eps);
+    if (eps) {
+        /* as float: 1e75 would be inf, 1e-50 zero, and a string was once ignored */
+        float e = json_is_number(eps) ? (float)json_number_value(eps) : NAN;
+        if (!(e > 0 && e < 1)) {
+            clip_set_error("%s: layer_norm_eps is not a number in (0, 1) (as float32)", path);
+            json_decref(j);
+            return -1;
+        }
+        cfg->eps = e;
+    }
     json_t *act = json_object_get(j, "hidden_act");
     if (act && (!json_is_string(act) || strcmp(json_string_value(act), "gelu"))) {
         clip_set_error("%s: hidden_act must be \"gelu\" (erf GELU)", path);

@@ -119,6 +119,20 @@ load_with_bert() {
     [[ "$output" == *"$T/bert/config.json: num_hidden_layers is 3 but the checkpoint's tensors have 2"* ]]
 }
 
+@test "config.json layer_norm_eps 1e75 (inf as float32), 0, -1e-12 or a string: refused, not NaN embeddings" {
+    for eps in 1e75 1e-50 0 -1e-12 '"1e-12"'; do
+        rm -rf "$T/bert"
+        bert_dir "{\"layer_norm_eps\": $eps}"
+        load_with_bert
+        [ "$status" -eq 1 ]
+        [[ "$output" == *"$T/bert/config.json: layer_norm_eps is not a number in (0, 1) (as float32)"* ]]
+    done
+    rm -rf "$T/bert"
+    bert_dir '{"layer_norm_eps": 1e-5}'
+    load_with_bert   # past config.json, to the vocabulary check
+    [[ "$output" == *"vocabulary of 21128 ids, the text tower of"* ]]
+}
+
 @test "config.json vocab_size 1e8: refused with its range, not 'out of memory'" {
     bert_dir '{"vocab_size": 100000000}'
     load_with_bert
@@ -149,13 +163,18 @@ sys.stdout.write("".join(random.choice("abcdefghijklmnopqrstuvwxyz") for _ in ra
 }
 
 @test "clip-prep: an annotation path that reaches /dev/zero is refused as not a regular file or pipe" {
-    ln -s /dev/zero "$T/zero.jpg"
-    printf '[{"image": "zero.jpg", "caption": ["x"]}]' > "$T/ann.json"
+    printf '[{"image": "dev/zero", "caption": ["x"]}]' > "$T/ann.json"
     cap_memory 2000000
-    run timeout 30 "$BIN/clip-prep" --annotations "$T/ann.json" --root "$T" -o "$T/out.tar"
+    run timeout 30 "$BIN/clip-prep" --annotations "$T/ann.json" --root / -o "$T/out.tar"
     echo "$output"
     [ "$status" -eq 1 ]
-    [[ "$output" == *"$T/zero.jpg: not a regular file or a pipe (an image must be one)"* ]]
+    [[ "$output" == *"//dev/zero: not a regular file or a pipe (an image must be one)"* ]]
+    # through a link under another root, it is outside that root (prep.bats)
+    ln -s /dev/zero "$T/zero.jpg"
+    printf '[{"image": "zero.jpg", "caption": ["x"]}]' > "$T/ann.json"
+    run timeout 30 "$BIN/clip-prep" --annotations "$T/ann.json" --root "$T" -o "$T/out.tar"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"entry 0 (zero.jpg): resolves to /dev/zero, outside the root folder $T"* ]]
 }
 
 @test "clip-prep: an image from a pipe is read only up to the 256 MiB limit" {
@@ -263,6 +282,20 @@ PY
     echo "$output"
     [ "$status" -eq 1 ]
     [[ "$output" == *"<stdin>: sample s000: member s000.json claims 4611686018427387904 bytes, more than the limit of 1073741824 for one field"* ]]
+}
+
+@test "a 1.5 KB stream whose member claims 900 MiB: refused as truncated within 600 MB, not 'out of memory'" {
+    # found by fuzz_tar: the reader allocated what the header claimed before any byte came
+    # (600 MB: OpenBLAS needs ~400 MB of address space to start, and loops below ~300 MB)
+    $CRAFT tar-900m "$T/t.tar"
+    cap_memory 600000
+    run timeout 60 "$BIN/clip-recall" -i "$T/t.tar"
+    echo "$output"
+    [ "$status" -eq 1 ]
+    [ "$output" = "clip-recall: $T/t.tar: sample s000: member s000.json truncated or unreadable: Truncated tar archive" ]
+    run timeout 60 "$BIN/clip-embed" --model "$ROOT/tests/fixtures/model/joint.pth" -o "$T/out.tar" < "$T/t.tar"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"<stdin>: sample s000: member s000.json truncated or unreadable"* ]]
 }
 
 @test "clip-query > /dev/full: exits 1 saying the write failed, not 0" {

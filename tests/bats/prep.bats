@@ -5,7 +5,7 @@ MINI=tests/fixtures/flickr8k-mini
 
 setup() {
     T=$(mktemp -d)
-    PREP=bin/clip-prep
+    PREP="${CLIP_BIN:-bin}/clip-prep"
 }
 
 teardown() {
@@ -172,4 +172,111 @@ make_bad_set() { # $T/bad: the mini set with entry 2's image truncated
     [ "$status" -eq 0 ]
     [ "${#lines[@]}" -eq 1 ]
     [[ "${lines[0]}" == *" flickr8k-images/2090545563_a4e66ec76b.jpg 1 "* ]]
+}
+
+# captions KEY STREAM: the key's caption list in the stream, as JSON
+captions() {
+    /usr/bin/python3 -c '
+import json, sys, tarfile
+print(json.dumps(json.loads(tarfile.open(sys.argv[2]).extractfile(sys.argv[1] + ".json").read())["captions"], ensure_ascii=False))
+' "$1" "$2"
+}
+
+@test "an image listed twice: one sample, every entry's captions in list order, a note with the count" {
+    A=flickr8k-images/2090545563_a4e66ec76b.jpg
+    B=flickr8k-images/3393035454_2d2370ffd4.jpg
+    # "./" and "\" name the same file, and "caption" may be one string
+    printf '[{"image": "%s", "caption": ["a1", "a2"]}, {"image": "%s", "caption": ["b1"]},
+             {"image": ".\\\\%s", "caption": ["a3"]}, {"image": "%s", "caption": "a4"}]' \
+        "$A" "$B" "${A//\//\\\\}" "$A" > "$T/dup.json"
+    run $PREP --annotations "$T/dup.json" --root $MINI --size 32 -o "$T/out.tar"
+    [ "$status" -eq 0 ]
+    [ "$output" = "clip-prep: $T/dup.json: 2 entries named an image listed before: their captions joined its sample" ]
+    run summary "$T/out.tar"
+    [ "$status" -eq 0 ]
+    [ "${#lines[@]}" -eq 2 ]
+    [[ "${lines[0]}" == "2090545563_a4e66ec76b img.npy,json uint8 32x32x3 $A 4 "* ]]
+    [[ "${lines[1]}" == "3393035454_2d2370ffd4 img.npy,json uint8 32x32x3 $B 1 "* ]]
+    run captions 2090545563_a4e66ec76b "$T/out.tar"
+    [ "$output" = '["a1", "a2", "a3", "a4"]' ]
+    # a reader takes the stream: no sample key twice
+    run bash -c "set -o pipefail; '${CLIP_BIN:-bin}/clip-tokenize' < '$T/out.tar' | tar t"
+    [ "$status" -eq 0 ]
+    [ "${#lines[@]}" -eq 6 ]
+}
+
+@test "one duplicate: the note says 1 entry" {
+    A=flickr8k-images/2090545563_a4e66ec76b.jpg
+    printf '[{"image": "%s", "caption": "x"}, {"image": "%s", "caption": "y"}]' "$A" "$A" > "$T/dup.json"
+    run $PREP --annotations "$T/dup.json" --root $MINI --size 32 -o "$T/out.tar"
+    [ "$status" -eq 0 ]
+    [ "$output" = "clip-prep: $T/dup.json: 1 entry named an image listed before: its captions joined its sample" ]
+}
+
+# a root folder $T/root (img/a.jpg) and a JPEG outside it, $T/outside/x.jpg
+outside_setup() {
+    mkdir -p "$T/root/img" "$T/outside"
+    cp $MINI/flickr8k-images/2090545563_a4e66ec76b.jpg "$T/root/img/a.jpg"
+    cp $MINI/flickr8k-images/3393035454_2d2370ffd4.jpg "$T/outside/x.jpg"
+}
+
+# ann IMAGE...: an annotations file listing the images, one caption each
+ann() {
+    local sep='' e=''
+    for i in "$@"; do e="$e$sep{\"image\": \"$i\", \"caption\": \"c\"}"; sep=', '; done
+    printf '[%s]' "$e" > "$T/ann.json"
+}
+
+@test "an annotation path with '..' out of --root is refused naming the entry; none is read" {
+    outside_setup
+    for p in ../outside/x.jpg img/../../outside/x.jpg /../outside/x.jpg ./../outside/x.jpg \
+             '..\\outside\\x.jpg' ../outside/missing.jpg; do
+        ann img/a.jpg "$p"
+        run $PREP --annotations "$T/ann.json" --root "$T/root" --size 32 -o "$T/out.tar"
+        [ "$status" -eq 1 ]
+        [ "${#lines[@]}" -eq 1 ]
+        [[ "$output" == "clip-prep: $T/ann.json: entry 1 ("*"): its \"..\" leads out of the root folder $T/root" ]]
+        [ ! -e "$T/out.tar" ]
+    done
+    # --skip-bad skips bad images, not bad annotations
+    ann ../outside/x.jpg
+    run $PREP --annotations "$T/ann.json" --root "$T/root" --size 32 --skip-bad -o "$T/out.tar"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"entry 0 (../outside/x.jpg): its \"..\" leads out of the root folder"* ]]
+    # '..' that stays inside is fine
+    ann img/../img/a.jpg img/./a.jpg
+    run $PREP --annotations "$T/ann.json" --root "$T/root" --size 32 -o "$T/out.tar"
+    [ "$status" -eq 0 ]
+    [ -s "$T/out.tar" ]
+}
+
+@test "a symbolic link under --root to a file or folder outside it is refused, naming the entry and the real path" {
+    outside_setup
+    ln -s "$T/outside/x.jpg" "$T/root/img/link.jpg"
+    ln -s ../outside "$T/root/out"
+    ann img/a.jpg img/link.jpg
+    run $PREP --annotations "$T/ann.json" --root "$T/root" --size 32 -o "$T/out.tar"
+    [ "$status" -eq 1 ]
+    [ "$output" = "clip-prep: $T/ann.json: entry 1 (img/link.jpg): resolves to $(realpath "$T/outside/x.jpg"), outside the root folder $T/root (a symbolic link?)" ]
+    [ ! -e "$T/out.tar" ]
+    ann out/x.jpg
+    run $PREP --annotations "$T/ann.json" --root "$T/root" --size 32 -o "$T/out.tar"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"entry 0 (out/x.jpg): resolves to $(realpath "$T/outside/x.jpg"), outside the root folder $T/root"* ]]
+    # a folder beside the root whose name starts with the root's is outside too
+    mkdir "$T/root2"
+    cp "$T/outside/x.jpg" "$T/root2/x.jpg"
+    ln -s ../../root2/x.jpg "$T/root/img/sibling.jpg"
+    ann img/sibling.jpg
+    run $PREP --annotations "$T/ann.json" --root "$T/root" --size 32 -o "$T/out.tar"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"entry 0 (img/sibling.jpg): resolves to $(realpath "$T/root2/x.jpg"), outside"* ]]
+    # links that stay inside, and a root that is itself a link, are fine
+    ln -s a.jpg "$T/root/img/alias.jpg"
+    ln -s root "$T/root-link"
+    ann img/alias.jpg img/a.jpg
+    run $PREP --annotations "$T/ann.json" --root "$T/root-link" --size 32 -o "$T/out.tar"
+    [ "$status" -eq 0 ]
+    run summary "$T/out.tar"
+    [ "${#lines[@]}" -eq 2 ]
 }

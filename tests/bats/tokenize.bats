@@ -3,7 +3,7 @@
 
 setup() {
     REPO="$(cd "$BATS_TEST_DIRNAME/../.." && pwd)"
-    TOK="$REPO/bin/clip-tokenize"
+    TOK="${CLIP_BIN:-$REPO/bin}/clip-tokenize"
     VOCAB="$REPO/share/clip-tools/bert-chinese-vocab.txt"
     BPE="$REPO/share/clip-tools/bpe_simple_vocab_16e6.txt.gz"
     VECTORS="$REPO/tests/fixtures/tokenize"

@@ -187,6 +187,11 @@ def main():
         ti = tarfile.TarInfo("s000.json")
         ti.size = 1 << 62
         open(out, "wb").write(ti.tobuf(tarfile.GNU_FORMAT) + b"{}" + bytes(1022))
+    elif kind == "tar-900m":        # a member whose size field says 900 MiB (under the limit), then 1 KB
+        import tarfile
+        ti = tarfile.TarInfo("s000.json")
+        ti.size = 900 << 20
+        open(out, "wb").write(ti.tobuf(tarfile.USTAR_FORMAT) + b"{}" + bytes(1022))
     elif kind == "jpeg-baseline":
         jpeg(out, int(sys.argv[3]), int(sys.argv[4]), False)
     elif kind == "jpeg-progressive":

@@ -57,6 +57,40 @@ static void test_npy_header_ends_in_digits(void)
     free(b);
 }
 
+/* npy_parse of a version 1.0 file whose header (and the file) ends with `hdr`, its last
+ * byte just before a guard page: -1 expected, with clip_error() set */
+static int parse_header_at_end(const char *hdr)
+{
+    size_t hl = strlen(hdr), len = 10 + hl;
+    unsigned char *b = xmalloc(len);
+    memcpy(b, "\x93NUMPY\x01\x00", 8);
+    b[8] = hl & 0xff, b[9] = hl >> 8;
+    memcpy(b + 10, hdr, hl);
+    void *base;
+    size_t maplen;
+    void *g = guarded_copy(b, len, &base, &maplen);
+    npy_array a;
+    int rc = npy_parse(g, len, &a, "x.npy");
+    munmap(base, maplen);
+    free(b);
+    return rc;
+}
+
+/* Found by fuzz_npy (libFuzzer): headers that end where a value should start. */
+static void test_npy_header_ends_at_a_value(void)
+{
+    /* an unknown dtype's quoted name ends it: the message quoted 6 bytes, one past the end */
+    CHECK(parse_header_at_end("{'descr': '<x4'") == -1, "accepted dtype <x4");
+    CHECK(!strcmp(clip_error(), "x.npy: unsupported dtype '<x4'"), "%s", clip_error());
+    /* "'shape':" (and spaces) ends it: the '(' was looked for one past the end */
+    CHECK(parse_header_at_end("{'descr': '<f4', 'fortran_order': False, 'shape':  ") == -1,
+          "accepted a header without a shape");
+    CHECK(!strcmp(clip_error(), "x.npy: malformed .npy header"), "%s", clip_error());
+    CHECK(parse_header_at_end("{'descr':") == -1, "accepted a header without a dtype");
+    CHECK(parse_header_at_end("{'descr': '<f4', 'fortran_order':") == -1,
+          "accepted a header without an order");
+}
+
 /* A key of 2000 bytes (a member name past tar's 100 + 155 and past the
  * writer's old 1024-byte buffer) comes back whole, not truncated. */
 static void test_long_member_name(void)
@@ -90,6 +124,7 @@ static void test_long_member_name(void)
 int main(void)
 {
     test_npy_header_ends_in_digits();
+    test_npy_header_ends_at_a_value();
     test_long_member_name();
     return unit_done();
 }
