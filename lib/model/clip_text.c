@@ -42,31 +42,8 @@ int clip_text_config_from_ckpt(const ckpt *c, int heads, clip_text_config *cfg)
     cfg->context = (int)pos->shape[0];
     cfg->out_dim = (int)proj->shape[1];
     cfg->mlp = (int)fc->shape[0];
-    if (heads) {
-        if (heads < 0 || cfg->width % heads) {
-            clip_set_error("CLIP text tower: the recorded head count %d does not divide the width "
-                           "%d (a damaged clip_config record?)", heads, cfg->width);
-            return -1;
-        }
-        cfg->heads = heads;
-    } else if (cfg->width % MODEL_DEFAULT_HEAD_DIM) {
-        clip_set_error("CLIP text tower: width %d is not a multiple of %d (without a recorded head "
-                       "count, heads = width / %d)",
-                       cfg->width, MODEL_DEFAULT_HEAD_DIM, MODEL_DEFAULT_HEAD_DIM);
-        return -1;
-    } else {
-        cfg->heads = cfg->width / MODEL_DEFAULT_HEAD_DIM;
-    }
-    char name[128];
-    for (;;) {
-        snprintf(name, sizeof name, "transformer.resblocks.%d.ln_1.weight", cfg->layers);
-        if (!ckpt_find(c, name)) break;
-        if (++cfg->layers > CLIP_TEXT_MAX_LAYERS) {
-            clip_set_error("CLIP text tower: more than %d layers (transformer.resblocks.N)",
-                           CLIP_TEXT_MAX_LAYERS);
-            return -1;
-        }
-    }
+    if (resblock_heads("CLIP text tower", cfg->width, heads, &cfg->heads) < 0) return -1;
+    if ((cfg->layers = resblock_count_layers(c, "transformer.resblocks.", CLIP_TEXT_MAX_LAYERS, "CLIP text tower")) < 0) return -1;
     /* every tensor the configuration implies, before anything is allocated */
     clip_text_params p = {0};
     param_table t = {0};

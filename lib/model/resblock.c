@@ -173,3 +173,36 @@ int resblock_backward(const compute_ctx *cx, const resblock_params *p, resblock_
     return 0;
 #undef G
 }
+
+int resblock_heads(const char *what, int width, int recorded, int *heads)
+{
+    if (recorded) {
+        if (recorded < 0 || width % recorded) {
+            clip_set_error("%s: the recorded head count %d does not divide the width %d (a "
+                           "damaged clip_config record?)", what, recorded, width);
+            return -1;
+        }
+        *heads = recorded;
+    } else if (width % MODEL_DEFAULT_HEAD_DIM) {
+        clip_set_error("%s: width %d is not a multiple of %d (without a recorded head count, "
+                       "heads = width / %d)", what, width, MODEL_DEFAULT_HEAD_DIM,
+                       MODEL_DEFAULT_HEAD_DIM);
+        return -1;
+    } else {
+        *heads = width / MODEL_DEFAULT_HEAD_DIM;
+    }
+    return 0;
+}
+
+int resblock_count_layers(const ckpt *c, const char *prefix, int max, const char *what)
+{
+    char name[256];
+    for (int n = 0;; n++) {
+        snprintf(name, sizeof name, "%s%d.ln_1.weight", prefix, n);
+        if (!ckpt_find(c, name)) return n;
+        if (n + 1 > max) {
+            clip_set_error("%s: more than %d layers (%sN)", what, max, prefix);
+            return -1;
+        }
+    }
+}

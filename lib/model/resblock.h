@@ -14,6 +14,14 @@
  * Hugging Face BERT-base's 64-wide heads. */
 #define MODEL_DEFAULT_HEAD_DIM 64
 
+/* The head count of a tower of this width: `recorded` (0: none recorded)
+ * when it divides the width, else width / MODEL_DEFAULT_HEAD_DIM when that
+ * divides it. -1 with an error naming the tower (`what`: "visual", ...). */
+int resblock_heads(const char *what, int width, int recorded, int *heads);
+/* How many blocks "<prefix>N.ln_1.weight" (N = 0, 1, ...) c holds; -1 with
+ * an error when more than max. */
+int resblock_count_layers(const ckpt *c, const char *prefix, int max, const char *what);
+
 typedef struct {
     float *ln_1_w, *ln_1_b;
     float *in_proj_w, *in_proj_b;   /* [3C, C], [3C] */

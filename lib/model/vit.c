@@ -57,31 +57,8 @@ int vit_config_from_ckpt(const ckpt *c, int heads, vit_config *cfg)
     cfg->resolution = cfg->grid * cfg->patch;
     cfg->mlp = (int)fc->shape[0];
     cfg->out_dim = (int)proj->shape[1];
-    if (heads) {
-        if (heads < 0 || cfg->width % heads) {
-            clip_set_error("visual: the recorded head count %d does not divide the width %d (a "
-                           "damaged clip_config record?)", heads, cfg->width);
-            return -1;
-        }
-        cfg->heads = heads;
-    } else if (cfg->width % MODEL_DEFAULT_HEAD_DIM) {
-        clip_set_error("visual: width %d is not a multiple of %d (without a recorded head count, "
-                       "heads = width / %d)",
-                       cfg->width, MODEL_DEFAULT_HEAD_DIM, MODEL_DEFAULT_HEAD_DIM);
-        return -1;
-    } else {
-        cfg->heads = cfg->width / MODEL_DEFAULT_HEAD_DIM;
-    }
-    char name[128];
-    for (;;) {
-        snprintf(name, sizeof name, "visual.transformer.resblocks.%d.ln_1.weight", cfg->layers);
-        if (!ckpt_find(c, name)) break;
-        if (++cfg->layers > VIT_MAX_LAYERS) {
-            clip_set_error("visual: more than %d layers (visual.transformer.resblocks.N)",
-                           VIT_MAX_LAYERS);
-            return -1;
-        }
-    }
+    if (resblock_heads("visual", cfg->width, heads, &cfg->heads) < 0) return -1;
+    if ((cfg->layers = resblock_count_layers(c, "visual.transformer.resblocks.", VIT_MAX_LAYERS, "visual")) < 0) return -1;
     return vit_check_ckpt(cfg, c);
 }
 
