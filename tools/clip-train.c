@@ -170,6 +170,7 @@ static double parse_double_option(const char *opt, const char *val, double min, 
 int main(int argc, char **argv)
 {
     clip_set_progname(argv[0]);
+    blas_setup(argc, argv); /* may exec the program again: before MPI starts */
     train_comm *comm = NULL;
     if (dist_launched() && !(comm = dist_open(&argc, &argv))) die("%s", clip_error());
     int rank = comm ? comm->rank : 0, ranks = comm ? comm->size : 1;
@@ -178,7 +179,6 @@ int main(int argc, char **argv)
         snprintf(progname, sizeof progname, "%s[rank %d]", clip_progname, rank);
         clip_progname = progname;
     }
-    blas_setup(argc, argv);
     enum {
         O_INIT = 256, O_TEXT, O_ARCH, O_RESUME, O_TRAIN, O_VAL, O_EVAL0, O_EPOCHS, O_STEPS,
         O_NOSHUF, O_NOAUG, O_CAPTION, O_SEED, O_LR, O_WARMUP, O_SCHED, O_MINLR, O_WD, O_WDALL,
