@@ -10,3 +10,17 @@ else
 build/lib/train/dist.o: CLIP_CFLAGS += $(MPI_CFLAGS)
 bin/clip-train: LDLIBS += $(MPI_LIBS)
 endif
+
+# The data-parallel step against one process at the same global batch (tests/ref/bench_dist.py):
+# 1 process x 2 threads vs 2 ranks x 1 thread; s/step, the share of the step spent waiting for
+# the collectives, the bytes all-reduced per step. Small model by default; the reference's
+#   make bench-dist BENCH_DIST_ARCH=base          ViT-B/16 + BERT-base, global batch 16
+BENCH_DIST_ARCH ?= small
+BENCH_DIST_BATCH ?= 16
+BENCH_DIST_STEPS ?= 3
+
+bench-dist: bin/clip-train
+	/usr/bin/python3 tests/ref/bench_dist.py bin --arch $(BENCH_DIST_ARCH) \
+	    --global-batch $(BENCH_DIST_BATCH) --steps $(BENCH_DIST_STEPS)
+
+.PHONY: bench-dist

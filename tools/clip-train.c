@@ -385,7 +385,9 @@ int main(int argc, char **argv)
                 break;
             }
             train_stats st;
+            uint64_t reduced = comm ? comm->stats.bytes_allreduced : 0;
             int rc = trainer_step(t, loader_pixels(d), loader_ids(d), slots, len, &st);
+            if (comm) reduced = comm->stats.bytes_allreduced - reduced;
             if (rc < 0) die("step %ld (epoch %ld): %s", step + 1, epoch + 1, clip_error());
             if (rc == 1) {
                 save_all(t, &out, pos_epoch, pos_batch, lc.seed, global);
@@ -406,13 +408,14 @@ int main(int argc, char **argv)
             double dt = now_seconds() - t0, el = now_seconds() - t_start;
             loss_sum += st.loss;
             loss_n++;
-            log_json(&out, json_pack("{s:I,s:I,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:I,s:f}",
+            log_json(&out, json_pack("{s:I,s:I,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:I,s:f,s:I}",
                                      "step", (json_int_t)step, "epoch", (json_int_t)epoch + 1,
                                      "loss", st.loss, "lr", st.lr, "logit_scale", st.logit_scale,
                                      "grad_norm", st.grad_norm, "acc_i2t", st.acc_i2t, "time", el,
                                      "step_time", dt, "image_time", st.sec_image, "text_time",
                                      st.sec_text, "optim_time", st.sec_optim, "global_batch",
-                                     (json_int_t)global, "comm_time", st.sec_comm));
+                                     (json_int_t)global, "comm_time", st.sec_comm,
+                                     "allreduce_bytes", (json_int_t)reduced));
             if (show_progress && !rank)
                 fprintf(stderr, "\r%s: epoch %ld/%ld step %ld/%ld loss %.4f lr %.3g scale %.2f  %.2f s/step ETA %.0f s   ",
                         clip_progname, epoch + 1, epochs, step, total, st.loss, st.lr,
