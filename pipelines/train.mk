@@ -41,8 +41,8 @@ space := $(empty) $(empty)
 HOST_LIST = $(subst $(comma),$(space),$(HOSTS))
 HOST_SLOTS = $(subst $(space),$(comma),$(foreach h,$(HOST_LIST),$(h):$(shell echo $$(( ($(NPROC) + $(words $(HOST_LIST)) - 1) / $(words $(HOST_LIST)) )))))
 # the ranks get 60 s between mpirun's SIGTERM and its SIGKILL to finish a step and save
-LAUNCH = $(if $(filter-out 0 1,$(NPROC)),$(MPIRUN) -np $(NPROC) --mca odls_base_sigkill_timeout 60 \
-    $(if $(HOSTS),--host $(HOST_SLOTS) --mca btl tcp$(comma)self) $(MPI_FLAGS) )
+LAUNCH = $(if $(filter-out 0 1,$(NPROC)),$(strip $(MPIRUN) -np $(NPROC) --mca odls_base_sigkill_timeout 60 \
+    $(if $(HOSTS),--host $(HOST_SLOTS) --mca btl tcp$(comma)self) $(MPI_FLAGS)) )
 
 MODEL_ARGS = $(if $(ARCH),--arch $(ARCH),--init $(INIT) $(if $(TEXT_MODEL),--text-model $(TEXT_MODEL)))
 

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <omp.h>
 #include <signal.h>
+#include <stdnoreturn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,6 +105,23 @@ static double agree_max(outputs *o, double x)
     if (o->comm && o->comm->allreduce_f64(o->comm, &x, 1, COMM_MAX))
         die("rank %d: %s", o->rank, clip_error());
     return x;
+}
+
+/* an error every rank found alike: rank 0 says it, the others leave quietly */
+static noreturn void die_agreed(int rank, const char *msg)
+{
+    if (rank) exit(1);
+    die("%s", msg);
+}
+
+/* dies unless x is the same on every rank (a collective of every rank) */
+static void same_on_ranks(outputs *o, double x, const char *what)
+{
+    double hi = agree_max(o, x), lo = -agree_max(o, -x);
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s differs between the ranks (from %g to %g): run every rank "
+             "with the same options and data", what, lo, hi);
+    if (hi != lo) die_agreed(o->rank, msg);
 }
 
 static void save_all(trainer *t, const outputs *o, long epoch, long batch_in_epoch, uint64_t seed,
@@ -294,6 +312,9 @@ int main(int argc, char **argv)
     long total = max_steps ? max_steps : epochs * batches_per_epoch;
     if (!loader_is_stream(d) && max_steps) epochs = (max_steps + batches_per_epoch - 1) / batches_per_epoch;
     cfg.total_steps = total;
+    same_on_ranks(&out, (double)total, "the number of steps");
+    same_on_ranks(&out, (double)loader_count(d), "the number of training samples");
+    same_on_ranks(&out, len, "the caption length of the data");
 
     /* model */
     trainer *t = NULL;
@@ -326,7 +347,7 @@ int main(int argc, char **argv)
         }
         if (!(t = trainer_create(m, &cfg, lc.micro, len))) die("%s", clip_error());
     }
-    if (trainer_set_comm(t, comm)) die("%s", clip_error());
+    if (trainer_set_comm(t, comm)) die_agreed(rank, clip_error());
     trainer_set_devices(t, idev, tdev);
     clip_model *m = trainer_model(t);
     for (int i = 0; !rank && i < m->n_warnings; i++) warn("%s", m->warnings[i]);
@@ -401,10 +422,8 @@ int main(int argc, char **argv)
             step++;
             pos_epoch = b + 1 < batches_per_epoch ? epoch : epoch + 1;
             pos_batch = b + 1 < batches_per_epoch ? b + 1 : 0;
-            if (check_sync && step % check_sync == 0 && trainer_check_sync(t)) {
-                if (rank) exit(1);
-                die("%s", clip_error());
-            }
+            if (check_sync && step % check_sync == 0 && trainer_check_sync(t))
+                die_agreed(rank, clip_error());
             double dt = now_seconds() - t0, el = now_seconds() - t_start;
             loss_sum += st.loss;
             loss_n++;

@@ -435,6 +435,18 @@ int trainer_set_comm(trainer *t, train_comm *comm)
     t->ranks = t->comm ? comm->size : 1;
     if (alloc_step_buffers(t)) return -1;
     if (!t->comm) return 0;
+    /* the same model and batch on every rank, before collectives of their sizes */
+    size_t n = 0;
+    for (int k = 0; k < N_TOWERS; k++) n += t->towers[k].params->total;
+    double mine[4] = {(double)n, -(double)n, t->rows, -t->rows}, all[4];
+    memcpy(all, mine, sizeof all);
+    if (comm->allreduce_f64(comm, all, 4, COMM_MAX)) return -1;
+    if (all[0] != -all[1] || all[2] != -all[3]) {
+        clip_set_error("the ranks' models or batches differ (from %.0f to %.0f parameters, "
+                       "%.0f to %.0f samples a step): start every rank with the same --init or "
+                       "--arch, -b and --accum-freq", -all[1], all[0], -all[3], all[2]);
+        return -1;
+    }
     /* rank 0's weights, moments and step everywhere: identical from the start */
     for (int k = 0; k < N_TOWERS; k++) {
         const train_tower *tw = &t->towers[k];

@@ -239,4 +239,24 @@ PY
     run "${MPIRUN[@]}" "$TRAIN" --arch tiny --train "$FIX/train.tar" -b 8 -t 1
     [ "$status" -ne 0 ]
     [[ "$output" == *"12 samples, fewer than one batch of 16 (2 ranks x 1 micro-batch x 8)"* ]]
+    # ranks started with other batches or lengths: refused before a collective of those sizes
+    run timeout 120 mpirun --oversubscribe -np 1 "$TRAIN" --arch tiny --train "$FIX/train.tar" -b 2 \
+        --steps 2 -t 1 : -np 1 "$TRAIN" --arch tiny --train "$FIX/train.tar" -b 3 --steps 2 -t 1
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"clip-train: the ranks' models or batches differ (from 1578560 to 1578560 parameters, 2 to 3 samples a step)"* ]]
+    run timeout 120 mpirun --oversubscribe -np 1 "$TRAIN" --arch tiny --train "$FIX/train.tar" -b 2 \
+        --steps 2 -t 1 : -np 1 "$TRAIN" --arch tiny --train "$FIX/train.tar" -b 2 --steps 3 -t 1
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"clip-train: the number of steps differs between the ranks (from 2 to 3)"* ]]
+}
+
+@test "make train NPROC=4 HOSTS=a,b: mpirun with 4 ranks, 2 a host over TCP, time to save on a signal" {
+    run make -s -n -C "$ROOT" train NPROC=4 HOSTS=a,b ARCH=tiny DATA=/nonexistent THREADS=1
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"mpirun -np 4 --mca odls_base_sigkill_timeout 60 --host a:2,b:2 --mca btl tcp,self bin/clip-train --arch tiny "*" -t 1 "* ]]
+    run make -s -n -C "$ROOT" train NPROC=2 ARCH=tiny DATA=/nonexistent
+    [[ "$output" == *"mpirun -np 2 --mca odls_base_sigkill_timeout 60 bin/clip-train --arch tiny "* ]]
+    run make -s -n -C "$ROOT" train ARCH=tiny DATA=/nonexistent
+    [[ "$output" != *"mpirun"* ]]
+    [[ "$output" == *"bin/clip-train --arch tiny "* ]]
 }
