@@ -195,7 +195,11 @@ wait_log() {
     "$BIN/clip-embed" --model "$T/m.safetensors" -i "$FIX/val.tar" -o "$T/emb.tar"
     run timeout 120 mpirun --oversubscribe -np 2 "$TRAIN" "${args[@]}" --resume
     [ "$status" -eq 0 ]
-    [[ "$output" == *"resuming $T/m.safetensors.state at step "* ]]
+    # from the last --save-every 2 before the kill: at least the second step's
+    n=$(echo "$output" | sed -n 's/^clip-train: resuming .*m.safetensors.state at step \([0-9]*\) .*/\1/p')
+    [ -n "$n" ]
+    [ "$n" -ge 2 ]
+    [ $((n % 2)) -eq 0 ]
     [ "$(tail -1 "$T/log.jsonl" | grep -o '"step":[0-9]*')" = '"step":60' ]
 }
 
