@@ -22,6 +22,10 @@ setup() {
 
 teardown() {
     [ -z "${pid:-}" ] || kill -9 "$pid" 2>/dev/null || true
+    if [ -n "${NS:-}" ]; then
+        ip netns del "${NS}1" 2>/dev/null || true
+        ip netns del "${NS}2" 2>/dev/null || true
+    fi
 }
 
 # field NAME FILE: the values of a numeric key in a JSON-lines log, one per line
@@ -263,4 +267,50 @@ PY
     run make -s -n -C "$ROOT" train ARCH=tiny DATA=/nonexistent
     [[ "$output" != *"mpirun"* ]]
     [[ "$output" == *"bin/clip-train --arch tiny "* ]]
+}
+
+@test "two hosts for real: 2 ranks in two network namespaces joined by a veth pair, over TCP, the losses of one process" {
+    [ "$(id -u)" -eq 0 ] || skip "network namespaces need root"
+    NS="clip$$"
+    ip netns add "${NS}1" 2> /dev/null || skip "ip netns is not permitted here"
+    ip netns add "${NS}2"
+    ip link add "${NS}a" type veth peer name "${NS}b"
+    ip link set "${NS}a" netns "${NS}1"
+    ip link set "${NS}b" netns "${NS}2"
+    ip -n "${NS}1" addr add 10.99.0.1/24 dev "${NS}a"
+    ip -n "${NS}2" addr add 10.99.0.2/24 dev "${NS}b"
+    for n in 1 2; do
+        ip -n "$NS$n" link set lo up
+        ip -n "$NS$n" link set "${NS}$([ $n = 1 ] && echo a || echo b)" up
+    done
+    # Open MPI starts its daemon on a remote host through an rsh agent: here host 10.99.0.N
+    # is namespace $NS$N of this machine (one file system, two networks)
+    cat > "$T/agent" <<AGENT
+#!/bin/sh
+host=\$1
+shift
+exec ip netns exec "$NS\${host##*.}" /bin/sh -c "\$*"
+AGENT
+    chmod +x "$T/agent"
+    "$TRAIN" "${INIT[@]}" --train "$FIX/train.tar" -b 4 "${RECIPE[@]}" --log "$T/one.jsonl"
+    run timeout 120 ip netns exec "${NS}1" mpirun --host 10.99.0.1:1,10.99.0.2:1 -np 2 \
+        --mca plm_rsh_agent "$T/agent" --mca btl tcp,self --mca btl_tcp_if_include 10.99.0.0/24 \
+        --mca oob_tcp_if_include 10.99.0.0/24 --mca orte_keep_fqdn_hostnames 1 \
+        sh -c 'echo "rank $OMPI_COMM_WORLD_RANK net $(readlink /proc/self/ns/net)"; exec "$@"' sh \
+        "$TRAIN" "${INIT[@]}" --train "$FIX/train.tar" -b 2 "${RECIPE[@]}" --log "$T/two.jsonl"
+    ip netns del "${NS}1"
+    ip netns del "${NS}2"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    # the ranks ran in the two namespaces, neither in this one
+    r0=$(echo "$output" | sed -n 's/^rank 0 net //p')
+    r1=$(echo "$output" | sed -n 's/^rank 1 net //p')
+    [ -n "$r0" ]
+    [ -n "$r1" ]
+    [ "$r0" != "$r1" ]
+    [ "$r1" != "$(readlink /proc/self/ns/net)" ]
+    field loss "$T/one.jsonl" > "$T/one.loss"
+    field loss "$T/two.jsonl" > "$T/two.loss"
+    [ "$(wc -l < "$T/two.loss")" -eq 5 ]
+    within 1e-5 "$T/one.loss" "$T/two.loss"
 }
