@@ -22,7 +22,6 @@ train_comm *dist_open(int *argc, char ***argv)
     return NULL;
 }
 void dist_close(train_comm *c) {}
-void dist_abort(train_comm *c, int code) { exit(code); }
 const char *dist_where(const train_comm *c, int r) { return "?"; }
 
 #else
@@ -272,13 +271,6 @@ void dist_close(train_comm *c)
     free(d->where);
     free(d);
     free(c);
-}
-
-void dist_abort(train_comm *c, int code)
-{
-    fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, code);
-    exit(code);
 }
 
 const char *dist_where(const train_comm *c, int r)

@@ -23,8 +23,6 @@ int dist_launched(void);
  * error. dist_close finalises MPI. */
 train_comm *dist_open(int *argc, char ***argv);
 void dist_close(train_comm *c);
-/* Ends every rank of the job (MPI_Abort) with exit status `code`. */
-void dist_abort(train_comm *c, int code);
 /* "host:pid" of rank r (gathered at dist_open), for messages. */
 const char *dist_where(const train_comm *c, int r);
 

@@ -90,7 +90,9 @@ train_loader *loader_open(const char *spec, const loader_config *cfg)
     }
     d->slots = cfg->accum * cfg->micro;
     long long global = (long long)d->slots * cfg->ranks;
-    if (is_regular_file(spec) || (!stream_is_zmq(spec) && strcmp(spec, "-") && strpbrk(spec, "{:"))) {
+    /* a file, or shards in brace notation (io/shards.h); anything else is a stream */
+    int shards = !stream_is_zmq(spec) && (strchr(spec, '{') || strstr(spec, "::"));
+    if (is_regular_file(spec) || shards) {
         if (!(d->file = sample_file_open(spec))) goto fail;
         d->n = sample_file_count(d->file);
         if (d->n < (size_t)global) {
