@@ -103,7 +103,7 @@ typedef struct {
 static double agree_max(outputs *o, double x)
 {
     if (o->comm && o->comm->allreduce_f64(o->comm, &x, 1, COMM_MAX))
-        die("rank %d: %s", o->rank, clip_error());
+        die("%s", clip_error());
     return x;
 }
 

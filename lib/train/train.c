@@ -580,14 +580,24 @@ static int stage_backward(trainer *t, const step_batch *s, train_stats *st)
         double t0 = now_seconds();
         for (int k = s->K - 1; k >= 0; k--) {
             tower_input in = micro_input(t, s, w, k);
-            if (k != s->K - 1 && tower_forward(t, tw, &in, tower_features(t, w, k, s->b))) return -1;
-            if (tower_backward(t, tw, &in, dfeat[w] + (size_t)k * s->b * D)) return -1;
+            if ((k != s->K - 1 && tower_forward(t, tw, &in, tower_features(t, w, k, s->b))) ||
+                tower_backward(t, tw, &in, dfeat[w] + (size_t)k * s->b * D))
+                goto fail;
         }
         *(w == IMAGE_TOWER ? &st->sec_image : &st->sec_text) += now_seconds() - t0;
         if (t->comm && t->comm->allreduce_start(t->comm, tw->grads->data, tw->grads->total))
-            return -1;
+            goto fail;
     }
     return 0;
+fail:
+    if (t->comm) {
+        /* no reduction left running over the gradients; the error is the first one */
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", clip_error());
+        t->comm->allreduce_wait(t->comm);
+        clip_set_error("%s", msg);
+    }
+    return -1;
 }
 
 /* reduce: the gradient all-reduce finished, and the loss parts, hits and
