@@ -4,6 +4,8 @@
 #   make train INIT=ViT-B-16-OpenAI.pth TEXT_MODEL=bert-from-clip-chinese-1M  # fine-tune
 #   make train ARCH=small EPOCHS=30 BATCH=64 LR=5e-4                          # from scratch
 #   make eval     make plots
+#   make train NPROC=4 ...                    # 4 data-parallel ranks (mpirun), BATCH each
+#   make train NPROC=4 HOSTS=a,b ...          # over machines a and b, 2 ranks each (TCP)
 #
 # `make train` resumes an interrupted run (its state is $(RUN)/model.safetensors.state);
 # `make clean-train` starts over.
@@ -25,7 +27,22 @@ SEED ?= 0
 SIZE ?= $(if $(findstring small,$(ARCH)),112,$(if $(findstring tiny,$(ARCH)),32,224))
 RUN ?= runs/$(if $(ARCH),$(subst =,-,$(subst $(comma),_,$(ARCH))),finetune)
 TRAIN_FLAGS ?=
+# NPROC > 1: data-parallel ranks under mpirun (the reference's --nproc_per_node), each a batch of
+# BATCH: the global batch is NPROC x BATCH. HOSTS=a,b spreads them evenly over those machines
+# (one shared file system for DATA and RUN) over Open MPI's TCP transport. THREADS: -t per rank.
+NPROC ?= 1
+HOSTS ?=
+THREADS ?=
+MPIRUN ?= mpirun
+MPI_FLAGS ?=
 comma := ,
+empty :=
+space := $(empty) $(empty)
+HOST_LIST = $(subst $(comma),$(space),$(HOSTS))
+HOST_SLOTS = $(subst $(space),$(comma),$(foreach h,$(HOST_LIST),$(h):$(shell echo $$(( ($(NPROC) + $(words $(HOST_LIST)) - 1) / $(words $(HOST_LIST)) )))))
+# the ranks get 60 s between mpirun's SIGTERM and its SIGKILL to finish a step and save
+LAUNCH = $(if $(filter-out 0 1,$(NPROC)),$(strip $(MPIRUN) -np $(NPROC) --mca odls_base_sigkill_timeout 60 \
+    $(if $(HOSTS),--host $(HOST_SLOTS) --mca btl tcp$(comma)self) $(MPI_FLAGS)) )
 
 MODEL_ARGS = $(if $(ARCH),--arch $(ARCH),--init $(INIT) $(if $(TEXT_MODEL),--text-model $(TEXT_MODEL)))
 
@@ -48,9 +65,9 @@ $(RUN)/val-$(SIZE).tar: | all
 
 train: all $(RUN)/train-$(SIZE).tar $(RUN)/val-$(SIZE).tar
 	@test -n "$(ARCH)$(INIT)" || { echo "make train: set INIT=CKPT [TEXT_MODEL=DIR] or ARCH=small" >&2; exit 2; }
-	bin/clip-train $(MODEL_ARGS) --train $(RUN)/train-$(SIZE).tar --val $(RUN)/val-$(SIZE).tar \
+	$(LAUNCH)bin/clip-train $(MODEL_ARGS) --train $(RUN)/train-$(SIZE).tar --val $(RUN)/val-$(SIZE).tar \
 	    --epochs $(EPOCHS) -b $(BATCH) --lr $(LR) --warmup $(WARMUP) --seed $(SEED) \
-	    --device $(DEVICE) $(if $(filter 1 yes,$(AMP)),--amp) --eval-at-start \
+	    --device $(DEVICE) $(if $(filter 1 yes,$(AMP)),--amp) --eval-at-start $(if $(THREADS),-t $(THREADS)) \
 	    --save $(RUN)/model.safetensors --log $(RUN)/log.jsonl --resume --progress $(TRAIN_FLAGS)
 
 eval: all $(RUN)/val-$(SIZE).tar

@@ -1,35 +1,37 @@
 /* clip-train: contrastive training and fine-tuning of the joint model on
- * samples with img.npy and tok.npy. See clip-train(1). */
+ * samples with img.npy and tok.npy, in one process or as the ranks of
+ * mpirun. The data loader, the step's stages and the evaluation are
+ * lib/train's; this is the options and the loop. See clip-train(1). */
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
 #include <omp.h>
 #include <signal.h>
+#include <stdnoreturn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
 
 #include "tool.h"
 #include "core/atomic_file.h"
+#include "core/util.h"
+#include "io/image.h"
 #include "kernels/blas.h"
 #include "model/device.h"
-#include "io/image.h"
-#include "kernels/ops.h"
 #include "search/recall.h"
-#include "io/sample.h"
-#include "io/sample_file.h"
-#include "io/stream.h"
+#include "train/dist.h"
+#include "train/eval.h"
+#include "train/loader.h"
 #include "train/train.h"
-#include "core/util.h"
 
 static void usage(FILE *f)
 {
     fprintf(f,
             "usage: %s (--init CKPT [--text-model DIR] | --arch SPEC) --train DATA [options]\n"
+            "       mpirun -np N %s ... (data-parallel: N ranks, each -b samples a step)\n"
             "Train the joint CLIP model (ViT + BERT, or OpenAI's English CLIP) contrastively on\n"
             "samples with img.npy and tok.npy (clip-prep | clip-tokenize [--bpe]).\n"
             "\n"
@@ -44,12 +46,15 @@ static void usage(FILE *f)
             "                           --init the saved keys are always those of the init)\n"
             "      --resume             continue from the --save file's state (FILE.state)\n"
             "Data:\n"
-            "      --train DATA         FILE.tar or shards 'train-{000..015}.tar' (random access,\n"
-            "                           shuffled each epoch) or a stream\n"
-            "                           (-, tcp://..., ipc://...: read once, in order; needs --steps)\n"
+            "      --train DATA         FILE.tar or shards ('train-{000..015}.tar'; random access,\n"
+            "                           shuffled each epoch) or a stream (-, tcp://..., ipc://...:\n"
+            "                           read once, in order; needs --steps)\n"
             "      --val FILE.tar       evaluation samples: recall after every epoch\n"
             "      --eval-at-start      evaluate once before training too\n"
-            "  -b, --batch-size N       samples per step (default 32)\n"
+            "  -b, --batch-size N       samples per step and process (default 32); the global\n"
+            "                           batch is N x ranks x --accum-freq\n"
+            "      --accum-freq K       K micro-batches of -b per step, their features in one loss\n"
+            "                           (default 1)\n"
             "      --epochs N           passes over a FILE.tar (default 1)\n"
             "      --steps N            stop after N steps in all (the schedule's length)\n"
             "      --no-shuffle         keep the file order\n"
@@ -66,6 +71,7 @@ static void usage(FILE *f)
             "      --beta1 X --beta2 X --eps X   AdamW (defaults 0.9, 0.999, 1e-8)\n"
             "      --grad-clip X        clip the total gradient norm to X (default off)\n"
             "      --amp                bf16 matrix products, fp32 master weights\n"
+            "      --check-sync N       under mpirun: compare the ranks' weights every N steps\n"
             "Output:\n"
             "      --save FILE          weights (.pth, or .safetensors with the config); also\n"
             "                           FILE.state for --resume; written after every epoch\n"
@@ -79,214 +85,7 @@ static void usage(FILE *f)
             "      --image-device NAME  --text-device NAME   per encoder\n"
             "  -t, --threads N          OpenMP and OpenBLAS threads (default: all cores)\n"
             "  -h, --help               this help\n",
-            clip_progname);
-}
-
-/* ---- data */
-
-typedef struct {
-    const char *path;
-    sample_file *file;     /* random access, or */
-    stream_reader *stream; /* one pass */
-    size_t n;              /* samples in the file (0 for a stream) */
-    int res, len, vocab;   /* image side, token length and vocabulary of the model */
-    int augment, first_caption;
-    uint64_t seed;
-    size_t *order; /* [n] this epoch's permutation */
-    int pending;   /* a stream's first sample already sits in buf[0] */
-    sample *buf;   /* [batch] */
-    uint8_t *pixels;
-    int32_t *ids;
-} loader;
-
-static uint64_t mix(uint64_t a, uint64_t b)
-{
-    uint64_t s = a * 0x9e3779b97f4a7c15ull ^ b;
-    return splitmix64(&s);
-}
-
-static void loader_epoch(loader *d, long epoch, int shuffle)
-{
-    for (size_t i = 0; i < d->n; i++) d->order[i] = i;
-    if (!shuffle) return;
-    uint64_t rng = mix(d->seed, 0x5eed0000ull + epoch);
-    for (size_t i = d->n - 1; i > 0; i--) {
-        size_t j = (size_t)image_rng_int(&rng, (int64_t)i + 1);
-        size_t t = d->order[i];
-        d->order[i] = d->order[j];
-        d->order[j] = t;
-    }
-}
-
-/* img.npy uint8 [H, W, 3] and tok.npy int32 [n, L] of a sample; dies naming it */
-static void get_fields(const char *path, const sample *s, npy_array *img, npy_array *tok)
-{
-    if (sample_get_npy(s, "img.npy", img) || sample_get_npy(s, "tok.npy", tok))
-        die("%s: %s", path, clip_error());
-    if (img->dtype != DT_U8 || img->ndim != 3 || img->shape[2] != 3 || img->shape[0] < 1 ||
-        img->shape[1] < 1)
-        die("%s: sample %s: img.npy must be uint8 [H, W, 3]", path, s->key);
-    if (tok->dtype != DT_I32 || tok->ndim != 2)
-        die("%s: sample %s: tok.npy must be int32 [n_captions, L]", path, s->key);
-}
-
-/* the evaluation view: the stored pixels when already R x R, else the centre crop */
-static void eval_pixels(const npy_array *img, int R, uint8_t *out)
-{
-    image_rgb im = {(int)img->shape[1], (int)img->shape[0], (unsigned char *)img->data};
-    if (im.w == R && im.h == R) memcpy(out, img->data, (size_t)R * R * 3);
-    else image_preprocess(&im, R, IMAGE_CROP, out);
-}
-
-/* pixels at the model's resolution (centre crop, or the random resized
- * crop + flip) and one caption row; dies naming the sample */
-static void take_sample(loader *d, const sample *s, int slot, uint64_t rng)
-{
-    npy_array img, tok;
-    get_fields(d->path, s, &img, &tok);
-    if (tok.shape[0] < 1) die("%s: sample %s: tok.npy has no caption", d->path, s->key);
-    if (tok.shape[1] > d->len)
-        die("%s: sample %s: tok.npy has %lld tokens per caption, more than the %d of the first "
-            "sample",
-            d->path, s->key, (long long)tok.shape[1], d->len);
-    int R = d->res;
-    uint8_t *out = d->pixels + (size_t)slot * R * R * 3;
-    if (d->augment) {
-        image_rgb im = {(int)img.shape[1], (int)img.shape[0], (unsigned char *)img.data};
-        image_random_resized_crop(&im, R, &rng, out);
-    } else {
-        eval_pixels(&img, R, out);
-    }
-    int64_t row = d->first_caption ? 0 : image_rng_int(&rng, tok.shape[0]);
-    int32_t *dst = d->ids + (size_t)slot * d->len;
-    memset(dst, 0, d->len * sizeof *dst);
-    memcpy(dst, (const int32_t *)tok.data + row * tok.shape[1], tok.shape[1] * sizeof *dst);
-    if (check_token_ids(dst, 1, d->len, d->vocab))
-        die("%s: sample %s: tok.npy row %lld: %s (tokenised with another vocabulary?)", d->path,
-            s->key, (long long)row, clip_error());
-}
-
-/* Fills batch `b` of `epoch`; returns the samples read (< B only at the end
- * of a stream). */
-static int loader_batch(loader *d, long epoch, long b, int B)
-{
-    int got = 0;
-    if (d->file) {
-        for (; got < B; got++) {
-            size_t idx = d->order[(size_t)b * B + got];
-            sample_clear(&d->buf[got]);
-            if (sample_file_read(d->file, idx, &d->buf[got]) < 0)
-                die("%s: %s", d->path, clip_error());
-        }
-    } else {
-        got = d->pending;
-        d->pending = 0;
-        for (; got < B; got++) {
-            sample_clear(&d->buf[got]);
-            int rc = stream_read(d->stream, &d->buf[got]);
-            if (rc < 0) die("%s: %s", d->path, clip_error());
-            if (rc == 0) break;
-        }
-        if (got < B) return got;
-    }
-    /* the decode/augment work of a batch is spread over the cores; each
-     * sample's randomness depends only on (seed, epoch, batch, slot) */
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int i = 0; i < B; i++)
-        take_sample(d, &d->buf[i], i, mix(d->seed, ((uint64_t)epoch << 40) ^ ((uint64_t)b << 16) ^ i));
-    return got;
-}
-
-/* the first sample fixes the token length */
-static void loader_probe(loader *d, const sample *s)
-{
-    npy_array img, tok;
-    get_fields(d->path, s, &img, &tok);
-    d->len = (int)tok.shape[1];
-}
-
-/* ---- evaluation set, held in memory */
-
-typedef struct {
-    int n_images, n_texts, len, res;
-    uint8_t *pixels;
-    int32_t *ids;
-    int64_t *txt_off;
-} val_set;
-
-static void val_load(val_set *v, const char *path, int res)
-{
-    sample_file *f = sample_file_open(path);
-    if (!f) die("%s", clip_error());
-    size_t n = sample_file_count(f);
-    if (!n) die("%s: no samples", path);
-    memset(v, 0, sizeof *v);
-    v->res = res;
-    v->pixels = xmalloc(n * res * res * 3);
-    v->txt_off = xmalloc((n + 1) * sizeof *v->txt_off);
-    sample s;
-    sample_init(&s);
-    size_t cap = 0;
-    for (size_t i = 0; i < n; i++) {
-        npy_array img, tok;
-        sample_clear(&s);
-        if (sample_file_read(f, i, &s) < 0) die("%s: %s", path, clip_error());
-        get_fields(path, &s, &img, &tok);
-        if (!v->len) v->len = (int)tok.shape[1];
-        if (tok.shape[1] != v->len)
-            die("%s: sample %s: tok.npy has %lld tokens per caption, the first sample %d", path,
-                s.key, (long long)tok.shape[1], v->len);
-        eval_pixels(&img, res, v->pixels + i * res * res * 3);
-        v->txt_off[i] = v->n_texts;
-        size_t need = ((size_t)v->n_texts + tok.shape[0]) * v->len;
-        if (need > cap) {
-            cap = need * 2;
-            v->ids = xrealloc(v->ids, cap * sizeof *v->ids);
-        }
-        memcpy(v->ids + (size_t)v->n_texts * v->len, tok.data, tok.count * sizeof(int32_t));
-        v->n_texts += (int)tok.shape[0];
-    }
-    v->n_images = (int)n;
-    v->txt_off[n] = v->n_texts;
-    sample_free(&s);
-    sample_file_close(f);
-}
-
-/* what main holds, at an exit through main (make check-asan finds any leak there) */
-static void run_free(loader *d, int batch, sample *first, val_set *v, trainer *t)
-{
-    if (d->file) sample_file_close(d->file);
-    if (d->stream) stream_close_read(d->stream);
-    sample_free(first);
-    for (int i = 0; i < batch; i++) sample_free(&d->buf[i]);
-    free(d->buf);
-    free(d->order);
-    clip_free_big(d->pixels, (size_t)batch * d->res * d->res * 3);
-    free(d->ids);
-    free(v->pixels);
-    free(v->ids);
-    free(v->txt_off);
-    trainer_free(t);
-}
-
-static json_t *evaluate(clip_model *m, const val_set *v)
-{
-    recall_set set = {.n_images = v->n_images, .n_texts = v->n_texts, .dim = m->embed_dim};
-    set.img = xmalloc((size_t)v->n_images * set.dim * sizeof(float));
-    set.txt = xmalloc((size_t)v->n_texts * set.dim * sizeof(float));
-    set.txt_off = xmalloc((v->n_images + 1) * sizeof(int64_t));
-    memcpy(set.txt_off, v->txt_off, (v->n_images + 1) * sizeof(int64_t));
-    if (clip_encode_images(m, v->pixels, v->n_images, set.img) ||
-        clip_encode_texts(m, v->ids, v->n_texts, v->len, set.txt))
-        die("evaluation: %s", clip_error());
-    int64_t *ir = xmalloc(v->n_images * sizeof *ir), *tr = xmalloc(v->n_texts * sizeof *tr);
-    recall_ranks(&set, 0, 0, ir, tr);
-    recall_metrics rm;
-    recall_summarize(&set, ir, tr, &rm);
-    free(ir);
-    free(tr);
-    recall_set_free(&set);
-    return recall_metrics_json(&rm);
+            clip_progname, clip_progname);
 }
 
 /* ---- the run */
@@ -299,14 +98,42 @@ typedef struct {
     FILE *log;
     char state_path[4096];
     long save_every;
+    train_comm *comm; /* NULL: one process */
+    int rank;         /* only rank 0 writes */
 } outputs;
 
-static void save_all(trainer *t, const outputs *o, long epoch, long batch_in_epoch, uint64_t seed)
+/* the maximum of x over the ranks: their agreement (a barrier too) */
+static double agree_max(outputs *o, double x)
 {
-    if (!o->save) return;
+    if (o->comm && o->comm->allreduce_f64(o->comm, &x, 1, COMM_MAX))
+        die("%s", clip_error());
+    return x;
+}
+
+/* an error every rank found alike: rank 0 says it, the others leave quietly */
+static noreturn void die_agreed(int rank, const char *msg)
+{
+    if (rank) exit(1);
+    die("%s", msg);
+}
+
+/* dies unless x is the same on every rank (a collective of every rank) */
+static void same_on_ranks(outputs *o, double x, const char *what)
+{
+    double hi = agree_max(o, x), lo = -agree_max(o, -x);
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s differs between the ranks (from %g to %g): run every rank "
+             "with the same options and data", what, lo, hi);
+    if (hi != lo) die_agreed(o->rank, msg);
+}
+
+static void save_all(trainer *t, const outputs *o, long epoch, long batch_in_epoch, uint64_t seed,
+                     int global_batch)
+{
+    if (!o->save || o->rank) return;
     char extra[256];
-    snprintf(extra, sizeof extra, "{\"epoch\": %ld, \"batch\": %ld, \"seed\": %llu}", epoch,
-             batch_in_epoch, (unsigned long long)seed);
+    snprintf(extra, sizeof extra, "{\"epoch\": %ld, \"batch\": %ld, \"seed\": %llu, "
+             "\"global_batch\": %d}", epoch, batch_in_epoch, (unsigned long long)seed, global_batch);
     if (trainer_save_weights(t, o->save) || trainer_save_state(t, o->state_path, extra))
         die("saving: %s", clip_error());
 }
@@ -322,6 +149,7 @@ static void log_json(outputs *o, json_t *j)
     json_decref(j);
 }
 
+/* every rank encodes its slice of the set; rank 0 ranks and reports */
 /* A resumed run redoes the steps after its state's (those of a run killed
  * since its last save): their lines are cut from the end of the log, so that
  * each step is logged once. A line cut short by the kill goes too; the lines
@@ -363,13 +191,27 @@ static void trim_log(const char *path, long state_step)
 static void report_eval(outputs *o, clip_model *m, const val_set *v, long step, long epoch)
 {
     double t0 = now_seconds();
-    json_t *r = evaluate(m, v);
+    recall_set set = {.n_images = v->n_images, .n_texts = v->n_texts, .dim = m->embed_dim};
+    set.img = xmalloc((size_t)v->n_images * set.dim * sizeof(float));
+    set.txt = xmalloc((size_t)v->n_texts * set.dim * sizeof(float));
+    set.txt_off = xmalloc((v->n_images + 1) * sizeof(int64_t));
+    memcpy(set.txt_off, v->txt_off, (v->n_images + 1) * sizeof(int64_t));
+    if (val_set_encode(m, v, o->comm, set.img, set.txt)) die("evaluation: %s", clip_error());
+    if (o->rank) {
+        recall_set_free(&set);
+        return;
+    }
+    int64_t *ir = xmalloc(v->n_images * sizeof *ir), *tr = xmalloc(v->n_texts * sizeof *tr);
+    recall_ranks(&set, 0, 0, ir, tr);
+    recall_metrics rm;
+    recall_summarize(&set, ir, tr, &rm);
+    free(ir);
+    free(tr);
+    recall_set_free(&set);
+    json_t *r = recall_metrics_json(&rm);
     fprintf(stderr, "%s: epoch %ld eval: i2t R@1/5/10 %.2f/%.2f/%.2f  t2i %.2f/%.2f/%.2f  mean %.2f  (%d images, %.1f s)\n",
-            clip_progname, epoch, json_real_value(json_object_get(r, "txt_r1")),
-            json_real_value(json_object_get(r, "txt_r5")), json_real_value(json_object_get(r, "txt_r10")),
-            json_real_value(json_object_get(r, "img_r1")), json_real_value(json_object_get(r, "img_r5")),
-            json_real_value(json_object_get(r, "img_r10")), json_real_value(json_object_get(r, "r_mean")),
-            v->n_images, now_seconds() - t0);
+            clip_progname, epoch, rm.txt_r[0], rm.txt_r[1], rm.txt_r[2], rm.img_r[0], rm.img_r[1],
+            rm.img_r[2], rm.r_mean, v->n_images, now_seconds() - t0);
     log_json(o, json_pack("{s:I,s:I,s:o}", "step", (json_int_t)step, "epoch", (json_int_t)epoch,
                           "val", r));
 }
@@ -384,24 +226,24 @@ static double parse_double_option(const char *opt, const char *val, double min, 
     return v;
 }
 
-/* a file, or shards of files (io/shards.h): random access */
-static int is_regular_file(const char *path)
-{
-    struct stat st;
-    if (stream_is_zmq(path) || !strcmp(path, "-")) return 0;
-    return strchr(path, '{') || strstr(path, "::") || (stat(path, &st) == 0 && S_ISREG(st.st_mode));
-}
-
 int main(int argc, char **argv)
 {
     clip_set_progname(argv[0]);
-    blas_setup(argc, argv);
+    blas_setup(argc, argv); /* may exec the program again: before MPI starts */
     clip_handle_signals(); /* the graceful SIGINT/SIGTERM of the training loop come later */
+    train_comm *comm = NULL;
+    if (dist_launched() && !(comm = dist_open(&argc, &argv))) die("%s", clip_error());
+    int rank = comm ? comm->rank : 0, ranks = comm ? comm->size : 1;
+    char progname[64];
+    if (rank) { /* the other ranks' messages say whose they are */
+        snprintf(progname, sizeof progname, "%s[rank %d]", clip_progname, rank);
+        clip_progname = progname;
+    }
     enum {
         O_INIT = 256, O_TEXT, O_ARCH, O_RESUME, O_TRAIN, O_VAL, O_EVAL0, O_EPOCHS, O_STEPS,
         O_NOSHUF, O_NOAUG, O_CAPTION, O_SEED, O_LR, O_WARMUP, O_SCHED, O_MINLR, O_WD, O_WDALL,
         O_B1, O_B2, O_EPS, O_CLIP, O_AMP, O_SAVE, O_SAVE_EVERY, O_LOG, O_PROGRESS, O_QUIET,
-        O_DEVICE, O_IDEV, O_TDEV, O_STOP_AFTER, O_POSIDS
+        O_DEVICE, O_IDEV, O_TDEV, O_STOP_AFTER, O_POSIDS, O_ACCUM, O_SYNC
     };
     static const struct option opts[] = {
         {"init", 1, 0, O_INIT},        {"text-model", 1, 0, O_TEXT},  {"arch", 1, 0, O_ARCH},
@@ -415,18 +257,19 @@ int main(int argc, char **argv)
         {"amp", 0, 0, O_AMP},          {"save", 1, 0, O_SAVE},        {"save-every", 1, 0, O_SAVE_EVERY},
         {"log", 1, 0, O_LOG},          {"progress", 0, 0, O_PROGRESS}, {"quiet", 0, 0, O_QUIET},
         {"device", 1, 0, O_DEVICE},    {"image-device", 1, 0, O_IDEV}, {"text-device", 1, 0, O_TDEV},
-        {"stop-after", 1, 0, O_STOP_AFTER}, {"position-ids", 0, 0, O_POSIDS}, {"threads", 1, 0, 't'},        {"help", 0, 0, 'h'},           {0, 0, 0, 0}};
+        {"stop-after", 1, 0, O_STOP_AFTER}, {"position-ids", 0, 0, O_POSIDS}, {"threads", 1, 0, 't'},
+        {"accum-freq", 1, 0, O_ACCUM}, {"check-sync", 1, 0, O_SYNC},  {"help", 0, 0, 'h'},
+        {0, 0, 0, 0}};
     const char *init = NULL, *text_dir = NULL, *arch_spec = NULL, *train_path = NULL,
                *val_path = NULL;
     const char *image_device = "cpu", *text_device = "cpu";
-    int resume = 0, eval0 = 0, batch = 32, shuffle = 1, augment = 1, first_caption = 0;
-    int position_ids = 0;
-    int show_progress = isatty(2);
-    long epochs = 1, max_steps = 0, stop_after = 0;
-    uint64_t seed = 0;
+    int resume = 0, eval0 = 0, position_ids = 0, show_progress = isatty(2);
+    long epochs = 1, max_steps = 0, stop_after = 0, check_sync = 0;
+    loader_config lc = {.shuffle = 1, .augment = 1, .rank = rank, .ranks = ranks, .accum = 1,
+                        .micro = 32};
     train_config cfg;
     train_config_defaults(&cfg);
-    outputs out = {0};
+    outputs out = {.comm = comm, .rank = rank};
     int c;
     while ((c = getopt_long(argc, argv, "b:t:h", opts, NULL)) != -1) {
         switch (c) {
@@ -438,17 +281,19 @@ int main(int argc, char **argv)
         case O_TRAIN: train_path = optarg; break;
         case O_VAL: val_path = optarg; break;
         case O_EVAL0: eval0 = 1; break;
-        case 'b': batch = (int)parse_long_option("--batch-size", optarg, 2, 1 << 16); break;
+        case 'b': lc.micro = (int)parse_long_option("--batch-size", optarg, ranks > 1 ? 1 : 2, 1 << 16); break;
+        case O_ACCUM: lc.accum = cfg.accum_freq = (int)parse_long_option("--accum-freq", optarg, 1, 1 << 12); break;
+        case O_SYNC: check_sync = parse_long_option("--check-sync", optarg, 1, 1L << 40); break;
         case O_EPOCHS: epochs = parse_long_option("--epochs", optarg, 1, 1L << 30); break;
         case O_STEPS: max_steps = parse_long_option("--steps", optarg, 1, 1L << 40); break;
-        case O_NOSHUF: shuffle = 0; break;
-        case O_NOAUG: augment = 0; break;
+        case O_NOSHUF: lc.shuffle = 0; break;
+        case O_NOAUG: lc.augment = 0; break;
         case O_CAPTION:
-            if (!strcmp(optarg, "first")) first_caption = 1;
-            else if (!strcmp(optarg, "random")) first_caption = 0;
+            if (!strcmp(optarg, "first")) lc.first_caption = 1;
+            else if (!strcmp(optarg, "random")) lc.first_caption = 0;
             else die("--caption: expected random or first, not '%s'", optarg);
             break;
-        case O_SEED: seed = (uint64_t)parse_long_option("--seed", optarg, 0, (1L << 62)); break;
+        case O_SEED: lc.seed = (uint64_t)parse_long_option("--seed", optarg, 0, (1L << 62)); break;
         case O_LR: cfg.lr = parse_double_option("--lr", optarg, 0, 10); break;
         case O_WARMUP: cfg.warmup = parse_long_option("--warmup", optarg, 0, 1L << 40); break;
         case O_SCHED:
@@ -482,8 +327,9 @@ int main(int argc, char **argv)
     if (!train_path) die("no training data: --train FILE.tar or a stream (see --help)");
     if (resume && !out.save) die("--resume continues from the --save file's state: give --save FILE");
     if (out.save) snprintf(out.state_path, sizeof out.state_path, "%s.state", out.save);
+    /* every rank reads the state (rank 0 wrote it): a file system they share */
     int resuming = resume && access(out.state_path, R_OK) == 0;
-    if (resume && !resuming) warn("--resume: no %s yet, starting from the beginning", out.state_path);
+    if (resume && !resuming && !rank) warn("--resume: no %s yet, starting from the beginning", out.state_path);
     if (!resuming && !init && !arch_spec)
         die("no model: --init CKPT [--text-model DIR] or --arch SPEC (see --help)");
     if (init && arch_spec) die("--init and --arch exclude each other");
@@ -499,79 +345,67 @@ int main(int argc, char **argv)
     if (image_init(argv[0])) die("%s", clip_error());
 
     /* data */
-    loader d = {.path = train_path, .augment = augment, .first_caption = first_caption, .seed = seed};
-    sample first;
-    sample_init(&first);
-    if (is_regular_file(train_path)) {
-        if (!(d.file = sample_file_open(train_path))) die("%s", clip_error());
-        d.n = sample_file_count(d.file);
-        if (d.n < (size_t)batch)
-            die("%s: %zu samples, fewer than one batch of %d", train_path, d.n, batch);
-        if (sample_file_read(d.file, 0, &first) < 0) die("%s: %s", train_path, clip_error());
-        loader_probe(&d, &first);
-    } else {
-        if (!max_steps) die("--train %s is a stream: give --steps N (the schedule's length)", train_path);
-        if (!(d.stream = stream_open_read(train_path))) die("%s", clip_error());
-        d.buf = xcalloc(batch, sizeof *d.buf);
-        for (int i = 0; i < batch; i++) sample_init(&d.buf[i]);
-        int rc = stream_read(d.stream, &d.buf[0]);
-        if (rc <= 0) die("%s: %s", train_path, rc < 0 ? clip_error() : "empty stream");
-        loader_probe(&d, &d.buf[0]);
-        d.pending = 1;
-    }
-    long batches_per_epoch = d.file ? (long)(d.n / batch) : max_steps;
+    train_loader *d = loader_open(train_path, &lc);
+    if (!d) die("%s", clip_error());
+    if (loader_is_stream(d) && !max_steps)
+        die("--train %s is a stream: give --steps N (the schedule's length)", train_path);
+    int slots = lc.accum * lc.micro, global = slots * ranks, len = loader_token_length(d);
+    long batches_per_epoch = loader_is_stream(d) ? max_steps : loader_batches_per_epoch(d);
     long total = max_steps ? max_steps : epochs * batches_per_epoch;
-    if (d.file && max_steps) epochs = (max_steps + batches_per_epoch - 1) / batches_per_epoch;
+    if (!loader_is_stream(d) && max_steps) epochs = (max_steps + batches_per_epoch - 1) / batches_per_epoch;
     cfg.total_steps = total;
+    same_on_ranks(&out, (double)total, "the number of steps");
+    same_on_ranks(&out, (double)loader_count(d), "the number of training samples");
+    same_on_ranks(&out, len, "the caption length of the data");
 
     /* model */
     trainer *t = NULL;
     long start_epoch = 0, start_batch = 0;
-    int max_len = d.len;
-    val_set val = {0};
     if (resuming) {
         char *extra = NULL;
         /* the token length of the model's activations comes from the data */
-        if (!(t = trainer_load_state(out.state_path, &cfg, batch, max_len, &extra)))
+        if (!(t = trainer_load_state(out.state_path, &cfg, lc.micro, len, &extra)))
             die("%s", clip_error());
         json_t *j = json_loads(extra, 0, NULL);
         start_epoch = (long)json_integer_value(json_object_get(j, "epoch"));
         start_batch = (long)json_integer_value(json_object_get(j, "batch"));
+        json_t *gb = json_object_get(j, "global_batch");
+        long saved_global = gb ? (long)json_integer_value(gb) : lc.micro;
         json_decref(j);
         free(extra);
-        fprintf(stderr, "%s: resuming %s at step %ld (epoch %ld, batch %ld)\n", clip_progname,
-                out.state_path, trainer_step_count(t), start_epoch + 1, start_batch);
+        if (saved_global != global)
+            die("%s: saved at a global batch of %ld, this run's is %d (%d rank%s x %d x -b %d): "
+                "resume with the same ranks, -b and --accum-freq", out.state_path, saved_global,
+                global, ranks, ranks > 1 ? "s" : "", lc.accum, lc.micro);
+        if (!rank)
+            fprintf(stderr, "%s: resuming %s at step %ld (epoch %ld, batch %ld)\n", clip_progname,
+                    out.state_path, trainer_step_count(t), start_epoch + 1, start_batch);
     } else {
         clip_model *m;
         if (arch_spec) {
-            m = train_model_create(&arch, seed);
+            m = train_model_create(&arch, lc.seed);
         } else if (!(m = train_model_load(init, text_dir))) {
             die("%s", clip_error());
         }
-        if (!(t = trainer_create(m, &cfg, batch, max_len))) die("%s", clip_error());
+        if (!(t = trainer_create(m, &cfg, lc.micro, len))) die("%s", clip_error());
     }
+    if (trainer_set_comm(t, comm)) die_agreed(rank, clip_error());
     trainer_set_devices(t, idev, tdev);
     clip_model *m = trainer_model(t);
-    for (int i = 0; i < m->n_warnings; i++) warn("%s", m->warnings[i]);
-    d.res = clip_image_resolution(m);
+    for (int i = 0; !rank && i < m->n_warnings; i++) warn("%s", m->warnings[i]);
     {
-        int max_pos;
-        clip_text_limits(m, &d.vocab, &max_pos);
-        if (d.len > max_pos)
+        int vocab, max_pos;
+        clip_text_limits(m, &vocab, &max_pos);
+        if (len > max_pos)
             die("%s: captions of %d tokens, more than the text tower's %d positions", train_path,
-                d.len, max_pos);
+                len, max_pos);
+        if (loader_set_model(d, clip_image_resolution(m), vocab)) die("%s", clip_error());
     }
-    if (val_path) val_load(&val, val_path, d.res);
-    d.order = xmalloc((d.n ? d.n : 1) * sizeof *d.order);
-    if (!d.buf) {
-        d.buf = xcalloc(batch, sizeof *d.buf);
-        for (int i = 0; i < batch; i++) sample_init(&d.buf[i]);
-    }
-    d.pixels = clip_alloc_big((size_t)batch * d.res * d.res * 3);
-    d.ids = xmalloc((size_t)batch * d.len * sizeof *d.ids);
+    val_set val = {0};
+    if (val_path && val_set_load(&val, val_path, clip_image_resolution(m))) die("%s", clip_error());
 
-    if (out.log_path && resuming) trim_log(out.log_path, trainer_step_count(t));
-    if (out.log_path && !(out.log = fopen(out.log_path, resuming ? "a" : "w")))
+    if (!rank && out.log_path && resuming) trim_log(out.log_path, trainer_step_count(t));
+    if (!rank && out.log_path && !(out.log = fopen(out.log_path, resuming ? "a" : "w")))
         die("%s: %s", out.log_path, strerror(errno));
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGINT, &sa, NULL);
@@ -579,15 +413,21 @@ int main(int argc, char **argv)
 
     const vit_config *vc = &m->visual->cfg;
     int english = m->text == CLIP_TEXT_CLIP; /* the tower the checkpoint (or --arch) has */
-    fprintf(stderr,
-            "%s: ViT %dx%d patch %d @%d, %s %dx%d (%d heads), dim %d; %s%zu samples, batch %d, "
-            "%ld steps, lr %g (%s, warm-up %ld)%s; %s\n",
-            clip_progname, vc->width, vc->layers, vc->patch, vc->resolution,
-            english ? "CLIP text" : "BERT", english ? m->ctext->cfg.width : m->bert->cfg.hidden,
-            english ? m->ctext->cfg.layers : m->bert->cfg.layers,
-            english ? m->ctext->cfg.heads : m->bert->cfg.heads, m->embed_dim, d.file ? "" : "stream, ", d.n, batch, total, cfg.lr,
-            cfg.schedule == SCHEDULE_COSINE ? "cosine" : "constant", cfg.warmup,
-            cfg.amp ? ", amp bf16" : "", blas_describe());
+    char batch_desc[96] = "";
+    if (ranks > 1 || lc.accum > 1)
+        snprintf(batch_desc, sizeof batch_desc, " (%d rank%s x %d micro-batch%s x %d)", ranks,
+                 ranks > 1 ? "s" : "", lc.accum, lc.accum > 1 ? "es" : "", lc.micro);
+    if (!rank)
+        fprintf(stderr,
+                "%s: ViT %dx%d patch %d @%d, %s %dx%d (%d heads), dim %d; %s%zu samples, batch "
+                "%d%s, %ld steps, lr %g (%s, warm-up %ld)%s; %s\n",
+                clip_progname, vc->width, vc->layers, vc->patch, vc->resolution,
+                english ? "CLIP text" : "BERT", english ? m->ctext->cfg.width : m->bert->cfg.hidden,
+                english ? m->ctext->cfg.layers : m->bert->cfg.layers,
+                english ? m->ctext->cfg.heads : m->bert->cfg.heads, m->embed_dim, loader_is_stream(d) ? "stream, " : "",
+                loader_count(d), global, batch_desc, total, cfg.lr,
+                cfg.schedule == SCHEDULE_COSINE ? "cosine" : "constant", cfg.warmup,
+                cfg.amp ? ", amp bf16" : "", blas_describe());
     if (val_path && eval0 && !resuming) report_eval(&out, m, &val, 0, 0);
 
     double t_start = now_seconds();
@@ -595,24 +435,30 @@ int main(int argc, char **argv)
     long pos_epoch = start_epoch, pos_batch = start_batch; /* the next batch */
     int stopped = 0, ended = 0;
     for (long epoch = start_epoch; epoch < epochs && step < total && !stopped && !ended; epoch++) {
-        if (d.file) loader_epoch(&d, epoch, shuffle);
+        if (!loader_is_stream(d)) loader_epoch(d, epoch);
         double loss_sum = 0;
         long loss_n = 0;
         for (long b = epoch == start_epoch ? start_batch : 0; b < batches_per_epoch && step < total;
              b++) {
             double t0 = now_seconds();
-            int got = loader_batch(&d, epoch, b, batch);
-            if (got < batch) {
-                warn("%s: the stream ended after %ld steps%s", train_path, step,
-                     got ? " (its last samples, less than a batch, are left out)" : "");
+            int got = loader_batch(d, epoch, b);
+            if (got < 0) die("%s", clip_error());
+            if (agree_max(&out, got < slots)) { /* a stream ended, here or on another rank */
+                if (!rank)
+                    warn("%s: the stream ended after %ld steps%s", train_path, step,
+                         got ? " (its last samples, less than a batch, are left out)" : "");
                 ended = 1;
                 break;
             }
             train_stats st;
-            int rc = trainer_step(t, d.pixels, d.ids, batch, d.len, &st);
+            uint64_t reduced = comm ? comm->stats.bytes_allreduced : 0;
+            int rc = trainer_step(t, loader_pixels(d), loader_ids(d), slots, len, &st);
+            if (comm) reduced = comm->stats.bytes_allreduced - reduced;
             if (rc < 0) die("step %ld (epoch %ld): %s", step + 1, epoch + 1, clip_error());
             if (rc == 1) {
-                save_all(t, &out, pos_epoch, pos_batch, seed);
+                save_all(t, &out, pos_epoch, pos_batch, lc.seed, global);
+                agree_max(&out, 0); /* the save is done before any rank exits */
+                if (rank) exit(1);  /* every rank saw the same loss: rank 0 says it */
                 die("step %ld (epoch %ld): the %s is %s; stopped%s%s (the weights before this step)",
                     step + 1, epoch + 1, isfinite(st.loss) ? "gradient" : "loss",
                     isnan(st.loss) || isnan(st.grad_norm) ? "NaN" : "infinite",
@@ -621,54 +467,69 @@ int main(int argc, char **argv)
             step++;
             pos_epoch = b + 1 < batches_per_epoch ? epoch : epoch + 1;
             pos_batch = b + 1 < batches_per_epoch ? b + 1 : 0;
+            if (check_sync && step % check_sync == 0 && trainer_check_sync(t))
+                die_agreed(rank, clip_error());
             double dt = now_seconds() - t0, el = now_seconds() - t_start;
             loss_sum += st.loss;
             loss_n++;
-            log_json(&out, json_pack("{s:I,s:I,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f}", "step",
-                                     (json_int_t)step, "epoch", (json_int_t)epoch + 1, "loss",
-                                     st.loss, "lr", st.lr, "logit_scale", st.logit_scale,
+            log_json(&out, json_pack("{s:I,s:I,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:I,s:f,s:I}",
+                                     "step", (json_int_t)step, "epoch", (json_int_t)epoch + 1,
+                                     "loss", st.loss, "lr", st.lr, "logit_scale", st.logit_scale,
                                      "grad_norm", st.grad_norm, "acc_i2t", st.acc_i2t, "time", el,
                                      "step_time", dt, "image_time", st.sec_image, "text_time",
-                                     st.sec_text, "optim_time", st.sec_optim));
-            if (show_progress)
+                                     st.sec_text, "optim_time", st.sec_optim, "global_batch",
+                                     (json_int_t)global, "comm_time", st.sec_comm,
+                                     "allreduce_bytes", (json_int_t)reduced));
+            if (show_progress && !rank)
                 fprintf(stderr, "\r%s: epoch %ld/%ld step %ld/%ld loss %.4f lr %.3g scale %.2f  %.2f s/step ETA %.0f s   ",
                         clip_progname, epoch + 1, epochs, step, total, st.loss, st.lr,
                         exp(st.logit_scale), dt, el / (step - step0) * (total - step));
-            if (out.save_every && step % out.save_every == 0) save_all(t, &out, pos_epoch, pos_batch, seed);
+            if (out.save_every && step % out.save_every == 0)
+                save_all(t, &out, pos_epoch, pos_batch, lc.seed, global);
+            /* a signal to any rank stops all of them after the same step */
+            stop_signal = (int)agree_max(&out, stop_signal);
             if (stop_signal || (stop_after && step - step0 >= stop_after)) {
                 stopped = 1;
                 break;
             }
         }
-        if (show_progress) fputc('\n', stderr);
+        if (show_progress && !rank) fputc('\n', stderr);
         if (stopped || ended) break;
-        fprintf(stderr, "%s: epoch %ld/%ld done: step %ld, mean loss %.4f, %.1f s\n", clip_progname,
-                epoch + 1, epochs, step, loss_n ? loss_sum / loss_n : NAN, now_seconds() - t_start);
+        if (!rank)
+            fprintf(stderr, "%s: epoch %ld/%ld done: step %ld, mean loss %.4f, %.1f s\n",
+                    clip_progname, epoch + 1, epochs, step, loss_n ? loss_sum / loss_n : NAN,
+                    now_seconds() - t_start);
         if (pos_batch == 0) {
-            save_all(t, &out, pos_epoch, pos_batch, seed);
+            save_all(t, &out, pos_epoch, pos_batch, lc.seed, global);
             if (val_path) report_eval(&out, m, &val, step, epoch + 1);
         }
     }
-    if (pos_batch != 0 || stopped) save_all(t, &out, pos_epoch, pos_batch, seed);
+    if (pos_batch != 0 || stopped) save_all(t, &out, pos_epoch, pos_batch, lc.seed, global);
+    agree_max(&out, 0); /* rank 0's save is complete before any rank exits */
     if (stop_signal) {
-        fprintf(stderr, "%s: %s at step %ld: %s\n", clip_progname, strsignal(stop_signal), step,
-                out.save ? "saved; the same command with --resume continues"
-                         : "nothing saved (no --save)");
-        run_free(&d, batch, &first, &val, t);
+        if (!rank)
+            fprintf(stderr, "%s: %s at step %ld: %s\n", clip_progname, strsignal(stop_signal), step,
+                    out.save ? "saved; the same command with --resume continues"
+                             : "nothing saved (no --save)");
+        dist_close(comm);
         return 128 + stop_signal;
     }
     if (stopped && step < total) {
-        fprintf(stderr, "%s: stopped after %ld steps of this run (step %ld of %ld): %s\n",
-                clip_progname, step - step0, step, total,
-                out.save ? "saved; the same command with --resume continues" : "nothing saved");
-        run_free(&d, batch, &first, &val, t);
+        if (!rank)
+            fprintf(stderr, "%s: stopped after %ld steps of this run (step %ld of %ld): %s\n",
+                    clip_progname, step - step0, step, total,
+                    out.save ? "saved; the same command with --resume continues" : "nothing saved");
+        dist_close(comm);
         return 0;
     }
     if (pos_batch != 0 && val_path) report_eval(&out, m, &val, step, pos_epoch + 1);
     if (out.log && (ferror(out.log) | fclose(out.log)))
         die("%s: write failed: %s", out.log_path, errno ? strerror(errno) : "I/O error");
-    if (out.save) fprintf(stderr, "%s: saved %s\n", clip_progname, out.save);
-    run_free(&d, batch, &first, &val, t);
+    if (out.save && !rank) fprintf(stderr, "%s: saved %s\n", clip_progname, out.save);
+    loader_close(d);
+    val_set_free(&val);
+    trainer_free(t);
+    dist_close(comm);
     close_stdout();
     return 0;
 }

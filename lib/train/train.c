@@ -11,6 +11,7 @@
 #include "ckpt/checkpoint.h"
 #include "kernels/ops.h"
 #include "core/util.h"
+#include "train/contrastive.h"
 
 void train_config_defaults(train_config *c)
 {
@@ -21,6 +22,7 @@ void train_config_defaults(train_config *c)
     c->schedule = SCHEDULE_COSINE;
     c->weight_decay = 1e-2;
     c->adam = (adamw_config){0.9f, 0.999f, 1e-8f};
+    c->accum_freq = 1;
 }
 
 /* ---- architectures */
@@ -276,12 +278,22 @@ struct trainer {
     clip_model *m;
     train_config cfg;
     compute_ctx cx; /* the steps' precision (cfg.amp); the model's own stays fp32 */
-    int batch, max_len;
+    int batch, max_len; /* one micro-batch's samples and tokens (the activations' size) */
     train_tower towers[N_TOWERS];
     float ls_grad, ls_m, ls_v; /* logit_scale */
     long step;
-    float *img, *txt, *dimg, *dtxt, *scratch; /* [batch, D] and the loss's scratch */
-    int32_t *ids;                             /* [batch, max_len] trimmed */
+    train_comm *comm; /* NULL: one process */
+    int rank, ranks;
+    /* the step's buffers, for accum_freq micro-batches of `batch` on `ranks` ranks */
+    int rows, global;       /* this rank's samples (accum * batch) and all ranks' */
+    float *img, *txt;       /* [rows, D] this rank's features */
+    float *dimg, *dtxt;     /* [rows, D] their gradients */
+    float *all_img, *all_txt;   /* [global, D] gathered (ranks > 1; else img, txt) */
+    float *dall_img, *dall_txt; /* [global, D] the loss part's gradients of every feature */
+    float *scratch;             /* contrastive_scratch_floats(global, rows, D) */
+    size_t scratch_n;
+    int32_t *ids;               /* [accum][batch, max_len]: each micro-batch trimmed */
+    int *used;                  /* [accum] its tokens */
 };
 
 static float *alloc_floats(size_t n)
@@ -350,6 +362,55 @@ static int tower_backward(const trainer *t, train_tower *tw, const tower_input *
     return -1;
 }
 
+static void free_step_buffers(trainer *t)
+{
+    free(t->img), free(t->txt), free(t->dimg), free(t->dtxt);
+    if (t->all_img != t->img) free(t->all_img), free(t->all_txt);
+    free(t->dall_img), free(t->dall_txt);
+    if (t->scratch) clip_free_big(t->scratch, t->scratch_n * sizeof(float));
+    free(t->ids), free(t->used);
+    t->img = t->txt = t->dimg = t->dtxt = t->all_img = t->all_txt = NULL;
+    t->dall_img = t->dall_txt = t->scratch = NULL;
+    t->ids = NULL;
+    t->used = NULL;
+}
+
+/* the buffers of a step of accum_freq micro-batches on t->ranks ranks, every
+ * size checked before it is allocated */
+static int alloc_step_buffers(trainer *t)
+{
+    free_step_buffers(t);
+    int K = t->cfg.accum_freq, D = t->m->embed_dim;
+    long long rows = (long long)K * t->batch, global = rows * t->ranks;
+    size_t scratch = global <= TRAIN_MAX_GLOBAL_BATCH
+                         ? contrastive_scratch_floats((int)global, (int)rows, D) : 0;
+    if (K < 1 || global > TRAIN_MAX_GLOBAL_BATCH || !scratch ||
+        (size_t)global * D > ((size_t)1 << 34) || scratch > ((size_t)1 << 36)) {
+        clip_set_error("a global batch of %lld (%d rank%s x %d micro-batch%s x %d) is more than "
+                       "the %d samples one contrastive batch may hold: lower -b or --accum-freq",
+                       global, t->ranks, t->ranks > 1 ? "s" : "", K, K > 1 ? "es" : "", t->batch,
+                       TRAIN_MAX_GLOBAL_BATCH);
+        return -1;
+    }
+    t->rows = (int)rows, t->global = (int)global;
+    size_t local = (size_t)rows * D * sizeof(float), all = (size_t)global * D * sizeof(float);
+    t->img = malloc(local), t->txt = malloc(local);
+    t->dimg = malloc(local), t->dtxt = malloc(local);
+    if (t->ranks > 1) t->all_img = malloc(all), t->all_txt = malloc(all);
+    else t->all_img = t->img, t->all_txt = t->txt;
+    t->dall_img = malloc(all), t->dall_txt = malloc(all);
+    t->scratch_n = scratch;
+    t->scratch = clip_alloc_big(scratch * sizeof(float));
+    t->ids = malloc((size_t)rows * t->max_len * sizeof(int32_t));
+    t->used = malloc((size_t)K * sizeof(int));
+    if (!t->img || !t->txt || !t->dimg || !t->dtxt || !t->all_img || !t->all_txt ||
+        !t->dall_img || !t->dall_txt || !t->scratch || !t->ids || !t->used) {
+        clip_set_error("out of memory for a global batch of %lld", global);
+        return -1;
+    }
+    return 0;
+}
+
 trainer *trainer_create(clip_model *m, const train_config *cfg, int batch, int max_len)
 {
     if (!m) return NULL; /* the error is the model's */
@@ -361,25 +422,17 @@ trainer *trainer_create(clip_model *m, const train_config *cfg, int batch, int m
     }
     t->m = m;
     t->cfg = *cfg;
+    if (t->cfg.accum_freq < 1) t->cfg.accum_freq = 1;
     t->cx = (compute_ctx){cfg->amp ? PRECISION_BF16 : PRECISION_FP32, NULL};
     t->batch = batch;
     t->max_len = max_len;
+    t->ranks = 1;
     m->max_batch = batch; /* evaluation reuses the training activations */
     /* evaluation in fp32, and no quantised copies for training to make stale */
     if (clip_model_set_precision(m, PRECISION_FP32)) goto fail;
     for (int k = 0; k < N_TOWERS; k++)
         if (tower_init(&t->towers[k], m, k, batch, max_len)) goto fail;
-    size_t D = m->embed_dim, emb = (size_t)batch * D * sizeof(float);
-    t->img = malloc(emb);
-    t->txt = malloc(emb);
-    t->dimg = malloc(emb);
-    t->dtxt = malloc(emb);
-    t->scratch = malloc(((size_t)3 * batch * batch + (size_t)2 * batch * D) * sizeof(float));
-    t->ids = malloc((size_t)batch * max_len * sizeof(int32_t));
-    if (!t->img || !t->txt || !t->dimg || !t->dtxt || !t->scratch || !t->ids) {
-        clip_set_error("out of memory for a batch of %d", batch);
-        goto fail;
-    }
+    if (alloc_step_buffers(t)) goto fail;
     return t;
 fail:
     trainer_free(t);
@@ -391,12 +444,7 @@ void trainer_free(trainer *t)
     if (!t) return;
     for (int k = 0; k < N_TOWERS; k++) tower_free(&t->towers[k]);
     clip_model_free(t->m);
-    free(t->img);
-    free(t->txt);
-    free(t->dimg);
-    free(t->dtxt);
-    free(t->scratch);
-    free(t->ids);
+    free_step_buffers(t);
     free(t);
 }
 
@@ -409,44 +457,237 @@ void trainer_set_devices(trainer *t, const clip_device *image, const clip_device
 clip_model *trainer_model(trainer *t) { return t->m; }
 long trainer_step_count(const trainer *t) { return t->step; }
 
+int trainer_set_comm(trainer *t, train_comm *comm)
+{
+    t->comm = comm && comm->size > 1 ? comm : NULL;
+    t->rank = t->comm ? comm->rank : 0;
+    t->ranks = t->comm ? comm->size : 1;
+    if (alloc_step_buffers(t)) return -1;
+    if (!t->comm) return 0;
+    /* the same model and batch on every rank, before collectives of their sizes */
+    size_t n = 0;
+    for (int k = 0; k < N_TOWERS; k++) n += t->towers[k].params->total;
+    double mine[4] = {(double)n, -(double)n, t->rows, -t->rows}, all[4];
+    memcpy(all, mine, sizeof all);
+    if (comm->allreduce_f64(comm, all, 4, COMM_MAX)) return -1;
+    if (all[0] != -all[1] || all[2] != -all[3]) {
+        clip_set_error("the ranks' models or batches differ (from %.0f to %.0f parameters, "
+                       "%.0f to %.0f samples a step): start every rank with the same --init or "
+                       "--arch, -b and --accum-freq", -all[1], all[0], -all[3], all[2]);
+        return -1;
+    }
+    /* rank 0's weights, moments and step everywhere: identical from the start */
+    for (int k = 0; k < N_TOWERS; k++) {
+        const train_tower *tw = &t->towers[k];
+        size_t bytes = tw->params->total * sizeof(float);
+        if (comm->bcast(comm, tw->params->data, bytes) || comm->bcast(comm, tw->adam_m, bytes) ||
+            comm->bcast(comm, tw->adam_v, bytes))
+            return -1;
+    }
+    float ls[3] = {t->m->logit_scale, t->ls_m, t->ls_v};
+    long step = t->step;
+    if (comm->bcast(comm, ls, sizeof ls) || comm->bcast(comm, &step, sizeof step)) return -1;
+    t->m->logit_scale = ls[0], t->ls_m = ls[1], t->ls_v = ls[2];
+    t->step = step;
+    return 0;
+}
+
+uint64_t trainer_checksum(const trainer *t)
+{
+    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a over the bytes of every weight */
+    for (int k = 0; k <= N_TOWERS; k++) {
+        const unsigned char *p = k < N_TOWERS ? (const unsigned char *)t->towers[k].params->data
+                                              : (const unsigned char *)&t->m->logit_scale;
+        size_t n = k < N_TOWERS ? t->towers[k].params->total * sizeof(float) : sizeof(float);
+        for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+    }
+    return h;
+}
+
+int trainer_check_sync(const trainer *t)
+{
+    if (!t->comm) return 0;
+    int N = t->ranks;
+    uint64_t mine = trainer_checksum(t), *all = malloc((size_t)N * sizeof *all);
+    if (!all) {
+        clip_set_error("out of memory for %d checksums", N);
+        return -1;
+    }
+    int rc = t->comm->allgather(t->comm, &mine, sizeof mine, all);
+    for (int r = 1; !rc && r < N; r++)
+        if (all[r] != all[0]) {
+            clip_set_error("--check-sync: after step %ld the weights of rank %d differ from rank "
+                           "0's (checksums %016llx and %016llx): the ranks have diverged (the "
+                           "same options and data on every rank?)",
+                           t->step, r, (unsigned long long)all[r], (unsigned long long)all[0]);
+            rc = -1;
+        }
+    free(all);
+    return rc;
+}
+
+/* ---- the stages of a step: encode -> gather -> loss -> backward -> reduce -> update */
+
+/* what a step works on: this rank's K micro-batches of b samples */
+typedef struct {
+    const uint8_t *pixels; /* [K * b, R, R, 3] */
+    const int32_t *ids;    /* [K * b, L] */
+    int K, b, L;
+} step_batch;
+
+static tower_input micro_input(const trainer *t, const step_batch *s, int tower, int k)
+{
+    size_t R = t->m->visual->cfg.resolution;
+    if (tower == IMAGE_TOWER) return (tower_input){s->pixels + (size_t)k * s->b * R * R * 3, NULL, s->b, 0};
+    return (tower_input){NULL, t->ids + (size_t)k * s->b * t->max_len, s->b, t->used[k]};
+}
+
+static float *tower_features(trainer *t, int tower, int k, int b)
+{
+    return (tower == IMAGE_TOWER ? t->img : t->txt) + (size_t)k * b * t->m->embed_dim;
+}
+
+/* encode: the features of the K micro-batches, micro-batch after
+ * micro-batch; each tower keeps the activations of the last one only */
+static int stage_encode(trainer *t, const step_batch *s, train_stats *st)
+{
+    for (int k = 0; k < s->K; k++) {
+        const int32_t *src = s->ids + (size_t)k * s->b * s->L;
+        int32_t *dst = t->ids + (size_t)k * s->b * t->max_len;
+        t->used[k] = trim_padding(dst, src, s->b, s->L);
+        if (t->used[k] == s->L) memcpy(dst, src, (size_t)s->b * s->L * sizeof *src);
+        for (int w = 0; w < N_TOWERS; w++) {
+            tower_input in = micro_input(t, s, w, k);
+            double t0 = now_seconds();
+            if (tower_forward(t, &t->towers[w], &in, tower_features(t, w, k, s->b))) return -1;
+            *(w == IMAGE_TOWER ? &st->sec_image : &st->sec_text) += now_seconds() - t0;
+        }
+    }
+    return 0;
+}
+
+/* gather: every rank's features, rank after rank */
+static int stage_gather(trainer *t, train_stats *st)
+{
+    if (!t->comm) return 0;
+    size_t bytes = (size_t)t->rows * t->m->embed_dim * sizeof(float);
+    double t0 = now_seconds();
+    int rc = t->comm->allgather(t->comm, t->img, bytes, t->all_img) ||
+             t->comm->allgather(t->comm, t->txt, bytes, t->all_txt) ? -1 : 0;
+    st->sec_comm += now_seconds() - t0;
+    return rc;
+}
+
+/* loss: this rank's rows against all the columns */
+static void stage_loss(trainer *t, contrastive_part *part)
+{
+    contrastive_loss_rows(t->all_img, t->all_txt, t->global, t->m->embed_dim, t->rank * t->rows,
+                          t->rows, t->m->logit_scale, t->dall_img, t->dall_txt, t->scratch, part);
+}
+
+/* backward: the gradients of the gathered features summed back to their
+ * owners (reduce-scatter), then through each tower: the last micro-batch
+ * from the kept activations, the others recomputed. A tower's gradient
+ * all-reduce starts as soon as its backward is done (the text tower's
+ * backward overlaps the image tower's reduction). */
+static int stage_backward(trainer *t, const step_batch *s, train_stats *st)
+{
+    size_t n = (size_t)t->rows * t->m->embed_dim;
+    float *dfeat[N_TOWERS] = {t->dall_img, t->dall_txt};
+    if (t->comm) {
+        double t0 = now_seconds();
+        if (t->comm->reduce_scatter(t->comm, t->dall_img, n, t->dimg) ||
+            t->comm->reduce_scatter(t->comm, t->dall_txt, n, t->dtxt))
+            return -1;
+        st->sec_comm += now_seconds() - t0;
+        dfeat[IMAGE_TOWER] = t->dimg, dfeat[TEXT_TOWER] = t->dtxt;
+    }
+    size_t D = t->m->embed_dim;
+    for (int w = 0; w < N_TOWERS; w++) {
+        train_tower *tw = &t->towers[w];
+        memset(tw->grads->data, 0, tw->grads->total * sizeof(float));
+        double t0 = now_seconds();
+        for (int k = s->K - 1; k >= 0; k--) {
+            tower_input in = micro_input(t, s, w, k);
+            if ((k != s->K - 1 && tower_forward(t, tw, &in, tower_features(t, w, k, s->b))) ||
+                tower_backward(t, tw, &in, dfeat[w] + (size_t)k * s->b * D))
+                goto fail;
+        }
+        *(w == IMAGE_TOWER ? &st->sec_image : &st->sec_text) += now_seconds() - t0;
+        if (t->comm && t->comm->allreduce_start(t->comm, tw->grads->data, tw->grads->total))
+            goto fail;
+    }
+    return 0;
+fail:
+    if (t->comm) {
+        /* no reduction left running over the gradients; the error is the first one */
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", clip_error());
+        t->comm->allreduce_wait(t->comm);
+        clip_set_error("%s", msg);
+    }
+    return -1;
+}
+
+/* reduce: the gradient all-reduce finished, and the loss parts, hits and
+ * logit_scale gradient summed over the ranks */
+static int stage_reduce(trainer *t, contrastive_part *part, train_stats *st)
+{
+    double sums[4] = {part->loss, (double)part->hits_i2t, (double)part->hits_t2i,
+                      part->dlogit_scale};
+    if (t->comm) {
+        double t0 = now_seconds();
+        if (t->comm->allreduce_wait(t->comm) || t->comm->allreduce_f64(t->comm, sums, 4, COMM_SUM))
+            return -1;
+        st->sec_comm += now_seconds() - t0;
+    }
+    t->ls_grad = (float)sums[3];
+    st->loss = sums[0];
+    st->acc_i2t = sums[1] / t->global;
+    st->acc_t2i = sums[2] / t->global;
+    st->logit_scale = t->m->logit_scale;
+    st->global_batch = t->global;
+    return 0;
+}
+
+/* B = K micro-batches of at most `batch`; with several ranks exactly the
+ * allocated layout (the gathered blocks are of one size) */
+static int check_batch(const trainer *t, int B, int L)
+{
+    int K = t->cfg.accum_freq;
+    if (B < K || B % K || B / K > t->batch || L > t->max_len || L < 1) {
+        clip_set_error("batch %d x %d tokens does not fit the trainer's %d micro-batch%s of %d x %d",
+                       B, L, K, K > 1 ? "es" : "", t->batch, t->max_len);
+        return -1;
+    }
+    if (t->comm && B != t->rows) {
+        clip_set_error("batch %d: with %d ranks every step takes the full %d", B, t->ranks, t->rows);
+        return -1;
+    }
+    return 0;
+}
+
 int trainer_compute_grads(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, int L,
                           train_stats *st)
 {
-    clip_model *m = t->m;
-    if (B > t->batch || L > t->max_len) {
-        clip_set_error("batch %d x %d tokens exceeds the trainer's %d x %d", B, L, t->batch,
-                       t->max_len);
-        return -1;
+    train_stats s;
+    memset(&s, 0, sizeof s);
+    if (check_batch(t, B, L)) return -1;
+    int rows = t->rows, global = t->global;
+    /* a short batch (one process only): the same stages over B samples */
+    t->rows = B, t->global = B * t->ranks;
+    step_batch sb = {pixels, ids, t->cfg.accum_freq, B / t->cfg.accum_freq, L};
+    contrastive_part part;
+    int rc = -1;
+    if (!stage_encode(t, &sb, &s) && !stage_gather(t, &s)) {
+        double t0 = now_seconds();
+        stage_loss(t, &part);
+        s.sec_loss = now_seconds() - t0;
+        rc = stage_backward(t, &sb, &s) || stage_reduce(t, &part, &s) ? -1 : 0;
     }
-    for (int k = 0; k < N_TOWERS; k++)
-        memset(t->towers[k].grads->data, 0, t->towers[k].grads->total * sizeof(float));
-    int used = trim_padding(t->ids, ids, B, L);
-    if (used == L) memcpy(t->ids, ids, (size_t)B * L * sizeof *ids); /* kept for the backward */
-    train_tower *image = &t->towers[IMAGE_TOWER], *text = &t->towers[TEXT_TOWER];
-    tower_input image_in = {pixels, NULL, B, 0}, text_in = {NULL, t->ids, B, used};
-    double t0 = now_seconds();
-    if (tower_forward(t, image, &image_in, t->img)) return -1;
-    double t1 = now_seconds();
-    if (tower_forward(t, text, &text_in, t->txt)) return -1;
-    double t2 = now_seconds();
-    contrastive_stats cs;
-    contrastive_loss(t->img, t->txt, B, m->embed_dim, m->logit_scale, t->dimg, t->dtxt,
-                     &t->ls_grad, t->scratch, &cs);
-    double t3 = now_seconds();
-    if (tower_backward(t, image, &image_in, t->dimg)) return -1;
-    double t4 = now_seconds();
-    if (tower_backward(t, text, &text_in, t->dtxt)) return -1;
-    double t5 = now_seconds();
-    if (st) {
-        memset(st, 0, sizeof *st);
-        st->sec_image = (t1 - t0) + (t4 - t3);
-        st->sec_text = (t2 - t1) + (t5 - t4);
-        st->loss = cs.loss;
-        st->acc_i2t = cs.acc_i2t;
-        st->acc_t2i = cs.acc_t2i;
-        st->logit_scale = m->logit_scale;
-    }
-    return 0;
+    t->rows = rows, t->global = global;
+    if (st) *st = s;
+    return rc;
 }
 
 const float *trainer_grad(const trainer *t, const char *name, size_t *n)
@@ -465,21 +706,19 @@ const float *trainer_grad(const trainer *t, const char *name, size_t *n)
     return NULL;
 }
 
-int trainer_step(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, int L,
-                 train_stats *st)
+/* update: gradient norm, clipping, AdamW, logit_scale clamped. 1 if the
+ * loss or a gradient is not finite (nothing changed) */
+static int stage_update(trainer *t, train_stats *s)
 {
-    train_stats s;
-    if (trainer_compute_grads(t, pixels, ids, B, L, &s)) return -1;
     double sq = (double)t->ls_grad * t->ls_grad;
     for (int k = 0; k < N_TOWERS; k++)
         sq += sum_squares(t->towers[k].grads->data, t->towers[k].grads->total);
-    s.grad_norm = sqrt(sq);
-    s.lr = lr_at_step(t->cfg.schedule, t->cfg.lr, t->cfg.min_lr_ratio, t->cfg.warmup,
-                      t->cfg.total_steps, t->step);
-    if (st) *st = s;
-    if (!isfinite(s.loss) || !isfinite(s.grad_norm)) return 1;
+    s->grad_norm = sqrt(sq);
+    s->lr = lr_at_step(t->cfg.schedule, t->cfg.lr, t->cfg.min_lr_ratio, t->cfg.warmup,
+                       t->cfg.total_steps, t->step);
+    if (!isfinite(s->loss) || !isfinite(s->grad_norm)) return 1;
     if (t->cfg.grad_clip > 0) {
-        double coef = t->cfg.grad_clip / (s.grad_norm + 1e-6);
+        double coef = t->cfg.grad_clip / (s->grad_norm + 1e-6);
         if (coef < 1.0) {
             for (int k = 0; k < N_TOWERS; k++)
                 scale_floats(t->towers[k].grads->data, t->towers[k].grads->total, (float)coef);
@@ -488,7 +727,7 @@ int trainer_step(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, i
     }
     double t0 = now_seconds();
     t->step++;
-    float lr = (float)s.lr, wd = (float)t->cfg.weight_decay;
+    float lr = (float)s->lr, wd = (float)t->cfg.weight_decay;
     for (int k = 0; k < N_TOWERS; k++) {
         const train_tower *tw = &t->towers[k];
         const param_table *p = tw->params, *g = tw->grads;
@@ -502,11 +741,19 @@ int trainer_step(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, i
     adamw_update(&t->m->logit_scale, &t->ls_grad, &t->ls_m, &t->ls_v, 1, lr,
                  t->cfg.wd_all ? wd : 0.0f, &t->cfg.adam, t->step);
     t->m->logit_scale = fminf(fmaxf(t->m->logit_scale, 0.0f), logf(100.0f));
-    if (st) {
-        st->logit_scale = t->m->logit_scale;
-        st->sec_optim = now_seconds() - t0;
-    }
+    s->logit_scale = t->m->logit_scale;
+    s->sec_optim = now_seconds() - t0;
     return 0;
+}
+
+int trainer_step(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, int L,
+                 train_stats *st)
+{
+    train_stats s;
+    if (trainer_compute_grads(t, pixels, ids, B, L, &s)) return -1;
+    int rc = stage_update(t, &s);
+    if (st) *st = s;
+    return rc;
 }
 
 /* ---- saving */

@@ -1,8 +1,19 @@
 /* Contrastive training of the joint model (ViT image tower + a text tower:
  * BERT with its ln_final/text_projection head, or OpenAI CLIP's English
- * transformer + logit_scale): one step = forward
- * both towers keeping activations, the symmetric loss, backward, optional
- * gradient-norm clipping, AdamW, logit_scale clamped to [0, ln 100].
+ * transformer + logit_scale). A step is stages:
+ *   encode    both towers over this rank's accum_freq micro-batches
+ *   gather    every rank's features (train_comm.allgather)
+ *   loss      this rank's rows against all the columns (contrastive.h)
+ *   backward  the features' gradients summed back to their owners
+ *             (reduce_scatter), then through each tower micro-batch by
+ *             micro-batch (the last from the kept activations, the others
+ *             recomputed: the contrastive batch of accum_freq micro-batches
+ *             at the activation memory of one)
+ *   reduce    the gradients summed over the ranks (allreduce, a tower's
+ *             started as soon as its backward is done)
+ *   update    gradient-norm clipping, AdamW, logit_scale clamped to [0, ln 100]
+ * so that every rank steps to the same weights, those of one process on the
+ * whole global batch (up to the order of the sums).
  * Resume state (weights + AdamW moments + position) is one safetensors file. */
 #ifndef CLIP_TRAIN_H
 #define CLIP_TRAIN_H
@@ -10,8 +21,8 @@
 #include <stdint.h>
 
 #include "model/clip_model.h"
-#include "train/contrastive.h"
 #include "model/device.h"
+#include "train/comm.h"
 #include "train/optim.h"
 
 typedef struct {
@@ -23,7 +34,11 @@ typedef struct {
     double grad_clip; /* max total gradient norm, 0 = off */
     adamw_config adam;
     int amp; /* bf16 matrix products, fp32 master weights */
+    int accum_freq; /* micro-batches per step whose features meet in one loss (>= 1) */
 } train_config;
+
+/* most samples in one contrastive batch (all ranks, all micro-batches) */
+#define TRAIN_MAX_GLOBAL_BATCH (1 << 16)
 
 void train_config_defaults(train_config *c);
 
@@ -65,12 +80,15 @@ typedef struct {
     double loss, lr, grad_norm, logit_scale; /* logit_scale after the step */
     double acc_i2t, acc_t2i;
     double sec_image, sec_text, sec_optim; /* forward + backward of each tower; the update */
+    double sec_loss, sec_comm; /* the loss; waiting for the collectives */
+    int global_batch;          /* samples in the step's contrastive batch */
 } train_stats;
 
 typedef struct trainer trainer;
 
-/* Allocates gradients, AdamW moments and activations for batches of up to
- * `batch` samples of texts up to `max_len` tokens. Takes the model, also on
+/* Allocates gradients, AdamW moments and activations for micro-batches of
+ * up to `batch` samples of texts up to `max_len` tokens (cfg->accum_freq of
+ * them a step). Takes the model, also on
  * failure (NULL with an error; m NULL: NULL, the error left as it is, so
  * that trainer_create(train_model_create(...)) reports either's). The steps
  * compute in cfg->amp's precision (bf16 or fp32) through the trainer's own
@@ -83,8 +101,23 @@ void trainer_set_devices(trainer *t, const clip_device *image, const clip_device
 clip_model *trainer_model(trainer *t);
 long trainer_step_count(const trainer *t);
 
+/* Data-parallel: the ranks of comm train one model, each on its slice of
+ * every global batch (NULL or one rank: one process). Collective: every
+ * rank calls it; rank 0's weights, moments and step are broadcast. The
+ * buffers are resized for the global batch: -1 with an error when it is
+ * too large. comm must outlive the trainer's steps. */
+int trainer_set_comm(trainer *t, train_comm *comm);
+/* FNV-1a over the bytes of every weight (logit_scale included). */
+uint64_t trainer_checksum(const trainer *t);
+/* Collective: -1 with an error naming the rank whose checksum differs from
+ * rank 0's (the ranks have diverged); 0 when all agree or in one process. */
+int trainer_check_sync(const trainer *t);
+
 /* Forward + loss + backward into the gradients (no update). pixels uint8
- * [B, R, R, 3]; ids int32 [B, L]. -1 with an error (a bad token id, out of memory). */
+ * [B, R, R, 3]; ids int32 [B, L]: B = accum_freq micro-batches of B /
+ * accum_freq samples (with several ranks, exactly accum_freq x batch: this
+ * rank's slice). -1 with an error (a bad token id, out of memory, a failed
+ * collective). */
 int trainer_compute_grads(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, int L,
                           train_stats *st);
 /* The gradient of a parameter by its checkpoint name ("logit_scale"

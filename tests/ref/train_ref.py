@@ -10,6 +10,12 @@
       transformer, EOT pooling), one run: init.safetensors (float16, with the
       head counts in its clip_config record), train.tar (SOT ... EOT token
       rows), expected.json, grads_step1.pth, final.pth
+  train_ref.py dist OUTFILE
+      the global-batch loss of data-parallel training (open_clip's --local-loss
+      --gather-with-grad) over the fixtures: every emulated rank's rows against
+      all the gathered columns; checks that the ranks' parts sum to the loss
+      and its gradients of one process on the whole batch, and writes the
+      per-step losses of run DIST_RUN (tests/fixtures/train/expected_dist.json)
   train_ref.py bench --arch base|small --batch N --steps K [--amp] [--threads T]
       K timed training steps (after one warm-up) of a random-weight model;
       prints one JSON line
@@ -68,12 +74,12 @@ def lr_at(s, base, warmup, total, schedule):
     return min_lr + 0.5 * (base - min_lr) * (1 + math.cos(math.pi * p))
 
 
-def make_optimizer(model, lr, wd):
+def make_optimizer(model, lr, wd, eps=1e-8):
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": wd},
                               {"params": no_decay, "weight_decay": 0.0}],
-                             lr=lr, betas=(0.9, 0.999), eps=1e-8)
+                             lr=lr, betas=(0.9, 0.999), eps=eps)
 
 
 def clip_loss(img, txt, logit_scale):
@@ -82,6 +88,26 @@ def clip_loss(img, txt, logit_scale):
     logits = logit_scale.exp() * img_n @ txt_n.t()
     labels = torch.arange(logits.shape[0])
     return F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)
+
+
+def local_loss(img, txt, logit_scale, rank, ranks):
+    """Rank `rank`'s part of the loss of a global batch split over `ranks`
+    (open_clip's --local-loss --gather-with-grad): its own images against all
+    the gathered texts and its own texts against all the images, each
+    cross-entropy summed over its rows and divided by the global batch. Every
+    feature keeps its graph, as torch.distributed.nn.all_gather gives them, so
+    the gradients of the columns reach the ranks that produced them. (open_clip
+    halves the sum and DDP averages over ranks: the same gradient up to that
+    factor 2; clip-train's loss is the sum of the two means.)"""
+    G = img.shape[0]
+    b = G // ranks
+    img_n = img / img.norm(dim=-1, keepdim=True)
+    txt_n = txt / txt.norm(dim=-1, keepdim=True)
+    own = slice(rank * b, (rank + 1) * b)
+    labels = torch.arange(rank * b, (rank + 1) * b)
+    s = logit_scale.exp()
+    return (F.cross_entropy(s * img_n[own] @ txt_n.t(), labels, reduction="sum") +
+            F.cross_entropy(s * txt_n[own] @ img_n.t(), labels, reduction="sum")) / G
 
 
 def grad_norm(model):
@@ -345,6 +371,59 @@ def english(out):
         print(f"{os.path.join(out, fn)}: {os.path.getsize(os.path.join(out, fn))} bytes")
     print(f"total: {total} bytes")
 
+# ---- the global-batch loss of data-parallel training ----
+
+# 2 ranks x 4 = 1 process x 8 = --accum-freq 2 x 4; eps 1 keeps AdamW's update
+# near-linear in the gradient (see tests/bats/dist.bats for why)
+DIST_RUN = OrderedDict(batch=8, ranks=2, steps=5, lr=1e-3, wd=0.01, warmup=2, schedule="cosine",
+                       eps=1.0)
+
+
+def dist(outfile):
+    torch.set_num_threads(1)
+    fix = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "train")
+    model, _ = tiny_model()
+    model.load_state_dict(torch.load(os.path.join(fix, "init.pth")))
+    train = read_tar(os.path.join(fix, "train.tar"))
+    r = DIST_RUN
+    opt = make_optimizer(model, r["lr"], r["wd"], r["eps"])
+    rec = OrderedDict(r, loss=[], grad_norm=[], parts_vs_whole=[])
+    for s, (pixels, ids) in enumerate(batches(train, r["batch"], r["steps"])):
+        # the parts of the emulated ranks against the loss of one process, in float64
+        model64 = ChineseCLIP(*tiny_model_config()).double()
+        model64.load_state_dict(model.state_dict())
+        img = model64.visual(encode_image(ImageInput(), pixels).double())
+        txt = model64.encode_text(ids)
+        whole = clip_loss(img, txt, model64.logit_scale)
+        g_whole = torch.autograd.grad(whole, list(model64.parameters()), retain_graph=True)
+        parts = [local_loss(img, txt, model64.logit_scale, k, r["ranks"]) for k in range(r["ranks"])]
+        g_parts = torch.autograd.grad(sum(parts), list(model64.parameters()))
+        scale = max(float(a.abs().max()) for a in g_whole)
+        gdiff = max(float((a - b).abs().max()) for a, b in zip(g_whole, g_parts)) / scale
+        ldiff = abs(float(sum(parts)) - float(whole))
+        assert ldiff < 1e-12 and gdiff < 1e-10, (s, ldiff, gdiff)
+        rec["parts_vs_whole"].append([ldiff, gdiff])
+        lr = lr_at(s, r["lr"], r["warmup"], r["steps"], r["schedule"])
+        loss, norm = train_step(model, opt, pixels, ids, lr)
+        rec["loss"].append(loss)
+        rec["grad_norm"].append(norm)
+        print(f"dist step {s}: loss {loss:.6f} grad_norm {norm:.4f}; ranks' parts vs whole: "
+              f"loss {ldiff:.1e}, gradients {gdiff:.1e} of the largest", file=sys.stderr)
+    with open(outfile, "w") as f:
+        json.dump(rec, f, indent=1)
+        f.write("\n")
+
+
+class ImageInput:
+    """encode_image's normalised pixels themselves (its model.visual the identity)"""
+    def visual(self, x):
+        return x
+
+
+def tiny_model_config():
+    vit = dict(resolution=32, patch=8, width=128, layers=2, heads=2, mlp=256, out_dim=32)
+    return vit, bert_config(64, 2, 2, 128, 256, 32), 32
+
 
 # ---- bench ----
 
@@ -404,6 +483,8 @@ if __name__ == "__main__":
         fixtures(sys.argv[2])
     elif len(sys.argv) == 3 and sys.argv[1] == "english":
         english(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "dist":
+        dist(sys.argv[2])
     elif len(sys.argv) >= 2 and sys.argv[1] == "bench":
         bench(sys.argv[2:])
     else:
