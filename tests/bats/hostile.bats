@@ -1,9 +1,9 @@
 #!/usr/bin/env bats
 # Hostile inputs (issue 10): each crafted here by tests/hostile/craft.py,
 # small; each once crashed, overflowed or committed unbounded memory, and is
-# now refused with a message naming the file and the limit. Run them against
-# an ASan+UBSan build with CLIP_BIN=that/bin CLIP_SANITIZED=1 (ASan's shadow
-# memory does not fit under ulimit -v, so the memory caps are then left off).
+# now refused with a message naming the file and the limit. make check-asan
+# runs them against an ASan+UBSan build (CLIP_BIN=bin-asan CLIP_SANITIZED=1:
+# ASan's shadow memory does not fit under ulimit -v, so the caps are left off).
 
 setup() {
     ROOT="$BATS_TEST_DIRNAME/../.."
