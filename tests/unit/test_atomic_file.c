@@ -217,10 +217,11 @@ static void test_file_size_limit(void)
 static void *writer_thread(void *arg)
 {
     long t = (long)arg;
-    char name[64];
+    char name[64], path[320]; /* not in_dir(): its buffers are shared by the threads */
     for (int i = 0; i < 50; i++) {
         snprintf(name, sizeof name, "t%ld-%d", t, i % 5);
-        if (atomic_file_write(in_dir(name), write_text, name)) return (void *)1;
+        snprintf(path, sizeof path, "%s/%s", dir, name);
+        if (atomic_file_write(path, write_text, name)) return (void *)1;
     }
     return NULL;
 }
