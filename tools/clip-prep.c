@@ -184,9 +184,7 @@ static char *meta_json(const job *j)
 {
     json_t *caps = json_array();
     for (int i = 0; i < j->n_captions; i++) json_array_append_new(caps, json_string(j->captions[i]));
-    char *image = xstrdup(j->image);
-    for (char *c = image; *c; c++)
-        if (*c == '\\') *c = '/';
+    char *image = path_with_slashes(j->image);
     json_t *o = json_pack("{s:s, s:o}", "image", image, "captions", caps);
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
@@ -216,20 +214,20 @@ int main(int argc, char **argv)
             close_stdout();
             return 0;
         } else if (!strcmp(a, "--annotations")) {
-            if (!val) die("--annotations needs a file");
+            if (!val) usage_error("--annotations needs a file");
             ann_path = argv[++i];
         } else if (!strcmp(a, "--root")) {
-            if (!val) die("--root needs a folder or archive");
+            if (!val) usage_error("--root needs a folder or archive");
             root = argv[++i];
         } else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
-            if (!val) die("%s needs an output", a);
+            if (!val) usage_error("%s needs an output", a);
             out = argv[++i];
         } else if (!strcmp(a, "--size")) {
             size = (int)parse_long_option(a, val, 1, 8192);
             i++;
         } else if (!strcmp(a, "--resize")) {
             if (!val || (mode = image_resize_parse(val)) < 0)
-                die("--resize: expected crop, letterbox or squash, got '%s'", val ? val : "");
+                usage_error("--resize: expected crop, letterbox or squash, got '%s'", val ? val : "");
             i++;
         } else if (!strcmp(a, "--max-pixels")) {
             max_pixels = parse_long_option(a, val, 1, 1L << 40);
@@ -246,13 +244,13 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--")) {
             while (++i < argc) paths[n_paths++] = argv[i];
         } else if (a[0] == '-' && a[1]) {
-            die("unknown option %s (see --help)", a);
+            usage_error("unknown option %s", a);
         } else {
             paths[n_paths++] = argv[i];
         }
     }
-    if (ann_path && n_paths) die("give either --annotations or image paths, not both");
-    if (!ann_path && !n_paths) die("no input: --annotations FILE.json or image paths (see --help)");
+    if (ann_path && n_paths) usage_error("give either --annotations or image paths, not both");
+    if (!ann_path && !n_paths) usage_error("no input: --annotations FILE.json or image paths");
     if (threads < 1) threads = 1;
 
     annotations *ann = NULL;

@@ -124,7 +124,7 @@ static double parse_seconds(const char *opt, const char *val)
     errno = 0;
     double v = strtod(val, &end);
     if (errno || end == val || *end || !(v > 0) || v > 1e6)
-        die("%s: '%s' is not a number of seconds in (0, 1000000]", opt, val);
+        usage_error("%s: '%s' is not a number of seconds in (0, 1000000]", opt, val);
     return v;
 }
 

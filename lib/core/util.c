@@ -37,6 +37,14 @@ void clip_set_progname(const char *argv0)
     clip_progname = s ? s + 1 : argv0;
 }
 
+char *path_with_slashes(const char *path)
+{
+    char *p = xstrdup(path);
+    for (char *c = p; *c; c++)
+        if (*c == '\\') *c = '/';
+    return p;
+}
+
 void clip_out_of_memory(size_t bytes)
 {
     fprintf(stderr, "%s: out of memory (%zu bytes)\n", clip_progname, bytes);

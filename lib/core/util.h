@@ -34,6 +34,9 @@ void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
+/* A malloc'd copy of path with each backslash as '/' (annotation files
+ * written on Windows name their images dir\x.jpg). */
+char *path_with_slashes(const char *path);
 
 /* 64-byte aligned buffer; large ones are backed by transparent huge pages
  * (first-touch faults are slow here). Free with clip_free_big(). */

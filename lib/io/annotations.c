@@ -10,14 +10,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static char *dup_path(const char *s)
-{
-    char *p = xstrdup(s);
-    for (char *c = p; *c; c++)
-        if (*c == '\\') *c = '/';
-    return p;
-}
-
 /* the part of a path ('/' separators) that the image source looks up: no
  * leading "./" or "/" (as image_source.c's normalize) */
 static const char *lookup_part(const char *p)
@@ -77,7 +69,7 @@ annotations *annotations_load_buffer(const char *text, size_t len, const char *p
             clip_set_error("%s: entry %zu: no \"image\" string", path, i);
             goto fail;
         }
-        char *image = dup_path(json_string_value(img));
+        char *image = path_with_slashes(json_string_value(img));
         const char *key = lookup_part(image);
         int32_t at;
         annotation *an;

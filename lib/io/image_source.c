@@ -42,9 +42,7 @@ static long map_get(const strmap *m, const char *key)
 
 static char *normalize(const char *path)
 {
-    char *p = xstrdup(path);
-    for (char *c = p; *c; c++)
-        if (*c == '\\') *c = '/';
+    char *p = path_with_slashes(path);
     char *s = p;
     while (s[0] == '.' && s[1] == '/') s += 2;
     while (*s == '/') s++;

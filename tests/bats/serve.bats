@@ -160,13 +160,13 @@ refused() {
 
 @test "serve: the server's options are checked" {
     run $Q --serve "ipc://$T/s.sock" --time-budget 0
-    [ "$status" -eq 1 ]
+    [ "$status" -eq 2 ] # usage errors
     [[ "$output" == *"--time-budget: '0' is not a number of seconds"* ]]
     run $Q --serve "ipc://$T/s.sock" --max-request 10
-    [ "$status" -eq 1 ]
+    [ "$status" -eq 2 ] # usage errors
     [[ "$output" == *"--max-request"* ]]
     run $Q --serve "ipc://$T/s.sock" --workers 0
-    [ "$status" -eq 1 ]
+    [ "$status" -eq 2 ] # usage errors
     [[ "$output" == *"--workers"* ]]
 }
 
