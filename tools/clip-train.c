@@ -226,6 +226,15 @@ static double parse_double_option(const char *opt, const char *val, double min, 
     return v;
 }
 
+/* what main holds, at each exit through main (make check-asan finds any leak there) */
+static void run_free(train_loader *d, val_set *val, trainer *t, train_comm *comm)
+{
+    loader_close(d);
+    val_set_free(val);
+    trainer_free(t);
+    dist_close(comm);
+}
+
 int main(int argc, char **argv)
 {
     clip_set_progname(argv[0]);
@@ -511,7 +520,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "%s: %s at step %ld: %s\n", clip_progname, strsignal(stop_signal), step,
                     out.save ? "saved; the same command with --resume continues"
                              : "nothing saved (no --save)");
-        dist_close(comm);
+        run_free(d, &val, t, comm);
         return 128 + stop_signal;
     }
     if (stopped && step < total) {
@@ -519,17 +528,14 @@ int main(int argc, char **argv)
             fprintf(stderr, "%s: stopped after %ld steps of this run (step %ld of %ld): %s\n",
                     clip_progname, step - step0, step, total,
                     out.save ? "saved; the same command with --resume continues" : "nothing saved");
-        dist_close(comm);
+        run_free(d, &val, t, comm);
         return 0;
     }
     if (pos_batch != 0 && val_path) report_eval(&out, m, &val, step, pos_epoch + 1);
     if (out.log && (ferror(out.log) | fclose(out.log)))
         die("%s: write failed: %s", out.log_path, errno ? strerror(errno) : "I/O error");
     if (out.save && !rank) fprintf(stderr, "%s: saved %s\n", clip_progname, out.save);
-    loader_close(d);
-    val_set_free(&val);
-    trainer_free(t);
-    dist_close(comm);
+    run_free(d, &val, t, comm);
     close_stdout();
     return 0;
 }

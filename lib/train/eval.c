@@ -8,6 +8,7 @@
 #include "io/image.h"
 #include "io/sample.h"
 #include "io/sample_file.h"
+#include "train/loader.h"
 
 /* the stored pixels when already R x R, else the centre crop */
 static void centre_pixels(const npy_array *img, int R, uint8_t *out)
@@ -17,24 +18,11 @@ static void centre_pixels(const npy_array *img, int R, uint8_t *out)
     else image_preprocess(&im, R, IMAGE_CROP, out);
 }
 
+/* loader_sample_fields, and every sample's captions as long as the first's */
 static int sample_fields(const char *path, const sample *s, int *len, npy_array *img,
                          npy_array *tok)
 {
-    if (sample_get_npy(s, "img.npy", img) || sample_get_npy(s, "tok.npy", tok)) {
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s", clip_error());
-        clip_set_error("%s: %s", path, msg);
-        return -1;
-    }
-    if (img->dtype != DT_U8 || img->ndim != 3 || img->shape[2] != 3 || img->shape[0] < 1 ||
-        img->shape[1] < 1) {
-        clip_set_error("%s: sample %s: img.npy must be uint8 [H, W, 3]", path, s->key);
-        return -1;
-    }
-    if (tok->dtype != DT_I32 || tok->ndim != 2 || tok->shape[1] < 1) {
-        clip_set_error("%s: sample %s: tok.npy must be int32 [n_captions, L]", path, s->key);
-        return -1;
-    }
+    if (loader_sample_fields(path, s, img, tok)) return -1;
     if (!*len) *len = (int)tok->shape[1];
     if (tok->shape[1] != *len) {
         clip_set_error("%s: sample %s: tok.npy has %lld tokens per caption, the first sample %d",

@@ -34,8 +34,7 @@ static uint64_t mix(uint64_t a, uint64_t b)
     return splitmix64(&s);
 }
 
-/* img.npy uint8 [H, W, 3] and tok.npy int32 [n, L] of a sample */
-static int get_fields(const char *path, const sample *s, npy_array *img, npy_array *tok)
+int loader_sample_fields(const char *path, const sample *s, npy_array *img, npy_array *tok)
 {
     if (sample_get_npy(s, "img.npy", img) || sample_get_npy(s, "tok.npy", tok)) {
         char msg[1024];
@@ -48,7 +47,7 @@ static int get_fields(const char *path, const sample *s, npy_array *img, npy_arr
         clip_set_error("%s: sample %s: img.npy must be uint8 [H, W, 3]", path, s->key);
         return -1;
     }
-    if (tok->dtype != DT_I32 || tok->ndim != 2) {
+    if (tok->dtype != DT_I32 || tok->ndim != 2 || tok->shape[1] < 1) {
         clip_set_error("%s: sample %s: tok.npy must be int32 [n_captions, L]", path, s->key);
         return -1;
     }
@@ -64,7 +63,7 @@ static int is_regular_file(const char *path)
 static int probe(train_loader *d, const sample *s)
 {
     npy_array img, tok;
-    if (get_fields(d->path, s, &img, &tok)) return -1;
+    if (loader_sample_fields(d->path, s, &img, &tok)) return -1;
     if (tok.shape[1] < 1) {
         clip_set_error("%s: sample %s: tok.npy has no tokens", d->path, s->key);
         return -1;
@@ -230,7 +229,7 @@ static void centre_pixels(const npy_array *img, int R, uint8_t *out)
 static int take_sample(train_loader *d, const sample *s, int slot, uint64_t rng)
 {
     npy_array img, tok;
-    if (get_fields(d->path, s, &img, &tok)) return -1;
+    if (loader_sample_fields(d->path, s, &img, &tok)) return -1;
     if (tok.shape[0] < 1) {
         clip_set_error("%s: sample %s: tok.npy has no caption", d->path, s->key);
         return -1;

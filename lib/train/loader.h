@@ -19,6 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "io/sample.h"
+
 typedef struct {
     int shuffle, augment, first_caption;
     uint64_t seed;
@@ -35,6 +37,11 @@ typedef struct train_loader train_loader;
  * or sample. */
 train_loader *loader_open(const char *spec, const loader_config *cfg);
 void loader_close(train_loader *d);
+
+/* A training sample's img.npy (uint8 [H, W, 3]) and tok.npy (int32 [n, L],
+ * L >= 1), parsed into img and tok (pointing into s); -1 with an error
+ * naming path and the sample. */
+int loader_sample_fields(const char *path, const sample *s, npy_array *img, npy_array *tok);
 
 int loader_is_stream(const train_loader *d);
 /* samples in the file (0 for a stream) */
