@@ -206,11 +206,12 @@ wait_log() {
     "$BIN/clip-embed" --model "$T/m.safetensors" -i "$FIX/val.tar" -o "$T/emb.tar"
     run timeout 120 mpirun --oversubscribe -np 2 "$TRAIN" "${args[@]}" --resume
     [ "$status" -eq 0 ]
-    # from the last --save-every 2 before the kill: at least the second step's
+    # from the last save before the kill: every --save-every 2 steps, and at each epoch's end
+    # (12 samples, a global batch of 4: 3 steps an epoch); at least the second step's
     n=$(echo "$output" | sed -n 's/^clip-train: resuming .*m.safetensors.state at step \([0-9]*\) .*/\1/p')
     [ -n "$n" ]
     [ "$n" -ge 2 ]
-    [ $((n % 2)) -eq 0 ]
+    [ $((n % 2)) -eq 0 ] || [ $((n % 3)) -eq 0 ]
     [ "$(tail -1 "$T/log.jsonl" | grep -o '"step":[0-9]*')" = '"step":60' ]
 }
 
