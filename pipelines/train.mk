@@ -3,6 +3,7 @@
 #
 #   make train INIT=ViT-B-16-OpenAI.pth TEXT_MODEL=bert-from-clip-chinese-1M  # fine-tune
 #   make train ARCH=small EPOCHS=30 BATCH=64 LR=5e-4                          # from scratch
+#   make train ARCH=small,text=clip CAPTIONS=en ...   # English captions, OpenAI's text tower
 #   make eval     make plots
 #   make train NPROC=4 ...                    # 4 data-parallel ranks (mpirun), BATCH each
 #   make train NPROC=4 HOSTS=a,b ...          # over machines a and b, 2 ranks each (TCP)
@@ -12,6 +13,12 @@
 
 # DATA: a Flickr8k-CN folder (not shipped: bring your own copy)
 DATA ?=
+# CAPTIONS=en: the English captions (en_train.json, en_val.json) tokenised with OpenAI's BPE,
+# for the English text tower (ARCH=...,text=clip or an OpenAI INIT); cn: the Chinese ones (BERT)
+CAPTIONS ?= cn
+ANNOTATIONS_TRAIN = $(CAPTIONS)_train.json
+ANNOTATIONS_VAL = $(CAPTIONS)_val.json
+TOKENIZE_FLAGS = $(if $(filter en,$(CAPTIONS)),--bpe,$(if $(VOCAB),--vocab $(VOCAB)))
 VOCAB ?=
 INIT ?=
 TEXT_MODEL ?=
@@ -48,20 +55,20 @@ MODEL_ARGS = $(if $(ARCH),--arch $(ARCH),--init $(INIT) $(if $(TEXT_MODEL),--tex
 
 define need_data
 	@test -n "$(DATA)" || { echo "make $@: set DATA=FOLDER, a Flickr8k-CN layout (cn_train.json, cn_val.json, flickr8k-images/)" >&2; exit 2; }
-	@test -f "$(DATA)/$(1)" || { echo "make $@: $(DATA)/$(1): not found (DATA must hold cn_train.json, cn_val.json, flickr8k-images/)" >&2; exit 2; }
+	@test -f "$(DATA)/$(1)" || { echo "make $@: $(DATA)/$(1): not found (DATA must hold $(ANNOTATIONS_TRAIN), $(ANNOTATIONS_VAL), flickr8k-images/)" >&2; exit 2; }
 endef
 
 $(RUN)/train-$(SIZE).tar: | all
-	$(call need_data,cn_train.json)
+	$(call need_data,$(ANNOTATIONS_TRAIN))
 	@mkdir -p $(@D)
-	bin/clip-prep --annotations $(DATA)/cn_train.json --root $(DATA) --size $(SIZE) --progress \
-	  | bin/clip-tokenize $(if $(VOCAB),--vocab $(VOCAB)) -o $@
+	bin/clip-prep --annotations $(DATA)/$(ANNOTATIONS_TRAIN) --root $(DATA) --size $(SIZE) --progress \
+	  | bin/clip-tokenize $(TOKENIZE_FLAGS) -o $@
 
 $(RUN)/val-$(SIZE).tar: | all
-	$(call need_data,cn_val.json)
+	$(call need_data,$(ANNOTATIONS_VAL))
 	@mkdir -p $(@D)
-	bin/clip-prep --annotations $(DATA)/cn_val.json --root $(DATA) --size $(SIZE) --progress \
-	  | bin/clip-tokenize $(if $(VOCAB),--vocab $(VOCAB)) -o $@
+	bin/clip-prep --annotations $(DATA)/$(ANNOTATIONS_VAL) --root $(DATA) --size $(SIZE) --progress \
+	  | bin/clip-tokenize $(TOKENIZE_FLAGS) -o $@
 
 train: all $(RUN)/train-$(SIZE).tar $(RUN)/val-$(SIZE).tar
 	@test -n "$(ARCH)$(INIT)" || { echo "make train: set INIT=CKPT [TEXT_MODEL=DIR] or ARCH=small" >&2; exit 2; }
@@ -83,7 +90,7 @@ plots: $(RUN)/log.jsonl
 	    plot '$(RUN)/loss.dat' using 1:2 with lines lc rgb '#bbbbbb' title 'per step', \
 	         '' using 1:2 smooth bezier lw 2 lc rgb '#1f77b4' title 'smoothed'"
 	gnuplot -e "set terminal pngcairo size 900,500; set output '$(RUN)/recall.png'; \
-	    set title 'Flickr8k-CN val recall ($(RUN))'; set xlabel 'epoch'; set ylabel 'mean recall (%)'; \
+	    set title 'Flickr8k val recall, $(CAPTIONS) captions ($(RUN))'; set xlabel 'epoch'; set ylabel 'mean recall (%)'; \
 	    set grid; set key left top; \
 	    plot '$(RUN)/recall.dat' using 1:2 with linespoints title 'image->text R mean', \
 	         '' using 1:3 with linespoints title 'text->image R mean', \

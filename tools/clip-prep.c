@@ -4,15 +4,14 @@
 #include "core/atomic_file.h"
 #include "io/annotations.h"
 #include "io/image.h"
+#include "io/image_pool.h"
 #include "io/image_source.h"
 #include "io/npy.h"
 #include "io/stream.h"
 #include "core/util.h"
 
-#include <errno.h>
-#include <jansson.h>
+#include <getopt.h>
 #include <malloc.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,162 +35,6 @@ static const char usage[] =
     "  --progress          progress on stderr\n"
     "  -h, --help          this help\n";
 
-typedef struct {
-    const char *image; /* path as given / as in the annotations */
-    char **captions;
-    int n_captions;
-} job;
-
-typedef struct {
-    int done;
-    unsigned char *npy, *orig; /* img.npy (header + pixels), original bytes */
-    size_t npy_len, orig_len;
-    char *err;
-} slot;
-
-/* Workers decode jobs in order into a ring of slots, at most `ring` ahead of
- * the writer. Each side sleeps only when it must and is woken once per batch
- * of ring/2 images, not once per image. */
-typedef struct {
-    const job *jobs;
-    size_t n, next, consumed, ring, batch_end;
-    slot *slots;
-    image_source *src;
-    int size, mode, keep_original, stop;
-    long long max_pixels; /* images claiming more are refused before decoding */
-    const unsigned char *npy_header; /* the .npy header of uint8 [size, size, 3] */
-    size_t npy_header_len;
-    int writer_waits, workers_waiting;
-    pthread_mutex_t lock;
-    pthread_cond_t space, done;
-} pool;
-
-/* The pixels are decoded straight behind a copy of the .npy header, so the
- * img.npy field needs no copy of its own. */
-static void process(const pool *p, const job *j, slot *out)
-{
-    size_t len;
-    unsigned char *bytes = image_source_read(p->src, j->image, &len);
-    if (!bytes) {
-        out->err = xstrdup(clip_error());
-        return;
-    }
-    out->npy_len = p->npy_header_len + (size_t)p->size * p->size * 3;
-    out->npy = xmalloc(out->npy_len);
-    memcpy(out->npy, p->npy_header, p->npy_header_len);
-    if (image_load(bytes, len, p->size, p->mode, out->npy + p->npy_header_len, p->max_pixels,
-                   j->image)) {
-        out->err = xstrdup(clip_error());
-        free(out->npy);
-        out->npy = NULL;
-        free(bytes);
-        return;
-    }
-    if (p->keep_original) {
-        out->orig = bytes;
-        out->orig_len = len;
-    } else {
-        free(bytes);
-    }
-}
-
-/* are slots [p->consumed, p->batch_end) all done? (under the lock) */
-static int batch_ready(const pool *p)
-{
-    for (size_t i = p->consumed; i < p->batch_end; i++)
-        if (!p->slots[i % p->ring].done) return 0;
-    return 1;
-}
-
-static void *worker(void *arg)
-{
-    pool *p = arg;
-    for (;;) {
-        pthread_mutex_lock(&p->lock);
-        while (!p->stop && p->next < p->n && p->next >= p->consumed + p->ring) {
-            p->workers_waiting++;
-            pthread_cond_wait(&p->space, &p->lock);
-            p->workers_waiting--;
-        }
-        if (p->stop || p->next >= p->n) {
-            pthread_mutex_unlock(&p->lock);
-            break;
-        }
-        size_t i = p->next++;
-        pthread_mutex_unlock(&p->lock);
-        slot r = {0};
-        process(p, &p->jobs[i], &r);
-        r.done = 1;
-        pthread_mutex_lock(&p->lock);
-        p->slots[i % p->ring] = r;
-        if (p->writer_waits && i < p->batch_end && batch_ready(p)) {
-            p->writer_waits = 0;
-            pthread_cond_signal(&p->done);
-        }
-        pthread_mutex_unlock(&p->lock);
-    }
-    image_thread_done();
-    return NULL;
-}
-
-/* Move the next batch of results (from slot `first`) into out; returns its size. */
-static size_t take_batch(pool *p, size_t first, slot *out)
-{
-    size_t k = p->ring / 2 ? p->ring / 2 : 1;
-    if (k > p->n - first) k = p->n - first;
-    pthread_mutex_lock(&p->lock);
-    p->batch_end = first + k;
-    while (!batch_ready(p)) {
-        p->writer_waits = 1;
-        pthread_cond_wait(&p->done, &p->lock);
-    }
-    p->writer_waits = 0;
-    for (size_t i = 0; i < k; i++) {
-        out[i] = p->slots[(first + i) % p->ring];
-        memset(&p->slots[(first + i) % p->ring], 0, sizeof *out);
-    }
-    p->consumed = first + k;
-    if (p->workers_waiting) pthread_cond_broadcast(&p->space);
-    pthread_mutex_unlock(&p->lock);
-    return k;
-}
-
-static void slot_free(slot *r)
-{
-    free(r->npy);
-    free(r->orig);
-    free(r->err);
-}
-
-/* WebDataset key: file name without extension, other dots -> '_'. */
-static char *make_key(const char *path)
-{
-    const char *base = strrchr(path, '/');
-    base = base ? base + 1 : path;
-    char *key = xstrdup(base);
-    char *dot = strrchr(key, '.');
-    if (dot && dot != key) *dot = 0;
-    for (char *c = key; *c; c++)
-        if (*c == '.') *c = '_';
-    if (!*key) {
-        free(key);
-        key = xstrdup("_");
-    }
-    return key;
-}
-
-static char *meta_json(const job *j)
-{
-    json_t *caps = json_array();
-    for (int i = 0; i < j->n_captions; i++) json_array_append_new(caps, json_string(j->captions[i]));
-    char *image = path_with_slashes(j->image);
-    json_t *o = json_pack("{s:s, s:o}", "image", image, "captions", caps);
-    char *s = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    free(image);
-    return s;
-}
-
 int main(int argc, char **argv)
 {
     clip_set_progname(argv[0]);
@@ -200,62 +43,45 @@ int main(int argc, char **argv)
     mallopt(M_MMAP_THRESHOLD, 64 << 20);
     mallopt(M_TRIM_THRESHOLD, 256 << 20);
     const char *ann_path = NULL, *root = NULL, *out = "-";
-    int size = 224, mode = IMAGE_CROP, keep = 0, skip_bad = 0, show = 0;
-    long threads = sysconf(_SC_NPROCESSORS_ONLN);
-    long long max_pixels = IMAGE_MAX_PIXELS;
-    char **paths = xmalloc((argc + 1) * sizeof *paths);
-    size_t n_paths = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            fputs(usage, stdout);
-            free(paths);
-            close_stdout();
-            return 0;
-        } else if (!strcmp(a, "--annotations")) {
-            if (!val) usage_error("--annotations needs a file");
-            ann_path = argv[++i];
-        } else if (!strcmp(a, "--root")) {
-            if (!val) usage_error("--root needs a folder or archive");
-            root = argv[++i];
-        } else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
-            if (!val) usage_error("%s needs an output", a);
-            out = argv[++i];
-        } else if (!strcmp(a, "--size")) {
-            size = (int)parse_long_option(a, val, 1, 8192);
-            i++;
-        } else if (!strcmp(a, "--resize")) {
-            if (!val || (mode = image_resize_parse(val)) < 0)
-                usage_error("--resize: expected crop, letterbox or squash, got '%s'", val ? val : "");
-            i++;
-        } else if (!strcmp(a, "--max-pixels")) {
-            max_pixels = parse_long_option(a, val, 1, 1L << 40);
-            i++;
-        } else if (!strcmp(a, "--threads")) {
-            threads = parse_long_option(a, val, 1, 256);
-            i++;
-        } else if (!strcmp(a, "--keep-original")) {
-            keep = 1;
-        } else if (!strcmp(a, "--skip-bad")) {
-            skip_bad = 1;
-        } else if (!strcmp(a, "--progress")) {
-            show = 1;
-        } else if (!strcmp(a, "--")) {
-            while (++i < argc) paths[n_paths++] = argv[i];
-        } else if (a[0] == '-' && a[1]) {
-            usage_error("unknown option %s", a);
-        } else {
-            paths[n_paths++] = argv[i];
+    int skip_bad = 0, show = 0;
+    image_pool_config pc = {.size = 224, .mode = IMAGE_CROP, .max_pixels = IMAGE_MAX_PIXELS,
+                            .threads = (int)sysconf(_SC_NPROCESSORS_ONLN)};
+    enum { O_ANN = 256, O_ROOT, O_SIZE, O_RESIZE, O_KEEP, O_SKIP, O_MAXPIX, O_THREADS, O_PROG };
+    static const struct option opts[] = {
+        {"annotations", 1, 0, O_ANN}, {"root", 1, 0, O_ROOT},       {"output", 1, 0, 'o'},
+        {"size", 1, 0, O_SIZE},       {"resize", 1, 0, O_RESIZE},   {"keep-original", 0, 0, O_KEEP},
+        {"skip-bad", 0, 0, O_SKIP},   {"max-pixels", 1, 0, O_MAXPIX}, {"threads", 1, 0, O_THREADS},
+        {"progress", 0, 0, O_PROG},   {"help", 0, 0, 'h'},          {0, 0, 0, 0},
+    };
+    static const char short_opts[] = "o:h";
+    opterr = 0; /* our own one-line message */
+    int c;
+    while ((c = getopt_long(argc, argv, short_opts, opts, NULL)) != -1) {
+        switch (c) {
+        case O_ANN: ann_path = optarg; break;
+        case O_ROOT: root = optarg; break;
+        case 'o': out = optarg; break;
+        case O_SIZE: pc.size = (int)parse_long_option("--size", optarg, 1, 8192); break;
+        case O_RESIZE:
+            if ((pc.mode = image_resize_parse(optarg)) < 0)
+                usage_error("--resize: expected crop, letterbox or squash, got '%s'", optarg);
+            break;
+        case O_MAXPIX: pc.max_pixels = parse_long_option("--max-pixels", optarg, 1, 1L << 40); break;
+        case O_THREADS: pc.threads = (int)parse_long_option("--threads", optarg, 1, 256); break;
+        case O_KEEP: pc.keep_original = 1; break;
+        case O_SKIP: skip_bad = 1; break;
+        case O_PROG: show = 1; break;
+        case 'h': fputs(usage, stdout); close_stdout(); return 0;
+        default: option_error(argv, short_opts);
         }
     }
+    size_t n_paths = argc - optind;
     if (ann_path && n_paths) usage_error("give either --annotations or image paths, not both");
     if (!ann_path && !n_paths) usage_error("no input: --annotations FILE.json or image paths");
-    if (threads < 1) threads = 1;
 
     annotations *ann = NULL;
-    job *jobs;
-    size_t n;
+    size_t n = ann_path ? 0 : n_paths;
+    const char **paths = (const char **)argv + optind;
     if (ann_path) {
         if (!(ann = annotations_load(ann_path)) || annotations_check_root(ann, root, ann_path))
             die("%s", clip_error());
@@ -264,92 +90,65 @@ int main(int argc, char **argv)
                  ann_path, ann->n_merged, ann->n_merged == 1 ? "y" : "ies",
                  ann->n_merged == 1 ? "its" : "their");
         n = ann->n;
-        jobs = xcalloc(n + 1, sizeof *jobs);
-        for (size_t i = 0; i < n; i++)
-            jobs[i] = (job){ann->items[i].image, ann->items[i].captions, ann->items[i].n_captions};
-    } else {
-        n = n_paths;
-        jobs = xcalloc(n + 1, sizeof *jobs);
-        for (size_t i = 0; i < n; i++) jobs[i] = (job){paths[i], NULL, 0};
+        paths = xcalloc(n + 1, sizeof *paths);
+        for (size_t i = 0; i < n; i++) paths[i] = ann->items[i].image;
     }
 
     if (image_init(argv[0])) die("%s", clip_error());
     image_source *src = image_source_open(root);
     if (!src) die("%s", clip_error());
-    for (size_t i = 0; i < n; i++) image_source_want(src, jobs[i].image);
+    for (size_t i = 0; i < n; i++) image_source_want(src, paths[i]);
 
     /* a file output appears only when complete (see stream_open_write) */
     stream_writer *w = stream_open_write(out);
     if (!w) die("%s", clip_error());
 
-    int64_t shape[3] = {size, size, 3};
+    int64_t shape[3] = {pc.size, pc.size, 3};
     size_t npy_len;
     unsigned char *npy_header = npy_encode(DT_U8, 3, shape, NULL, &npy_len);
-    pool p = {.jobs = jobs, .n = n, .ring = 4 * threads, .src = src, .size = size, .mode = mode,
-              .keep_original = keep, .max_pixels = max_pixels, .npy_header = npy_header,
-              .npy_header_len = npy_len - (size_t)size * size * 3};
-    /* one thread: decode in this one, no hand-over at all */
-    long n_workers = threads > 1 ? threads : 0;
-    p.slots = xcalloc(p.ring, sizeof *p.slots);
-    slot *batch = xcalloc(p.ring, sizeof *batch);
-    pthread_mutex_init(&p.lock, NULL);
-    pthread_cond_init(&p.space, NULL);
-    pthread_cond_init(&p.done, NULL);
-    pthread_t *tids = xmalloc(threads * sizeof *tids);
-    for (long t = 0; t < n_workers; t++) pthread_create(&tids[t], NULL, worker, &p);
+    pc.prefix = npy_header;
+    pc.prefix_len = npy_len - (size_t)pc.size * pc.size * 3;
+    image_pool *pool = image_pool_start(src, paths, n, &pc);
+    if (!pool) die("%s", clip_error());
 
     progress prog;
     progress_start(&prog, "clip-prep", "images", n, show);
     sample s;
     sample_init(&s);
-    size_t written = 0, bad = 0, i = 0, k = 0, b = 0;
+    size_t written = 0, bad = 0;
     char *fatal = NULL;
-    while (i < n && !fatal) {
-        if (b == k) {
-            b = 0;
-            if (n_workers) {
-                k = take_batch(&p, i, batch);
-            } else {
-                k = 1;
-                batch[0] = (slot){0};
-                process(&p, &jobs[i], &batch[0]);
-            }
-        }
-        slot r = batch[b];
-        batch[b++] = (slot){0};
-        const job *j = &jobs[i++];
+    image_pool_item r;
+    for (size_t i = 0; !fatal && !image_pool_next(pool, &r); i++) {
         if (r.err) {
-            if (skip_bad) {
+            if (!skip_bad) {
+                fatal = r.err, r.err = NULL;
+            } else {
                 warn("skipping %s", r.err);
                 bad++;
-                free(r.err);
-            } else {
-                fatal = r.err;
             }
+            image_pool_item_free(&r);
             continue;
         }
         sample_clear(&s);
-        char *key = make_key(j->image);
+        char *key = sample_key_for_path(paths[i]);
         sample_set_key(&s, key);
         free(key);
-        char *meta = meta_json(j);
+        const annotation *a = ann ? &ann->items[i] : NULL;
+        char *meta = annotation_sample_json(paths[i], a ? a->captions : NULL, a ? a->n_captions : 0);
+        if (!meta) {
+            fatal = xstrdup(clip_error());
+            image_pool_item_free(&r);
+            break;
+        }
+        /* the sample takes the buffers */
         sample_set(&s, "json", meta, strlen(meta));
-        sample_set(&s, "img.npy", r.npy, r.npy_len);
+        sample_set(&s, "img.npy", r.data, r.len);
         if (r.orig) sample_set(&s, image_type(r.orig, r.orig_len), r.orig, r.orig_len);
         if (stream_write(w, &s)) fatal = xstrdup(clip_error());
         else written++;
         progress_update(&prog, written + bad);
     }
-
-    pthread_mutex_lock(&p.lock);
-    p.stop = 1;
-    pthread_cond_broadcast(&p.space);
-    pthread_mutex_unlock(&p.lock);
-    for (long t = 0; t < n_workers; t++) pthread_join(tids[t], NULL);
-    for (size_t t = 0; t < p.ring; t++) {
-        slot_free(&p.slots[t]);
-        slot_free(&batch[t]);
-    }
+    image_pool_free(pool);
     if (fatal) stream_abort_write(w);
     else if (stream_close_write(w)) fatal = xstrdup(clip_error());
     if (fatal) die("%s", fatal);
@@ -358,12 +157,8 @@ int main(int argc, char **argv)
     sample_free(&s);
     image_source_close(src);
     annotations_free(ann);
-    free(jobs);
-    free(paths);
-    free(p.slots);
-    free(batch);
+    if (ann_path) free(paths);
     free(npy_header);
-    free(tids);
     close_stdout();
     return 0;
 }

@@ -176,3 +176,16 @@ int annotations_check_root(const annotations *a, const char *root, const char *n
     free(real_root);
     return rc;
 }
+
+char *annotation_sample_json(const char *image, char *const *captions, int n_captions)
+{
+    json_t *caps = json_array();
+    for (int i = 0; i < n_captions; i++) json_array_append_new(caps, json_string(captions[i]));
+    char *path = path_with_slashes(image);
+    json_t *o = json_pack("{s:s, s:o}", "image", path, "captions", caps);
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (!s) clip_set_error("%s: the image path or a caption is not valid UTF-8", path);
+    free(path);
+    return s;
+}

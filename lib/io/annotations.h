@@ -40,5 +40,9 @@ void annotations_free(annotations *a);
  * looked up by name, or NULL) passes: nothing is opened by path there. An
  * image that does not exist is left to the reader to report. */
 int annotations_check_root(const annotations *a, const char *root, const char *name);
+/* The json field of a sample made from an image and its captions, as clip-prep writes
+ * it: {"image": path ('\\' as '/'), "captions": [...]}. malloc'd; NULL with an error
+ * naming the image when a string is not valid UTF-8 (JSON holds only UTF-8). */
+char *annotation_sample_json(const char *image, char *const *captions, int n_captions);
 
 #endif

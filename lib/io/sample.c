@@ -93,3 +93,19 @@ int sample_split_member_name(const char *path, char **key, const char **field)
     *field = dot + 1;
     return 0;
 }
+
+char *sample_key_for_path(const char *path)
+{
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    char *key = xstrdup(base);
+    char *dot = strrchr(key, '.');
+    if (dot && dot != key) *dot = 0;
+    for (char *c = key; *c; c++)
+        if (*c == '.') *c = '_';
+    if (!*key) {
+        free(key);
+        key = xstrdup("_");
+    }
+    return key;
+}

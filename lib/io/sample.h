@@ -40,5 +40,10 @@ int sample_get_npy(const sample *s, const char *name, npy_array *out);
  * there is no dot, or nothing before or after it. *key is malloc'd; *field
  * points into path. */
 int sample_split_member_name(const char *path, char **key, const char **field);
+/* The key of the sample made from the file `path` (WebDataset's rule): its
+ * base name without the extension, other dots turned into '_' ("a/x.y.jpg"
+ * is "x_y"), so that splitting "<key>.<field>" finds the field again; "_"
+ * when nothing is left. malloc'd. */
+char *sample_key_for_path(const char *path);
 
 #endif

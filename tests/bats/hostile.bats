@@ -320,3 +320,12 @@ PY
     [ "$status" -eq 1 ]
     [[ "$output" == *"$T/bert/config.json: not a regular file or a pipe (a config file must be one)"* ]]
 }
+
+@test "clip-prep: an image file name that is not UTF-8 (JSON holds only UTF-8) is refused naming it" {
+    img=$(ls "$ROOT"/tests/fixtures/flickr8k-mini/flickr8k-images/*.jpg | head -1)
+    cp "$img" "$T/$(printf 'a\377').jpg"
+    run "$BIN/clip-prep" -o "$T/out.tar" "$T/$(printf 'a\377').jpg"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"a"$'\377'".jpg: the image path or a caption is not valid UTF-8"* ]]
+    [ ! -e "$T/out.tar" ]
+}
