@@ -7,7 +7,6 @@
 #include "core/util.h"
 
 #include <getopt.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -36,13 +35,7 @@ int main(int argc, char **argv)
     int c;
     while ((c = getopt_long(argc, argv, "a:o:qh", opts, NULL)) != -1) {
         switch (c) {
-        case 'a': {
-            char *end;
-            alpha = strtod(optarg, &end);
-            if (end == optarg || *end || !isfinite(alpha))
-                usage_error("--alpha: expected a number, got '%s'", optarg);
-            break;
-        }
+        case 'a': alpha = parse_double_option("--alpha", optarg, -1e3, 1e3); break;
         case 'o': out_path = optarg; break;
         case 'q': quiet = 1; break;
         case 'h': fputs(usage, stdout); close_stdout(); return 0;

@@ -118,16 +118,6 @@ static int request(const char *addr, const char *req, int timeout_ms)
     return rc;
 }
 
-static double parse_seconds(const char *opt, const char *val)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(val, &end);
-    if (errno || end == val || *end || !(v > 0) || v > 1e6)
-        usage_error("%s: '%s' is not a number of seconds in (0, 1000000]", opt, val);
-    return v;
-}
-
 int main(int argc, char **argv)
 {
     blas_setup(argc, argv);
@@ -180,7 +170,7 @@ int main(int argc, char **argv)
         case OPT_MAX_REQUEST:
             so.max_request = parse_long_option("--max-request", optarg, 64, 1L << 30);
             break;
-        case OPT_BUDGET: so.time_budget = parse_seconds("--time-budget", optarg); break;
+        case OPT_BUDGET: so.time_budget = parse_double_option("--time-budget", optarg, 1e-9, 1e6); break;
         case OPT_WORKERS:
             so.workers = (int)parse_long_option("--workers", optarg, 1, QUERY_SERVER_MAX_PENDING);
             break;

@@ -216,16 +216,6 @@ static void report_eval(outputs *o, clip_model *m, const val_set *v, long step, 
                           "val", r));
 }
 
-static double parse_double_option(const char *opt, const char *val, double min, double max)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(val, &end);
-    if (errno || end == val || *end || !(v >= min && v <= max))
-        die("%s: '%s' is not a number in [%g, %g]", opt, val, min, max);
-    return v;
-}
-
 /* what main holds, at each exit through main (make check-asan finds any leak there) */
 static void run_free(train_loader *d, val_set *val, trainer *t, train_comm *comm)
 {

@@ -78,3 +78,13 @@ long parse_long_option(const char *opt, const char *val, long min, long max)
         usage_error("%s: expected an integer in [%ld, %ld], got '%s'", opt, min, max, val ? val : "");
     return v;
 }
+
+double parse_double_option(const char *opt, const char *val, double min, double max)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(val ? val : "", &end);
+    if (!val || errno || end == val || *end || !(v >= min && v <= max))
+        usage_error("%s: '%s' is not a number in [%g, %g]", opt, val ? val : "", min, max);
+    return v;
+}

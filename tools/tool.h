@@ -21,5 +21,7 @@ void close_stdout(void);
 noreturn void option_error(char **argv, const char *short_opts);
 /* An integer option value in [min, max], or a usage error naming the option. */
 long parse_long_option(const char *opt, const char *val, long min, long max);
+/* A number in [min, max], or a usage error naming the option. */
+double parse_double_option(const char *opt, const char *val, double min, double max);
 
 #endif

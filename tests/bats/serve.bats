@@ -161,7 +161,7 @@ refused() {
 @test "serve: the server's options are checked" {
     run $Q --serve "ipc://$T/s.sock" --time-budget 0
     [ "$status" -eq 2 ] # usage errors
-    [[ "$output" == *"--time-budget: '0' is not a number of seconds"* ]]
+    [[ "$output" == *"--time-budget: '0' is not a number in [1e-09, 1e+06]"* ]]
     run $Q --serve "ipc://$T/s.sock" --max-request 10
     [ "$status" -eq 2 ] # usage errors
     [[ "$output" == *"--max-request"* ]]
