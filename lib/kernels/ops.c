@@ -234,14 +234,27 @@ void attention_forward(float *out, float *att, const float *qkv, const uint8_t *
     }
 }
 
-void l2_normalize(float *out, const float *x, int N, int D)
+void l2_normalize(float *out, float *norms, const float *x, int N, int D)
 {
     for (int i = 0; i < N; i++) {
         const float *r = x + (size_t)i * D;
         double s = 0.0;
         for (int j = 0; j < D; j++) s += (double)r[j] * r[j];
-        float inv = 1.0f / fmaxf((float)sqrt(s), 1e-12f);
+        float norm = (float)sqrt(s), inv = 1.0f / fmaxf(norm, 1e-12f);
+        if (norms) norms[i] = norm;
         for (int j = 0; j < D; j++) out[(size_t)i * D + j] = r[j] * inv;
+    }
+}
+
+void l2_normalize_backward(float *dx, const float *du, const float *u, const float *norms, int N,
+                           int D)
+{
+    for (int i = 0; i < N; i++) {
+        const float *ur = u + (size_t)i * D, *dr = du + (size_t)i * D;
+        double dot = 0.0;
+        for (int j = 0; j < D; j++) dot += (double)ur[j] * dr[j];
+        float inv = 1.0f / fmaxf(norms[i], 1e-12f);
+        for (int j = 0; j < D; j++) dx[(size_t)i * D + j] = (dr[j] - ur[j] * (float)dot) * inv;
     }
 }
 

@@ -35,8 +35,14 @@ void attention_forward(float *out, float *att, const float *qkv, const uint8_t *
 /* Row-wise softmax in place over n entries (used by attention). */
 void softmax_row(float *x, int n);
 
-/* out[i] = x[i] / ||x[i]|| for N rows of D (out may equal x). */
-void l2_normalize(float *out, const float *x, int N, int D);
+/* out[i] = x[i] / ||x[i]|| for N rows of D (out may equal x); norms [N]
+ * (NULL: not kept) gets ||x[i]|| for the backward. The norm is summed in
+ * double and floored at 1e-12 (F.normalize's eps). */
+void l2_normalize(float *out, float *norms, const float *x, int N, int D);
+/* dx = (du - u (u . du)) / ||x||, the gradient through x -> u = x / ||x||,
+ * from l2_normalize's u and norms (dx may equal du). */
+void l2_normalize_backward(float *dx, const float *du, const float *u, const float *norms, int N,
+                           int D);
 /* -1 with an error naming the text and position of an id outside [0, vocab). */
 int check_token_ids(const int32_t *ids, int B, int L, int vocab);
 /* Length of the longest of B texts of L ids (trailing 0s are padding; at

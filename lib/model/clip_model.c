@@ -310,7 +310,7 @@ int clip_encode_images(clip_model *m, const uint8_t *pixels, int B, float *out)
         int n = B - b < m->max_batch ? B - b : m->max_batch;
         float *o = out + (size_t)b * m->embed_dim;
         if (vit_forward(m->visual, &m->compute, pixels + b * img, n, o)) return -1;
-        l2_normalize(o, o, n, m->embed_dim);
+        l2_normalize(o, NULL, o, n, m->embed_dim);
     }
     return 0;
 }
@@ -339,7 +339,7 @@ int clip_encode_texts(clip_model *m, const int32_t *ids, int B, int L, float *ou
             free(trimmed);
             return -1;
         }
-        l2_normalize(o, o, n, m->embed_dim);
+        l2_normalize(o, NULL, o, n, m->embed_dim);
     }
     free(trimmed);
     return 0;

@@ -28,7 +28,7 @@ static int normalize(float *v, int dim, const char *key, const char *field, int6
         clip_set_error("sample %s: %s row %lld is a zero vector", key, field, (long long)row);
         return -1;
     }
-    l2_normalize(v, v, 1, dim);
+    l2_normalize(v, NULL, v, 1, dim);
     return 0;
 }
 

@@ -6,30 +6,7 @@
 
 #include <cblas.h>
 
-/* rows of x / ||x|| into u, the norms into norm */
-static void normalize_rows(float *u, float *norm, const float *x, int B, int D)
-{
-    for (int i = 0; i < B; i++) {
-        double s = 0.0;
-        for (int j = 0; j < D; j++) s += (double)x[(size_t)i * D + j] * x[(size_t)i * D + j];
-        norm[i] = (float)sqrt(s);
-        float inv = 1.0f / fmaxf(norm[i], 1e-12f);
-        for (int j = 0; j < D; j++) u[(size_t)i * D + j] = x[(size_t)i * D + j] * inv;
-    }
-}
-
-/* dx = (du - u (u . du)) / ||x||: the gradient through x -> x / ||x|| */
-static void normalize_backward(float *dx, const float *du, const float *u, const float *norm, int B,
-                               int D)
-{
-    for (int i = 0; i < B; i++) {
-        const float *ur = u + (size_t)i * D, *dr = du + (size_t)i * D;
-        double dot = 0.0;
-        for (int j = 0; j < D; j++) dot += (double)ur[j] * dr[j];
-        float inv = 1.0f / fmaxf(norm[i], 1e-12f);
-        for (int j = 0; j < D; j++) dx[(size_t)i * D + j] = (dr[j] - ur[j] * (float)dot) * inv;
-    }
-}
+#include "kernels/ops.h"
 
 size_t contrastive_scratch_floats(int G, int rows, int D)
 {
@@ -73,8 +50,8 @@ void contrastive_loss_rows(const float *img, const float *txt, int G, int D, int
     float *u = scratch, *v = u + (size_t)G * D;        /* [G, D] unit features */
     float *nu = v + (size_t)G * D, *nv = nu + G;       /* [G] norms */
     float *a = nv + G, *t = a + (size_t)rows * G;      /* [rows, G] image->text, text->image */
-    normalize_rows(u, nu, img, G, D);
-    normalize_rows(v, nv, txt, G, D);
+    l2_normalize(u, nu, img, G, D);
+    l2_normalize(v, nv, txt, G, D);
     const float *ur = u + (size_t)row0 * D, *vr = v + (size_t)row0 * D;
     float s = expf(logit_scale);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, G, D, s, ur, D, v, D, 0.0f, a, G);
@@ -93,6 +70,6 @@ void contrastive_loss_rows(const float *img, const float *txt, int G, int D, int
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, G, s, t, G, u, D, 0.0f,
                 dtxt + (size_t)row0 * D, D);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, G, D, rows, s, a, G, ur, D, 1.0f, dtxt, D);
-    normalize_backward(dimg, dimg, u, nu, G, D);
-    normalize_backward(dtxt, dtxt, v, nv, G, D);
+    l2_normalize_backward(dimg, dimg, u, nu, G, D);
+    l2_normalize_backward(dtxt, dtxt, v, nv, G, D);
 }
