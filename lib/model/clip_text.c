@@ -94,31 +94,18 @@ int clip_text_load(clip_text *m, const ckpt *c)
     return pt_load(&m->ptable, c, NULL, NULL);
 }
 
-static void free_qweights(resblock_qweights *q, int layers)
-{
-    for (int i = 0; q && i < layers; i++) resblock_free_quantised(&q[i]);
-    free(q);
-}
-
 void clip_text_free_quantised(clip_text *m)
 {
-    free_qweights(m->q, m->cfg.layers);
+    resblock_stack_free_quantised(m->q, m->cfg.layers);
     m->q = NULL;
 }
 
 int clip_text_quantise(clip_text *m)
 {
     const clip_text_config *g = &m->cfg;
-    resblock_qweights *q = calloc(g->layers ? g->layers : 1, sizeof *q);
-    if (!q) {
-        clip_set_error("CLIP text tower: out of memory quantising the weights");
-        return -1;
-    }
-    for (int i = 0; i < g->layers; i++)
-        if (resblock_quantise(&q[i], &m->params.blocks[i], g->width, g->mlp)) {
-            free_qweights(q, g->layers);
-            return -1;
-        }
+    resblock_qweights *q =
+        resblock_stack_quantise(m->params.blocks, g->layers, g->width, g->mlp, "CLIP text tower");
+    if (!q) return -1;
     clip_text_free_quantised(m);
     m->q = q;
     return 0;

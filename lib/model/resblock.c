@@ -1,8 +1,10 @@
 #include "model/resblock.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "core/util.h"
 #include "kernels/blas.h"
 #include "kernels/ops.h"
 
@@ -75,6 +77,28 @@ void resblock_free_quantised(resblock_qweights *q)
     qweight_free(q->c_fc);
     qweight_free(q->c_proj);
     memset(q, 0, sizeof *q);
+}
+
+resblock_qweights *resblock_stack_quantise(const resblock_params *p, int layers, int C, int F,
+                                           const char *what)
+{
+    resblock_qweights *q = calloc(layers ? layers : 1, sizeof *q);
+    if (!q) {
+        clip_set_error("%s: out of memory quantising the weights", what);
+        return NULL;
+    }
+    for (int i = 0; i < layers; i++)
+        if (resblock_quantise(&q[i], &p[i], C, F)) {
+            resblock_stack_free_quantised(q, layers);
+            return NULL;
+        }
+    return q;
+}
+
+void resblock_stack_free_quantised(resblock_qweights *q, int layers)
+{
+    for (int i = 0; q && i < layers; i++) resblock_free_quantised(&q[i]);
+    free(q);
 }
 
 static void attention_timed(const compute_ctx *cx, float *out, float *att, const float *qkv,

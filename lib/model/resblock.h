@@ -42,6 +42,12 @@ typedef struct {
 /* 0, or -1 with an error (out of memory), nothing left allocated. */
 int resblock_quantise(resblock_qweights *q, const resblock_params *p, int C, int F);
 void resblock_free_quantised(resblock_qweights *q);
+/* The same for a tower's stack of `layers` blocks: a malloc'd [layers] array
+ * (resblock_stack_free_quantised frees it and its weights; NULL: nothing),
+ * or NULL with an error naming `what` (the tower). */
+resblock_qweights *resblock_stack_quantise(const resblock_params *p, int layers, int C, int F,
+                                           const char *what);
+void resblock_stack_free_quantised(resblock_qweights *q, int layers);
 
 /* What one block's forward keeps for its backward (N = B*T rows). */
 typedef struct {

@@ -116,29 +116,20 @@ int vit_load(vit *m, const ckpt *c)
     return pt_load(&m->ptable, c, NULL, NULL);
 }
 
-static void free_qweights(vit_qweights *q, int layers)
+void vit_free_quantised(vit *m)
 {
-    qweight_free(q->conv1);
-    for (int i = 0; q->blocks && i < layers; i++) resblock_free_quantised(&q->blocks[i]);
-    free(q->blocks);
-    memset(q, 0, sizeof *q);
+    qweight_free(m->q.conv1);
+    resblock_stack_free_quantised(m->q.blocks, m->cfg.layers);
+    memset(&m->q, 0, sizeof m->q);
 }
-
-void vit_free_quantised(vit *m) { free_qweights(&m->q, m->cfg.layers); }
 
 int vit_quantise(vit *m)
 {
     const vit_config *g = &m->cfg;
-    vit_qweights q = {0};
-    if (!(q.blocks = calloc(g->layers ? g->layers : 1, sizeof *q.blocks))) {
-        clip_set_error("visual: out of memory quantising the weights");
-        return -1;
-    }
-    int ok = (q.conv1 = qweight_make(m->params.conv1_w, g->width, 3 * g->patch * g->patch)) != NULL;
-    for (int i = 0; ok && i < g->layers; i++)
-        ok = !resblock_quantise(&q.blocks[i], &m->params.blocks[i], g->width, g->mlp);
-    if (!ok) {
-        free_qweights(&q, g->layers);
+    vit_qweights q = {qweight_make(m->params.conv1_w, g->width, 3 * g->patch * g->patch), NULL};
+    if (!q.conv1 ||
+        !(q.blocks = resblock_stack_quantise(m->params.blocks, g->layers, g->width, g->mlp, "visual"))) {
+        qweight_free(q.conv1);
         return -1;
     }
     vit_free_quantised(m);
