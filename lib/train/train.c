@@ -303,9 +303,9 @@ static float *alloc_floats(size_t n)
     return p;
 }
 
-/* gradients, activations kept for batch x max_len, AdamW moments */
-/* keep: ACTS_TRAIN, or ACTS_CHECKPOINT (model/resblock.h). The activations
- * before the gradients: alloc_grads sizes the backward scratch for them. */
+/* gradients, activations kept for batch x max_len (keep: ACTS_TRAIN, or
+ * ACTS_CHECKPOINT, model/resblock.h), AdamW moments; the activations first:
+ * alloc_grads sizes the backward scratch for them */
 static int tower_init(train_tower *tw, clip_model *m, int which, int batch, int max_len, int keep)
 {
     memset(tw, 0, sizeof *tw);
