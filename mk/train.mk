@@ -1,10 +1,12 @@
 # Training: PyTorch-reference parity fixtures and the step benchmark (both need
 # make deps-reference).
-#   make bench-train                          ViT-B/16 + BERT-base, batch 8 and 32, fp32 and bf16
+#   make bench-train                          ViT-B/16 + BERT-base, batch 8 and 32, fp32 and bf16,
+#                                             and 32 with --grad-checkpointing (32ckpt)
 #   make bench-train BENCH_ARCH=small BENCH_CONFIGS=64   the from-scratch model
+#   make bench-train BENCH_CONFIGS=128,128ckpt BENCH_STEPS=1   the memory of batch 128 (~17 GiB plain)
 
 BENCH_ARCH ?= base
-BENCH_CONFIGS ?= 8,8amp,32,32amp
+BENCH_CONFIGS ?= 8,8amp,32,32amp,32ckpt
 BENCH_STEPS ?= 2
 
 bench-train: build/bench/bench_train

@@ -71,6 +71,9 @@ static void usage(FILE *f)
             "      --beta1 X --beta2 X --eps X   AdamW (defaults 0.9, 0.999, 1e-8)\n"
             "      --grad-clip X        clip the total gradient norm to X (default off)\n"
             "      --amp                bf16 matrix products, fp32 master weights\n"
+            "      --grad-checkpointing keep only each block's input, recompute the block in the\n"
+            "                           backward: the same gradients, about a quarter of the\n"
+            "                           activation memory, one more forward a step\n"
             "      --check-sync N       under mpirun: compare the ranks' weights every N steps\n"
             "Output:\n"
             "      --save FILE          weights (.pth, or .safetensors with the config); also\n"
@@ -242,7 +245,7 @@ int main(int argc, char **argv)
         O_INIT = 256, O_TEXT, O_ARCH, O_RESUME, O_TRAIN, O_VAL, O_EVAL0, O_EPOCHS, O_STEPS,
         O_NOSHUF, O_NOAUG, O_CAPTION, O_SEED, O_LR, O_WARMUP, O_SCHED, O_MINLR, O_WD, O_WDALL,
         O_B1, O_B2, O_EPS, O_CLIP, O_AMP, O_SAVE, O_SAVE_EVERY, O_LOG, O_PROGRESS, O_QUIET,
-        O_DEVICE, O_IDEV, O_TDEV, O_STOP_AFTER, O_POSIDS, O_ACCUM, O_SYNC
+        O_DEVICE, O_IDEV, O_TDEV, O_STOP_AFTER, O_POSIDS, O_ACCUM, O_SYNC, O_GCKPT
     };
     static const struct option opts[] = {
         {"init", 1, 0, O_INIT},        {"text-model", 1, 0, O_TEXT},  {"arch", 1, 0, O_ARCH},
@@ -258,6 +261,7 @@ int main(int argc, char **argv)
         {"device", 1, 0, O_DEVICE},    {"image-device", 1, 0, O_IDEV}, {"text-device", 1, 0, O_TDEV},
         {"stop-after", 1, 0, O_STOP_AFTER}, {"position-ids", 0, 0, O_POSIDS}, {"threads", 1, 0, 't'},
         {"accum-freq", 1, 0, O_ACCUM}, {"check-sync", 1, 0, O_SYNC},  {"help", 0, 0, 'h'},
+        {"grad-checkpointing", 0, 0, O_GCKPT},
         {0, 0, 0, 0}};
     const char *init = NULL, *text_dir = NULL, *arch_spec = NULL, *train_path = NULL,
                *val_path = NULL;
@@ -308,6 +312,7 @@ int main(int argc, char **argv)
         case O_EPS: cfg.adam.eps = (float)parse_double_option("--eps", optarg, 0, 1); break;
         case O_CLIP: cfg.grad_clip = parse_double_option("--grad-clip", optarg, 0, 1e30); break;
         case O_AMP: cfg.amp = 1; break;
+        case O_GCKPT: cfg.grad_checkpointing = 1; break;
         case O_SAVE: out.save = optarg; break;
         case O_SAVE_EVERY: out.save_every = parse_long_option("--save-every", optarg, 1, 1L << 40); break;
         case O_LOG: out.log_path = optarg; break;
@@ -427,6 +432,15 @@ int main(int argc, char **argv)
                 loader_count(d), global, batch_desc, total, cfg.lr,
                 cfg.schedule == SCHEDULE_COSINE ? "cosine" : "constant", cfg.warmup,
                 cfg.amp ? ", amp bf16" : "", blas_describe());
+    if (!rank) {
+        train_memory mem;
+        trainer_memory(t, &mem);
+        fprintf(stderr, "%s: memory: activations %.1f MiB%s, backward scratch %.1f MiB, weights "
+                "+ gradients + AdamW %.1f MiB (micro-batch %d x %d tokens)\n", clip_progname,
+                mem.activations / 1048576.0,
+                cfg.grad_checkpointing ? " (gradient checkpointing: block inputs)" : "",
+                mem.backward / 1048576.0, mem.weights / 1048576.0, lc.micro, len);
+    }
     if (val_path && eval0 && !resuming) report_eval(&out, m, &val, 0, 0);
 
     double t_start = now_seconds();

@@ -331,7 +331,10 @@ int bert_reserve(bert *m, int B, int L, int keep_layers)
     pt_add(t, &a->emb_ln, "emb_ln", 2, (int64_t[]){N, H});
     pt_add(t, &a->emb_ln_mean, "emb_ln_mean", 1, (int64_t[]){N});
     pt_add(t, &a->emb_ln_rstd, "emb_ln_rstd", 1, (int64_t[]){N});
-    int slots = keep_layers ? g->layers : 1;
+    /* checkpointed, layers 1.. keep their output only: block 0's slot is the rest */
+    int slots = keep_layers == ACTS_TRAIN ? g->layers : 1;
+    for (int i = 1; keep_layers == ACTS_CHECKPOINT && i < g->layers; i++)
+        pt_add(t, &a->layers[i].out, "out", 2, (int64_t[]){N, H});
     for (int i = 0; i < slots; i++) {
         bert_layer_acts *l = &a->layers[i];
         pt_add(t, &l->qkv, "qkv", 2, (int64_t[]){N, 3 * H});
@@ -358,7 +361,11 @@ int bert_reserve(bert *m, int B, int L, int keep_layers)
     pt_add(t, &a->out, "out", 2, (int64_t[]){B, g->out_dim});
     pt_alloc(t);
     for (int i = 1; i < slots; i++) a->layers[i].fc_act = a->layers[0].fc_act;
-    for (int i = slots; i < g->layers; i++) a->layers[i] = a->layers[0];
+    for (int i = slots; i < g->layers; i++) {
+        float *out = a->layers[i].out;
+        a->layers[i] = a->layers[0];
+        if (keep_layers == ACTS_CHECKPOINT) a->layers[i].out = out;
+    }
     m->act_batch = B;
     m->act_len = L;
     m->act_keep = keep_layers;
@@ -371,6 +378,37 @@ static void attention_timed(const compute_ctx *cx, float *out, float *att, const
     double t0 = prof_start(cx);
     attention_forward(out, att, qkv, key_valid, 0, B, T, C, NH);
     prof_stop(cx, PROF_ATTENTION, t0);
+}
+
+/* One layer: x [N, H] -> l->out (post-LN BERT), keeping what bert_backward needs in l */
+static int layer_forward(const compute_ctx *cx, const bert_config *g, const bert_layer_params *lp,
+                         const bert_layer_qweights *lq, bert_layer_acts *l, const float *x,
+                         const uint8_t *key_valid, int B, int L)
+{
+    int H = g->hidden, FF = g->intermediate, N = B * L;
+    if (matmul_forward(cx, l->qkv, 3 * H, x, lp->q_w, lq->q, lp->q_b, N, H, H) ||
+        matmul_forward(cx, l->qkv + H, 3 * H, x, lp->k_w, lq->k, lp->k_b, N, H, H) ||
+        matmul_forward(cx, l->qkv + 2 * H, 3 * H, x, lp->v_w, lq->v, lp->v_b, N, H, H))
+        return -1;
+    attention_timed(cx, l->atty, l->att, l->qkv, key_valid, B, L, H, g->heads);
+    if (matmul_residual_forward(cx, l->res_1, l->atty, lp->ao_w, lq->ao, lp->ao_b, x, N, H, H))
+        return -1;
+    layernorm_forward(l->ln_1, l->ln_1_mean, l->ln_1_rstd, l->res_1, lp->ao_ln_w, lp->ao_ln_b, N, H,
+                      g->eps);
+    if (matmul_forward(cx, l->fc, FF, l->ln_1, lp->i_w, lq->i, lp->i_b, N, H, FF)) return -1;
+    gelu_erf_forward(l->fc_act, l->fc, (size_t)N * FF);
+    if (matmul_residual_forward(cx, l->res_2, l->fc_act, lp->o_w, lq->o, lp->o_b, l->ln_1, N, FF,
+                                H))
+        return -1;
+    layernorm_forward(l->out, l->out_mean, l->out_rstd, l->res_2, lp->o_ln_w, lp->o_ln_b, N, H,
+                      g->eps);
+    return 0;
+}
+
+static const bert_layer_qweights *layer_qweights(const bert *m, int i)
+{
+    static const bert_layer_qweights none = {0};
+    return m->q.layers ? &m->q.layers[i] : &none;
 }
 
 int bert_forward(bert *m, const compute_ctx *cx, const int32_t *ids, int B, int L, float *out)
@@ -389,7 +427,7 @@ int bert_forward(bert *m, const compute_ctx *cx, const int32_t *ids, int B, int 
     }
     if (bert_reserve(m, B, L, m->act_keep)) return -1;
     bert_acts *a = &m->acts;
-    int H = g->hidden, FF = g->intermediate, N = B * L;
+    int H = g->hidden, N = B * L;
 
 #pragma omp parallel for schedule(static)
     for (int bt = 0; bt < N; bt++) {
@@ -403,26 +441,10 @@ int bert_forward(bert *m, const compute_ctx *cx, const int32_t *ids, int B, int 
                       N, H, g->eps);
     const float *x = a->emb_ln;
     for (int i = 0; i < g->layers; i++) {
-        const bert_layer_params *lp = &p->layers[i];
-        const bert_layer_qweights *lq = m->q.layers ? &m->q.layers[i] : &(bert_layer_qweights){0};
-        bert_layer_acts *l = &a->layers[i];
-        if (matmul_forward(cx, l->qkv, 3 * H, x, lp->q_w, lq->q, lp->q_b, N, H, H) ||
-            matmul_forward(cx, l->qkv + H, 3 * H, x, lp->k_w, lq->k, lp->k_b, N, H, H) ||
-            matmul_forward(cx, l->qkv + 2 * H, 3 * H, x, lp->v_w, lq->v, lp->v_b, N, H, H))
+        if (layer_forward(cx, g, &p->layers[i], layer_qweights(m, i), &a->layers[i], x,
+                          a->key_valid, B, L))
             return -1;
-        attention_timed(cx, l->atty, l->att, l->qkv, a->key_valid, B, L, H, g->heads);
-        if (matmul_residual_forward(cx, l->res_1, l->atty, lp->ao_w, lq->ao, lp->ao_b, x, N, H, H))
-            return -1;
-        layernorm_forward(l->ln_1, l->ln_1_mean, l->ln_1_rstd, l->res_1, lp->ao_ln_w, lp->ao_ln_b, N,
-                          H, g->eps);
-        if (matmul_forward(cx, l->fc, FF, l->ln_1, lp->i_w, lq->i, lp->i_b, N, H, FF)) return -1;
-        gelu_erf_forward(l->fc_act, l->fc, (size_t)N * FF);
-        if (matmul_residual_forward(cx, l->res_2, l->fc_act, lp->o_w, lq->o, lp->o_b, l->ln_1, N, FF,
-                                    H))
-            return -1;
-        layernorm_forward(l->out, l->out_mean, l->out_rstd, l->res_2, lp->o_ln_w, lp->o_ln_b, N, H,
-                          g->eps);
-        x = l->out;
+        x = a->layers[i].out;
     }
     for (int b = 0; b < B; b++) memcpy(a->cls + (size_t)b * H, x + (size_t)b * L * H, H * sizeof(float));
     if (matmul_forward(cx, a->pool_pre, H, a->cls, p->pooler_w, m->q.pooler, p->pooler_b, B, H, H))
@@ -524,6 +546,10 @@ int bert_backward(bert *m, const compute_ctx *cx, const int32_t *ids, const floa
         bert_layer_params *lg = &gr->layers[i];
         const bert_layer_acts *l = &a->layers[i];
         const float *x = i ? a->layers[i - 1].out : a->emb_ln;
+        /* checkpointed: the slot holds the last layer's activations, from the forward */
+        if (m->act_keep == ACTS_CHECKPOINT && i < g->layers - 1 &&
+            layer_forward(cx, g, lp, layer_qweights(m, i), &a->layers[i], x, a->key_valid, B, L))
+            return -1;
         /* out = LN(res_2), res_2 = ln_1 + output.dense(gelu(intermediate.dense(ln_1))) */
         zero_floats(d->dres, N * H);
         layernorm_backward(d->dres, lg->o_ln_w, lg->o_ln_b, d->dx, l->res_2, lp->o_ln_w, l->out_mean,

@@ -10,6 +10,7 @@
 #include "ckpt/checkpoint.h"
 #include "ckpt/param_table.h"
 #include "kernels/blas.h"
+#include "model/resblock.h"
 
 /* limits on sizes read from a checkpoint or config.json (BERT-large: 1024
  * wide, 24 layers; bert-base-chinese: 21128 ids) */
@@ -129,7 +130,10 @@ void bert_free(bert *m);
 int bert_quantise(bert *m);
 void bert_free_quantised(bert *m);
 
-/* 0, or -1 with an error (out of memory). */
+/* Size the activations for B texts of L tokens; keep_layers as
+ * vit_reserve's (ACTS_INFER, ACTS_TRAIN or ACTS_CHECKPOINT, model/resblock.h:
+ * checkpointed, a layer keeps its output LayerNorm's [N, H] only). 0, or -1
+ * with an error (out of memory). */
 int bert_reserve(bert *m, int B, int L, int keep_layers);
 
 /* ids: int32 [B, L], 0 = [PAD] (masked). out: [B, out_dim] unnormalised.

@@ -142,22 +142,15 @@ int clip_text_reserve(clip_text *m, int B, int L, int keep_layers)
         return -1;
     }
     pt_add(t, &a->emb, "emb", 2, (int64_t[]){N, W});
-    int slots = keep_layers ? g->layers : 1;
     /* kept blocks share block 0's ln_1, att, ln_2 and fc_act (recomputed by the backward) */
-    for (int i = 0; i < slots; i++)
-        (i ? resblock_layout_acts_kept : resblock_layout_acts)(t, &a->blocks[i], B, L, W, g->mlp,
-                                                               g->heads);
+    resblock_layout_tower(t, a->blocks, g->layers, keep_layers, B, L, W, g->mlp, g->heads);
     pt_add(t, &a->eot, "eot", 2, (int64_t[]){B, W});
     pt_add(t, &a->ln_final, "ln_final", 2, (int64_t[]){B, W});
     pt_add(t, &a->ln_final_mean, "ln_final_mean", 1, (int64_t[]){B});
     pt_add(t, &a->ln_final_rstd, "ln_final_rstd", 1, (int64_t[]){B});
     pt_add(t, &a->out, "out", 2, (int64_t[]){B, g->out_dim});
     pt_alloc(t);
-    for (int i = 1; i < slots; i++) {
-        resblock_acts *b = &a->blocks[i], *b0 = &a->blocks[0];
-        b->ln_1 = b0->ln_1, b->att = b0->att, b->ln_2 = b0->ln_2, b->fc_act = b0->fc_act;
-    }
-    for (int i = slots; i < g->layers; i++) a->blocks[i] = a->blocks[0];
+    resblock_link_tower(a->blocks, g->layers, keep_layers);
     m->act_batch = B;
     m->act_len = L;
     m->act_keep = keep_layers;
@@ -313,6 +306,11 @@ int clip_text_backward(clip_text *m, const compute_ctx *cx, const int32_t *ids, 
 
     for (int l = g->layers - 1; l >= 0; l--) {
         const float *inp = l ? a->blocks[l - 1].out : a->emb;
+        /* checkpointed: the slot holds the last block's activations, from the forward */
+        if (m->act_keep == ACTS_CHECKPOINT && l < g->layers - 1 &&
+            resblock_forward(cx, &p->blocks[l], m->q ? &m->q[l] : NULL, &a->blocks[l], inp, B, L,
+                             W, g->mlp, g->heads, 1))
+            return -1;
         if (resblock_backward(cx, &p->blocks[l], &gr->blocks[l], &a->blocks[l], &m->dacts, m->dx,
                               m->dx, inp, B, L, W, g->mlp, g->heads, 1))
             return -1;

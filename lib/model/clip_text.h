@@ -69,9 +69,9 @@ void clip_text_free(clip_text *m);
 /* As vit_quantise / vit_free_quantised (vit.h), for this tower's blocks. */
 int clip_text_quantise(clip_text *m);
 void clip_text_free_quantised(clip_text *m);
-/* Size the activations for B texts of L tokens; keep_layers keeps every
- * block's activations (training) instead of reusing one slot. 0, or -1 with
- * an error (out of memory). */
+/* Size the activations for B texts of L tokens; keep_layers as
+ * vit_reserve's (ACTS_INFER, ACTS_TRAIN or ACTS_CHECKPOINT, resblock.h).
+ * 0, or -1 with an error (out of memory). */
 int clip_text_reserve(clip_text *m, int B, int L, int keep_layers);
 
 /* ids: int32 [B, L], L <= context. out: [B, out_dim] unnormalised. cx: as

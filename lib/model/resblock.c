@@ -59,6 +59,33 @@ void resblock_layout_acts_kept(param_table *t, resblock_acts *a, int B, int T, i
     layout_acts(t, a, B, T, C, F, NH, 0);
 }
 
+void resblock_layout_tower(param_table *t, resblock_acts *blocks, int layers, int keep, int B,
+                           int T, int C, int F, int NH)
+{
+    resblock_layout_acts(t, &blocks[0], B, T, C, F, NH);
+    for (int i = 1; keep && i < layers; i++) {
+        if (keep == ACTS_CHECKPOINT)
+            pt_add(t, &blocks[i].out, "out", 2, (int64_t[]){(int64_t)B * T, C});
+        else
+            resblock_layout_acts_kept(t, &blocks[i], B, T, C, F, NH);
+    }
+}
+
+void resblock_link_tower(resblock_acts *blocks, int layers, int keep)
+{
+    const resblock_acts *b0 = &blocks[0];
+    for (int i = 1; i < layers; i++) {
+        resblock_acts *b = &blocks[i];
+        if (keep == ACTS_TRAIN) {
+            b->ln_1 = b0->ln_1, b->att = b0->att, b->ln_2 = b0->ln_2, b->fc_act = b0->fc_act;
+        } else { /* the slot; a checkpointed block writes its output to its own */
+            float *out = b->out;
+            *b = *b0;
+            if (keep == ACTS_CHECKPOINT) b->out = out;
+        }
+    }
+}
+
 int resblock_quantise(resblock_qweights *q, const resblock_params *p, int C, int F)
 {
     memset(q, 0, sizeof *q);

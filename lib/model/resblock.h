@@ -81,6 +81,25 @@ void resblock_layout_acts(param_table *t, resblock_acts *a, int B, int T, int C,
  * (saves 3 N*C + N*F + B*NH*T*T floats per block; ~1/3 of ViT-B/16's). */
 void resblock_layout_acts_kept(param_table *t, resblock_acts *a, int B, int T, int C, int F, int NH);
 
+/* What a tower's activations are reserved for (the `keep` of vit_reserve,
+ * bert_reserve, clip_text_reserve):
+ *   ACTS_INFER       one slot, reused by every block (inference)
+ *   ACTS_TRAIN       every block's activations kept for the backward (shared
+ *                    slots aside, see resblock_layout_acts_kept)
+ *   ACTS_CHECKPOINT  gradient checkpointing: each block keeps only its output
+ *                    [N, C] (the next block's input); one full slot, which
+ *                    the backward re-runs each block's forward into before
+ *                    that block's backward. The same arithmetic on the same
+ *                    inputs: the gradients are ACTS_TRAIN's, bit for bit. */
+enum { ACTS_INFER = 0, ACTS_TRAIN = 1, ACTS_CHECKPOINT = 2 };
+
+/* The activations of a tower's `layers` blocks for `keep` (above): laid out
+ * in t, then, after pt_alloc(t), resblock_link_tower points the blocks that
+ * share block 0's slots at them. */
+void resblock_layout_tower(param_table *t, resblock_acts *blocks, int layers, int keep, int B,
+                           int T, int C, int F, int NH);
+void resblock_link_tower(resblock_acts *blocks, int layers, int keep);
+
 /* q: the block's quantised weights, needed (non-NULL) when cx->precision is
  * PRECISION_INT8, else ignored. 0, or -1 with an error (int8 without them). */
 int resblock_forward(const compute_ctx *cx, const resblock_params *p, const resblock_qweights *q,

@@ -84,9 +84,10 @@ void vit_free(vit *m);
 int vit_quantise(vit *m);
 void vit_free_quantised(vit *m);
 
-/* Size the activations for batch B; keep_layers keeps every block's
- * activations (training) instead of reusing one slot. 0, or -1 with an
- * error (out of memory). */
+/* Size the activations for batch B; keep_layers (resblock.h): ACTS_INFER
+ * reuses one slot, ACTS_TRAIN keeps every block's activations for the
+ * backward, ACTS_CHECKPOINT only every block's output (the backward
+ * recomputes the rest). 0, or -1 with an error (out of memory). */
 int vit_reserve(vit *m, int B, int keep_layers);
 
 /* pixels: uint8 [B, R, R, 3] (R = cfg.resolution), normalised with CLIP's

@@ -303,25 +303,27 @@ static float *alloc_floats(size_t n)
     return p;
 }
 
-/* gradients, activations kept for batch x max_len, AdamW moments */
-static int tower_init(train_tower *tw, clip_model *m, int which, int batch, int max_len)
+/* gradients, activations kept for batch x max_len (keep: ACTS_TRAIN, or
+ * ACTS_CHECKPOINT, model/resblock.h), AdamW moments; the activations first:
+ * alloc_grads sizes the backward scratch for them */
+static int tower_init(train_tower *tw, clip_model *m, int which, int batch, int max_len, int keep)
 {
     memset(tw, 0, sizeof *tw);
     tw->dev = device_find("cpu", "");
     if (which == IMAGE_TOWER) {
         tw->kind = TOWER_VIT;
         tw->model.vit = m->visual;
-        if (vit_alloc_grads(m->visual) || vit_reserve(m->visual, batch, 1)) return -1;
+        if (vit_reserve(m->visual, batch, keep) || vit_alloc_grads(m->visual)) return -1;
         tw->params = &m->visual->ptable, tw->grads = &m->visual->gtable;
     } else if (m->text == CLIP_TEXT_CLIP) {
         clip_text *c = tw->model.ctext = m->ctext;
         tw->kind = TOWER_CLIP_TEXT;
-        if (clip_text_alloc_grads(c) || clip_text_reserve(c, batch, max_len, 1)) return -1;
+        if (clip_text_reserve(c, batch, max_len, keep) || clip_text_alloc_grads(c)) return -1;
         tw->params = &c->ptable, tw->grads = &c->gtable;
     } else {
         tw->kind = TOWER_BERT;
         tw->model.bert = m->bert;
-        if (bert_alloc_grads(m->bert) || bert_reserve(m->bert, batch, max_len, 1)) return -1;
+        if (bert_reserve(m->bert, batch, max_len, keep) || bert_alloc_grads(m->bert)) return -1;
         tw->params = &m->bert->ptable, tw->grads = &m->bert->gtable;
     }
     tw->adam_m = alloc_floats(tw->params->total);
@@ -431,7 +433,9 @@ trainer *trainer_create(clip_model *m, const train_config *cfg, int batch, int m
     /* evaluation in fp32, and no quantised copies for training to make stale */
     if (clip_model_set_precision(m, PRECISION_FP32)) goto fail;
     for (int k = 0; k < N_TOWERS; k++)
-        if (tower_init(&t->towers[k], m, k, batch, max_len)) goto fail;
+        if (tower_init(&t->towers[k], m, k, batch, max_len,
+                       cfg->grad_checkpointing ? ACTS_CHECKPOINT : ACTS_TRAIN))
+            goto fail;
     if (alloc_step_buffers(t)) goto fail;
     return t;
 fail:
@@ -452,6 +456,23 @@ void trainer_set_devices(trainer *t, const clip_device *image, const clip_device
 {
     t->towers[IMAGE_TOWER].dev = image;
     t->towers[TEXT_TOWER].dev = text;
+}
+
+void trainer_memory(const trainer *t, train_memory *mem)
+{
+    memset(mem, 0, sizeof *mem);
+    for (int k = 0; k < N_TOWERS; k++) {
+        const train_tower *tw = &t->towers[k];
+        const param_table *acts = tw->kind == TOWER_VIT   ? &tw->model.vit->atable
+                                  : tw->kind == TOWER_BERT ? &tw->model.bert->atable
+                                                           : &tw->model.ctext->atable;
+        const param_table *dacts = tw->kind == TOWER_VIT   ? &tw->model.vit->dtable
+                                   : tw->kind == TOWER_BERT ? &tw->model.bert->dtable
+                                                            : &tw->model.ctext->dtable;
+        mem->activations += acts->total * sizeof(float);
+        mem->backward += dacts->total * sizeof(float);
+        mem->weights += 4 * tw->params->total * sizeof(float); /* + gradients, m, v */
+    }
 }
 
 clip_model *trainer_model(trainer *t) { return t->m; }

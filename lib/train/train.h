@@ -35,6 +35,10 @@ typedef struct {
     adamw_config adam;
     int amp; /* bf16 matrix products, fp32 master weights */
     int accum_freq; /* micro-batches per step whose features meet in one loss (>= 1) */
+    /* keep only each block's input (ACTS_CHECKPOINT, model/resblock.h) and
+     * recompute the block in the backward: the same gradients, bit for bit,
+     * for ~1/4 of the activation memory and one more forward */
+    int grad_checkpointing;
 } train_config;
 
 /* most samples in one contrastive batch (all ranks, all micro-batches) */
@@ -100,6 +104,15 @@ void trainer_free(trainer *t);
 void trainer_set_devices(trainer *t, const clip_device *image, const clip_device *text);
 clip_model *trainer_model(trainer *t);
 long trainer_step_count(const trainer *t);
+
+/* What the trainer holds, in bytes: both towers' activations kept by the
+ * forward for the backward (with cfg.grad_checkpointing: each block's input
+ * and one block's slot), their backward scratch (one block's worth), and
+ * the weights with their gradients and AdamW moments. */
+typedef struct {
+    size_t activations, backward, weights;
+} train_memory;
+void trainer_memory(const trainer *t, train_memory *mem);
 
 /* Data-parallel: the ranks of comm train one model, each on its slice of
  * every global batch (NULL or one rank: one process). Collective: every

@@ -1,8 +1,11 @@
 /* Training-step speed of the C trainer: bench_train ARCH BATCH STEPS [amp]
- * runs STEPS + 1 steps (the first warms up) of a randomly initialised model
- * (ARCH as clip-train --arch) on random images and captions of 10..30 tokens
- * in a context of 52, and prints one JSON line: seconds per step (median),
- * its parts, achieved GFLOP/s and peak RSS. Read by tests/ref/bench_train.py. */
+ * [ckpt] runs STEPS + 1 steps (the first warms up) of a randomly initialised
+ * model (ARCH as clip-train --arch; ckpt: --grad-checkpointing) on random
+ * images and captions of 10..30 tokens in a context of 52, and prints one
+ * JSON line: seconds per step (median), its parts, achieved GFLOP/s, peak
+ * RSS and the bytes the trainer reserves (trainer_memory: activations,
+ * backward scratch, weights with gradients and moments). STEPS 0: the
+ * memory only, no step. Read by tests/ref/bench_train.py. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,10 +26,15 @@ int main(int argc, char **argv)
 {
     blas_setup(argc, argv);
     clip_set_progname(argv[0]);
-    if (argc < 4) die("usage: bench_train ARCH BATCH STEPS [amp]");
+    if (argc < 4) die("usage: bench_train ARCH BATCH STEPS [amp] [ckpt]");
     train_arch arch;
     if (train_arch_parse(argv[1], &arch)) die("%s", clip_error());
-    int B = atoi(argv[2]), steps = atoi(argv[3]), amp = argc > 4 && !strcmp(argv[4], "amp");
+    int B = atoi(argv[2]), steps = atoi(argv[3]), amp = 0, ckpt = 0;
+    for (int i = 4; i < argc; i++) {
+        if (!strcmp(argv[i], "amp")) amp = 1;
+        else if (!strcmp(argv[i], "ckpt")) ckpt = 1;
+        else die("bench_train: '%s': expected amp or ckpt", argv[i]);
+    }
     enum { L = 52 };
     train_config cfg;
     train_config_defaults(&cfg);
@@ -34,7 +42,11 @@ int main(int argc, char **argv)
     cfg.warmup = 0;
     cfg.total_steps = steps + 1;
     cfg.amp = amp;
+    cfg.grad_checkpointing = ckpt;
     trainer *t = trainer_create(train_model_create(&arch, 1), &cfg, B, L);
+    if (!t) die("%s", clip_error());
+    train_memory mem;
+    trainer_memory(t, &mem);
     int R = arch.vit.resolution;
     uint8_t *px = xmalloc((size_t)B * R * R * 3);
     int32_t *ids = xcalloc((size_t)B * L, sizeof *ids);
@@ -48,7 +60,7 @@ int main(int argc, char **argv)
     }
     double *sec = xmalloc((steps + 1) * sizeof *sec);
     train_stats st, sum = {0};
-    for (int s = 0; s <= steps; s++) {
+    for (int s = 0; steps && s <= steps; s++) {
         double t0 = now_seconds();
         if (trainer_step(t, px, ids, B, L, &st)) die("step %d: %s", s, clip_error());
         sec[s] = now_seconds() - t0;
@@ -56,7 +68,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_train: step %d: %.2f s, loss %.4f\n", s, sec[s], st.loss);
     }
     qsort(sec + 1, steps, sizeof *sec, cmp_double);
-    double med = sec[1 + steps / 2];
+    double med = steps ? sec[1 + steps / 2] : 0;
     /* multiply-adds of forward + backward = 3 x forward, GEMMs and attention */
     int longest = 30;
     double flops = 3.0 * B * (vit_forward_flops(&arch.vit) + bert_forward_flops(&arch.bert, longest));
@@ -64,10 +76,12 @@ int main(int argc, char **argv)
     getrusage(RUSAGE_SELF, &ru);
     printf("{\"impl\": \"c\", \"arch\": \"%s\", \"batch\": %d, \"amp\": %s, \"sec_per_step\": %.3f, "
            "\"steps\": %d, \"image_s\": %.3f, \"text_s\": %.3f, \"optim_s\": %.3f, \"gflops\": %.1f, "
-           "\"peak_rss_mib\": %.0f, \"blas\": \"%s\"}\n",
-           argv[1], B, amp ? "true" : "false", med, steps, sum.sec_image / steps,
-           sum.sec_text / steps, sum.sec_optim / steps, flops / med / 1e9, ru.ru_maxrss / 1024.0,
-           blas_describe());
+           "\"peak_rss_mib\": %.0f, \"grad_checkpointing\": %s, \"activation_bytes\": %zu, "
+           "\"backward_bytes\": %zu, \"weight_bytes\": %zu, \"blas\": \"%s\"}\n",
+           argv[1], B, amp ? "true" : "false", med, steps, steps ? sum.sec_image / steps : 0,
+           steps ? sum.sec_text / steps : 0, steps ? sum.sec_optim / steps : 0,
+           med ? flops / med / 1e9 : 0, ru.ru_maxrss / 1024.0, ckpt ? "true" : "false",
+           mem.activations, mem.backward, mem.weights, blas_describe());
     trainer_free(t);
     return 0;
 }

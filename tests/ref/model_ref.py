@@ -21,6 +21,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -49,6 +50,27 @@ class ResidualAttentionBlock(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def run_block(owner, block, *args):
+    """block(*args); with owner.grad_checkpointing (set_grad_checkpointing) under
+    autograd, through torch.utils.checkpoint: only the block's input is kept and
+    the backward recomputes it, in the forward's autocast state."""
+    if not (getattr(owner, "grad_checkpointing", False) and torch.is_grad_enabled()):
+        return block(*args)
+    amp = torch.is_autocast_cpu_enabled()
+
+    def recomputable(*a):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            return block(*a)
+    return torch.utils.checkpoint.checkpoint(recomputable, *args)
+
+
+def set_grad_checkpointing(model, on=True):
+    """Every block of the model's towers checkpointed (clip-train --grad-checkpointing)."""
+    for m in model.modules():
+        if isinstance(m, (Transformer, BertModel)):
+            m.grad_checkpointing = on
+
+
 class Transformer(nn.Module):
     def __init__(self, width, layers, heads, mlp):
         super().__init__()
@@ -56,7 +78,7 @@ class Transformer(nn.Module):
 
     def forward(self, x, mask=None):
         for b in self.resblocks:
-            x = b(x, mask)
+            x = run_block(self, b, x, mask)
         return x
 
 
@@ -217,7 +239,7 @@ class BertModel(nn.Module):
         ext = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
         x = self.embeddings(ids)
         for layer in self.encoder.layer:
-            x = layer(x, ext)
+            x = run_block(self, layer, x, ext)
         return self.pooler(x)
 
 

@@ -17,7 +17,9 @@
       and its gradients of one process on the whole batch, and writes the
       per-step losses of run DIST_RUN (tests/fixtures/train/expected_dist.json)
   train_ref.py bench --arch base|small --batch N --steps K [--amp] [--threads T]
-      K timed training steps (after one warm-up) of a random-weight model;
+                     [--grad-checkpointing]
+      K timed training steps (after one warm-up) of a random-weight model
+      (every block through torch.utils.checkpoint with --grad-checkpointing);
       prints one JSON line
 
 The recipe (clip-train implements exactly this):
@@ -56,7 +58,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from model_ref import (ChineseCLIP, OpenAICLIP, bert_config, encode_image, randomise,  # noqa: E402
-                       save_safetensors)
+                       save_safetensors, set_grad_checkpointing)
 import recall_ref  # noqa: E402
 
 LOGIT_SCALE_MAX = math.log(100)
@@ -442,11 +444,13 @@ def bench(argv):
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--amp", action="store_true")
     ap.add_argument("--threads", type=int, default=reference_env.THREADS)
+    ap.add_argument("--grad-checkpointing", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     vit, cfg, out_dim = ARCHS[a.arch]
     model = ChineseCLIP(vit, cfg, out_dim).train()
+    set_grad_checkpointing(model, a.grad_checkpointing)
     opt = make_optimizer(model, 1e-5, 0.01)
     if a.amp:
         # CUDA autocast runs layer_norm in fp32; torch 1.13's CPU autocast leaves
@@ -473,6 +477,7 @@ def bench(argv):
         if s:
             times.append(dt)
     print(json.dumps({"impl": "pytorch", "arch": a.arch, "batch": B, "amp": a.amp,
+                      "grad_checkpointing": a.grad_checkpointing,
                       "sec_per_step": statistics.median(times), "steps": a.steps,
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "torch": torch.__version__, "reference": reference_env.describe()}))

@@ -102,6 +102,7 @@ typedef struct {
 static const fixture chinese = {FIX, FIX "init.pth", FIX "bert"};
 static const fixture english = {FIX "en/", FIX "en/init.safetensors", NULL};
 static const fixture *fx = &chinese;
+static int checkpointing; /* the parity runs again with train_config.grad_checkpointing */
 
 static char *fix_path(const char *name)
 {
@@ -141,7 +142,9 @@ static trainer *new_trainer_of(const train_config *cfg, int batch)
 {
     clip_model *m = train_model_load(fx->init, fx->text_dir);
     if (!m) die("%s", clip_error());
-    return trainer_create(m, cfg, batch, L);
+    train_config c = *cfg;
+    c.grad_checkpointing |= checkpointing;
+    return trainer_create(m, &c, batch, L);
 }
 
 static trainer *new_trainer(const train_config *cfg) { return new_trainer_of(cfg, B); }
@@ -437,6 +440,63 @@ static void test_amp_is_the_trainers(void)
     free(ea), free(ef);
     trainer_free(a);
     trainer_free(f);
+}
+
+/* --grad-checkpointing keeps each block's input and re-runs the block's
+ * forward, the same code on the same inputs, before its backward: every
+ * gradient, the loss and logit_scale's gradient are the plain run's bit for
+ * bit, in fp32 and in bf16, in one micro-batch and with --accum-freq 2 (the
+ * micro-batch recompute around the block recompute), for less activation
+ * memory. */
+static void test_checkpointing_exact(void)
+{
+    for (int amp = 0; amp <= 1; amp++)
+        for (int accum = 1; accum <= 2; accum++) {
+            train_config cfg;
+            train_config_defaults(&cfg);
+            cfg.amp = amp, cfg.accum_freq = accum;
+            trainer *plain = new_trainer(&cfg);
+            cfg.grad_checkpointing = 1;
+            trainer *ck = new_trainer(&cfg);
+            if (!plain || !ck) die("%s", clip_error());
+            train_stats sp, sc;
+            CHECK(trainer_compute_grads(plain, pixels[0], ids[0], accum * B, L, &sp) == 0 &&
+                      trainer_compute_grads(ck, pixels[0], ids[0], accum * B, L, &sc) == 0,
+                  "%s", clip_error());
+            const char *mode = amp ? "bf16" : "fp32";
+            CHECK(sp.loss == sc.loss, "%s accum %d: checkpointed loss %.9g, plain %.9g", mode,
+                  accum, sc.loss, sp.loss);
+            const clip_model *m = trainer_model(plain);
+            const param_table *tabs[2] = {&m->visual->ptable, text_table(m)};
+            int compared = 0, differ = 0;
+            for (int k = 0; k < 2; k++)
+                for (int i = 0; i < tabs[k]->n; i++) {
+                    const char *name = tabs[k]->v[i].name;
+                    size_t n, n2;
+                    const float *gp = trainer_grad(plain, name, &n), *gc = trainer_grad(ck, name, &n2);
+                    int same = gp && gc && n == n2 && !memcmp(gp, gc, n * sizeof(float));
+                    CHECK(same, "%s accum %d: the checkpointed gradient of %s is not the plain "
+                          "one's, bit for bit", mode, accum, name);
+                    compared++, differ += !same;
+                }
+            size_t n;
+            float lp = *trainer_grad(plain, "logit_scale", &n), lc = *trainer_grad(ck, "logit_scale", &n);
+            CHECK(lp == lc, "%s accum %d: logit_scale gradient %.9g, plain %.9g", mode, accum, lc, lp);
+            CHECK(compared == tabs[0]->n + tabs[1]->n, "compared %d gradients", compared);
+            train_memory mp, mc;
+            trainer_memory(plain, &mp);
+            trainer_memory(ck, &mc);
+            CHECK(mc.activations < mp.activations && mc.backward == mp.backward &&
+                      mc.weights == mp.weights,
+                  "checkpointed activations %zu bytes, plain %zu (backward %zu / %zu)",
+                  mc.activations, mp.activations, mc.backward, mp.backward);
+            if (getenv("VERBOSE"))
+                fprintf(stderr, "checkpointing %s accum %d: %d of %d gradients differ; "
+                        "activations %zu -> %zu bytes\n", mode, accum, differ, compared,
+                        mp.activations, mc.activations);
+            trainer_free(plain);
+            trainer_free(ck);
+        }
 }
 
 /* --arch ...,text=clip: OpenAI CLIP's initialisation of the English tower,
@@ -752,6 +812,12 @@ int main(void)
     CHECK(json_integer_value(json_object_get(exp, "batch")) == B, "batch");
     run("cosine", json_object_get(runs, "cosine"), 1);
     run("clip", json_object_get(runs, "clip"), 0);
+    test_checkpointing_exact();
+    /* checkpointing changes no arithmetic: the same references, the same bounds */
+    checkpointing = 1;
+    test_step1_grads();
+    run("cosine", json_object_get(runs, "cosine"), 1);
+    checkpointing = 0;
     json_decref(exp);
     printf("Chinese model, worst error / tolerance: step-1 gradients %.3f, losses %.3f, final "
            "weights %.3f\n", worst_grad, worst_loss, worst_weight);
@@ -770,6 +836,11 @@ int main(void)
         die("en/expected.json: %s", err.text);
     CHECK(json_integer_value(json_object_get(exp, "batch")) == B, "batch");
     run("english", json_object_get(json_object_get(exp, "runs"), "english"), 1);
+    test_checkpointing_exact();
+    checkpointing = 1;
+    test_step1_grads();
+    run("english", json_object_get(json_object_get(exp, "runs"), "english"), 1);
+    checkpointing = 0;
     json_decref(exp);
     printf("English model, worst error / tolerance: step-1 gradients %.3f, losses %.3f, final "
            "weights %.3f\n", worst_grad, worst_loss, worst_weight);
