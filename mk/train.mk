@@ -2,6 +2,7 @@
 # make deps-reference).
 #   make bench-train                          ViT-B/16 + BERT-base, batch 8 and 32, fp32 and bf16
 #   make bench-train BENCH_ARCH=small BENCH_CONFIGS=64   the from-scratch model
+#   make bench-train BENCH_CONFIGS=32,32mask              patch dropout (--mask-ratio 0.5)
 
 BENCH_ARCH ?= base
 BENCH_CONFIGS ?= 8,8amp,32,32amp
@@ -15,10 +16,16 @@ fixtures-train:
 	rm -rf tests/fixtures/train
 	/usr/bin/python3 tests/ref/train_ref.py fixtures tests/fixtures/train
 	/usr/bin/python3 tests/ref/train_ref.py english tests/fixtures/train/en
+	/usr/bin/python3 tests/ref/train_ref.py mask tests/fixtures/train/mask
 
 # only the English model's tests/fixtures/train/en
 fixtures-train-english:
 	rm -rf tests/fixtures/train/en
 	/usr/bin/python3 tests/ref/train_ref.py english tests/fixtures/train/en
 
-.PHONY: bench-train fixtures-train fixtures-train-english
+# only the patch-dropout run's tests/fixtures/train/mask (from the committed init.pth, train.tar)
+fixtures-train-mask:
+	rm -rf tests/fixtures/train/mask
+	/usr/bin/python3 tests/ref/train_ref.py mask tests/fixtures/train/mask
+
+.PHONY: bench-train fixtures-train fixtures-train-english fixtures-train-mask

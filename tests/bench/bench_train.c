@@ -1,5 +1,5 @@
 /* Training-step speed of the C trainer: bench_train ARCH BATCH STEPS [amp]
- * runs STEPS + 1 steps (the first warms up) of a randomly initialised model
+ * [mask=X] (X: patch dropout, --mask-ratio) runs STEPS + 1 steps (the first warms up) of a randomly initialised model
  * (ARCH as clip-train --arch) on random images and captions of 10..30 tokens
  * in a context of 52, and prints one JSON line: seconds per step (median),
  * its parts, achieved GFLOP/s and peak RSS. Read by tests/ref/bench_train.py. */
@@ -23,7 +23,7 @@ int main(int argc, char **argv)
 {
     blas_setup(argc, argv);
     clip_set_progname(argv[0]);
-    if (argc < 4) die("usage: bench_train ARCH BATCH STEPS [amp]");
+    if (argc < 4) die("usage: bench_train ARCH BATCH STEPS [amp] [mask=X]");
     train_arch arch;
     if (train_arch_parse(argv[1], &arch)) die("%s", clip_error());
     int B = atoi(argv[2]), steps = atoi(argv[3]), amp = argc > 4 && !strcmp(argv[4], "amp");
@@ -34,7 +34,10 @@ int main(int argc, char **argv)
     cfg.warmup = 0;
     cfg.total_steps = steps + 1;
     cfg.amp = amp;
+    for (int i = 4; i < argc; i++)
+        if (!strncmp(argv[i], "mask=", 5)) cfg.mask_ratio = atof(argv[i] + 5);
     trainer *t = trainer_create(train_model_create(&arch, 1), &cfg, B, L);
+    if (!t) die("%s", clip_error());
     int R = arch.vit.resolution;
     uint8_t *px = xmalloc((size_t)B * R * R * 3);
     int32_t *ids = xcalloc((size_t)B * L, sizeof *ids);
@@ -59,13 +62,19 @@ int main(int argc, char **argv)
     double med = sec[1 + steps / 2];
     /* multiply-adds of forward + backward = 3 x forward, GEMMs and attention */
     int longest = 30;
-    double flops = 3.0 * B * (vit_forward_flops(&arch.vit) + bert_forward_flops(&arch.bert, longest));
+    /* patch dropout: the image tower over 1 + keep tokens, conv1 over keep patches */
+    vit_config vm = arch.vit;
+    int GG = vm.grid * vm.grid, keep = cfg.mask_ratio > 0 ? trainer_mask_keep(t) : GG;
+    vm.tokens = 1 + keep;
+    double vit_flops = vit_forward_flops(&vm) - 2.0 * (GG - keep) * 3 * vm.patch * vm.patch * vm.width;
+    double flops = 3.0 * B * (vit_flops + bert_forward_flops(&arch.bert, longest));
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("{\"impl\": \"c\", \"arch\": \"%s\", \"batch\": %d, \"amp\": %s, \"sec_per_step\": %.3f, "
+    printf("{\"impl\": \"c\", \"arch\": \"%s\", \"batch\": %d, \"amp\": %s, \"mask_ratio\": %g, "
+           "\"sec_per_step\": %.3f, "
            "\"steps\": %d, \"image_s\": %.3f, \"text_s\": %.3f, \"optim_s\": %.3f, \"gflops\": %.1f, "
            "\"peak_rss_mib\": %.0f, \"blas\": \"%s\"}\n",
-           argv[1], B, amp ? "true" : "false", med, steps, sum.sec_image / steps,
+           argv[1], B, amp ? "true" : "false", cfg.mask_ratio, med, steps, sum.sec_image / steps,
            sum.sec_text / steps, sum.sec_optim / steps, flops / med / 1e9, ru.ru_maxrss / 1024.0,
            blas_describe());
     trainer_free(t);

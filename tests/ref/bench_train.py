@@ -1,6 +1,10 @@
 #!/usr/bin/python3
 """bench_train.py C_BENCH [--arch base] [--configs 8,8amp,32,32amp] [--steps K]
 
+A configuration is the batch, then `amp` (bf16), then `mask` (patch dropout
+0.5: clip-train --mask-ratio 0.5 beside open_clip's PatchDropout in torch),
+e.g. 32, 32amp, 32mask.
+
 Seconds per training step of the C trainer (C_BENCH, tests/bench/bench_train.c)
 and of PyTorch at its best here (tests/ref/train_ref.py bench, configured by
 tests/ref/reference_env.py), each configuration in a fresh
@@ -29,12 +33,17 @@ def main():
     a = ap.parse_args()
     rows = []
     for cfg in a.configs.split(","):
+        mask = 0.5 if cfg.endswith("mask") else 0.0
+        cfg = cfg[:-4] if mask else cfg
         amp = cfg.endswith("amp")
         batch = int(cfg[:-3] if amp else cfg)
-        print(f"bench_train: {a.arch} batch {batch}{' amp' if amp else ''} ...", file=sys.stderr)
-        c = run([a.c_bench, a.arch, str(batch), str(a.steps)] + (["amp"] if amp else []))
+        print(f"bench_train: {a.arch} batch {batch}{' amp' if amp else ''}"
+              f"{f' mask {mask}' if mask else ''} ...", file=sys.stderr)
+        c = run([a.c_bench, a.arch, str(batch), str(a.steps)] + (["amp"] if amp else []) +
+                ([f"mask={mask}"] if mask else []))
         t = run(["/usr/bin/python3", os.path.join(HERE, "train_ref.py"), "bench", "--arch", a.arch,
-                 "--batch", str(batch), "--steps", str(a.steps)] + (["--amp"] if amp else []))
+                 "--batch", str(batch), "--steps", str(a.steps)] + (["--amp"] if amp else []) +
+                (["--mask-ratio", str(mask)] if mask else []))
         rows.append((batch, amp, c, t))
     print(f"\nclip-train step, {a.arch} (ViT + BERT), median of {a.steps} steps after a warm-up; "
           f"C: {rows[0][2]['blas']}")
@@ -42,7 +51,8 @@ def main():
     print(f"{'batch':>5} {'mode':>5} | {'C s/step':>9} {'PyTorch':>9} {'speed-up':>8} | "
           f"{'C GFLOP/s':>9} {'of peak':>7} | {'C RSS MiB':>9} {'PyTorch':>9} {'ratio':>6} | C parts: image/text/optim s")
     for batch, amp, c, t in rows:
-        print(f"{batch:>5} {'bf16' if amp else 'fp32':>5} | {c['sec_per_step']:>9.2f} {t['sec_per_step']:>9.2f} "
+        mode = ("bf16" if amp else "fp32") + (f" mask{c['mask_ratio']:g}" if c.get("mask_ratio") else "")
+        print(f"{batch:>5} {mode:>5} | {c['sec_per_step']:>9.2f} {t['sec_per_step']:>9.2f} "
               f"{t['sec_per_step'] / c['sec_per_step']:>7.2f}x | {c['gflops']:>9.0f} {c['gflops'] / PEAK:>7.0%} | "
               f"{c['peak_rss_mib']:>9.0f} {t['peak_rss_mib']:>9.0f} {c['peak_rss_mib'] / t['peak_rss_mib']:>6.2f} | "
               f"{c['image_s']:.2f}/{c['text_s']:.2f}/{c['optim_s']:.2f}")

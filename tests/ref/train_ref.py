@@ -549,6 +549,7 @@ def bench(argv):
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--amp", action="store_true")
     ap.add_argument("--threads", type=int, default=reference_env.THREADS)
+    ap.add_argument("--mask-ratio", type=float, default=0.0)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -571,15 +572,20 @@ def bench(argv):
         ids[b, :n] = [101] + list(rs.randint(103, cfg["vocab_size"], n - 2)) + [102]
     ids = torch.from_numpy(ids)
 
+    patches = (R // vit["patch"]) ** 2
     times = []
     for s in range(a.steps + 1):
         t0 = time.perf_counter()
-        loss, _ = train_step(model, opt, pixels, ids, 1e-5, amp=a.amp)
+        kept = None
+        if a.mask_ratio > 0:  # open_clip's PatchDropout: the top-k of random noise, in its order
+            kept = torch.randn(B, patches).topk(mask_keep(patches, a.mask_ratio), dim=-1).indices
+        loss, _ = train_step(model, opt, pixels, ids, 1e-5, amp=a.amp, kept=kept)
         dt = time.perf_counter() - t0
         print(f"step {s}{' (warm-up)' if s == 0 else ''}: {dt:.3f} s, loss {loss:.4f}", file=sys.stderr)
         if s:
             times.append(dt)
     print(json.dumps({"impl": "pytorch", "arch": a.arch, "batch": B, "amp": a.amp,
+                      "mask_ratio": a.mask_ratio,
                       "sec_per_step": statistics.median(times), "steps": a.steps,
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "torch": torch.__version__, "reference": reference_env.describe()}))
