@@ -63,7 +63,8 @@ typedef struct {
     int dact_batch;
     /* the patches the last forward kept (vit_forward_masked), for its
      * backward: fwd_keep per image, 0 = all of them; fwd_slot[b * G*G + p]:
-     * patch p's place among image b's kept ones, -1 dropped */
+     * patch p's place among image b's kept ones, -1 dropped (owned; grown
+     * to fwd_slot_n entries as batches need) */
     int fwd_keep;
     int32_t *fwd_slot;
     size_t fwd_slot_n;
