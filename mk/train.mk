@@ -4,6 +4,7 @@
 #                                             and 32 with --grad-checkpointing (32ckpt)
 #   make bench-train BENCH_ARCH=small BENCH_CONFIGS=64   the from-scratch model
 #   make bench-train BENCH_CONFIGS=128,128ckpt BENCH_STEPS=1   the memory of batch 128 (~17 GiB plain)
+#   make bench-train BENCH_CONFIGS=32,32mask              patch dropout (--mask-ratio 0.5)
 
 BENCH_ARCH ?= base
 BENCH_CONFIGS ?= 8,8amp,32,32amp,32ckpt
@@ -17,10 +18,16 @@ fixtures-train:
 	rm -rf tests/fixtures/train
 	/usr/bin/python3 tests/ref/train_ref.py fixtures tests/fixtures/train
 	/usr/bin/python3 tests/ref/train_ref.py english tests/fixtures/train/en
+	/usr/bin/python3 tests/ref/train_ref.py mask tests/fixtures/train/mask
 
 # only the English model's tests/fixtures/train/en
 fixtures-train-english:
 	rm -rf tests/fixtures/train/en
 	/usr/bin/python3 tests/ref/train_ref.py english tests/fixtures/train/en
 
-.PHONY: bench-train fixtures-train fixtures-train-english
+# only the patch-dropout run's tests/fixtures/train/mask (from the committed init.pth, train.tar)
+fixtures-train-mask:
+	rm -rf tests/fixtures/train/mask
+	/usr/bin/python3 tests/ref/train_ref.py mask tests/fixtures/train/mask
+
+.PHONY: bench-train fixtures-train fixtures-train-english fixtures-train-mask

@@ -59,6 +59,9 @@ static void usage(FILE *f)
             "      --steps N            stop after N steps in all (the schedule's length)\n"
             "      --no-shuffle         keep the file order\n"
             "      --no-augment         no random resized crop / flip\n"
+            "      --mask-ratio X       patch dropout: each training image keeps a random 1 - X of\n"
+            "                           its patch tokens (0 <= X < 1, default 0; seeded by --seed,\n"
+            "                           the step and its place in the batch); evaluation uses all\n"
             "      --caption random|first  caption per image per step (default random)\n"
             "      --seed N             shuffling, augmentation and init (default 0)\n"
             "Optimisation:\n"
@@ -219,6 +222,18 @@ static void report_eval(outputs *o, clip_model *m, const val_set *v, long step, 
                           "val", r));
 }
 
+/* --mask-ratio: in [0, 1), else a usage error */
+static double parse_mask_ratio(const char *val)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(val, &end);
+    if (errno || end == val || *end || !(v >= 0 && v < 1))
+        usage_error("--mask-ratio: '%s' is not a number in [0, 1) (the share of patches each "
+                    "image drops, e.g. 0.5)", val);
+    return v;
+}
+
 /* what main holds, at each exit through main (make check-asan finds any leak there) */
 static void run_free(train_loader *d, val_set *val, trainer *t, train_comm *comm)
 {
@@ -245,7 +260,7 @@ int main(int argc, char **argv)
         O_INIT = 256, O_TEXT, O_ARCH, O_RESUME, O_TRAIN, O_VAL, O_EVAL0, O_EPOCHS, O_STEPS,
         O_NOSHUF, O_NOAUG, O_CAPTION, O_SEED, O_LR, O_WARMUP, O_SCHED, O_MINLR, O_WD, O_WDALL,
         O_B1, O_B2, O_EPS, O_CLIP, O_AMP, O_SAVE, O_SAVE_EVERY, O_LOG, O_PROGRESS, O_QUIET,
-        O_DEVICE, O_IDEV, O_TDEV, O_STOP_AFTER, O_POSIDS, O_ACCUM, O_SYNC, O_GCKPT
+        O_DEVICE, O_IDEV, O_TDEV, O_STOP_AFTER, O_POSIDS, O_ACCUM, O_SYNC, O_GCKPT, O_MASK
     };
     static const struct option opts[] = {
         {"init", 1, 0, O_INIT},        {"text-model", 1, 0, O_TEXT},  {"arch", 1, 0, O_ARCH},
@@ -262,6 +277,7 @@ int main(int argc, char **argv)
         {"stop-after", 1, 0, O_STOP_AFTER}, {"position-ids", 0, 0, O_POSIDS}, {"threads", 1, 0, 't'},
         {"accum-freq", 1, 0, O_ACCUM}, {"check-sync", 1, 0, O_SYNC},  {"help", 0, 0, 'h'},
         {"grad-checkpointing", 0, 0, O_GCKPT},
+        {"mask-ratio", 1, 0, O_MASK},
         {0, 0, 0, 0}};
     const char *init = NULL, *text_dir = NULL, *arch_spec = NULL, *train_path = NULL,
                *val_path = NULL;
@@ -291,6 +307,7 @@ int main(int argc, char **argv)
         case O_STEPS: max_steps = parse_long_option("--steps", optarg, 1, 1L << 40); break;
         case O_NOSHUF: lc.shuffle = 0; break;
         case O_NOAUG: lc.augment = 0; break;
+        case O_MASK: cfg.mask_ratio = parse_mask_ratio(optarg); break;
         case O_CAPTION:
             if (!strcmp(optarg, "first")) lc.first_caption = 1;
             else if (!strcmp(optarg, "random")) lc.first_caption = 0;
@@ -328,6 +345,7 @@ int main(int argc, char **argv)
         }
     }
     if (optind < argc) die("unexpected argument '%s' (see --help)", argv[optind]);
+    cfg.mask_seed = lc.seed;
     if (!train_path) die("no training data: --train FILE.tar or a stream (see --help)");
     if (resume && !out.save) die("--resume continues from the --save file's state: give --save FILE");
     if (out.save) snprintf(out.state_path, sizeof out.state_path, "%s.state", out.save);
@@ -441,6 +459,10 @@ int main(int argc, char **argv)
                 cfg.grad_checkpointing ? " (gradient checkpointing: block inputs)" : "",
                 mem.backward / 1048576.0, mem.weights / 1048576.0, lc.micro, len);
     }
+    if (!rank && cfg.mask_ratio > 0)
+        fprintf(stderr, "%s: patch dropout: each training image keeps %d of its %d patches "
+                "(--mask-ratio %g)\n", clip_progname, trainer_mask_keep(t), vc->grid * vc->grid,
+                cfg.mask_ratio);
     if (val_path && eval0 && !resuming) report_eval(&out, m, &val, 0, 0);
 
     double t_start = now_seconds();

@@ -6,7 +6,8 @@
 
 static const clip_device cpu_device = {"cpu", vit_forward, vit_backward, bert_forward,
                                        bert_backward,
-                                       clip_text_forward, clip_text_backward};
+                                       clip_text_forward, clip_text_backward,
+                                       vit_forward_masked};
 
 const clip_device *device_find(const char *name, const char *what)
 {

@@ -145,6 +145,7 @@ void vit_free(vit *m)
     pt_free(&m->atable);
     pt_free(&m->gtable);
     pt_free(&m->dtable);
+    free(m->fwd_slot);
     free(m->params.blocks);
     free(m->grads.blocks);
     free(m->acts.blocks);
@@ -182,8 +183,10 @@ int vit_reserve(vit *m, int B, int keep_layers)
 }
 
 /* uint8 HWC pixels -> normalised patches, one row per patch in the
- * (channel, y, x) order of conv1's weight. */
-static void im2col_normalize(float *patches, const uint8_t *pixels, int B, int G, int P)
+ * (channel, y, x) order of conv1's weight: image b's patches kept[b * keep
+ * ...] (NULL: all G*G of them in grid order, keep = G*G). */
+static void im2col_normalize(float *patches, const uint8_t *pixels, int B, int G, int P,
+                             const int32_t *kept, int keep)
 {
     int R = G * P, K = 3 * P * P;
     float scale[3], shift[3];
@@ -192,8 +195,8 @@ static void im2col_normalize(float *patches, const uint8_t *pixels, int B, int G
         shift[ch] = -clip_mean[ch] / clip_std[ch];
     }
 #pragma omp parallel for schedule(static)
-    for (int bp = 0; bp < B * G * G; bp++) {
-        int b = bp / (G * G), gy = bp / G % G, gx = bp % G;
+    for (int bp = 0; bp < B * keep; bp++) {
+        int b = bp / keep, p = kept ? kept[bp] : bp % keep, gy = p / G, gx = p % G;
         float *row = patches + (size_t)bp * K;
         for (int y = 0; y < P; y++) {
             const uint8_t *src = pixels + (((size_t)b * R + gy * P + y) * R + gx * P) * 3;
@@ -204,7 +207,47 @@ static void im2col_normalize(float *patches, const uint8_t *pixels, int B, int G
     }
 }
 
+/* m->fwd_keep and fwd_slot for the patches kept (NULL: all), checking them */
+static int remember_kept(vit *m, int B, int keep, const int32_t *kept)
+{
+    int GG = m->cfg.grid * m->cfg.grid;
+    m->fwd_keep = 0;
+    if (!kept) return 0;
+    if (keep < 1 || keep > GG) {
+        clip_set_error("visual: %d patches kept of %d (patch dropout keeps 1 to %d)", keep, GG, GG);
+        return -1;
+    }
+    size_t n = (size_t)B * GG;
+    if (n > m->fwd_slot_n) {
+        int32_t *slot = realloc(m->fwd_slot, n * sizeof *slot);
+        if (!slot) {
+            clip_set_error("visual: out of memory for the kept patches of %d images", B);
+            return -1;
+        }
+        m->fwd_slot = slot, m->fwd_slot_n = n;
+    }
+    for (size_t i = 0; i < n; i++) m->fwd_slot[i] = -1;
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < keep; j++) {
+            int32_t p = kept[(size_t)b * keep + j];
+            if (p < 0 || p >= GG || m->fwd_slot[(size_t)b * GG + p] >= 0) {
+                clip_set_error("visual: image %d's kept patch %d (slot %d) is %s", b, p, j,
+                               p < 0 || p >= GG ? "outside the grid" : "repeated");
+                return -1;
+            }
+            m->fwd_slot[(size_t)b * GG + p] = j;
+        }
+    m->fwd_keep = keep;
+    return 0;
+}
+
 int vit_forward(vit *m, const compute_ctx *cx, const uint8_t *pixels, int B, float *out)
+{
+    return vit_forward_masked(m, cx, pixels, B, 0, NULL, out);
+}
+
+int vit_forward_masked(vit *m, const compute_ctx *cx, const uint8_t *pixels, int B, int keep,
+                       const int32_t *kept, float *out)
 {
     const vit_config *g = &m->cfg;
     const vit_params *p = &m->params;
@@ -213,11 +256,12 @@ int vit_forward(vit *m, const compute_ctx *cx, const uint8_t *pixels, int B, flo
                        "(vit_quantise, clip_model_set_precision)");
         return -1;
     }
-    if (vit_reserve(m, B, m->act_keep)) return -1;
+    if (vit_reserve(m, B, m->act_keep) || remember_kept(m, B, keep, kept)) return -1;
     vit_acts *a = &m->acts;
-    int W = g->width, T = g->tokens, GG = g->grid * g->grid, N = B * T;
+    /* T tokens a sequence: the class token and GG patches (all, or those kept) */
+    int W = g->width, GG = kept ? keep : g->grid * g->grid, T = 1 + GG, N = B * T;
 
-    im2col_normalize(a->patches, pixels, B, g->grid, g->patch);
+    im2col_normalize(a->patches, pixels, B, g->grid, g->patch, kept, GG);
     if (matmul_forward(cx, a->patch_emb, W, a->patches, p->conv1_w, m->q.conv1, NULL, B * GG,
                        3 * g->patch * g->patch, W))
         return -1;
@@ -225,7 +269,8 @@ int vit_forward(vit *m, const compute_ctx *cx, const uint8_t *pixels, int B, flo
     for (int bt = 0; bt < N; bt++) {
         int b = bt / T, t = bt % T;
         const float *src = t ? a->patch_emb + ((size_t)b * GG + t - 1) * W : p->class_emb;
-        const float *pos = p->pos_emb + (size_t)t * W;
+        int row = t && kept ? 1 + kept[(size_t)b * GG + t - 1] : t; /* its place on the grid */
+        const float *pos = p->pos_emb + (size_t)row * W;
         float *dst = a->emb + (size_t)bt * W;
         for (int j = 0; j < W; j++) dst[j] = src[j] + pos[j];
     }
@@ -292,8 +337,9 @@ int vit_backward(vit *m, const compute_ctx *cx, const float *dout, int B)
     if (vit_alloc_grads(m)) return -1;
     vit_reserve_dacts(m, B);
     vit_params *gr = &m->grads;
-    int W = g->width, T = g->tokens, D = g->out_dim, GG = g->grid * g->grid, N = B * T;
-    int K = 3 * g->patch * g->patch;
+    /* the forward's T = 1 + GG tokens: GG patches of the grid's G2 (all, or those kept) */
+    int G2 = g->grid * g->grid, GG = m->fwd_keep ? m->fwd_keep : G2, T = 1 + GG;
+    int W = g->width, D = g->out_dim, N = B * T, K = 3 * g->patch * g->patch;
 
     /* out = ln_post(cls) @ proj */
     double t0 = prof_start(cx);
@@ -327,9 +373,12 @@ int vit_backward(vit *m, const compute_ctx *cx, const float *dout, int B)
     layernorm_backward(demb, gr->ln_pre_w, gr->ln_pre_b, m->dx, a->emb, p->ln_pre_w, a->ln_pre_mean,
                        a->ln_pre_rstd, N, W);
 #pragma omp parallel for schedule(static)
-    for (int t = 0; t < T; t++) {
-        float *dpos = gr->pos_emb + (size_t)t * W;
+    for (int r = 0; r < g->tokens; r++) { /* row r of positional_embedding */
+        float *dpos = gr->pos_emb + (size_t)r * W;
         for (int b = 0; b < B; b++) {
+            /* its token in image b's sequence; none: a dropped patch */
+            int t = r && m->fwd_keep ? 1 + m->fwd_slot[(size_t)b * G2 + r - 1] : r;
+            if (!t && r) continue;
             const float *src = demb + ((size_t)b * T + t) * W;
             for (int j = 0; j < W; j++) dpos[j] += src[j];
             if (t == 0)

@@ -61,6 +61,13 @@ typedef struct {
     float *dln_post, *dcls; /* [B, W] */
     param_table dtable;
     int dact_batch;
+    /* the patches the last forward kept (vit_forward_masked), for its
+     * backward: fwd_keep per image, 0 = all of them; fwd_slot[b * G*G + p]:
+     * patch p's place among image b's kept ones, -1 dropped (owned; grown
+     * to fwd_slot_n entries as batches need) */
+    int fwd_keep;
+    int32_t *fwd_slot;
+    size_t fwd_slot_n;
 } vit;
 
 #define VIT_MAX_LAYERS 1024
@@ -95,6 +102,16 @@ int vit_reserve(vit *m, int B, int keep_layers);
  * m->acts.out). cx: the precision and timing of the matrix products
  * (PRECISION_INT8 needs vit_quantise first). 0, or -1 with an error. */
 int vit_forward(vit *m, const compute_ctx *cx, const uint8_t *pixels, int B, float *out);
+/* vit_forward over a subset of each image's patches (patch dropout, FLIP):
+ * kept int32 [B, keep], image b's patch indices (row-major on the grid, in
+ * [0, G*G), distinct) in the order they enter the sequence after the class
+ * token; their positional embeddings are those of their places on the grid.
+ * The blocks run over T' = 1 + keep tokens; conv1 embeds only the kept
+ * patches. kept NULL: all patches (keep ignored), vit_forward itself. The
+ * kept patches are remembered for vit_backward. 0, or -1 with an error
+ * (keep outside [1, G*G], an index out of range or repeated). */
+int vit_forward_masked(vit *m, const compute_ctx *cx, const uint8_t *pixels, int B, int keep,
+                       const int32_t *kept, float *out);
 
 /* Allocate (zeroed) the gradients, and the backward scratch for the batch
  * the activations are reserved for; does nothing the second time. 0, or -1
@@ -103,8 +120,10 @@ int vit_alloc_grads(vit *m);
 /* Backward of the vit_forward just run on the same batch, with activations
  * kept (vit_reserve(m, B, 1) before the forward). dout: [B, out_dim]
  * gradient w.r.t. the unnormalised output. Accumulates into m->grads (zero
- * m->gtable.data between steps). No gradient w.r.t. the pixels. -1 with an
- * error when no activations were kept for batch B, else 0. */
+ * m->gtable.data between steps). No gradient w.r.t. the pixels. After
+ * vit_forward_masked, over the kept patches: the positional_embedding rows
+ * of dropped patches get no gradient. -1 with an error when no activations
+ * were kept for batch B, else 0. */
 int vit_backward(vit *m, const compute_ctx *cx, const float *dout, int B);
 
 /* Multiply-add FLOPs (2 per MAC) of one image's forward pass: the GEMMs

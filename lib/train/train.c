@@ -12,6 +12,7 @@
 #include "kernels/ops.h"
 #include "core/util.h"
 #include "train/contrastive.h"
+#include "train/patch_mask.h"
 
 void train_config_defaults(train_config *c)
 {
@@ -272,6 +273,8 @@ typedef struct {
     const uint8_t *pixels; /* [B, R, R, 3] */
     const int32_t *ids;    /* [B, L] */
     int B, L;
+    int keep;              /* patch dropout: the patches kept, kept[B, keep]; NULL: all */
+    const int32_t *kept;
 } tower_input;
 
 struct trainer {
@@ -294,6 +297,10 @@ struct trainer {
     size_t scratch_n;
     int32_t *ids;               /* [accum][batch, max_len]: each micro-batch trimmed */
     int *used;                  /* [accum] its tokens */
+    /* patch dropout (cfg.mask_ratio): keep patches of each image this step */
+    int keep, kept_valid;
+    int32_t *kept;              /* [accum * batch, keep] */
+    uint64_t *mask_scratch;     /* [2 * patches] */
 };
 
 static float *alloc_floats(size_t n)
@@ -342,7 +349,11 @@ static void tower_free(train_tower *tw)
 static int tower_forward(const trainer *t, train_tower *tw, const tower_input *in, float *out)
 {
     switch (tw->kind) {
-    case TOWER_VIT: return tw->dev->vit_forward(tw->model.vit, &t->cx, in->pixels, in->B, out);
+    case TOWER_VIT:
+        if (in->kept)
+            return tw->dev->vit_forward_masked(tw->model.vit, &t->cx, in->pixels, in->B, in->keep,
+                                               in->kept, out);
+        return tw->dev->vit_forward(tw->model.vit, &t->cx, in->pixels, in->B, out);
     case TOWER_BERT:
         return tw->dev->bert_forward(tw->model.bert, &t->cx, in->ids, in->B, in->L, out);
     case TOWER_CLIP_TEXT:
@@ -413,6 +424,45 @@ static int alloc_step_buffers(trainer *t)
     return 0;
 }
 
+/* patch dropout's buffers: the kept patches of every image of a step */
+static int mask_init(trainer *t)
+{
+    double r = t->cfg.mask_ratio;
+    if (!(r >= 0 && r < 1)) {
+        clip_set_error("patch dropout: the mask ratio %g is not in [0, 1)", r);
+        return -1;
+    }
+    if (r == 0) return 0;
+    int patches = t->m->visual->cfg.grid * t->m->visual->cfg.grid;
+    t->keep = patch_mask_keep(patches, r);
+    size_t rows = (size_t)t->cfg.accum_freq * t->batch; /* both <= 2^16 (alloc_step_buffers) */
+    t->kept = malloc(rows * t->keep * sizeof *t->kept);
+    t->mask_scratch = malloc(2 * (size_t)patches * sizeof *t->mask_scratch);
+    if (!t->kept || !t->mask_scratch) {
+        clip_set_error("out of memory for the kept patches of %zu images", rows);
+        return -1;
+    }
+    return 0;
+}
+
+/* this step's kept patches of the K micro-batches of b: image i of
+ * micro-batch k sits at (k * ranks + rank) * b + i of the global batch
+ * (loader.h) */
+static void mask_generate(trainer *t, int K, int b)
+{
+    int patches = t->m->visual->cfg.grid * t->m->visual->cfg.grid;
+    for (int k = 0; k < K; k++)
+        for (int i = 0; i < b; i++) {
+            int64_t pos = ((int64_t)k * t->ranks + t->rank) * b + i;
+            patch_mask_indices(t->cfg.mask_seed, t->step, pos, patches, t->keep,
+                               t->kept + ((size_t)k * b + i) * t->keep, t->mask_scratch);
+        }
+    t->kept_valid = 1;
+}
+
+int trainer_mask_keep(const trainer *t) { return t->keep; }
+const int32_t *trainer_mask_kept(const trainer *t) { return t->kept_valid ? t->kept : NULL; }
+
 trainer *trainer_create(clip_model *m, const train_config *cfg, int batch, int max_len)
 {
     if (!m) return NULL; /* the error is the model's */
@@ -436,7 +486,7 @@ trainer *trainer_create(clip_model *m, const train_config *cfg, int batch, int m
         if (tower_init(&t->towers[k], m, k, batch, max_len,
                        cfg->grad_checkpointing ? ACTS_CHECKPOINT : ACTS_TRAIN))
             goto fail;
-    if (alloc_step_buffers(t)) goto fail;
+    if (alloc_step_buffers(t) || mask_init(t)) goto fail;
     return t;
 fail:
     trainer_free(t);
@@ -449,6 +499,7 @@ void trainer_free(trainer *t)
     for (int k = 0; k < N_TOWERS; k++) tower_free(&t->towers[k]);
     clip_model_free(t->m);
     free_step_buffers(t);
+    free(t->kept), free(t->mask_scratch);
     free(t);
 }
 
@@ -559,8 +610,10 @@ typedef struct {
 static tower_input micro_input(const trainer *t, const step_batch *s, int tower, int k)
 {
     size_t R = t->m->visual->cfg.resolution;
-    if (tower == IMAGE_TOWER) return (tower_input){s->pixels + (size_t)k * s->b * R * R * 3, NULL, s->b, 0};
-    return (tower_input){NULL, t->ids + (size_t)k * s->b * t->max_len, s->b, t->used[k]};
+    if (tower == IMAGE_TOWER)
+        return (tower_input){s->pixels + (size_t)k * s->b * R * R * 3, NULL, s->b, 0, t->keep,
+                             t->kept ? t->kept + (size_t)k * s->b * t->keep : NULL};
+    return (tower_input){NULL, t->ids + (size_t)k * s->b * t->max_len, s->b, t->used[k], 0, NULL};
 }
 
 static float *tower_features(trainer *t, int tower, int k, int b)
@@ -572,6 +625,7 @@ static float *tower_features(trainer *t, int tower, int k, int b)
  * micro-batch; each tower keeps the activations of the last one only */
 static int stage_encode(trainer *t, const step_batch *s, train_stats *st)
 {
+    if (t->kept) mask_generate(t, s->K, s->b);
     for (int k = 0; k < s->K; k++) {
         const int32_t *src = s->ids + (size_t)k * s->b * s->L;
         int32_t *dst = t->ids + (size_t)k * s->b * t->max_len;

@@ -39,6 +39,12 @@ typedef struct {
      * recompute the block in the backward: the same gradients, bit for bit,
      * for ~1/4 of the activation memory and one more forward */
     int grad_checkpointing;
+    /* patch dropout (train/patch_mask.h): each training image drops this
+     * share of its patch tokens, 0 <= mask_ratio < 1 (0: none); the kept
+     * ones drawn from (mask_seed, step, position in the global batch).
+     * Evaluation and the model's own encoders use every patch. */
+    double mask_ratio;
+    uint64_t mask_seed;
 } train_config;
 
 /* most samples in one contrastive batch (all ranks, all micro-batches) */
@@ -92,7 +98,7 @@ typedef struct trainer trainer;
 
 /* Allocates gradients, AdamW moments and activations for micro-batches of
  * up to `batch` samples of texts up to `max_len` tokens (cfg->accum_freq of
- * them a step). Takes the model, also on
+ * them a step). A mask_ratio outside [0, 1) is an error. Takes the model, also on
  * failure (NULL with an error; m NULL: NULL, the error left as it is, so
  * that trainer_create(train_model_create(...)) reports either's). The steps
  * compute in cfg->amp's precision (bf16 or fp32) through the trainer's own
@@ -136,6 +142,12 @@ int trainer_compute_grads(trainer *t, const uint8_t *pixels, const int32_t *ids,
 /* The gradient of a parameter by its checkpoint name ("logit_scale"
  * included), NULL if no such parameter. n: its element count. */
 const float *trainer_grad(const trainer *t, const char *name, size_t *n);
+
+/* Patch dropout: the patches each image keeps per step (0 without
+ * cfg.mask_ratio), and those the last trainer_compute_grads kept: int32
+ * [B, keep] in the batch's order (NULL before any step or without). */
+int trainer_mask_keep(const trainer *t);
+const int32_t *trainer_mask_kept(const trainer *t);
 
 /* One optimizer step. 0 done; 1 the loss or a gradient was NaN/Inf (the
  * weights are left as they were before the step); -1 error. */

@@ -51,6 +51,11 @@ same_as_plain() {
         --accum-freq 2 --steps 3 --amp --lr 1e-3 --warmup 2
 }
 
+@test "--grad-checkpointing --mask-ratio 0.5: the recompute over the kept patches, bit for bit" {
+    same_as_plain --init "$FIX/init.pth" --text-model "$FIX/bert" --train "$FIX/train.tar" -b 4 \
+        --steps 3 --mask-ratio 0.5 --lr 1e-3 --warmup 2
+}
+
 @test "--grad-checkpointing from scratch (--arch tiny): bit for bit" {
     same_as_plain --arch tiny --train "$FIX/train.tar" -b 4 --steps 3 --seed 3
 }

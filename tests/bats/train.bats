@@ -51,6 +51,30 @@ field() {
     paste "$T/got" "$T/want" | awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 2e-3) { print "step " NR ": " $1 " vs " $2; bad = 1 } } END { exit bad }'
 }
 
+@test "--mask-ratio 0.5: the losses of PyTorch's patch dropout given the same kept patches (--seed 7)" {
+    "$TRAIN" "${INIT[@]}" --train "$FIX/train.tar" -b 4 --steps 5 "${DET[@]}" --lr 1e-3 \
+        --warmup 2 --wd 0.01 --seed 7 --mask-ratio 0.5 --log "$T/log.jsonl" 2> "$T/err"
+    grep -q "patch dropout: each training image keeps 8 of its 16 patches" "$T/err"
+    field loss "$T/log.jsonl" > "$T/got"
+    /usr/bin/python3 -c 'import json,sys; print("\n".join(map(str, json.load(open(sys.argv[1]))["runs"]["mask"]["loss"])))' \
+        "$FIX/mask/expected.json" > "$T/want"
+    [ "$(wc -l < "$T/got")" -eq 5 ]
+    paste "$T/got" "$T/want" | awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 2e-3) { print "step " NR ": " $1 " vs " $2; bad = 1 } } END { exit bad }'
+    # another seed, other patches: another first loss
+    "$TRAIN" "${INIT[@]}" --train "$FIX/train.tar" -b 4 --steps 1 "${DET[@]}" --seed 8 \
+        --mask-ratio 0.5 --log "$T/seed8.jsonl" --quiet
+    [ "$(field loss "$T/seed8.jsonl")" != "$(head -1 "$T/got")" ]
+}
+
+@test "--mask-ratio: a value outside [0, 1) or not a number is a one-line usage error, exit 2" {
+    for v in 1 1.0 1.5 -0.1 abc '' 0.5x nan; do
+        run "$TRAIN" --arch tiny --train "$FIX/train.tar" --mask-ratio "$v"
+        [ "$status" -eq 2 ]
+        [ "${#lines[@]}" -eq 1 ]
+        [[ "$output" == "clip-train: --mask-ratio: '$v' is not a number in [0, 1)"* ]]
+    done
+}
+
 @test "--val: recall before training equals the reference's; after each epoch it is logged" {
     "$TRAIN" "${INIT[@]}" --train "$FIX/train.tar" --val "$FIX/val.tar" --eval-at-start -b 4 \
         --epochs 2 --log "$T/log.jsonl" --quiet

@@ -1,11 +1,12 @@
 /* Training-step speed of the C trainer: bench_train ARCH BATCH STEPS [amp]
- * [ckpt] runs STEPS + 1 steps (the first warms up) of a randomly initialised
- * model (ARCH as clip-train --arch; ckpt: --grad-checkpointing) on random
- * images and captions of 10..30 tokens in a context of 52, and prints one
- * JSON line: seconds per step (median), its parts, achieved GFLOP/s, peak
- * RSS and the bytes the trainer reserves (trainer_memory: activations,
- * backward scratch, weights with gradients and moments). STEPS 0: the
- * memory only, no step. Read by tests/ref/bench_train.py. */
+ * [ckpt] [mask=X] runs STEPS + 1 steps (the first warms up) of a randomly
+ * initialised model (ARCH as clip-train --arch; ckpt: --grad-checkpointing;
+ * mask=X: patch dropout, --mask-ratio X) on random images and captions of
+ * 10..30 tokens in a context of 52, and prints one JSON line: seconds per
+ * step (median), its parts, achieved GFLOP/s, peak RSS and the bytes the
+ * trainer reserves (trainer_memory: activations, backward scratch, weights
+ * with gradients and moments). STEPS 0: the memory only, no step. Read by
+ * tests/ref/bench_train.py. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,14 +27,16 @@ int main(int argc, char **argv)
 {
     blas_setup(argc, argv);
     clip_set_progname(argv[0]);
-    if (argc < 4) die("usage: bench_train ARCH BATCH STEPS [amp] [ckpt]");
+    if (argc < 4) die("usage: bench_train ARCH BATCH STEPS [amp] [ckpt] [mask=X]");
     train_arch arch;
     if (train_arch_parse(argv[1], &arch)) die("%s", clip_error());
     int B = atoi(argv[2]), steps = atoi(argv[3]), amp = 0, ckpt = 0;
+    double mask = 0;
     for (int i = 4; i < argc; i++) {
         if (!strcmp(argv[i], "amp")) amp = 1;
         else if (!strcmp(argv[i], "ckpt")) ckpt = 1;
-        else die("bench_train: '%s': expected amp or ckpt", argv[i]);
+        else if (!strncmp(argv[i], "mask=", 5)) mask = atof(argv[i] + 5);
+        else die("bench_train: '%s': expected amp, ckpt or mask=X", argv[i]);
     }
     enum { L = 52 };
     train_config cfg;
@@ -43,6 +46,7 @@ int main(int argc, char **argv)
     cfg.total_steps = steps + 1;
     cfg.amp = amp;
     cfg.grad_checkpointing = ckpt;
+    cfg.mask_ratio = mask;
     trainer *t = trainer_create(train_model_create(&arch, 1), &cfg, B, L);
     if (!t) die("%s", clip_error());
     train_memory mem;
@@ -71,17 +75,23 @@ int main(int argc, char **argv)
     double med = steps ? sec[1 + steps / 2] : 0;
     /* multiply-adds of forward + backward = 3 x forward, GEMMs and attention */
     int longest = 30;
-    double flops = 3.0 * B * (vit_forward_flops(&arch.vit) + bert_forward_flops(&arch.bert, longest));
+    /* patch dropout: the image tower over 1 + keep tokens, conv1 over keep patches */
+    vit_config vm = arch.vit;
+    int GG = vm.grid * vm.grid, keep = cfg.mask_ratio > 0 ? trainer_mask_keep(t) : GG;
+    vm.tokens = 1 + keep;
+    double vit_flops = vit_forward_flops(&vm) - 2.0 * (GG - keep) * 3 * vm.patch * vm.patch * vm.width;
+    double flops = 3.0 * B * (vit_flops + bert_forward_flops(&arch.bert, longest));
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("{\"impl\": \"c\", \"arch\": \"%s\", \"batch\": %d, \"amp\": %s, \"sec_per_step\": %.3f, "
+    printf("{\"impl\": \"c\", \"arch\": \"%s\", \"batch\": %d, \"amp\": %s, \"mask_ratio\": %g, "
+           "\"sec_per_step\": %.3f, "
            "\"steps\": %d, \"image_s\": %.3f, \"text_s\": %.3f, \"optim_s\": %.3f, \"gflops\": %.1f, "
            "\"peak_rss_mib\": %.0f, \"grad_checkpointing\": %s, \"activation_bytes\": %zu, "
            "\"backward_bytes\": %zu, \"weight_bytes\": %zu, \"blas\": \"%s\"}\n",
-           argv[1], B, amp ? "true" : "false", med, steps, steps ? sum.sec_image / steps : 0,
-           steps ? sum.sec_text / steps : 0, steps ? sum.sec_optim / steps : 0,
-           med ? flops / med / 1e9 : 0, ru.ru_maxrss / 1024.0, ckpt ? "true" : "false",
-           mem.activations, mem.backward, mem.weights, blas_describe());
+           argv[1], B, amp ? "true" : "false", cfg.mask_ratio, med, steps,
+           steps ? sum.sec_image / steps : 0, steps ? sum.sec_text / steps : 0,
+           steps ? sum.sec_optim / steps : 0, med ? flops / med / 1e9 : 0, ru.ru_maxrss / 1024.0,
+           ckpt ? "true" : "false", mem.activations, mem.backward, mem.weights, blas_describe());
     trainer_free(t);
     return 0;
 }

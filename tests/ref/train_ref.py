@@ -16,11 +16,17 @@
       all the gathered columns; checks that the ranks' parts sum to the loss
       and its gradients of one process on the whole batch, and writes the
       per-step losses of run DIST_RUN (tests/fixtures/train/expected_dist.json)
+  train_ref.py mask OUTDIR
+      the fixtures' 'cosine'-like run with patch dropout (--mask-ratio 0.5):
+      each image keeps the patches of clip-train's seeded generator
+      (kept_patches, reimplemented here from lib/train/patch_mask.h), open_clip's
+      PatchDropout applied to them; expected.json (per-step losses etc. and the
+      kept indices), grads_step1.pth
   train_ref.py bench --arch base|small --batch N --steps K [--amp] [--threads T]
-                     [--grad-checkpointing]
+                     [--grad-checkpointing] [--mask-ratio X]
       K timed training steps (after one warm-up) of a random-weight model
-      (every block through torch.utils.checkpoint with --grad-checkpointing);
-      prints one JSON line
+      (every block through torch.utils.checkpoint with --grad-checkpointing;
+      with X: open_clip's patch dropout, noise top-k); prints one JSON line
 
 The recipe (clip-train implements exactly this):
   batch     B consecutive samples in file order (no shuffle), last incomplete
@@ -57,8 +63,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from model_ref import (ChineseCLIP, OpenAICLIP, bert_config, encode_image, randomise,  # noqa: E402
-                       save_safetensors, set_grad_checkpointing)
+from model_ref import (CLIP_MEAN, CLIP_STD, ChineseCLIP, OpenAICLIP, bert_config,  # noqa: E402
+                       encode_image, randomise, save_safetensors, set_grad_checkpointing)
 import recall_ref  # noqa: E402
 
 LOGIT_SCALE_MAX = math.log(100)
@@ -117,14 +123,15 @@ def grad_norm(model):
     return torch.norm(torch.stack([torch.norm(p.grad.detach(), 2) for p in model.parameters()]), 2)
 
 
-def train_step(model, opt, pixels, ids, lr, grad_clip=0.0, amp=False, on_grads=None):
+def train_step(model, opt, pixels, ids, lr, grad_clip=0.0, amp=False, on_grads=None, kept=None):
     """One optimizer step on pixels uint8 [B,R,R,3] (numpy), ids int [B,L]
-    (torch). Returns (loss, pre-clip grad norm) as floats."""
+    (torch); kept: patch dropout's kept patches, long [B, keep] (None: all).
+    Returns (loss, pre-clip grad norm) as floats."""
     for g in opt.param_groups:
         g["lr"] = lr
     opt.zero_grad(set_to_none=True)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-        img = encode_image(model, pixels)
+        img = encode_image(model, pixels) if kept is None else encode_image_masked(model, pixels, kept)
         txt = model.encode_text(ids)
         loss = clip_loss(img, txt, model.logit_scale)
     loss.backward()
@@ -138,6 +145,62 @@ def train_step(model, opt, pixels, ids, lr, grad_clip=0.0, amp=False, on_grads=N
     with torch.no_grad():
         model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
     return loss.item(), norm.item()
+
+
+# ---- patch dropout ----
+
+M64 = (1 << 64) - 1
+GOLDEN = 0x9e3779b97f4a7c15
+PATCH_MASK_SALT = 0x70617463686d736b  # lib/train/patch_mask.h
+
+
+def splitmix64(state):
+    """(new state, output), as lib/core/util.c"""
+    state = (state + GOLDEN) & M64
+    z = state
+    z = ((z ^ (z >> 30)) * 0xbf58476d1ce4e5b9) & M64
+    z = ((z ^ (z >> 27)) * 0x94d049bb133111eb) & M64
+    return state, z ^ (z >> 31)
+
+
+def mix(a, b):
+    return splitmix64(((a * GOLDEN) & M64) ^ b)[1]
+
+
+def mask_keep(patches, ratio):
+    """open_clip's num_patches_keep"""
+    return max(1, int(patches * (1 - ratio)))
+
+
+def kept_patches(seed, step, position, patches, keep):
+    """clip-train's kept patches of the image at `position` of the global
+    batch in optimizer step `step` (0-based): the keep largest of per-patch
+    noise (open_clip's topk; ties to the lower index), in increasing order"""
+    state = mix(mix(seed ^ PATCH_MASK_SALT, step), position)
+    noise = []
+    for _ in range(patches):
+        state, z = splitmix64(state)
+        noise.append(z)
+    best = sorted(range(patches), key=lambda p: (-noise[p], p))[:keep]
+    return sorted(best)
+
+
+def encode_image_masked(model, pixels, kept):
+    """model.visual's forward with open_clip's PatchDropout: after the
+    positional embeddings, before ln_pre, image b keeps the class token and
+    its patches kept[b] (long [B, keep], in that order)"""
+    v = model.visual
+    x = torch.from_numpy(pixels).float().div(255).permute(0, 3, 1, 2)
+    mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    x = v.conv1((x - mean) / std)
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    cls = v.class_embedding + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype)
+    x = torch.cat([cls, x], dim=1) + v.positional_embedding
+    rows = torch.arange(x.shape[0]).unsqueeze(-1)
+    x = torch.cat([x[:, :1], x[:, 1:][rows, kept]], dim=1)
+    x = v.ln_pre(x).permute(1, 0, 2)
+    x = v.transformer(x).permute(1, 0, 2)
+    return v.ln_post(x[:, 0, :]) @ v.proj
 
 
 def batches(samples, B, steps):
@@ -416,6 +479,49 @@ def dist(outfile):
         f.write("\n")
 
 
+# ---- patch dropout ----
+
+# the fixtures' model and data (tests/fixtures/train), first captions, no
+# shuffle; --seed 7 --mask-ratio 0.5: 8 of the 16 patches of each image
+MASK_RUN = OrderedDict(batch=B_FIXTURE, ratio=0.5, seed=7, lr=1e-3, wd=0.01, warmup=2, steps=5,
+                       schedule="cosine", grad_clip=0)
+
+
+def mask(out):
+    torch.set_num_threads(1)
+    os.makedirs(out, exist_ok=True)
+    fix = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "train")
+    model, _ = tiny_model()
+    model.load_state_dict(torch.load(os.path.join(fix, "init.pth")))
+    train = read_tar(os.path.join(fix, "train.tar"))
+    r = MASK_RUN
+    P = model.visual.conv1.weight.shape[-1]
+    patches = (train[0]["img"].shape[0] // P) ** 2
+    keep = mask_keep(patches, r["ratio"])
+    opt = make_optimizer(model, r["lr"], r["wd"])
+    rec = OrderedDict(r, keep=keep, loss=[], lr_used=[], logit_scale=[], grad_norm=[], kept=[])
+    for s, (pixels, ids) in enumerate(batches(train, r["batch"], r["steps"])):
+        kept = [kept_patches(r["seed"], s, i, patches, keep) for i in range(len(pixels))]
+        lr = lr_at(s, r["lr"], r["warmup"], r["steps"], r["schedule"])
+        hook = None
+        if s == 0:
+            def hook(m):
+                torch.save(OrderedDict((k, p.grad.detach().clone()) for k, p in m.named_parameters()),
+                           os.path.join(out, "grads_step1.pth"))
+        loss, norm = train_step(model, opt, pixels, ids, lr, r["grad_clip"], on_grads=hook,
+                                kept=torch.tensor(kept))
+        for k, v in (("loss", loss), ("lr_used", lr), ("logit_scale", model.logit_scale.item()),
+                     ("grad_norm", norm), ("kept", kept)):
+            rec[k].append(v)
+        print(f"mask step {s}: loss {loss:.6f} lr {lr:.3e} grad_norm {norm:.6f}; image 0 keeps "
+              f"{kept[0]}", file=sys.stderr)
+    with open(os.path.join(out, "expected.json"), "w") as f:
+        json.dump(OrderedDict(batch=r["batch"], runs=OrderedDict(mask=rec)), f)
+        f.write("\n")
+    for fn in sorted(os.listdir(out)):
+        print(f"{os.path.join(out, fn)}: {os.path.getsize(os.path.join(out, fn))} bytes")
+
+
 class ImageInput:
     """encode_image's normalised pixels themselves (its model.visual the identity)"""
     def visual(self, x):
@@ -445,6 +551,7 @@ def bench(argv):
     ap.add_argument("--amp", action="store_true")
     ap.add_argument("--threads", type=int, default=reference_env.THREADS)
     ap.add_argument("--grad-checkpointing", action="store_true")
+    ap.add_argument("--mask-ratio", type=float, default=0.0)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -468,16 +575,21 @@ def bench(argv):
         ids[b, :n] = [101] + list(rs.randint(103, cfg["vocab_size"], n - 2)) + [102]
     ids = torch.from_numpy(ids)
 
+    patches = (R // vit["patch"]) ** 2
     times = []
     for s in range(a.steps + 1):
         t0 = time.perf_counter()
-        loss, _ = train_step(model, opt, pixels, ids, 1e-5, amp=a.amp)
+        kept = None
+        if a.mask_ratio > 0:  # open_clip's PatchDropout: the top-k of random noise, in its order
+            kept = torch.randn(B, patches).topk(mask_keep(patches, a.mask_ratio), dim=-1).indices
+        loss, _ = train_step(model, opt, pixels, ids, 1e-5, amp=a.amp, kept=kept)
         dt = time.perf_counter() - t0
         print(f"step {s}{' (warm-up)' if s == 0 else ''}: {dt:.3f} s, loss {loss:.4f}", file=sys.stderr)
         if s:
             times.append(dt)
     print(json.dumps({"impl": "pytorch", "arch": a.arch, "batch": B, "amp": a.amp,
                       "grad_checkpointing": a.grad_checkpointing,
+                      "mask_ratio": a.mask_ratio,
                       "sec_per_step": statistics.median(times), "steps": a.steps,
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "torch": torch.__version__, "reference": reference_env.describe()}))
@@ -490,6 +602,8 @@ if __name__ == "__main__":
         english(sys.argv[2])
     elif len(sys.argv) == 3 and sys.argv[1] == "dist":
         dist(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "mask":
+        mask(sys.argv[2])
     elif len(sys.argv) >= 2 and sys.argv[1] == "bench":
         bench(sys.argv[2:])
     else:

@@ -69,7 +69,15 @@
  * tests/fixtures/train/en, train_ref.py english) is checked the same way:
  * step-1 gradients of every tensor, 5 steps' losses, lrs, logit scales and
  * gradient norms, and the weights after them, under the same tolerances (its
- * fused in_proj makes every scale group a single tensor). */
+ * fused in_proj makes every scale group a single tensor).
+ *
+ * Patch dropout (tests/fixtures/train/mask, train_ref.py mask): the Chinese
+ * model's 5 steps with mask_ratio 0.5 against open_clip's PatchDropout given
+ * the patches of the reference's reimplementation of our generator (checked
+ * equal to ours every step): step-1 gradients of every tensor, the losses,
+ * lrs, logit scales and gradient norms, under the same tolerances (the
+ * blocks run over 1 + 8 tokens instead of 17: shorter reductions, the same
+ * stages). */
 #include <jansson.h>
 #include <math.h>
 #include <omp.h>
@@ -101,6 +109,8 @@ typedef struct {
 } fixture;
 static const fixture chinese = {FIX, FIX "init.pth", FIX "bert"};
 static const fixture english = {FIX "en/", FIX "en/init.safetensors", NULL};
+/* patch dropout: the Chinese model and data, the reference's masked run */
+static const fixture masked = {FIX "mask/", FIX "init.pth", FIX "bert"};
 static const fixture *fx = &chinese;
 static int checkpointing; /* the parity runs again with train_config.grad_checkpointing */
 
@@ -221,11 +231,10 @@ static double diff_ratio(const float *got, const float *want, size_t n, const do
     return r;
 }
 
-static void test_step1_grads(void)
+/* cfg: the run's mask_ratio and mask_seed, else the defaults */
+static void test_step1_grads_of(const train_config *cfg)
 {
-    train_config cfg;
-    train_config_defaults(&cfg);
-    trainer *t = new_trainer(&cfg);
+    trainer *t = new_trainer(cfg);
     ckpt *g = ckpt_load(fix_path("grads_step1.pth"));
     if (!g) die("%s", clip_error());
     CHECK(trainer_compute_grads(t, pixels[0], ids[0], B, L, NULL) == 0, "%s", clip_error());
@@ -255,6 +264,13 @@ static void test_step1_grads(void)
     CHECK(checked == params, "checked %zu gradients of %zu parameters", checked, params);
     ckpt_free(g);
     trainer_free(t);
+}
+
+static void test_step1_grads(void)
+{
+    train_config cfg;
+    train_config_defaults(&cfg);
+    test_step1_grads_of(&cfg);
 }
 
 /* the bound on |L_ours - L_ref| for logit scale s (see the top) */
@@ -317,6 +333,10 @@ static void run(const char *name, json_t *spec, int check_final)
                        : SCHEDULE_CONSTANT;
     json_t *clip = json_object_get(spec, "grad_clip");
     cfg.grad_clip = json_is_number(clip) ? json_number_value(clip) : 0;
+    /* patch dropout: the reference's ratio and seed, and the patches it kept */
+    json_t *ratio = json_object_get(spec, "ratio"), *kept = json_object_get(spec, "kept");
+    cfg.mask_ratio = json_is_number(ratio) ? json_number_value(ratio) : 0;
+    cfg.mask_seed = (uint64_t)json_integer_value(json_object_get(spec, "seed"));
     trainer *t = new_trainer(&cfg);
     clip_model *m = trainer_model(t);
 
@@ -344,6 +364,18 @@ static void run(const char *name, json_t *spec, int check_final)
         train_stats st;
         int rc = trainer_step(t, pixels[b * B], ids[b * B], B, L, &st);
         CHECK(rc == 0, "%s step %ld: %d %s", name, s + 1, rc, clip_error());
+        if (kept) { /* our generator's patches are the reference's */
+            int keep = trainer_mask_keep(t), same = trainer_mask_kept(t) != NULL;
+            json_t *ks = json_array_get(kept, s);
+            CHECK(keep == (int)json_integer_value(json_object_get(spec, "keep")) &&
+                      json_array_size(ks) == B,
+                  "%s step %ld: %d patches kept, the reference %d", name, s + 1, keep,
+                  (int)json_integer_value(json_object_get(spec, "keep")));
+            for (int i = 0; same && i < B * keep; i++)
+                same = trainer_mask_kept(t)[i] ==
+                       json_integer_value(json_array_get(json_array_get(ks, i / keep), i % keep));
+            CHECK(same, "%s step %ld: the kept patches differ from the reference's", name, s + 1);
+        }
         double loss = json_real_value(json_array_get(json_object_get(spec, "loss"), s));
         double lr = json_real_value(json_array_get(json_object_get(spec, "lr_used"), s));
         double ls = json_real_value(json_array_get(json_object_get(spec, "logit_scale"), s));
@@ -667,12 +699,15 @@ static void *rank_main(void *arg)
  * within the drift bound of the top (the sums' order differs: a gradient is
  * off by at most TAU_G of its tensor's scale, as between two
  * implementations; elements whose gradient is rounding noise may take +-lr
- * a step, which the bound allows). */
-static void test_data_parallel(void)
+ * a step, which the bound allows). With patch dropout (mask_ratio > 0) the
+ * same: an image keeps the same patches whichever rank or micro-batch it
+ * falls to. */
+static void test_data_parallel(double mask_ratio)
 {
     train_config cfg;
     train_config_defaults(&cfg);
     cfg.lr = 1e-3, cfg.warmup = 2, cfg.total_steps = DIST_STEPS;
+    cfg.mask_ratio = mask_ratio, cfg.mask_seed = 3;
     trainer *one = new_trainer_of(&cfg, GLOBAL);
     train_config acc_cfg = cfg;
     acc_cfg.accum_freq = 2;
@@ -742,8 +777,8 @@ static void test_data_parallel(void)
             CHECK(r <= 1.0, "%s: weights %s differ from 1 x 8 by %.3g, ratio to the bound %.3f",
                   o ? "accum 2 x 4" : "2 ranks x 4", dr[j].name, maxdiff, r);
         }
-    printf("data parallel: worst loss difference %.2g, worst weight difference / bound %.3f\n",
-           worst_loss_diff, worst);
+    printf("data parallel (mask ratio %g): worst loss difference %.2g, worst weight difference / "
+           "bound %.3f\n", mask_ratio, worst_loss_diff, worst);
     for (int j = 0; j < np; j++) free(dr[j].m), free(dr[j].v), free(dr[j].D);
     free(dr);
     pthread_barrier_destroy(&w.barrier);
@@ -797,6 +832,104 @@ static void test_loss_rows(void)
     free(scratch);
 }
 
+/* ---- patch dropout */
+
+/* vit_forward_masked keeping every patch in grid order is vit_forward, bit
+ * for bit, and so is its backward; the plain forward after a masked one
+ * uses every patch again. Keeping fewer: the positional_embedding rows of
+ * patches no image kept get no gradient, the others do. Bad kept lists are
+ * refused. */
+static void test_mask_all_kept(void)
+{
+    clip_model *m = train_model_load(chinese.init, chinese.text_dir);
+    if (!m) die("%s", clip_error());
+    vit *v = m->visual;
+    const compute_ctx *cx = &m->compute;
+    int GG = v->cfg.grid * v->cfg.grid, W = v->cfg.width, D = v->cfg.out_dim;
+    CHECK(vit_reserve(v, B, 1) == 0 && vit_alloc_grads(v) == 0, "%s", clip_error());
+    int32_t *all = xmalloc((size_t)B * GG * sizeof *all);
+    for (int i = 0; i < B * GG; i++) all[i] = i % GG;
+    float *plain = xmalloc((size_t)B * D * sizeof(float)), *masked = xmalloc((size_t)B * D * sizeof(float));
+    float *dout = xmalloc((size_t)B * D * sizeof(float));
+    fill_normal(dout, (size_t)B * D, 1.0f, 9);
+    size_t ng = v->gtable.total;
+    float *g_plain = xmalloc(ng * sizeof(float));
+
+    CHECK(vit_forward(v, cx, pixels[0], B, plain) == 0 && vit_backward(v, cx, dout, B) == 0, "%s",
+          clip_error());
+    memcpy(g_plain, v->gtable.data, ng * sizeof(float));
+    memset(v->gtable.data, 0, ng * sizeof(float));
+    CHECK(vit_forward_masked(v, cx, pixels[0], B, GG, all, masked) == 0 &&
+              vit_backward(v, cx, dout, B) == 0,
+          "%s", clip_error());
+    CHECK(!memcmp(plain, masked, (size_t)B * D * sizeof(float)),
+          "masked forward keeping every patch differs from the plain one");
+    CHECK(!memcmp(g_plain, v->gtable.data, ng * sizeof(float)),
+          "masked backward keeping every patch differs from the plain one");
+
+    /* every image keeps patches 1, 3 and 4 in that order; the plain forward after it */
+    int32_t few[B * 3];
+    for (int b = 0; b < B; b++) few[b * 3] = 3, few[b * 3 + 1] = 1, few[b * 3 + 2] = 4;
+    memset(v->gtable.data, 0, ng * sizeof(float));
+    CHECK(vit_forward_masked(v, cx, pixels[0], B, 3, few, masked) == 0 &&
+              vit_backward(v, cx, dout, B) == 0,
+          "%s", clip_error());
+    CHECK(memcmp(plain, masked, (size_t)B * D * sizeof(float)), "3 patches kept of %d: the "
+          "features of all of them", GG);
+    for (int r = 0; r <= GG; r++) {
+        int used = r == 0 || r == 2 || r == 4 || r == 5; /* the class token and patches 1, 3, 4 */
+        double g = max_abs(v->grads.pos_emb + (size_t)r * W, W);
+        CHECK(used ? g > 0 : g == 0, "positional_embedding row %d: gradient %.3g (%s)", r, g,
+              used ? "kept" : "dropped by every image");
+    }
+    CHECK(vit_forward(v, cx, pixels[0], B, masked) == 0 &&
+              !memcmp(plain, masked, (size_t)B * D * sizeof(float)),
+          "the plain forward after a masked one is not the plain forward");
+
+    few[1] = 3; /* repeated */
+    CHECK(vit_forward_masked(v, cx, pixels[0], B, 3, few, masked) == -1 &&
+              strstr(clip_error(), "repeated"), "a repeated patch: %s", clip_error());
+    few[1] = GG;
+    CHECK(vit_forward_masked(v, cx, pixels[0], B, 3, few, masked) == -1 &&
+              strstr(clip_error(), "outside the grid"), "a patch past the grid: %s", clip_error());
+    CHECK(vit_forward_masked(v, cx, pixels[0], B, 0, few, masked) == -1 &&
+              strstr(clip_error(), "0 patches kept"), "keep 0: %s", clip_error());
+    free(all), free(plain), free(masked), free(dout), free(g_plain);
+    clip_model_free(m);
+}
+
+/* a trainer with patch dropout: its evaluation (the model's own encoder)
+ * uses every patch, the features of a trainer without; a ratio outside
+ * [0, 1) is refused */
+static void test_mask_trainer(void)
+{
+    train_config cfg;
+    train_config_defaults(&cfg);
+    trainer *plain = new_trainer(&cfg);
+    cfg.mask_ratio = 0.5;
+    trainer *t = new_trainer(&cfg);
+    CHECK(t && trainer_mask_keep(t) == 8 && !trainer_mask_kept(t), "mask 0.5 of 16 patches: %s",
+          t ? "keep" : clip_error());
+    CHECK(trainer_compute_grads(t, pixels[0], ids[0], B, L, NULL) == 0, "%s", clip_error());
+    CHECK(trainer_mask_kept(t) != NULL, "no kept patches after a step");
+    int D = trainer_model(t)->embed_dim;
+    float *e = xmalloc((size_t)B * D * sizeof(float)), *ep = xmalloc((size_t)B * D * sizeof(float));
+    CHECK(clip_encode_images(trainer_model(t), pixels[0], B, e) == 0 &&
+              clip_encode_images(trainer_model(plain), pixels[0], B, ep) == 0,
+          "%s", clip_error());
+    CHECK(!memcmp(e, ep, (size_t)B * D * sizeof(float)),
+          "evaluation after a masked step does not use every patch");
+    free(e), free(ep);
+    trainer_free(t);
+    trainer_free(plain);
+    static const double bad[] = {1.0, -0.1, 1.5, NAN};
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        cfg.mask_ratio = bad[k];
+        CHECK(!new_trainer(&cfg) && strstr(clip_error(), "mask ratio"),
+              "mask ratio %g accepted: %s", bad[k], clip_error());
+    }
+}
+
 int main(void)
 {
     test_english_init();
@@ -804,7 +937,10 @@ int main(void)
     test_step1_grads();
     test_amp_is_the_trainers();
     test_loss_rows();
-    test_data_parallel();
+    test_data_parallel(0);
+    test_data_parallel(0.5);
+    test_mask_all_kept();
+    test_mask_trainer();
     json_error_t err;
     json_t *exp = json_load_file(FIX "expected.json", 0, &err);
     if (!exp) die("expected.json: %s", err.text);
@@ -822,6 +958,25 @@ int main(void)
     printf("Chinese model, worst error / tolerance: step-1 gradients %.3f, losses %.3f, final "
            "weights %.3f\n", worst_grad, worst_loss, worst_weight);
     double worst[3] = {worst_grad, worst_loss, worst_weight};
+    worst_grad = worst_loss = worst_weight = 0;
+
+    /* patch dropout: the reference's masked run, its kept patches given by
+     * our generator (tests/ref/train_ref.py mask) */
+    fx = &masked;
+    if (!(exp = json_load_file(fix_path("expected.json"), 0, &err)))
+        die("mask/expected.json: %s", err.text);
+    json_t *mask_run = json_object_get(json_object_get(exp, "runs"), "mask");
+    CHECK(json_integer_value(json_object_get(exp, "batch")) == B, "batch");
+    train_config mcfg;
+    train_config_defaults(&mcfg);
+    mcfg.mask_ratio = json_number_value(json_object_get(mask_run, "ratio"));
+    mcfg.mask_seed = (uint64_t)json_integer_value(json_object_get(mask_run, "seed"));
+    test_step1_grads_of(&mcfg);
+    run("mask", mask_run, 0);
+    json_decref(exp);
+    printf("Patch dropout, worst error / tolerance: step-1 gradients %.3f, losses %.3f\n",
+           worst_grad, worst_loss);
+    worst[0] = fmax(worst[0], worst_grad), worst[1] = fmax(worst[1], worst_loss);
     worst_grad = worst_loss = worst_weight = 0;
 
     fx = &english;
