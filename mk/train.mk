@@ -15,10 +15,15 @@ fixtures-train:
 	rm -rf tests/fixtures/train
 	/usr/bin/python3 tests/ref/train_ref.py fixtures tests/fixtures/train
 	/usr/bin/python3 tests/ref/train_ref.py english tests/fixtures/train/en
+	/usr/bin/python3 tests/ref/train_ref.py lock tests/fixtures/train/expected_lock.json
 
 # only the English model's tests/fixtures/train/en
 fixtures-train-english:
 	rm -rf tests/fixtures/train/en
 	/usr/bin/python3 tests/ref/train_ref.py english tests/fixtures/train/en
 
-.PHONY: bench-train fixtures-train fixtures-train-english
+# only the locked-tower runs' tests/fixtures/train/expected_lock.json
+fixtures-train-lock:
+	/usr/bin/python3 tests/ref/train_ref.py lock tests/fixtures/train/expected_lock.json
+
+.PHONY: bench-train fixtures-train fixtures-train-english fixtures-train-lock

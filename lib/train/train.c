@@ -260,8 +260,10 @@ typedef struct {
         bert *bert;
         clip_text *ctext;
     } model;
-    const param_table *params, *grads;
-    float *adam_m, *adam_v; /* [params->total] each */
+    const param_table *params, *grads; /* grads: the trainable tensors only (locking) */
+    float *adam_m, *adam_v; /* [grads->total] each, in the gradients' layout */
+    int *param_of;          /* [grads->n] the index in params of each gradient */
+    int frozen;             /* locked whole: no gradient, no backward, no kept activations */
     const clip_device *dev;
 } train_tower;
 
@@ -303,38 +305,86 @@ static float *alloc_floats(size_t n)
     return p;
 }
 
-/* gradients, activations kept for batch x max_len, AdamW moments */
-static int tower_init(train_tower *tw, clip_model *m, int which, int batch, int max_len)
+/* How many leading parameter groups cfg's locks freeze in tower `which`
+ * (groups: vit_param_group, bert_param_group, clip_text_param_group); -1
+ * with an error naming the option when its count is more than the tower has. */
+static int frozen_groups(const clip_model *m, const train_config *cfg, int which)
+{
+    if (which == IMAGE_TOWER) {
+        int G = vit_groups(&m->visual->cfg), n = cfg->lock_image_unlocked_groups;
+        if (!cfg->lock_image) return 0;
+        if (n < 0 || n > G) {
+            clip_set_error("--lock-image-unlocked-groups %d: the image tower has %d groups (the "
+                           "stem, %d blocks, ln_post with the last, proj): give 0 to %d", n, G,
+                           m->visual->cfg.layers, G);
+            return -1;
+        }
+        return G - n;
+    }
+    int layers = m->text == CLIP_TEXT_CLIP ? m->ctext->cfg.layers : m->bert->cfg.layers;
+    int n = cfg->lock_text_unlocked_layers;
+    if (!cfg->lock_text) return 0;
+    if (n < 0 || n > layers) {
+        clip_set_error("--lock-text-unlocked-layers %d: the text tower has %d layers: give 0 to %d",
+                       n, layers, layers);
+        return -1;
+    }
+    return n ? layers + 1 - n : layers + 2; /* groups: embeddings, layers, head */
+}
+
+/* gradients of the trainable parameters, activations kept for batch x
+ * max_len (none for a tower locked whole), AdamW moments */
+static int tower_init(train_tower *tw, clip_model *m, const train_config *cfg, int which, int batch,
+                      int max_len)
 {
     memset(tw, 0, sizeof *tw);
     tw->dev = device_find("cpu", "");
+    int f = frozen_groups(m, cfg, which);
+    if (f < 0) return -1;
     if (which == IMAGE_TOWER) {
         tw->kind = TOWER_VIT;
         tw->model.vit = m->visual;
-        if (vit_alloc_grads(m->visual) || vit_reserve(m->visual, batch, 1)) return -1;
+        tw->frozen = f == vit_groups(&m->visual->cfg);
+        m->visual->frozen_groups = f;
+        if (vit_alloc_grads(m->visual) || vit_reserve(m->visual, batch, !tw->frozen)) return -1;
         tw->params = &m->visual->ptable, tw->grads = &m->visual->gtable;
     } else if (m->text == CLIP_TEXT_CLIP) {
         clip_text *c = tw->model.ctext = m->ctext;
         tw->kind = TOWER_CLIP_TEXT;
-        if (clip_text_alloc_grads(c) || clip_text_reserve(c, batch, max_len, 1)) return -1;
+        tw->frozen = f == clip_text_groups(&c->cfg);
+        c->frozen_groups = f;
+        if (clip_text_alloc_grads(c) || clip_text_reserve(c, batch, max_len, !tw->frozen)) return -1;
         tw->params = &c->ptable, tw->grads = &c->gtable;
     } else {
         tw->kind = TOWER_BERT;
         tw->model.bert = m->bert;
-        if (bert_alloc_grads(m->bert) || bert_reserve(m->bert, batch, max_len, 1)) return -1;
+        tw->frozen = f == bert_groups(&m->bert->cfg);
+        m->bert->frozen_groups = f;
+        if (bert_alloc_grads(m->bert) || bert_reserve(m->bert, batch, max_len, !tw->frozen))
+            return -1;
         tw->params = &m->bert->ptable, tw->grads = &m->bert->gtable;
     }
-    tw->adam_m = alloc_floats(tw->params->total);
-    tw->adam_v = alloc_floats(tw->params->total);
+    tw->adam_m = alloc_floats(tw->grads->total);
+    tw->adam_v = alloc_floats(tw->grads->total);
+    tw->param_of = malloc((tw->grads->n ? tw->grads->n : 1) * sizeof *tw->param_of);
+    if (!tw->param_of) {
+        clip_set_error("out of memory for the trainer's tables");
+        return -1;
+    }
+    for (int i = 0, j = 0; i < tw->grads->n; i++, j++) { /* both in layout order */
+        while (strcmp(tw->params->v[j].name, tw->grads->v[i].name)) j++;
+        tw->param_of[i] = j;
+    }
     return 0;
 }
 
 static void tower_free(train_tower *tw)
 {
-    if (!tw->params) return;
-    size_t bytes = tw->params->total * sizeof(float);
+    if (!tw->grads) return;
+    size_t bytes = tw->grads->total * sizeof(float);
     if (tw->adam_m) clip_free_big(tw->adam_m, bytes);
     if (tw->adam_v) clip_free_big(tw->adam_v, bytes);
+    free(tw->param_of);
 }
 
 static int tower_forward(const trainer *t, train_tower *tw, const tower_input *in, float *out)
@@ -431,7 +481,7 @@ trainer *trainer_create(clip_model *m, const train_config *cfg, int batch, int m
     /* evaluation in fp32, and no quantised copies for training to make stale */
     if (clip_model_set_precision(m, PRECISION_FP32)) goto fail;
     for (int k = 0; k < N_TOWERS; k++)
-        if (tower_init(&t->towers[k], m, k, batch, max_len)) goto fail;
+        if (tower_init(&t->towers[k], m, &t->cfg, k, batch, max_len)) goto fail;
     if (alloc_step_buffers(t)) goto fail;
     return t;
 fail:
@@ -465,23 +515,31 @@ int trainer_set_comm(trainer *t, train_comm *comm)
     if (alloc_step_buffers(t)) return -1;
     if (!t->comm) return 0;
     /* the same model and batch on every rank, before collectives of their sizes */
-    size_t n = 0;
-    for (int k = 0; k < N_TOWERS; k++) n += t->towers[k].params->total;
-    double mine[4] = {(double)n, -(double)n, t->rows, -t->rows}, all[4];
+    size_t n = 0, trained = 0;
+    for (int k = 0; k < N_TOWERS; k++)
+        n += t->towers[k].params->total, trained += t->towers[k].grads->total;
+    double mine[6] = {(double)n, -(double)n, t->rows, -t->rows, (double)trained, -(double)trained};
+    double all[6];
     memcpy(all, mine, sizeof all);
-    if (comm->allreduce_f64(comm, all, 4, COMM_MAX)) return -1;
+    if (comm->allreduce_f64(comm, all, 6, COMM_MAX)) return -1;
     if (all[0] != -all[1] || all[2] != -all[3]) {
         clip_set_error("the ranks' models or batches differ (from %.0f to %.0f parameters, "
                        "%.0f to %.0f samples a step): start every rank with the same --init or "
                        "--arch, -b and --accum-freq", -all[1], all[0], -all[3], all[2]);
         return -1;
     }
+    if (all[4] != -all[5]) {
+        clip_set_error("the ranks train different parts of the model (from %.0f to %.0f "
+                       "trainable parameters): give every rank the same --lock-* options",
+                       -all[5], all[4]);
+        return -1;
+    }
     /* rank 0's weights, moments and step everywhere: identical from the start */
     for (int k = 0; k < N_TOWERS; k++) {
         const train_tower *tw = &t->towers[k];
-        size_t bytes = tw->params->total * sizeof(float);
-        if (comm->bcast(comm, tw->params->data, bytes) || comm->bcast(comm, tw->adam_m, bytes) ||
-            comm->bcast(comm, tw->adam_v, bytes))
+        size_t bytes = tw->params->total * sizeof(float), mb = tw->grads->total * sizeof(float);
+        if (comm->bcast(comm, tw->params->data, bytes) || comm->bcast(comm, tw->adam_m, mb) ||
+            comm->bcast(comm, tw->adam_v, mb))
             return -1;
     }
     float ls[3] = {t->m->logit_scale, t->ls_m, t->ls_v};
@@ -605,6 +663,7 @@ static int stage_backward(trainer *t, const step_batch *s, train_stats *st)
     size_t D = t->m->embed_dim;
     for (int w = 0; w < N_TOWERS; w++) {
         train_tower *tw = &t->towers[w];
+        if (tw->frozen) continue; /* locked whole: no backward, nothing to reduce */
         memset(tw->grads->data, 0, tw->grads->total * sizeof(float));
         double t0 = now_seconds();
         for (int k = s->K - 1; k >= 0; k--) {
@@ -697,12 +756,18 @@ const float *trainer_grad(const trainer *t, const char *name, size_t *n)
         return &t->ls_grad;
     }
     for (int k = 0; k < N_TOWERS; k++) {
-        const param_spec *s = pt_find(t->towers[k].params, name);
+        const param_spec *s = pt_find(t->towers[k].grads, name);
         if (s) {
             *n = s->numel;
             return t->towers[k].grads->data + s->offset;
         }
+        if (pt_find(t->towers[k].params, name)) {
+            clip_set_error("%s is locked (--lock-%s): it has no gradient", name,
+                           k == IMAGE_TOWER ? "image" : "text");
+            return NULL;
+        }
     }
+    clip_set_error("no parameter %s", name);
     return NULL;
 }
 
@@ -731,11 +796,12 @@ static int stage_update(trainer *t, train_stats *s)
     for (int k = 0; k < N_TOWERS; k++) {
         const train_tower *tw = &t->towers[k];
         const param_table *p = tw->params, *g = tw->grads;
-        for (int i = 0; i < p->n; i++) {
-            const param_spec *ps = &p->v[i];
-            size_t o = ps->offset;
-            adamw_update(p->data + o, g->data + o, tw->adam_m + o, tw->adam_v + o, ps->numel, lr,
-                         ps->ndim >= 2 || t->cfg.wd_all ? wd : 0.0f, &t->cfg.adam, t->step);
+        for (int i = 0; i < g->n; i++) { /* the trainable tensors */
+            const param_spec *gs = &g->v[i], *ps = &p->v[tw->param_of[i]];
+            size_t o = gs->offset;
+            adamw_update(p->data + ps->offset, g->data + o, tw->adam_m + o, tw->adam_v + o,
+                         ps->numel, lr, ps->ndim >= 2 || t->cfg.wd_all ? wd : 0.0f, &t->cfg.adam,
+                         t->step);
         }
     }
     adamw_update(&t->m->logit_scale, &t->ls_grad, &t->ls_m, &t->ls_v, 1, lr,
@@ -932,24 +998,38 @@ int trainer_save_weights(const trainer *t, const char *path)
     return rc;
 }
 
+/* The state file's "locks" record: what each tower has frozen, the
+ * options that gave it. A state without one is of a run without locks. */
+static void lock_record(const trainer *t, char *buf, size_t n)
+{
+    const train_config *c = &t->cfg;
+    char img[64] = "trained", txt[64] = "trained";
+    if (c->lock_image)
+        snprintf(img, sizeof img, "locked, %d groups unlocked", c->lock_image_unlocked_groups);
+    if (c->lock_text)
+        snprintf(txt, sizeof txt, "locked, %d layers unlocked", c->lock_text_unlocked_layers);
+    snprintf(buf, n, "image %s; text %s", img, txt);
+}
+
 int trainer_save_state(const trainer *t, const char *path, const char *extra_json)
 {
     tensor_list l = {0};
     int64_t *pos;
     char *cfg = NULL;
     int rc = model_tensors(&l, t->m, &pos);
-    for (int k = 0; k < N_TOWERS; k++) {
+    for (int k = 0; k < N_TOWERS; k++) { /* the moments of the trainable tensors */
         const train_tower *tw = &t->towers[k];
-        tl_add_table(&l, "adam_m.", tw->params, tw->adam_m);
-        tl_add_table(&l, "adam_v.", tw->params, tw->adam_v);
+        tl_add_table(&l, "adam_m.", tw->grads, tw->adam_m);
+        tl_add_table(&l, "adam_v.", tw->grads, tw->adam_v);
     }
     tl_add(&l, "adam_m.", "logit_scale", DT_F32, 0, NULL, &t->ls_m);
     tl_add(&l, "adam_v.", "logit_scale", DT_F32, 0, NULL, &t->ls_v);
     if (!rc && !l.failed && (cfg = config_or_error(t->m))) {
-        char step[32];
+        char step[32], locks[128];
         snprintf(step, sizeof step, "%ld", t->step);
+        lock_record(t, locks, sizeof locks);
         const char *meta[] = {"format", "clip-train state", "clip_config", cfg, "step", step,
-                              "extra", extra_json ? extra_json : "{}", NULL};
+                              "extra", extra_json ? extra_json : "{}", "locks", locks, NULL};
         rc = ckpt_save_safetensors(path, l.v, l.n, meta);
     } else {
         rc = -1;
@@ -987,12 +1067,21 @@ trainer *trainer_load_state(const char *path, const train_config *cfg, int batch
     /* the saved key set continues that of the run's init */
     a.bert.position_ids = ckpt_find(c, "transformer.embeddings.position_ids") != NULL;
     if (!(t = trainer_create(train_model_create(&a, 0), cfg, batch, max_len))) goto fail;
+    const char *saved_locks = ckpt_metadata(c, "locks");
+    char locks[128];
+    lock_record(t, locks, sizeof locks);
+    if (strcmp(saved_locks ? saved_locks : "image trained; text trained", locks)) {
+        clip_set_error("%s: saved with %s, this run has %s: resume with the --lock-* options "
+                       "of the run that saved it", path,
+                       saved_locks ? saved_locks : "image trained; text trained", locks);
+        goto fail;
+    }
     t->step = atol(step);
-    for (int k = 0; k < N_TOWERS; k++) {
+    for (int k = 0; k < N_TOWERS; k++) { /* moments of the trainable tensors only */
         const train_tower *tw = &t->towers[k];
         if (read_table(c, "", tw->params, tw->params->data) ||
-            read_table(c, "adam_m.", tw->params, tw->adam_m) ||
-            read_table(c, "adam_v.", tw->params, tw->adam_v))
+            read_table(c, "adam_m.", tw->grads, tw->adam_m) ||
+            read_table(c, "adam_v.", tw->grads, tw->adam_v))
             goto fail;
     }
     if (ckpt_read_f32(c, "logit_scale", 0, NULL, &t->m->logit_scale) ||

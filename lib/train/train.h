@@ -35,6 +35,15 @@ typedef struct {
     adamw_config adam;
     int amp; /* bf16 matrix products, fp32 master weights */
     int accum_freq; /* micro-batches per step whose features meet in one loss (>= 1) */
+    /* Locked towers (open_clip's --lock-image, --lock-text): a locked
+     * parameter gets no gradient, no AdamW moments and no backward pass, and
+     * keeps its value bit for bit. lock_image: the image tower's groups
+     * (vit_param_group) but the last lock_image_unlocked_groups; lock_text:
+     * the whole text tower, head (ln_final, text_projection; BERT's pooler)
+     * included, but the last lock_text_unlocked_layers layers and then the
+     * head. logit_scale always trains. */
+    int lock_image, lock_image_unlocked_groups;
+    int lock_text, lock_text_unlocked_layers;
 } train_config;
 
 /* most samples in one contrastive batch (all ranks, all micro-batches) */
@@ -121,7 +130,8 @@ int trainer_check_sync(const trainer *t);
 int trainer_compute_grads(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, int L,
                           train_stats *st);
 /* The gradient of a parameter by its checkpoint name ("logit_scale"
- * included), NULL if no such parameter. n: its element count. */
+ * included), NULL with an error if no such parameter or if it is locked
+ * (train_config.lock_*: it has no gradient). n: its element count. */
 const float *trainer_grad(const trainer *t, const char *name, size_t *n);
 
 /* One optimizer step. 0 done; 1 the loss or a gradient was NaN/Inf (the

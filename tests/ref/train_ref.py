@@ -16,6 +16,13 @@
       all the gathered columns; checks that the ranks' parts sum to the loss
       and its gradients of one process on the whole batch, and writes the
       per-step losses of run DIST_RUN (tests/fixtures/train/expected_dist.json)
+  train_ref.py lock OUTFILE
+      5 AdamW steps of the tiny Chinese model with locked towers (open_clip's
+      VisionTransformer.lock groups for --lock-image [--lock-image-unlocked-
+      groups N]; --lock-text: every text parameter, head included): per run
+      the trainable tensors' names, losses, lrs, logit scales and gradient
+      norms (tests/fixtures/train/expected_lock.json). The step-1 gradients of
+      the trainable tensors are those of grads_step1.pth (checked here).
   train_ref.py bench --arch base|small --batch N --steps K [--amp] [--threads T]
       K timed training steps (after one warm-up) of a random-weight model;
       prints one JSON line
@@ -111,8 +118,9 @@ def local_loss(img, txt, logit_scale, rank, ranks):
 
 
 def grad_norm(model):
-    """The total L2 norm as clip_grad_norm_ computes it."""
-    return torch.norm(torch.stack([torch.norm(p.grad.detach(), 2) for p in model.parameters()]), 2)
+    """The total L2 norm as clip_grad_norm_ computes it (over the parameters with a gradient)."""
+    return torch.norm(torch.stack([torch.norm(p.grad.detach(), 2) for p in model.parameters()
+                                   if p.grad is not None]), 2)
 
 
 def train_step(model, opt, pixels, ids, lr, grad_clip=0.0, amp=False, on_grads=None):
@@ -425,6 +433,97 @@ def tiny_model_config():
     return vit, bert_config(64, 2, 2, 128, 256, 32), 32
 
 
+# ---- locked towers ----
+
+def lock_image(visual, unlocked_groups=0):
+    """open_clip's VisionTransformer.lock: every parameter frozen, then the
+    last `unlocked_groups` of the groups below trainable again."""
+    for p in visual.parameters():
+        p.requires_grad = False
+    if unlocked_groups == 0:
+        return
+    groups = [[visual.conv1, visual.class_embedding, visual.positional_embedding, visual.ln_pre],
+              *visual.transformer.resblocks[:-1],
+              [visual.transformer.resblocks[-1], visual.ln_post],
+              visual.proj]
+
+    def unlock(x):
+        if isinstance(x, (list, tuple)):
+            for g in x:
+                unlock(g)
+        elif isinstance(x, torch.nn.Parameter):
+            x.requires_grad = True
+        else:
+            for p in x.parameters():
+                p.requires_grad = True
+    unlock(groups[-unlocked_groups:])
+
+
+def lock_text(model):
+    """clip-train's --lock-text: the whole text tower, its head (ln_final,
+    text_projection) included, so that its features are fixed."""
+    for m in (model.transformer, model.ln_final):
+        for p in m.parameters():
+            p.requires_grad = False
+    model.text_projection.requires_grad = False
+
+
+LOCK_RUNS = OrderedDict([
+    ("image", dict(lock_image=True, unlocked_groups=0)),
+    ("image2", dict(lock_image=True, unlocked_groups=2)),
+    ("text", dict(lock_text=True)),
+])
+LOCK_RUN = dict(lr=1e-3, wd=0.01, warmup=2, steps=5, schedule="cosine")
+
+
+def lock(outfile):
+    torch.set_num_threads(1)
+    fix = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "train")
+    init = torch.load(os.path.join(fix, "init.pth"))
+    full_grads = torch.load(os.path.join(fix, "grads_step1.pth"))
+    train = read_tar(os.path.join(fix, "train.tar"))
+    out = OrderedDict(batch=B_FIXTURE, runs=OrderedDict())
+    r = LOCK_RUN
+    for name, spec in LOCK_RUNS.items():
+        model, _ = tiny_model()
+        model.load_state_dict(init)
+        if spec.get("lock_image"):
+            lock_image(model.visual, spec["unlocked_groups"])
+        if spec.get("lock_text"):
+            lock_text(model)
+        trainable = [k for k, p in model.named_parameters() if p.requires_grad]
+        decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": r["wd"]},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=r["lr"], betas=(0.9, 0.999), eps=1e-8)
+        rec = OrderedDict(spec, **r, trainable=trainable, loss=[], lr_used=[], logit_scale=[],
+                          grad_norm=[])
+        for s, (pixels, ids) in enumerate(batches(train, B_FIXTURE, r["steps"])):
+            lr = lr_at(s, r["lr"], r["warmup"], r["steps"], r["schedule"])
+            hook = None
+            if s == 0:
+                def hook(m):
+                    # a locked tower changes no trainable tensor's gradient: the full run's
+                    for k, p in m.named_parameters():
+                        assert (p.grad is not None) == p.requires_grad, k
+                        if p.grad is not None:
+                            d = float((p.grad - full_grads[k]).abs().max())
+                            assert d <= 1e-6 * max(1.0, float(full_grads[k].abs().max())), (k, d)
+            loss, norm = train_step(model, opt, pixels, ids, lr, on_grads=hook)
+            for k, v in (("loss", loss), ("lr_used", lr), ("logit_scale", model.logit_scale.item()),
+                         ("grad_norm", norm)):
+                rec[k].append(v)
+            print(f"lock {name} step {s}: loss {loss:.6f} grad_norm {norm:.6f}", file=sys.stderr)
+        for k, v in model.state_dict().items():  # the locked tensors did not move
+            if k in dict(model.named_parameters()) and k not in trainable:
+                assert torch.equal(v, init[k]), k
+        out["runs"][name] = rec
+    with open(outfile, "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+
+
 # ---- bench ----
 
 ARCHS = {
@@ -485,6 +584,8 @@ if __name__ == "__main__":
         english(sys.argv[2])
     elif len(sys.argv) == 3 and sys.argv[1] == "dist":
         dist(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "lock":
+        lock(sys.argv[2])
     elif len(sys.argv) >= 2 and sys.argv[1] == "bench":
         bench(sys.argv[2:])
     else:

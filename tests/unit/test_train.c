@@ -389,6 +389,103 @@ static void run(const char *name, json_t *spec, int check_final)
     trainer_free(t);
 }
 
+/* Locked towers (train_ref.py lock, expected_lock.json): --lock-image,
+ * --lock-image-unlocked-groups 2 and --lock-text against PyTorch with
+ * requires_grad False on open_clip's groups. The step-1 gradient of every
+ * trainable tensor is the full run's (grads_step1.pth, the reference checks
+ * that it is) within TAU_G of its scale; the trainer has a gradient for
+ * exactly the reference's trainable tensors (trainer_grad NULL, "locked",
+ * for the others); 5 steps' losses within loss_tol, lrs, logit scales and
+ * gradient norms as in run(); the locked tensors bit-identical to the init
+ * after the steps. */
+static void test_lock_run(const char *name, json_t *spec)
+{
+    train_config cfg;
+    train_config_defaults(&cfg);
+    cfg.lr = json_real_value(json_object_get(spec, "lr"));
+    cfg.weight_decay = json_real_value(json_object_get(spec, "wd"));
+    cfg.warmup = json_integer_value(json_object_get(spec, "warmup"));
+    cfg.total_steps = json_integer_value(json_object_get(spec, "steps"));
+    cfg.lock_image = json_is_true(json_object_get(spec, "lock_image"));
+    cfg.lock_image_unlocked_groups = (int)json_integer_value(json_object_get(spec, "unlocked_groups"));
+    cfg.lock_text = json_is_true(json_object_get(spec, "lock_text"));
+    trainer *t = new_trainer(&cfg);
+    if (!t) die("%s", clip_error());
+    clip_model *m = trainer_model(t), *init = train_model_load(fx->init, fx->text_dir);
+    ckpt *g = ckpt_load(fix_path("grads_step1.pth"));
+    if (!g || !init) die("%s", clip_error());
+    json_t *trainable = json_object_get(spec, "trainable");
+    for (long s = 0; s < cfg.total_steps; s++) {
+        double scale = exp(m->logit_scale);
+        train_stats st;
+        int b = (int)(s % (N_SAMPLES / B));
+        CHECK(trainer_step(t, pixels[b * B], ids[b * B], B, L, &st) == 0, "lock %s step %ld: %s",
+              name, s + 1, clip_error());
+        double loss = json_real_value(json_array_get(json_object_get(spec, "loss"), s));
+        double lr = json_real_value(json_array_get(json_object_get(spec, "lr_used"), s));
+        double ls = json_real_value(json_array_get(json_object_get(spec, "logit_scale"), s));
+        double gn = json_real_value(json_array_get(json_object_get(spec, "grad_norm"), s));
+        double ltol = loss_tol(m, scale, loss), lratio = fabs(st.loss - loss) / ltol;
+        worst_loss = fmax(worst_loss, lratio);
+        CHECK(lratio <= 1.0, "lock %s step %ld: loss %.7f, reference %.7f (tolerance %.2g)", name,
+              s + 1, st.loss, loss, ltol);
+        CHECK(fabs(st.lr - lr) <= 1e-9 * lr, "lock %s step %ld: lr %.9g, reference %.9g", name,
+              s + 1, st.lr, lr);
+        CHECK(fabs(st.logit_scale - ls) <= 1e-4, "lock %s step %ld: logit_scale %.6f, reference "
+              "%.6f", name, s + 1, st.logit_scale, ls);
+        CHECK(fabs(st.grad_norm - gn) <= 1e-3 * gn, "lock %s step %ld: grad norm %.5f, reference "
+              "%.5f", name, s + 1, st.grad_norm, gn);
+        if (getenv("VERBOSE"))
+            fprintf(stderr, "lock %s step %ld: loss %.7f ref %.7f (tolerance %.2g), grad norm %.5f "
+                    "ref %.5f\n", name, s + 1, st.loss, loss, ltol, st.grad_norm, gn);
+        if (s) continue;
+        /* step 1's gradients stay in the trainer after its update */
+        for (size_t i = 0; i < json_array_size(trainable); i++) {
+            const char *pn = json_string_value(json_array_get(trainable, i));
+            size_t n, nref;
+            const float *got = trainer_grad(t, pn, &n);
+            float *want = read_ref(g, pn, &nref);
+            CHECK(got && n == nref, "lock %s: no gradient for the trainable %s: %s", name, pn,
+                  clip_error());
+            if (got && n == nref) {
+                double G = grad_scale(g, NULL, pn), bound = TAU_G * G, maxdiff;
+                double r = diff_ratio(got, want, n, &bound, 0, &maxdiff);
+                worst_grad = fmax(worst_grad, r);
+                CHECK(r <= 1.0, "lock %s: step-1 gradient %s: max abs diff %.3g, scale %.3g", name,
+                      pn, maxdiff, G);
+            }
+            free(want);
+        }
+    }
+    /* every other tensor is locked: no gradient, and its weights are the init's, bit for bit */
+    const param_table *tabs[2] = {&m->visual->ptable, text_table(m)};
+    const param_table *orig[2] = {&init->visual->ptable, text_table(init)};
+    size_t with_grad = 1, locked = 0; /* logit_scale */
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < tabs[k]->n; i++) {
+            const param_spec *ps = &tabs[k]->v[i];
+            int trains = 0;
+            for (size_t j = 0; j < json_array_size(trainable); j++)
+                trains |= !strcmp(json_string_value(json_array_get(trainable, j)), ps->name);
+            size_t n;
+            const float *gr = trainer_grad(t, ps->name, &n);
+            with_grad += gr != NULL;
+            if (trains) continue;
+            locked++;
+            CHECK(!gr && strstr(clip_error(), "locked"), "lock %s: %s has a gradient", name,
+                  ps->name);
+            CHECK(!memcmp(tabs[k]->data + ps->offset, orig[k]->data + pt_find(orig[k], ps->name)->offset,
+                          ps->numel * sizeof(float)),
+                  "lock %s: the locked %s moved", name, ps->name);
+        }
+    CHECK(with_grad == json_array_size(trainable) && locked > 0,
+          "lock %s: %zu tensors with a gradient, the reference trains %zu", name, with_grad,
+          json_array_size(trainable));
+    ckpt_free(g);
+    clip_model_free(init);
+    trainer_free(t);
+}
+
 /* --amp is the trainer's precision, not the model's: a bf16 step's
  * gradients differ from fp32's and stay near them (within 5% of each
  * tensor's scale), while the model under training keeps fp32 for
@@ -752,6 +849,13 @@ int main(void)
     CHECK(json_integer_value(json_object_get(exp, "batch")) == B, "batch");
     run("cosine", json_object_get(runs, "cosine"), 1);
     run("clip", json_object_get(runs, "clip"), 0);
+    json_decref(exp);
+    if (!(exp = json_load_file(FIX "expected_lock.json", 0, &err)))
+        die("expected_lock.json: %s", err.text);
+    const char *lock_name;
+    json_t *lock_spec;
+    json_object_foreach(json_object_get(exp, "runs"), lock_name, lock_spec)
+        test_lock_run(lock_name, lock_spec);
     json_decref(exp);
     printf("Chinese model, worst error / tolerance: step-1 gradients %.3f, losses %.3f, final "
            "weights %.3f\n", worst_grad, worst_loss, worst_weight);
