@@ -45,6 +45,13 @@ static void usage(FILE *f)
             "                           for a reference BertModel of transformers < 4.31 (with\n"
             "                           --init the saved keys are always those of the init)\n"
             "      --resume             continue from the --save file's state (FILE.state)\n"
+            "      --lock-image         freeze the image tower: no gradient, no AdamW state, no\n"
+            "                           backward (--freeze-vision: the same)\n"
+            "      --lock-image-unlocked-groups N  but its last N groups (open_clip's: 1 proj,\n"
+            "                           2 + the last block and ln_post, ...); implies --lock-image\n"
+            "      --lock-text          freeze the whole text tower, ln_final/text_projection too\n"
+            "      --lock-text-unlocked-layers N  but its last N layers and the head; implies\n"
+            "                           --lock-text (see clip-train(1) for open_clip's difference)\n"
             "Data:\n"
             "      --train DATA         FILE.tar or shards ('train-{000..015}.tar'; random access,\n"
             "                           shuffled each epoch) or a stream (-, tcp://..., ipc://...:\n"
@@ -252,7 +259,8 @@ int main(int argc, char **argv)
         O_INIT = 256, O_TEXT, O_ARCH, O_RESUME, O_TRAIN, O_VAL, O_EVAL0, O_EPOCHS, O_STEPS,
         O_NOSHUF, O_NOAUG, O_CAPTION, O_SEED, O_LR, O_WARMUP, O_SCHED, O_MINLR, O_WD, O_WDALL,
         O_B1, O_B2, O_EPS, O_CLIP, O_AMP, O_SAVE, O_SAVE_EVERY, O_LOG, O_PROGRESS, O_QUIET,
-        O_DEVICE, O_IDEV, O_TDEV, O_STOP_AFTER, O_POSIDS, O_ACCUM, O_SYNC
+        O_DEVICE, O_IDEV, O_TDEV, O_STOP_AFTER, O_POSIDS, O_ACCUM, O_SYNC, O_LOCK_IMG,
+        O_LOCK_IMG_N, O_LOCK_TXT, O_LOCK_TXT_N
     };
     static const struct option opts[] = {
         {"init", 1, 0, O_INIT},        {"text-model", 1, 0, O_TEXT},  {"arch", 1, 0, O_ARCH},
@@ -268,6 +276,9 @@ int main(int argc, char **argv)
         {"device", 1, 0, O_DEVICE},    {"image-device", 1, 0, O_IDEV}, {"text-device", 1, 0, O_TDEV},
         {"stop-after", 1, 0, O_STOP_AFTER}, {"position-ids", 0, 0, O_POSIDS}, {"threads", 1, 0, 't'},
         {"accum-freq", 1, 0, O_ACCUM}, {"check-sync", 1, 0, O_SYNC},  {"help", 0, 0, 'h'},
+        {"lock-image", 0, 0, O_LOCK_IMG}, {"freeze-vision", 0, 0, O_LOCK_IMG},
+        {"lock-image-unlocked-groups", 1, 0, O_LOCK_IMG_N}, {"lock-text", 0, 0, O_LOCK_TXT},
+        {"lock-text-unlocked-layers", 1, 0, O_LOCK_TXT_N},
         {0, 0, 0, 0}};
     const char *init = NULL, *text_dir = NULL, *arch_spec = NULL, *train_path = NULL,
                *val_path = NULL;
@@ -318,6 +329,18 @@ int main(int argc, char **argv)
         case O_EPS: cfg.adam.eps = (float)parse_double_option("--eps", optarg, 0, 1); break;
         case O_CLIP: cfg.grad_clip = parse_double_option("--grad-clip", optarg, 0, 1e30); break;
         case O_AMP: cfg.amp = 1; break;
+        case O_LOCK_IMG: cfg.lock_image = 1; break;
+        case O_LOCK_IMG_N:
+            cfg.lock_image = 1;
+            cfg.lock_image_unlocked_groups =
+                (int)parse_long_option("--lock-image-unlocked-groups", optarg, 0, 1 << 20);
+            break;
+        case O_LOCK_TXT: cfg.lock_text = 1; break;
+        case O_LOCK_TXT_N:
+            cfg.lock_text = 1;
+            cfg.lock_text_unlocked_layers =
+                (int)parse_long_option("--lock-text-unlocked-layers", optarg, 0, 1 << 20);
+            break;
         case O_SAVE: out.save = optarg; break;
         case O_SAVE_EVERY: out.save_every = parse_long_option("--save-every", optarg, 1, 1L << 40); break;
         case O_LOG: out.log_path = optarg; break;
@@ -396,6 +419,7 @@ int main(int argc, char **argv)
         } else if (!(m = train_model_load(init, text_dir))) {
             die("%s", clip_error());
         }
+        if (m && train_check_locks(m, &cfg)) usage_error("%s", clip_error());
         if (!(t = trainer_create(m, &cfg, lc.micro, len))) die("%s", clip_error());
     }
     if (trainer_set_comm(t, comm)) die_agreed(rank, clip_error());
@@ -437,6 +461,14 @@ int main(int argc, char **argv)
                 loader_count(d), global, batch_desc, total, cfg.lr,
                 cfg.schedule == SCHEDULE_COSINE ? "cosine" : "constant", cfg.warmup,
                 cfg.amp ? ", amp bf16" : "", blas_describe());
+    if (!rank && (cfg.lock_image || cfg.lock_text)) {
+        size_t trainable, all;
+        trainer_param_counts(t, &trainable, &all);
+        fprintf(stderr, "%s: locked:%s%s; training %zu of %zu parameters\n", clip_progname,
+                cfg.lock_image ? " the image tower" : "", cfg.lock_text
+                    ? (cfg.lock_image ? " and the text tower" : " the text tower") : "",
+                trainable, all);
+    }
     if (val_path && eval0 && !resuming) report_eval(&out, m, &val, 0, 0);
 
     double t_start = now_seconds();

@@ -332,6 +332,11 @@ static int frozen_groups(const clip_model *m, const train_config *cfg, int which
     return n ? layers + 1 - n : layers + 2; /* groups: embeddings, layers, head */
 }
 
+int train_check_locks(const clip_model *m, const train_config *cfg)
+{
+    return frozen_groups(m, cfg, IMAGE_TOWER) < 0 || frozen_groups(m, cfg, TEXT_TOWER) < 0 ? -1 : 0;
+}
+
 /* gradients of the trainable parameters, activations kept for batch x
  * max_len (none for a tower locked whole), AdamW moments */
 static int tower_init(train_tower *tw, clip_model *m, const train_config *cfg, int which, int batch,
@@ -505,6 +510,16 @@ void trainer_set_devices(trainer *t, const clip_device *image, const clip_device
 }
 
 clip_model *trainer_model(trainer *t) { return t->m; }
+
+void trainer_param_counts(const trainer *t, size_t *trainable, size_t *total)
+{
+    *trainable = *total = 1; /* logit_scale */
+    for (int k = 0; k < N_TOWERS; k++) {
+        const train_tower *tw = &t->towers[k];
+        for (int i = 0; i < tw->grads->n; i++) *trainable += tw->grads->v[i].numel;
+        for (int i = 0; i < tw->params->n; i++) *total += tw->params->v[i].numel;
+    }
+}
 long trainer_step_count(const trainer *t) { return t->step; }
 
 int trainer_set_comm(trainer *t, train_comm *comm)

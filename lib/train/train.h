@@ -95,6 +95,12 @@ typedef struct {
 
 typedef struct trainer trainer;
 
+/* 0 when cfg's lock counts fit the model (trainer_create checks it too), or
+ * -1 with an error naming the option and the counts the towers have. */
+int train_check_locks(const clip_model *m, const train_config *cfg);
+/* Parameters (floats) the trainer trains and those it holds in all. */
+void trainer_param_counts(const trainer *t, size_t *trainable, size_t *total);
+
 /* Allocates gradients, AdamW moments and activations for micro-batches of
  * up to `batch` samples of texts up to `max_len` tokens (cfg->accum_freq of
  * them a step). Takes the model, also on
