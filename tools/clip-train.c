@@ -24,6 +24,7 @@
 #include "search/recall.h"
 #include "train/dist.h"
 #include "train/eval.h"
+#include "train/feature_cache.h"
 #include "train/loader.h"
 #include "train/train.h"
 
@@ -52,6 +53,11 @@ static void usage(FILE *f)
             "      --lock-text          freeze the whole text tower, ln_final/text_projection too\n"
             "      --lock-text-unlocked-layers N  but its last N layers and the head; implies\n"
             "                           --lock-text (see clip-train(1) for open_clip's difference)\n"
+            "      --feature-cache FILE the features of a tower locked whole (--lock-image needs\n"
+            "                           --no-augment), computed once: read from FILE, or computed\n"
+            "                           and written there (delete it after changing the model or\n"
+            "                           data); without it they are cached in memory\n"
+            "      --no-feature-cache   recompute a locked tower's features every step\n"
             "Data:\n"
             "      --train DATA         FILE.tar or shards ('train-{000..015}.tar'; random access,\n"
             "                           shuffled each epoch) or a stream (-, tcp://..., ipc://...:\n"
@@ -234,8 +240,70 @@ static double parse_double_option(const char *opt, const char *val, double min, 
 }
 
 /* what main holds, at each exit through main (make check-asan finds any leak there) */
-static void run_free(train_loader *d, val_set *val, trainer *t, train_comm *comm)
+/* a locked tower's features, computed once (train/feature_cache.h) */
+typedef struct {
+    feature_cache *fc;
+    float *buf[2]; /* [slots, D] the step's, per cached tower */
+} cached;
+
+static void progress_line(size_t done, size_t n, void *ctx)
 {
+    (void)ctx;
+    fprintf(stderr, "\r%s: features of %zu/%zu samples   ", clip_progname, done, n);
+    if (done == n) fputc('\n', stderr);
+}
+
+/* --feature-cache where it cannot apply: a usage error, before anything loads */
+static void check_cache_options(const char *path, int off, const train_config *cfg,
+                                const loader_config *lc)
+{
+    int img = cfg->lock_image && !cfg->lock_image_unlocked_groups;
+    int txt = cfg->lock_text && !cfg->lock_text_unlocked_layers;
+    if (!path) return;
+    if (off) usage_error("--feature-cache and --no-feature-cache exclude each other");
+    if (img && lc->augment)
+        usage_error("--feature-cache: the locked image tower sees another random crop every "
+                    "epoch, its features are not fixed: add --no-augment");
+    if (!img && !txt)
+        usage_error("--feature-cache: no tower is locked whole (--lock-image with no unlocked "
+                    "groups and --no-augment, or --lock-text with no unlocked layers)");
+}
+
+/* The cache of the towers that are locked whole and whose input is fixed
+ * (the image's: without augmentation), unless --no-feature-cache; none for
+ * a stream. Rank 0 computes and writes --feature-cache FILE, the others
+ * read it. */
+static void open_cache(cached *c, const char *path, int off, trainer *t, train_loader *d,
+                       const loader_config *lc, int slots, int progress, outputs *o)
+{
+    int img = trainer_tower_locked(t, TRAIN_IMAGE) && !lc->augment;
+    int txt = trainer_tower_locked(t, TRAIN_TEXT);
+    memset(c, 0, sizeof *c);
+    if (off || loader_is_stream(d) || (!img && !txt)) return;
+    int write = o->rank == 0;
+    if (o->comm && path) { /* rank 0 first; then the others read its file */
+        if (!o->rank) c->fc = feature_cache_open(path, t, d, img, txt, 1, progress ? progress_line : NULL, NULL);
+        if (agree_max(o, !o->rank && !c->fc)) die_agreed(o->rank, clip_error());
+        write = 0;
+    }
+    if (!c->fc && !(c->fc = feature_cache_open(path, t, d, img, txt, write,
+                                               progress && !o->rank ? progress_line : NULL, NULL)))
+        die("%s", clip_error());
+    size_t D = trainer_model(t)->embed_dim;
+    for (int w = 0; w < 2; w++)
+        if ((w ? txt : img)) c->buf[w] = xmalloc((size_t)slots * D * sizeof(float));
+    if (img) loader_skip_pixels(d, 1);
+    if (!o->rank)
+        fprintf(stderr, "%s: cached the %s features of %zu samples%s%s\n", clip_progname,
+                img && txt ? "image and text" : img ? "image" : "text", loader_count(d),
+                path ? " in " : " (in memory)", path ? path : "");
+}
+
+static void run_free(train_loader *d, val_set *val, trainer *t, train_comm *comm, cached *c)
+{
+    feature_cache_free(c->fc);
+    free(c->buf[0]);
+    free(c->buf[1]);
     loader_close(d);
     val_set_free(val);
     trainer_free(t);
@@ -260,7 +328,7 @@ int main(int argc, char **argv)
         O_NOSHUF, O_NOAUG, O_CAPTION, O_SEED, O_LR, O_WARMUP, O_SCHED, O_MINLR, O_WD, O_WDALL,
         O_B1, O_B2, O_EPS, O_CLIP, O_AMP, O_SAVE, O_SAVE_EVERY, O_LOG, O_PROGRESS, O_QUIET,
         O_DEVICE, O_IDEV, O_TDEV, O_STOP_AFTER, O_POSIDS, O_ACCUM, O_SYNC, O_LOCK_IMG,
-        O_LOCK_IMG_N, O_LOCK_TXT, O_LOCK_TXT_N
+        O_LOCK_IMG_N, O_LOCK_TXT, O_LOCK_TXT_N, O_FCACHE, O_NO_FCACHE
     };
     static const struct option opts[] = {
         {"init", 1, 0, O_INIT},        {"text-model", 1, 0, O_TEXT},  {"arch", 1, 0, O_ARCH},
@@ -278,12 +346,14 @@ int main(int argc, char **argv)
         {"accum-freq", 1, 0, O_ACCUM}, {"check-sync", 1, 0, O_SYNC},  {"help", 0, 0, 'h'},
         {"lock-image", 0, 0, O_LOCK_IMG}, {"freeze-vision", 0, 0, O_LOCK_IMG},
         {"lock-image-unlocked-groups", 1, 0, O_LOCK_IMG_N}, {"lock-text", 0, 0, O_LOCK_TXT},
-        {"lock-text-unlocked-layers", 1, 0, O_LOCK_TXT_N},
+        {"lock-text-unlocked-layers", 1, 0, O_LOCK_TXT_N}, {"feature-cache", 1, 0, O_FCACHE},
+        {"no-feature-cache", 0, 0, O_NO_FCACHE},
         {0, 0, 0, 0}};
     const char *init = NULL, *text_dir = NULL, *arch_spec = NULL, *train_path = NULL,
                *val_path = NULL;
     const char *image_device = "cpu", *text_device = "cpu";
-    int resume = 0, eval0 = 0, position_ids = 0, show_progress = isatty(2);
+    int resume = 0, eval0 = 0, position_ids = 0, show_progress = isatty(2), no_fcache = 0;
+    const char *fcache_path = NULL;
     long epochs = 1, max_steps = 0, stop_after = 0, check_sync = 0;
     loader_config lc = {.shuffle = 1, .augment = 1, .rank = rank, .ranks = ranks, .accum = 1,
                         .micro = 32};
@@ -336,6 +406,8 @@ int main(int argc, char **argv)
                 (int)parse_long_option("--lock-image-unlocked-groups", optarg, 0, 1 << 20);
             break;
         case O_LOCK_TXT: cfg.lock_text = 1; break;
+        case O_FCACHE: fcache_path = optarg; break;
+        case O_NO_FCACHE: no_fcache = 1; break;
         case O_LOCK_TXT_N:
             cfg.lock_text = 1;
             cfg.lock_text_unlocked_layers =
@@ -356,6 +428,7 @@ int main(int argc, char **argv)
         }
     }
     if (optind < argc) die("unexpected argument '%s' (see --help)", argv[optind]);
+    check_cache_options(fcache_path, no_fcache, &cfg, &lc);
     if (!train_path) die("no training data: --train FILE.tar or a stream (see --help)");
     if (resume && !out.save) die("--resume continues from the --save file's state: give --save FILE");
     if (out.save) snprintf(out.state_path, sizeof out.state_path, "%s.state", out.save);
@@ -381,6 +454,9 @@ int main(int argc, char **argv)
     if (!d) die("%s", clip_error());
     if (loader_is_stream(d) && !max_steps)
         die("--train %s is a stream: give --steps N (the schedule's length)", train_path);
+    if (loader_is_stream(d) && fcache_path)
+        usage_error("--feature-cache: --train %s is a stream, read once: nothing to reuse",
+                    train_path);
     int slots = lc.accum * lc.micro, global = slots * ranks, len = loader_token_length(d);
     long batches_per_epoch = loader_is_stream(d) ? max_steps : loader_batches_per_epoch(d);
     long total = max_steps ? max_steps : epochs * batches_per_epoch;
@@ -469,6 +545,8 @@ int main(int argc, char **argv)
                     ? (cfg.lock_image ? " and the text tower" : " the text tower") : "",
                 trainable, all);
     }
+    cached cache;
+    open_cache(&cache, fcache_path, no_fcache, t, d, &lc, slots, show_progress, &out);
     if (val_path && eval0 && !resuming) report_eval(&out, m, &val, 0, 0);
 
     double t_start = now_seconds();
@@ -493,7 +571,12 @@ int main(int argc, char **argv)
             }
             train_stats st;
             uint64_t reduced = comm ? comm->stats.bytes_allreduced : 0;
-            int rc = trainer_step(t, loader_pixels(d), loader_ids(d), slots, len, &st);
+            train_batch tb = {loader_pixels(d), loader_ids(d), slots, len, {NULL, NULL}};
+            if (cache.fc) {
+                feature_cache_batch(cache.fc, d, slots, cache.buf);
+                tb.features[0] = cache.buf[0], tb.features[1] = cache.buf[1];
+            }
+            int rc = trainer_step_batch(t, &tb, &st);
             if (comm) reduced = comm->stats.bytes_allreduced - reduced;
             if (rc < 0) die("step %ld (epoch %ld): %s", step + 1, epoch + 1, clip_error());
             if (rc == 1) {
@@ -552,7 +635,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "%s: %s at step %ld: %s\n", clip_progname, strsignal(stop_signal), step,
                     out.save ? "saved; the same command with --resume continues"
                              : "nothing saved (no --save)");
-        run_free(d, &val, t, comm);
+        run_free(d, &val, t, comm, &cache);
         return 128 + stop_signal;
     }
     if (stopped && step < total) {
@@ -560,14 +643,14 @@ int main(int argc, char **argv)
             fprintf(stderr, "%s: stopped after %ld steps of this run (step %ld of %ld): %s\n",
                     clip_progname, step - step0, step, total,
                     out.save ? "saved; the same command with --resume continues" : "nothing saved");
-        run_free(d, &val, t, comm);
+        run_free(d, &val, t, comm, &cache);
         return 0;
     }
     if (pos_batch != 0 && val_path) report_eval(&out, m, &val, step, pos_epoch + 1);
     if (out.log && (ferror(out.log) | fclose(out.log)))
         die("%s: write failed: %s", out.log_path, errno ? strerror(errno) : "I/O error");
     if (out.save && !rank) fprintf(stderr, "%s: saved %s\n", clip_progname, out.save);
-    run_free(d, &val, t, comm);
+    run_free(d, &val, t, comm, &cache);
     close_stdout();
     return 0;
 }

@@ -606,6 +606,7 @@ typedef struct {
     const uint8_t *pixels; /* [K * b, R, R, 3] */
     const int32_t *ids;    /* [K * b, L] */
     int K, b, L;
+    const float *const *features; /* [N_TOWERS]: a locked tower's given features, or NULL */
 } step_batch;
 
 static tower_input micro_input(const trainer *t, const step_batch *s, int tower, int k)
@@ -630,6 +631,12 @@ static int stage_encode(trainer *t, const step_batch *s, train_stats *st)
         t->used[k] = trim_padding(dst, src, s->b, s->L);
         if (t->used[k] == s->L) memcpy(dst, src, (size_t)s->b * s->L * sizeof *src);
         for (int w = 0; w < N_TOWERS; w++) {
+            size_t D = t->m->embed_dim;
+            if (s->features && s->features[w]) { /* a locked tower's, computed before */
+                memcpy(tower_features(t, w, k, s->b), s->features[w] + (size_t)k * s->b * D,
+                       (size_t)s->b * D * sizeof(float));
+                continue;
+            }
             tower_input in = micro_input(t, s, w, k);
             double t0 = now_seconds();
             if (tower_forward(t, &t->towers[w], &in, tower_features(t, w, k, s->b))) return -1;
@@ -744,13 +751,25 @@ static int check_batch(const trainer *t, int B, int L)
 int trainer_compute_grads(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, int L,
                           train_stats *st)
 {
+    return trainer_compute_grads_batch(t, &(train_batch){pixels, ids, B, L, {NULL, NULL}}, st);
+}
+
+int trainer_compute_grads_batch(trainer *t, const train_batch *b, train_stats *st)
+{
     train_stats s;
     memset(&s, 0, sizeof s);
+    int B = b->B, L = b->L;
     if (check_batch(t, B, L)) return -1;
+    for (int w = 0; w < N_TOWERS; w++)
+        if (b->features[w] && !t->towers[w].frozen) {
+            clip_set_error("precomputed %s features for a tower that trains: they stand only for "
+                           "a tower locked whole", w == IMAGE_TOWER ? "image" : "text");
+            return -1;
+        }
     int rows = t->rows, global = t->global;
     /* a short batch (one process only): the same stages over B samples */
     t->rows = B, t->global = B * t->ranks;
-    step_batch sb = {pixels, ids, t->cfg.accum_freq, B / t->cfg.accum_freq, L};
+    step_batch sb = {b->pixels, b->ids, t->cfg.accum_freq, B / t->cfg.accum_freq, L, b->features};
     contrastive_part part;
     int rc = -1;
     if (!stage_encode(t, &sb, &s) && !stage_gather(t, &s)) {
@@ -830,11 +849,52 @@ static int stage_update(trainer *t, train_stats *s)
 int trainer_step(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, int L,
                  train_stats *st)
 {
+    return trainer_step_batch(t, &(train_batch){pixels, ids, B, L, {NULL, NULL}}, st);
+}
+
+int trainer_step_batch(trainer *t, const train_batch *b, train_stats *st)
+{
     train_stats s;
-    if (trainer_compute_grads(t, pixels, ids, B, L, &s)) return -1;
+    if (trainer_compute_grads_batch(t, b, &s)) return -1;
     int rc = stage_update(t, &s);
     if (st) *st = s;
     return rc;
+}
+
+int trainer_tower_locked(const trainer *t, int tower) { return t->towers[tower].frozen; }
+int trainer_amp(const trainer *t) { return t->cfg.amp; }
+
+int trainer_encode(trainer *t, int tower, const uint8_t *pixels, const int32_t *ids, int B, int L,
+                   float *out)
+{
+    if (tower == TEXT_TOWER && L > t->max_len) {
+        clip_set_error("texts of %d tokens, more than the trainer's %d", L, t->max_len);
+        return -1;
+    }
+    size_t R = t->m->visual->cfg.resolution, D = t->m->embed_dim;
+    for (int b0 = 0; b0 < B; b0 += t->batch) {
+        int n = B - b0 < t->batch ? B - b0 : t->batch;
+        tower_input in = {NULL, NULL, n, 0};
+        if (tower == IMAGE_TOWER) {
+            in.pixels = pixels + (size_t)b0 * R * R * 3;
+        } else { /* trimmed as the steps trim them */
+            const int32_t *src = ids + (size_t)b0 * L;
+            in.L = trim_padding(t->ids, src, n, L);
+            if (in.L == L) memcpy(t->ids, src, (size_t)n * L * sizeof *src);
+            in.ids = t->ids;
+        }
+        if (tower_forward(t, &t->towers[tower], &in, out + (size_t)b0 * D)) return -1;
+    }
+    return 0;
+}
+
+uint64_t trainer_tower_checksum(const trainer *t, int tower)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    const unsigned char *p = (const unsigned char *)t->towers[tower].params->data;
+    size_t n = t->towers[tower].params->total * sizeof(float);
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+    return h;
 }
 
 /* ---- saving */

@@ -145,6 +145,41 @@ const float *trainer_grad(const trainer *t, const char *name, size_t *n);
 int trainer_step(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, int L,
                  train_stats *st);
 
+/* The towers, as trainer_encode and train_batch name them. */
+enum { TRAIN_IMAGE, TRAIN_TEXT };
+
+/* A step's input, with the features of a tower locked whole computed
+ * before (a feature cache, train/feature_cache.h): features[TRAIN_IMAGE]
+ * [B, D] (embed_dim, unnormalised, as trainer_encode gives them) stands for
+ * the image tower's forward of pixels, which may then be NULL;
+ * features[TRAIN_TEXT] the same for the text tower and ids. Not borrowed
+ * beyond the call. */
+typedef struct {
+    const uint8_t *pixels; /* [B, R, R, 3] */
+    const int32_t *ids;    /* [B, L] */
+    int B, L;
+    const float *features[2]; /* NULL: the tower runs */
+} train_batch;
+/* trainer_compute_grads and trainer_step of a train_batch; -1 with an error
+ * when features are given for a tower that is not locked whole. */
+int trainer_compute_grads_batch(trainer *t, const train_batch *b, train_stats *st);
+int trainer_step_batch(trainer *t, const train_batch *b, train_stats *st);
+
+/* 1 when the tower (TRAIN_IMAGE, TRAIN_TEXT) is locked whole: its features
+ * are a function of its input alone. */
+int trainer_tower_locked(const trainer *t, int tower);
+/* The features [B, D] the steps compute for B inputs of a tower, in the
+ * steps' precision (cfg.amp) and with their padding trimmed: pixels [B, R,
+ * R, 3] for TRAIN_IMAGE, ids [B, L] for TRAIN_TEXT; any B (in chunks of the
+ * trainer's batch). 0, or -1 with an error. */
+int trainer_encode(trainer *t, int tower, const uint8_t *pixels, const int32_t *ids, int B, int L,
+                   float *out);
+/* FNV-1a over the bytes of one tower's weights (trainer_checksum's, for
+ * one tower). */
+uint64_t trainer_tower_checksum(const trainer *t, int tower);
+/* 1 when the steps compute in bf16 (cfg.amp) */
+int trainer_amp(const trainer *t);
+
 /* Model weights in the reference key names: .pth (torch.load + the
  * reference model load it strictly) or, by extension, .safetensors; both
  * with the configuration (head counts included) in their "clip_config"

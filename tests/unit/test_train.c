@@ -76,12 +76,15 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tool.h"
 #include "ckpt/checkpoint.h"
 #include "io/sample_file.h"
 #include "io/stream.h"
 #include "train/contrastive.h"
+#include "train/feature_cache.h"
+#include "train/loader.h"
 #include "train/train.h"
 #include "unit.h"
 #include "core/util.h"
@@ -486,6 +489,100 @@ static void test_lock_run(const char *name, json_t *spec)
     trainer_free(t);
 }
 
+/* Cached features of a locked tower (train/feature_cache.h) over the
+ * fixture's file in its order, B a batch, no augmentation, the first
+ * caption: 2 epochs with the features from the cache give the losses of
+ * the same epochs computed through the tower. The image cache is built in
+ * the epochs' own batches (trainer_encode in chunks of B samples in file
+ * order), so its losses are the same bits; the text cache encodes all
+ * caption rows, B rows at a time, another grouping and padding trim of the
+ * same arithmetic: within loss_tol, the bound on two evaluations of the
+ * same loss. Saved and read back, the features are the same bits; a file
+ * of other weights is refused (delete it), so is one cut short. */
+static void test_feature_cache(int tower)
+{
+    const char *what = tower == TRAIN_IMAGE ? "image" : "text";
+    loader_config lc = {.shuffle = 0, .augment = 0, .first_caption = 1, .ranks = 1, .accum = 1,
+                        .micro = B};
+    train_config cfg;
+    train_config_defaults(&cfg);
+    cfg.lr = 1e-3, cfg.warmup = 2, cfg.total_steps = 6;
+    cfg.lock_image = tower == TRAIN_IMAGE;
+    cfg.lock_text = tower == TRAIN_TEXT;
+    trainer *plain = new_trainer(&cfg), *cached = new_trainer(&cfg);
+    train_loader *d = loader_open(fix_path("train.tar"), &lc);
+    if (!plain || !cached || !d || loader_set_model(d, R, 256)) die("%s", clip_error());
+    feature_cache *fc = feature_cache_open(NULL, cached, d, tower == TRAIN_IMAGE,
+                                           tower == TRAIN_TEXT, 0, NULL, NULL);
+    CHECK(fc != NULL, "%s cache: %s", what, clip_error());
+    if (!fc) return;
+    int D = trainer_model(cached)->embed_dim;
+    float *buf = xmalloc((size_t)B * D * sizeof(float)), *out[2] = {buf, buf};
+    double worst = 0;
+    for (long e = 0, s = 0; e < 2; e++) {
+        loader_epoch(d, e);
+        for (long g = 0; g < loader_batches_per_epoch(d); g++, s++) {
+            if (loader_batch(d, e, g) != B) die("%s", clip_error());
+            train_stats a, c;
+            train_batch tb = {loader_pixels(d), loader_ids(d), B, L, {NULL, NULL}};
+            CHECK(trainer_step_batch(plain, &tb, &a) == 0, "%s", clip_error());
+            feature_cache_batch(fc, d, B, out);
+            tb.features[tower] = buf;
+            CHECK(trainer_step_batch(cached, &tb, &c) == 0, "%s", clip_error());
+            double tol = tower == TRAIN_IMAGE ? 0 : loss_tol(trainer_model(plain), exp(a.logit_scale), a.loss);
+            worst = fmax(worst, fabs(a.loss - c.loss));
+            CHECK(fabs(a.loss - c.loss) <= tol, "%s cache, step %ld: loss %.9g, uncached %.9g (tolerance "
+                  "%.2g)", what, s + 1, c.loss, a.loss, tol);
+        }
+    }
+    printf("%s feature cache: 2 epochs, worst loss difference to the uncached run %.2g\n", what, worst);
+    /* a file: the same bits back; stale and truncated files refused */
+    char path[256], cut[300];
+    snprintf(path, sizeof path, "/tmp/test_train_fc_%d_%s.tar", (int)getpid(), what);
+    snprintf(cut, sizeof cut, "%s.cut", path);
+    unlink(path);
+    feature_cache *w = feature_cache_open(path, cached, d, tower == TRAIN_IMAGE,
+                                          tower == TRAIN_TEXT, 1, NULL, NULL);
+    feature_cache *r = w ? feature_cache_open(path, cached, d, tower == TRAIN_IMAGE,
+                                              tower == TRAIN_TEXT, 1, NULL, NULL) : NULL;
+    CHECK(w && r, "%s cache file: %s", what, clip_error());
+    if (w && r) {
+        size_t n = tower == TRAIN_IMAGE ? w->n : w->rows;
+        const float *a = tower == TRAIN_IMAGE ? w->img : w->txt, *b = tower == TRAIN_IMAGE ? r->img : r->txt;
+        CHECK(r->rows == w->rows && !memcmp(a, b, n * D * sizeof(float)),
+              "%s cache: the file's features are not the computed ones", what);
+    }
+    feature_cache_free(w);
+    feature_cache_free(r);
+    /* the other trainer's tower has moved nothing (locked): perturb a weight to make it stale */
+    clip_model *m = trainer_model(plain);
+    float *x = tower == TRAIN_IMAGE ? m->visual->ptable.data : text_table(m)->data;
+    x[0] += 1.0f;
+    r = feature_cache_open(path, plain, d, tower == TRAIN_IMAGE, tower == TRAIN_TEXT, 1, NULL, NULL);
+    CHECK(!r && strstr(clip_error(), "weights_fnv") && strstr(clip_error(), "delete it"),
+          "%s cache of other weights: %s", what, r ? "accepted" : clip_error());
+    feature_cache_free(r);
+    x[0] -= 1.0f;
+    FILE *in = fopen(path, "rb"), *o = fopen(cut, "wb");
+    if (!in || !o) die("%s: cannot copy", path);
+    char chunk[1536];
+    size_t got = fread(chunk, 1, sizeof chunk, in);
+    fwrite(chunk, 1, got, o);
+    fclose(in);
+    fclose(o);
+    r = feature_cache_open(cut, cached, d, tower == TRAIN_IMAGE, tower == TRAIN_TEXT, 1, NULL, NULL);
+    CHECK(!r && strstr(clip_error(), "truncated") && strstr(clip_error(), "delete it"),
+          "%s cache cut short: %s", what, r ? "accepted" : clip_error());
+    feature_cache_free(r);
+    unlink(path);
+    unlink(cut);
+    free(buf);
+    feature_cache_free(fc);
+    loader_close(d);
+    trainer_free(plain);
+    trainer_free(cached);
+}
+
 /* --amp is the trainer's precision, not the model's: a bf16 step's
  * gradients differ from fp32's and stay near them (within 5% of each
  * tensor's scale), while the model under training keeps fp32 for
@@ -850,6 +947,8 @@ int main(void)
     run("cosine", json_object_get(runs, "cosine"), 1);
     run("clip", json_object_get(runs, "clip"), 0);
     json_decref(exp);
+    test_feature_cache(TRAIN_IMAGE);
+    test_feature_cache(TRAIN_TEXT);
     if (!(exp = json_load_file(FIX "expected_lock.json", 0, &err)))
         die("expected_lock.json: %s", err.text);
     const char *lock_name;
