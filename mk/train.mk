@@ -1,10 +1,13 @@
 # Training: PyTorch-reference parity fixtures and the step benchmark (both need
 # make deps-reference).
-#   make bench-train                          ViT-B/16 + BERT-base, batch 8 and 32, fp32 and bf16
+#   make bench-train                          ViT-B/16 + BERT-base, batch 8 and 32, fp32 and bf16,
+#                                             and batch 32 with --lock-image (32lock: the image
+#                                             tower's forward only) and a cached epoch of it
+#                                             (32cached: the text tower only)
 #   make bench-train BENCH_ARCH=small BENCH_CONFIGS=64   the from-scratch model
 
 BENCH_ARCH ?= base
-BENCH_CONFIGS ?= 8,8amp,32,32amp
+BENCH_CONFIGS ?= 8,8amp,32,32amp,32lock,32cached
 BENCH_STEPS ?= 2
 
 bench-train: build/bench/bench_train

@@ -1,5 +1,8 @@
-/* Training-step speed of the C trainer: bench_train ARCH BATCH STEPS [amp]
- * runs STEPS + 1 steps (the first warms up) of a randomly initialised model
+/* Training-step speed of the C trainer: bench_train ARCH BATCH STEPS
+ * [amp|lock|cached] runs STEPS + 1 steps (the first warms up) of a randomly
+ * initialised model (lock: --lock-image, the image tower's forward only;
+ * cached: --lock-image with its features computed before, a cached epoch's
+ * step: the text tower only)
  * (ARCH as clip-train --arch) on random images and captions of 10..30 tokens
  * in a context of 52, and prints one JSON line: seconds per step (median),
  * its parts, achieved GFLOP/s and peak RSS. Read by tests/ref/bench_train.py. */
@@ -23,10 +26,11 @@ int main(int argc, char **argv)
 {
     blas_setup(argc, argv);
     clip_set_progname(argv[0]);
-    if (argc < 4) die("usage: bench_train ARCH BATCH STEPS [amp]");
+    if (argc < 4) die("usage: bench_train ARCH BATCH STEPS [amp|lock|cached]");
     train_arch arch;
     if (train_arch_parse(argv[1], &arch)) die("%s", clip_error());
     int B = atoi(argv[2]), steps = atoi(argv[3]), amp = argc > 4 && !strcmp(argv[4], "amp");
+    int lock = argc > 4 && !strcmp(argv[4], "lock"), cached = argc > 4 && !strcmp(argv[4], "cached");
     enum { L = 52 };
     train_config cfg;
     train_config_defaults(&cfg);
@@ -34,7 +38,9 @@ int main(int argc, char **argv)
     cfg.warmup = 0;
     cfg.total_steps = steps + 1;
     cfg.amp = amp;
+    cfg.lock_image = lock || cached;
     trainer *t = trainer_create(train_model_create(&arch, 1), &cfg, B, L);
+    if (!t) die("%s", clip_error());
     int R = arch.vit.resolution;
     uint8_t *px = xmalloc((size_t)B * R * R * 3);
     int32_t *ids = xcalloc((size_t)B * L, sizeof *ids);
@@ -46,11 +52,17 @@ int main(int argc, char **argv)
         for (int j = 1; j < n - 1; j++) ids[b * L + j] = 1000 + (int)(splitmix64(&rng) % 20000);
         ids[b * L + n - 1] = 102;
     }
+    float *feats = NULL;
+    if (cached) { /* what a feature cache holds: computed once, before the timed steps */
+        feats = xmalloc((size_t)B * arch.vit.out_dim * sizeof(float));
+        if (trainer_encode(t, TRAIN_IMAGE, px, NULL, B, 0, feats)) die("%s", clip_error());
+    }
     double *sec = xmalloc((steps + 1) * sizeof *sec);
     train_stats st, sum = {0};
     for (int s = 0; s <= steps; s++) {
         double t0 = now_seconds();
-        if (trainer_step(t, px, ids, B, L, &st)) die("step %d: %s", s, clip_error());
+        train_batch tb = {px, ids, B, L, {feats, NULL}};
+        if (trainer_step_batch(t, &tb, &st)) die("step %d: %s", s, clip_error());
         sec[s] = now_seconds() - t0;
         if (s) sum.sec_image += st.sec_image, sum.sec_text += st.sec_text, sum.sec_optim += st.sec_optim;
         fprintf(stderr, "bench_train: step %d: %.2f s, loss %.4f\n", s, sec[s], st.loss);
@@ -59,15 +71,17 @@ int main(int argc, char **argv)
     double med = sec[1 + steps / 2];
     /* multiply-adds of forward + backward = 3 x forward, GEMMs and attention */
     int longest = 30;
-    double flops = 3.0 * B * (vit_forward_flops(&arch.vit) + bert_forward_flops(&arch.bert, longest));
+    double image = cached ? 0 : lock ? 1 : 3; /* forward + backward = 3 forwards */
+    double flops = B * (image * vit_forward_flops(&arch.vit) + 3.0 * bert_forward_flops(&arch.bert, longest));
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("{\"impl\": \"c\", \"arch\": \"%s\", \"batch\": %d, \"amp\": %s, \"sec_per_step\": %.3f, "
+    printf("{\"impl\": \"c\", \"arch\": \"%s\", \"batch\": %d, \"amp\": %s, \"mode\": \"%s\", \"sec_per_step\": %.3f, "
            "\"steps\": %d, \"image_s\": %.3f, \"text_s\": %.3f, \"optim_s\": %.3f, \"gflops\": %.1f, "
            "\"peak_rss_mib\": %.0f, \"blas\": \"%s\"}\n",
-           argv[1], B, amp ? "true" : "false", med, steps, sum.sec_image / steps,
+           argv[1], B, amp ? "true" : "false", lock ? "lock" : cached ? "cached" : "full", med, steps, sum.sec_image / steps,
            sum.sec_text / steps, sum.sec_optim / steps, flops / med / 1e9, ru.ru_maxrss / 1024.0,
            blas_describe());
+    free(feats);
     trainer_free(t);
     return 0;
 }

@@ -697,6 +697,7 @@ enum { RANKS = 2, GLOBAL = 8, DIST_STEPS = 5 };
 typedef struct {
     pthread_barrier_t barrier;
     const void *ptr[RANKS];
+    size_t reduced[RANKS]; /* floats each rank's allreduce_start summed */
 } thread_world;
 
 static int tw_allgather(train_comm *c, const void *mine, size_t bytes, void *all)
@@ -752,6 +753,7 @@ static int tw_allreduce_f64(train_comm *c, double *x, size_t n, int op)
 }
 static int tw_allreduce_start(train_comm *c, float *x, size_t n)
 {
+    ((thread_world *)c->impl)->reduced[c->rank] += n;
     tw_sum_f32(c, x, n, COMM_SUM);
     return 0;
 }
@@ -886,6 +888,98 @@ static void test_data_parallel(void)
     trainer_free(acc);
 }
 
+/* --lock-image over 2 ranks (threads): only the trainable gradients are
+ * all-reduced (the text tower's, none of the image tower's), the losses are
+ * one process's on the global batch within the 1e-5 of test_data_parallel,
+ * the ranks' weights the same bits, the locked tower the init's. */
+static void test_data_parallel_locked(void)
+{
+    train_config cfg;
+    train_config_defaults(&cfg);
+    cfg.lr = 1e-3, cfg.warmup = 2, cfg.total_steps = DIST_STEPS, cfg.lock_image = 1;
+    trainer *one = new_trainer_of(&cfg, GLOBAL);
+    thread_world w;
+    memset(&w, 0, sizeof w);
+    pthread_barrier_init(&w.barrier, NULL, RANKS);
+    rank_run rr[RANKS];
+    pthread_t th[RANKS];
+    for (int r = 0; r < RANKS; r++) {
+        rr[r] = (rank_run){.cfg = &cfg};
+        rr[r].comm = (train_comm){.rank = r, .size = RANKS, .impl = &w, .allgather = tw_allgather,
+                                  .reduce_scatter = tw_reduce_scatter,
+                                  .allreduce_f64 = tw_allreduce_f64,
+                                  .allreduce_start = tw_allreduce_start,
+                                  .allreduce_wait = tw_allreduce_wait, .bcast = tw_bcast};
+        pthread_create(&th[r], NULL, rank_main, &rr[r]);
+    }
+    for (int r = 0; r < RANKS; r++) pthread_join(th[r], NULL);
+    CHECK(one && !rr[0].failed && !rr[1].failed, "locked data-parallel trainers: %s", clip_error());
+    if (!one || rr[0].failed || rr[1].failed) return;
+    const clip_model *m = trainer_model(rr[0].t);
+    size_t text = m->bert->gtable.total;
+    CHECK(m->visual->gtable.total == 0, "--lock-image: %zu image gradients", m->visual->gtable.total);
+    for (int r = 0; r < RANKS; r++)
+        CHECK(w.reduced[r] == DIST_STEPS * text, "rank %d all-reduced %zu floats in %d steps, the "
+              "text tower's gradients are %zu", r, w.reduced[r], DIST_STEPS, text);
+    for (int s = 0; s < DIST_STEPS; s++) {
+        train_stats st;
+        CHECK(trainer_step(one, pixels[0], ids[0], GLOBAL, L, &st) == 0, "%s", clip_error());
+        CHECK(fabs(rr[0].loss[s] - st.loss) <= 1e-5, "locked step %d: loss of 1 x 8 %.7f, 2 ranks "
+              "x 4 %.7f", s + 1, st.loss, rr[0].loss[s]);
+    }
+    CHECK(trainer_checksum(rr[0].t) == trainer_checksum(rr[1].t), "the ranks' weights differ");
+    CHECK(trainer_tower_checksum(rr[0].t, TRAIN_IMAGE) == trainer_tower_checksum(one, TRAIN_IMAGE),
+          "the locked image tower moved");
+    pthread_barrier_destroy(&w.barrier);
+    for (int r = 0; r < RANKS; r++) trainer_free(rr[r].t);
+    trainer_free(one);
+}
+
+/* --lock-text-unlocked-layers 1 on the English tower (OpenAI's causal
+ * transformer): the step-1 gradients of the last block, ln_final,
+ * text_projection, the image tower and logit_scale are the full run's
+ * (en/grads_step1.pth) within TAU_G of their scale; the embeddings and
+ * block 0 have none. */
+static void test_lock_english(void)
+{
+    train_config cfg;
+    train_config_defaults(&cfg);
+    cfg.lock_text = 1, cfg.lock_text_unlocked_layers = 1;
+    trainer *t = new_trainer(&cfg);
+    ckpt *g = ckpt_load(fix_path("grads_step1.pth"));
+    if (!t || !g) die("%s", clip_error());
+    CHECK(trainer_compute_grads(t, pixels[0], ids[0], B, L, NULL) == 0, "%s", clip_error());
+    int trained = 0, locked = 0;
+    for (size_t i = 0; i < ckpt_count(g); i++) {
+        const char *name = ckpt_tensor_at(g, i)->name;
+        int trains = !strncmp(name, "visual.", 7) || !strcmp(name, "logit_scale") ||
+                     !strncmp(name, "transformer.resblocks.1.", 24) ||
+                     !strncmp(name, "ln_final.", 9) || !strcmp(name, "text_projection");
+        size_t n, nref;
+        const float *got = trainer_grad(t, name, &n);
+        if (!trains) {
+            locked++;
+            CHECK(!got, "English --lock-text-unlocked-layers 1: %s has a gradient", name);
+            continue;
+        }
+        trained++;
+        float *want = read_ref(g, name, &nref);
+        CHECK(got && n == nref, "English lock: no gradient for %s: %s", name, clip_error());
+        if (got && n == nref) {
+            double G = grad_scale(g, NULL, name), bound = TAU_G * G, maxdiff;
+            double r = diff_ratio(got, want, n, &bound, 0, &maxdiff);
+            worst_grad = fmax(worst_grad, r);
+            CHECK(r <= 1.0, "English lock: step-1 gradient %s: max abs diff %.3g, scale %.3g", name,
+                  maxdiff, G);
+        }
+        free(want);
+    }
+    CHECK(trained > 0 && locked == 2 + 12, "English lock: %d trained, %d locked (want the "
+          "embeddings and block 0's 12)", trained, locked);
+    ckpt_free(g);
+    trainer_free(t);
+}
+
 /* The rows of a batch split in blocks (the ranks' local losses) add up to
  * the loss of the whole batch and its gradients. Each gradient element is a
  * sum of <= 2G + 2 products of terms bounded by s |dlogit| |unit feature| /
@@ -939,6 +1033,7 @@ int main(void)
     test_amp_is_the_trainers();
     test_loss_rows();
     test_data_parallel();
+    test_data_parallel_locked();
     json_error_t err;
     json_t *exp = json_load_file(FIX "expected.json", 0, &err);
     if (!exp) die("expected.json: %s", err.text);
@@ -969,6 +1064,7 @@ int main(void)
           "%s: the English tower with the recorded 2 heads: %s", fx->init, clip_error());
     clip_model_free(probe);
     test_step1_grads();
+    test_lock_english();
     if (!(exp = json_load_file(fix_path("expected.json"), 0, &err)))
         die("en/expected.json: %s", err.text);
     CHECK(json_integer_value(json_object_get(exp, "batch")) == B, "batch");
