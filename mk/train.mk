@@ -1,13 +1,16 @@
 # Training: PyTorch-reference parity fixtures and the step benchmark (both need
 # make deps-reference).
-#   make bench-train                          ViT-B/16 + BERT-base, batch 8 and 32, fp32 and bf16,
-#                                             and 32 with --grad-checkpointing (32ckpt)
+#   make bench-train                          ViT-B/16 + BERT-base, batch 32: fp32 and bf16,
+#                                             and batch 32 with --lock-image (32lock: the image
+#                                             tower's forward only), a cached epoch of it
+#                                             (32cached: the text tower only), --mask-ratio 0.5
+#                                             (32mask) and --grad-checkpointing (32ckpt)
 #   make bench-train BENCH_ARCH=small BENCH_CONFIGS=64   the from-scratch model
 #   make bench-train BENCH_CONFIGS=128,128ckpt BENCH_STEPS=1   the memory of batch 128 (~17 GiB plain)
-#   make bench-train BENCH_CONFIGS=32,32mask              patch dropout (--mask-ratio 0.5)
+
 
 BENCH_ARCH ?= base
-BENCH_CONFIGS ?= 8,8amp,32,32amp,32ckpt
+BENCH_CONFIGS ?= 32,32amp,32lock,32cached,32mask,32ckpt
 BENCH_STEPS ?= 2
 
 bench-train: build/bench/bench_train
@@ -19,6 +22,7 @@ fixtures-train:
 	/usr/bin/python3 tests/ref/train_ref.py fixtures tests/fixtures/train
 	/usr/bin/python3 tests/ref/train_ref.py english tests/fixtures/train/en
 	/usr/bin/python3 tests/ref/train_ref.py mask tests/fixtures/train/mask
+	/usr/bin/python3 tests/ref/train_ref.py lock tests/fixtures/train/expected_lock.json
 
 # only the English model's tests/fixtures/train/en
 fixtures-train-english:
@@ -30,4 +34,8 @@ fixtures-train-mask:
 	rm -rf tests/fixtures/train/mask
 	/usr/bin/python3 tests/ref/train_ref.py mask tests/fixtures/train/mask
 
-.PHONY: bench-train fixtures-train fixtures-train-english fixtures-train-mask
+# only the locked-tower runs' tests/fixtures/train/expected_lock.json
+fixtures-train-lock:
+	/usr/bin/python3 tests/ref/train_ref.py lock tests/fixtures/train/expected_lock.json
+
+.PHONY: bench-train fixtures-train fixtures-train-english fixtures-train-mask fixtures-train-lock

@@ -24,6 +24,7 @@
 #include "search/recall.h"
 #include "train/dist.h"
 #include "train/eval.h"
+#include "train/feature_cache.h"
 #include "train/loader.h"
 #include "train/train.h"
 
@@ -45,6 +46,18 @@ static void usage(FILE *f)
             "                           for a reference BertModel of transformers < 4.31 (with\n"
             "                           --init the saved keys are always those of the init)\n"
             "      --resume             continue from the --save file's state (FILE.state)\n"
+            "      --lock-image         freeze the image tower: no gradient, no AdamW state, no\n"
+            "                           backward (--freeze-vision: the same)\n"
+            "      --lock-image-unlocked-groups N  but its last N groups (open_clip's: 1 proj,\n"
+            "                           2 + the last block and ln_post, ...); implies --lock-image\n"
+            "      --lock-text          freeze the whole text tower, ln_final/text_projection too\n"
+            "      --lock-text-unlocked-layers N  but its last N layers and the head; implies\n"
+            "                           --lock-text (see clip-train(1) for open_clip's difference)\n"
+            "      --feature-cache FILE the features of a tower locked whole (--lock-image needs\n"
+            "                           --no-augment), computed once: read from FILE, or computed\n"
+            "                           and written there (delete it after changing the model or\n"
+            "                           data); without it they are cached in memory\n"
+            "      --no-feature-cache   recompute a locked tower's features every step\n"
             "Data:\n"
             "      --train DATA         FILE.tar or shards ('train-{000..015}.tar'; random access,\n"
             "                           shuffled each epoch) or a stream (-, tcp://..., ipc://...:\n"
@@ -235,8 +248,74 @@ static double parse_mask_ratio(const char *val)
 }
 
 /* what main holds, at each exit through main (make check-asan finds any leak there) */
-static void run_free(train_loader *d, val_set *val, trainer *t, train_comm *comm)
+/* a locked tower's features, computed once (train/feature_cache.h) */
+typedef struct {
+    feature_cache *fc;
+    float *buf[2]; /* [slots, D] the step's, per cached tower */
+} cached;
+
+static void progress_line(size_t done, size_t n, void *ctx)
 {
+    (void)ctx;
+    fprintf(stderr, "\r%s: features of %zu/%zu samples   ", clip_progname, done, n);
+    if (done == n) fputc('\n', stderr);
+}
+
+/* --feature-cache where it cannot apply: a usage error, before anything loads */
+static void check_cache_options(const char *path, int off, const train_config *cfg,
+                                const loader_config *lc)
+{
+    int img = cfg->lock_image && !cfg->lock_image_unlocked_groups;
+    int txt = cfg->lock_text && !cfg->lock_text_unlocked_layers;
+    if (!path) return;
+    if (off) usage_error("--feature-cache and --no-feature-cache exclude each other");
+    if (img && lc->augment)
+        usage_error("--feature-cache: the locked image tower sees another random crop every "
+                    "epoch, its features are not fixed: add --no-augment");
+    if (img && cfg->mask_ratio > 0)
+        usage_error("--feature-cache: the locked image tower keeps other patches every step "
+                    "(--mask-ratio), its features are not fixed");
+    if (!img && !txt)
+        usage_error("--feature-cache: no tower is locked whole (--lock-image with no unlocked "
+                    "groups and --no-augment, or --lock-text with no unlocked layers)");
+}
+
+/* The cache of the towers that are locked whole and whose input is fixed
+ * (the image's: without augmentation or patch dropout), unless --no-feature-cache; none for
+ * a stream. Rank 0 computes and writes --feature-cache FILE, the others
+ * read it. */
+static void open_cache(cached *c, const char *path, int off, trainer *t, train_loader *d,
+                       const loader_config *lc, double mask_ratio, int slots, int progress,
+                       outputs *o)
+{
+    int img = trainer_tower_locked(t, TRAIN_IMAGE) && !lc->augment && !(mask_ratio > 0);
+    int txt = trainer_tower_locked(t, TRAIN_TEXT);
+    memset(c, 0, sizeof *c);
+    if (off || loader_is_stream(d) || (!img && !txt)) return;
+    int write = o->rank == 0;
+    if (o->comm && path) { /* rank 0 first; then the others read its file */
+        if (!o->rank) c->fc = feature_cache_open(path, t, d, img, txt, 1, progress ? progress_line : NULL, NULL);
+        if (agree_max(o, !o->rank && !c->fc)) die_agreed(o->rank, clip_error());
+        write = 0;
+    }
+    if (!c->fc && !(c->fc = feature_cache_open(path, t, d, img, txt, write,
+                                               progress && !o->rank ? progress_line : NULL, NULL)))
+        die("%s", clip_error());
+    size_t D = trainer_model(t)->embed_dim;
+    for (int w = 0; w < 2; w++)
+        if ((w ? txt : img)) c->buf[w] = xmalloc((size_t)slots * D * sizeof(float));
+    if (img) loader_skip_pixels(d, 1);
+    if (!o->rank)
+        fprintf(stderr, "%s: cached the %s features of %zu samples%s%s\n", clip_progname,
+                img && txt ? "image and text" : img ? "image" : "text", loader_count(d),
+                path ? " in " : " (in memory)", path ? path : "");
+}
+
+static void run_free(train_loader *d, val_set *val, trainer *t, train_comm *comm, cached *c)
+{
+    feature_cache_free(c->fc);
+    free(c->buf[0]);
+    free(c->buf[1]);
     loader_close(d);
     val_set_free(val);
     trainer_free(t);
@@ -260,7 +339,8 @@ int main(int argc, char **argv)
         O_INIT = 256, O_TEXT, O_ARCH, O_RESUME, O_TRAIN, O_VAL, O_EVAL0, O_EPOCHS, O_STEPS,
         O_NOSHUF, O_NOAUG, O_CAPTION, O_SEED, O_LR, O_WARMUP, O_SCHED, O_MINLR, O_WD, O_WDALL,
         O_B1, O_B2, O_EPS, O_CLIP, O_AMP, O_SAVE, O_SAVE_EVERY, O_LOG, O_PROGRESS, O_QUIET,
-        O_DEVICE, O_IDEV, O_TDEV, O_STOP_AFTER, O_POSIDS, O_ACCUM, O_SYNC, O_GCKPT, O_MASK
+        O_DEVICE, O_IDEV, O_TDEV, O_STOP_AFTER, O_POSIDS, O_ACCUM, O_SYNC, O_GCKPT, O_MASK,
+        O_LOCK_IMG, O_LOCK_IMG_N, O_LOCK_TXT, O_LOCK_TXT_N, O_FCACHE, O_NO_FCACHE
     };
     static const struct option opts[] = {
         {"init", 1, 0, O_INIT},        {"text-model", 1, 0, O_TEXT},  {"arch", 1, 0, O_ARCH},
@@ -278,11 +358,16 @@ int main(int argc, char **argv)
         {"accum-freq", 1, 0, O_ACCUM}, {"check-sync", 1, 0, O_SYNC},  {"help", 0, 0, 'h'},
         {"grad-checkpointing", 0, 0, O_GCKPT},
         {"mask-ratio", 1, 0, O_MASK},
+        {"lock-image", 0, 0, O_LOCK_IMG}, {"freeze-vision", 0, 0, O_LOCK_IMG},
+        {"lock-image-unlocked-groups", 1, 0, O_LOCK_IMG_N}, {"lock-text", 0, 0, O_LOCK_TXT},
+        {"lock-text-unlocked-layers", 1, 0, O_LOCK_TXT_N}, {"feature-cache", 1, 0, O_FCACHE},
+        {"no-feature-cache", 0, 0, O_NO_FCACHE},
         {0, 0, 0, 0}};
     const char *init = NULL, *text_dir = NULL, *arch_spec = NULL, *train_path = NULL,
                *val_path = NULL;
     const char *image_device = "cpu", *text_device = "cpu";
-    int resume = 0, eval0 = 0, position_ids = 0, show_progress = isatty(2);
+    int resume = 0, eval0 = 0, position_ids = 0, show_progress = isatty(2), no_fcache = 0;
+    const char *fcache_path = NULL;
     long epochs = 1, max_steps = 0, stop_after = 0, check_sync = 0;
     loader_config lc = {.shuffle = 1, .augment = 1, .rank = rank, .ranks = ranks, .accum = 1,
                         .micro = 32};
@@ -330,6 +415,20 @@ int main(int argc, char **argv)
         case O_CLIP: cfg.grad_clip = parse_double_option("--grad-clip", optarg, 0, 1e30); break;
         case O_AMP: cfg.amp = 1; break;
         case O_GCKPT: cfg.grad_checkpointing = 1; break;
+        case O_LOCK_IMG: cfg.lock_image = 1; break;
+        case O_LOCK_IMG_N:
+            cfg.lock_image = 1;
+            cfg.lock_image_unlocked_groups =
+                (int)parse_long_option("--lock-image-unlocked-groups", optarg, 0, 1 << 20);
+            break;
+        case O_LOCK_TXT: cfg.lock_text = 1; break;
+        case O_FCACHE: fcache_path = optarg; break;
+        case O_NO_FCACHE: no_fcache = 1; break;
+        case O_LOCK_TXT_N:
+            cfg.lock_text = 1;
+            cfg.lock_text_unlocked_layers =
+                (int)parse_long_option("--lock-text-unlocked-layers", optarg, 0, 1 << 20);
+            break;
         case O_SAVE: out.save = optarg; break;
         case O_SAVE_EVERY: out.save_every = parse_long_option("--save-every", optarg, 1, 1L << 40); break;
         case O_LOG: out.log_path = optarg; break;
@@ -340,12 +439,19 @@ int main(int argc, char **argv)
         case O_IDEV: image_device = optarg; break;
         case O_TDEV: text_device = optarg; break;
         case 't': blas_set_threads((int)parse_long_option("--threads", optarg, 1, 1024)); break;
-        case 'h': usage(stdout); close_stdout(); return 0;
+        case 'h': { /* one buffer for the whole text: a failed write then reports its cause */
+            static char help_buf[1 << 16];
+            setvbuf(stdout, help_buf, _IOFBF, sizeof help_buf);
+            usage(stdout);
+            close_stdout();
+            return 0;
+        }
         default: usage(stderr); return 2;
         }
     }
     if (optind < argc) die("unexpected argument '%s' (see --help)", argv[optind]);
     cfg.mask_seed = lc.seed;
+    check_cache_options(fcache_path, no_fcache, &cfg, &lc);
     if (!train_path) die("no training data: --train FILE.tar or a stream (see --help)");
     if (resume && !out.save) die("--resume continues from the --save file's state: give --save FILE");
     if (out.save) snprintf(out.state_path, sizeof out.state_path, "%s.state", out.save);
@@ -371,6 +477,9 @@ int main(int argc, char **argv)
     if (!d) die("%s", clip_error());
     if (loader_is_stream(d) && !max_steps)
         die("--train %s is a stream: give --steps N (the schedule's length)", train_path);
+    if (loader_is_stream(d) && fcache_path)
+        usage_error("--feature-cache: --train %s is a stream, read once: nothing to reuse",
+                    train_path);
     int slots = lc.accum * lc.micro, global = slots * ranks, len = loader_token_length(d);
     long batches_per_epoch = loader_is_stream(d) ? max_steps : loader_batches_per_epoch(d);
     long total = max_steps ? max_steps : epochs * batches_per_epoch;
@@ -409,6 +518,7 @@ int main(int argc, char **argv)
         } else if (!(m = train_model_load(init, text_dir))) {
             die("%s", clip_error());
         }
+        if (m && train_check_locks(m, &cfg)) usage_error("%s", clip_error());
         if (!(t = trainer_create(m, &cfg, lc.micro, len))) die("%s", clip_error());
     }
     if (trainer_set_comm(t, comm)) die_agreed(rank, clip_error());
@@ -463,6 +573,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: patch dropout: each training image keeps %d of its %d patches "
                 "(--mask-ratio %g)\n", clip_progname, trainer_mask_keep(t), vc->grid * vc->grid,
                 cfg.mask_ratio);
+    if (!rank && (cfg.lock_image || cfg.lock_text)) {
+        size_t trainable, all;
+        trainer_param_counts(t, &trainable, &all);
+        fprintf(stderr, "%s: locked:%s%s; training %zu of %zu parameters\n", clip_progname,
+                cfg.lock_image ? " the image tower" : "", cfg.lock_text
+                    ? (cfg.lock_image ? " and the text tower" : " the text tower") : "",
+                trainable, all);
+    }
+    cached cache;
+    open_cache(&cache, fcache_path, no_fcache, t, d, &lc, cfg.mask_ratio, slots, show_progress, &out);
     if (val_path && eval0 && !resuming) report_eval(&out, m, &val, 0, 0);
 
     double t_start = now_seconds();
@@ -487,7 +607,12 @@ int main(int argc, char **argv)
             }
             train_stats st;
             uint64_t reduced = comm ? comm->stats.bytes_allreduced : 0;
-            int rc = trainer_step(t, loader_pixels(d), loader_ids(d), slots, len, &st);
+            train_batch tb = {loader_pixels(d), loader_ids(d), slots, len, {NULL, NULL}};
+            if (cache.fc) {
+                feature_cache_batch(cache.fc, d, slots, cache.buf);
+                tb.features[0] = cache.buf[0], tb.features[1] = cache.buf[1];
+            }
+            int rc = trainer_step_batch(t, &tb, &st);
             if (comm) reduced = comm->stats.bytes_allreduced - reduced;
             if (rc < 0) die("step %ld (epoch %ld): %s", step + 1, epoch + 1, clip_error());
             if (rc == 1) {
@@ -546,7 +671,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "%s: %s at step %ld: %s\n", clip_progname, strsignal(stop_signal), step,
                     out.save ? "saved; the same command with --resume continues"
                              : "nothing saved (no --save)");
-        run_free(d, &val, t, comm);
+        run_free(d, &val, t, comm, &cache);
         return 128 + stop_signal;
     }
     if (stopped && step < total) {
@@ -554,14 +679,14 @@ int main(int argc, char **argv)
             fprintf(stderr, "%s: stopped after %ld steps of this run (step %ld of %ld): %s\n",
                     clip_progname, step - step0, step, total,
                     out.save ? "saved; the same command with --resume continues" : "nothing saved");
-        run_free(d, &val, t, comm);
+        run_free(d, &val, t, comm, &cache);
         return 0;
     }
     if (pos_batch != 0 && val_path) report_eval(&out, m, &val, step, pos_epoch + 1);
     if (out.log && (ferror(out.log) | fclose(out.log)))
         die("%s: write failed: %s", out.log_path, errno ? strerror(errno) : "I/O error");
     if (out.save && !rank) fprintf(stderr, "%s: saved %s\n", clip_progname, out.save);
-    run_free(d, &val, t, comm);
+    run_free(d, &val, t, comm, &cache);
     close_stdout();
     return 0;
 }

@@ -25,6 +25,23 @@ void pt_add(param_table *t, float **ptr, const char *name, int ndim, const int64
     t->total = s->offset + s->numel;
 }
 
+void pt_filter(param_table *t, int (*keep)(const char *name, const void *ctx), const void *ctx)
+{
+    int n = 0;
+    t->total = 0;
+    for (int i = 0; i < t->n; i++) {
+        param_spec s = t->v[i];
+        if (!keep(s.name, ctx)) {
+            free(s.name);
+            continue;
+        }
+        s.offset = (t->total + 15) & ~(size_t)15;
+        t->total = s.offset + s.numel;
+        t->v[n++] = s;
+    }
+    t->n = n;
+}
+
 void pt_alloc(param_table *t)
 {
     size_t bytes = (t->total ? t->total : 1) * sizeof(float);

@@ -28,6 +28,11 @@ typedef struct {
 
 /* Append a tensor; offsets are rounded up to 16 floats (64 bytes). */
 void pt_add(param_table *t, float **ptr, const char *name, int ndim, const int64_t *shape);
+/* Before pt_alloc: drop the tensors keep(name, ctx) refuses and lay the rest
+ * out again, in their order (a gradient table of only the trainable
+ * tensors); the dropped ones' fields are left as they are (NULL in a zeroed
+ * struct). */
+void pt_filter(param_table *t, int (*keep)(const char *name, const void *ctx), const void *ctx);
 /* Allocate the buffer (zeroed) and point every field into it. */
 void pt_alloc(param_table *t);
 void pt_free(param_table *t);

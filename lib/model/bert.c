@@ -485,6 +485,27 @@ static void bert_reserve_dacts(bert *m, int B, int L)
     m->dact_len = L;
 }
 
+int bert_param_group(const bert_config *g, const char *name)
+{
+    static const char layer[] = "transformer.encoder.layer.";
+    if (!strncmp(name, layer, sizeof layer - 1)) {
+        char *end;
+        long i = strtol(name + sizeof layer - 1, &end, 10);
+        return *end == '.' && i >= 0 && i < g->layers ? (int)i + 1 : -1;
+    }
+    if (!strncmp(name, "transformer.embeddings.", 23)) return 0;
+    if (!strncmp(name, "transformer.pooler.", 19) || !strncmp(name, "ln_final.", 9) ||
+        !strcmp(name, "text_projection"))
+        return g->layers + 1;
+    return -1;
+}
+
+static int bert_trains(const char *name, const void *ctx)
+{
+    const bert *m = ctx;
+    return bert_param_group(&m->cfg, name) >= m->frozen_groups;
+}
+
 int bert_alloc_grads(bert *m)
 {
     if (!m->gtable.data) {
@@ -495,9 +516,11 @@ int bert_alloc_grads(bert *m)
             return -1;
         }
         bert_layout(&m->cfg, &m->grads, &m->gtable);
+        if (m->frozen_groups > 0) pt_filter(&m->gtable, bert_trains, m);
         pt_alloc(&m->gtable);
     }
-    if (m->act_batch) bert_reserve_dacts(m, m->act_batch, m->act_len);
+    if (m->act_batch && m->frozen_groups < bert_groups(&m->cfg))
+        bert_reserve_dacts(m, m->act_batch, m->act_len);
     return 0;
 }
 
@@ -515,6 +538,8 @@ int bert_backward(bert *m, const compute_ctx *cx, const int32_t *ids, const floa
         return -1;
     }
     if (bert_alloc_grads(m)) return -1;
+    int f = m->frozen_groups; /* the groups below f are frozen (bert_param_group) */
+    if (f >= bert_groups(g)) return 0;
     bert_reserve_dacts(m, B, L);
     bert_params *gr = &m->grads;
     bert_dacts *d = &m->dacts;
@@ -534,14 +559,15 @@ int bert_backward(bert *m, const compute_ctx *cx, const int32_t *ids, const floa
     layernorm_backward(d->dpooled, gr->ln_final_w, gr->ln_final_b, d->dln_final, a->pooled,
                        p->ln_final_w, a->ln_final_mean, a->ln_final_rstd, B, H);
     tanh_backward(d->dpool_pre, a->pooled, d->dpooled, BH);
-    if (matmul_backward(cx, d->dcls, gr->pooler_w, gr->pooler_b, d->dpool_pre, H, a->cls,
-                        p->pooler_w, B, H, H))
+    if (matmul_backward(cx, f > g->layers ? NULL : d->dcls, gr->pooler_w, gr->pooler_b,
+                        d->dpool_pre, H, a->cls, p->pooler_w, B, H, H))
         return -1;
+    if (f > g->layers) return 0;
     zero_floats(d->dx, N * H);
     for (int b = 0; b < B; b++)
         memcpy(d->dx + (size_t)b * L * H, d->dcls + (size_t)b * H, H * sizeof(float));
 
-    for (int i = g->layers - 1; i >= 0; i--) {
+    for (int i = g->layers - 1; i >= 0 && i + 1 >= f; i--) { /* layer i is group i + 1 */
         const bert_layer_params *lp = &p->layers[i];
         bert_layer_params *lg = &gr->layers[i];
         const bert_layer_acts *l = &a->layers[i];
@@ -582,6 +608,7 @@ int bert_backward(bert *m, const compute_ctx *cx, const int32_t *ids, const floa
             return -1;
     }
 
+    if (f > 0) return 0;
     /* emb = word[id] + position[t] + token_type[0]; emb_ln = LN(emb) */
     float *demb = d->dres;
     zero_floats(demb, N * H);

@@ -104,6 +104,10 @@ typedef struct {
     bert_dacts dacts;
     param_table dtable;
     int dact_batch, dact_len;
+    /* locking (set before bert_alloc_grads): the first frozen_groups groups
+     * (bert_param_group) get no gradient: not in gtable, their grads fields
+     * NULL, and bert_backward stops above them */
+    int frozen_groups;
 } bert;
 
 /* Config from tensor shapes under `prefix` ("transformer.", "bert." or "");
@@ -149,10 +153,19 @@ int bert_alloc_grads(bert *m);
  * kept (bert_reserve(m, B, L, 1) before the forward). dout: [B, out_dim]
  * gradient w.r.t. the unnormalised output. Accumulates into m->grads (zero
  * m->gtable.data between steps). As nn.Embedding(padding_idx=0), the [PAD]
- * row of the word embeddings gets no gradient. -1 with an error when no
- * activations were kept for B x L tokens, else 0. */
+ * row of the word embeddings gets no gradient. Nothing below the first
+ * trainable group (frozen_groups) is differentiated (all frozen: nothing at
+ * all). -1 with an error when no activations were kept for B x L tokens,
+ * else 0. */
 int bert_backward(bert *m, const compute_ctx *cx, const int32_t *ids, const float *dout, int B,
                   int L);
+
+/* Parameter groups for locking, in order: 0 the embeddings, 1 .. layers the
+ * encoder layers, layers+1 the head (pooler, ln_final, text_projection):
+ * bert_groups = layers + 2. The group of a parameter by its name; -1 for a
+ * name that is none of the tower's. */
+int bert_param_group(const bert_config *cfg, const char *name);
+static inline int bert_groups(const bert_config *cfg) { return cfg->layers + 2; }
 
 /* FLOPs of one text of L tokens through the layers (GEMMs and attention). */
 double bert_forward_flops(const bert_config *cfg, int L);

@@ -254,6 +254,25 @@ static void clip_text_reserve_dacts(clip_text *m, int B, int L)
     m->dact_len = L;
 }
 
+int clip_text_param_group(const clip_text_config *g, const char *name)
+{
+    static const char blocks[] = "transformer.resblocks.";
+    if (!strncmp(name, blocks, sizeof blocks - 1)) {
+        char *end;
+        long i = strtol(name + sizeof blocks - 1, &end, 10);
+        return *end == '.' && i >= 0 && i < g->layers ? (int)i + 1 : -1;
+    }
+    if (!strcmp(name, "token_embedding.weight") || !strcmp(name, "positional_embedding")) return 0;
+    if (!strncmp(name, "ln_final.", 9) || !strcmp(name, "text_projection")) return g->layers + 1;
+    return -1;
+}
+
+static int clip_text_trains(const char *name, const void *ctx)
+{
+    const clip_text *m = ctx;
+    return clip_text_param_group(&m->cfg, name) >= m->frozen_groups;
+}
+
 int clip_text_alloc_grads(clip_text *m)
 {
     if (!m->gtable.data) {
@@ -264,9 +283,11 @@ int clip_text_alloc_grads(clip_text *m)
             return -1;
         }
         clip_text_layout(&m->cfg, &m->grads, &m->gtable);
+        if (m->frozen_groups > 0) pt_filter(&m->gtable, clip_text_trains, m);
         pt_alloc(&m->gtable);
     }
-    if (m->act_batch) clip_text_reserve_dacts(m, m->act_batch, m->act_len);
+    if (m->act_batch && m->frozen_groups < clip_text_groups(&m->cfg))
+        clip_text_reserve_dacts(m, m->act_batch, m->act_len);
     return 0;
 }
 
@@ -284,6 +305,8 @@ int clip_text_backward(clip_text *m, const compute_ctx *cx, const int32_t *ids, 
         return -1;
     }
     if (clip_text_alloc_grads(m)) return -1;
+    int f = m->frozen_groups; /* the groups below f are frozen (clip_text_param_group) */
+    if (f >= clip_text_groups(g)) return 0;
     clip_text_reserve_dacts(m, B, L);
     clip_text_params *gr = &m->grads;
     int W = g->width, D = g->out_dim;
@@ -299,12 +322,13 @@ int clip_text_backward(clip_text *m, const compute_ctx *cx, const int32_t *ids, 
     memset(m->deot, 0, (size_t)B * W * sizeof(float));
     layernorm_backward(m->deot, gr->ln_final_w, gr->ln_final_b, m->dln_final, a->eot,
                        p->ln_final_w, a->ln_final_mean, a->ln_final_rstd, B, W);
+    if (f > g->layers) return 0;
     zero_floats(m->dx, N * W);
     for (int b = 0; b < B; b++)
         memcpy(m->dx + ((size_t)b * L + a->eot_pos[b]) * W, m->deot + (size_t)b * W,
                W * sizeof(float));
 
-    for (int l = g->layers - 1; l >= 0; l--) {
+    for (int l = g->layers - 1; l >= 0 && l + 1 >= f; l--) { /* block l is group l + 1 */
         const float *inp = l ? a->blocks[l - 1].out : a->emb;
         /* checkpointed: the slot holds the last block's activations, from the forward */
         if (m->act_keep == ACTS_CHECKPOINT && l < g->layers - 1 &&
@@ -316,6 +340,7 @@ int clip_text_backward(clip_text *m, const compute_ctx *cx, const int32_t *ids, 
             return -1;
     }
 
+    if (f > 0) return 0;
     /* emb = token_embedding[id] + positional_embedding[t] */
 #pragma omp parallel for schedule(static)
     for (int t = 0; t < L; t++) {

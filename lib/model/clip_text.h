@@ -54,6 +54,10 @@ typedef struct {
     float *dln_final, *deot; /* [B, W] */
     param_table dtable;
     int dact_batch, dact_len;
+    /* locking (set before clip_text_alloc_grads): the first frozen_groups
+     * groups (clip_text_param_group) get no gradient: not in gtable, their
+     * grads fields NULL, and clip_text_backward stops above them */
+    int frozen_groups;
 } clip_text;
 
 #define CLIP_TEXT_MAX_LAYERS 1024
@@ -87,6 +91,13 @@ int clip_text_forward(clip_text *m, const compute_ctx *cx, const int32_t *ids, i
  * Reproducible from seed. */
 void clip_text_init_params(clip_text *m, uint64_t seed);
 
+/* Parameter groups for locking, in order: 0 token_embedding and
+ * positional_embedding, 1 .. layers the blocks, layers+1 the head (ln_final,
+ * text_projection): clip_text_groups = layers + 2. -1 for a name that is
+ * none of the tower's. */
+int clip_text_param_group(const clip_text_config *cfg, const char *name);
+static inline int clip_text_groups(const clip_text_config *cfg) { return cfg->layers + 2; }
+
 /* Allocate (zeroed) the gradients, and the backward scratch for the shape
  * the activations are reserved for; does nothing the second time. 0, or -1
  * with an error (out of memory). */
@@ -98,7 +109,8 @@ int clip_text_alloc_grads(clip_text *m);
  * only the tokens up to each text's EOT receive gradient: the padding after
  * it adds exactly 0 (to token_embedding row 0 and to its positions), as do
  * positional_embedding rows from L on; otherwise id 0 (a real BPE token) is
- * an ordinary row, there is no padding_idx. -1 with an error
+ * an ordinary row, there is no padding_idx. Nothing below the first
+ * trainable group (frozen_groups) is differentiated. -1 with an error
  * when no activations were kept for B x L tokens, else 0. */
 int clip_text_backward(clip_text *m, const compute_ctx *cx, const int32_t *ids, const float *dout,
                        int B, int L);

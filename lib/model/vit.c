@@ -309,6 +309,28 @@ static void vit_reserve_dacts(vit *m, int B)
     m->dact_batch = B;
 }
 
+int vit_param_group(const vit_config *g, const char *name)
+{
+    static const char blocks[] = "visual.transformer.resblocks.";
+    if (!strncmp(name, blocks, sizeof blocks - 1)) {
+        char *end;
+        long i = strtol(name + sizeof blocks - 1, &end, 10);
+        return *end == '.' && i >= 0 && i < g->layers ? (int)i + 1 : -1;
+    }
+    if (!strcmp(name, "visual.proj")) return g->layers + 1;
+    if (!strncmp(name, "visual.ln_post.", 15)) return g->layers;
+    if (!strcmp(name, "visual.conv1.weight") || !strcmp(name, "visual.class_embedding") ||
+        !strcmp(name, "visual.positional_embedding") || !strncmp(name, "visual.ln_pre.", 14))
+        return 0;
+    return -1;
+}
+
+static int vit_trains(const char *name, const void *ctx)
+{
+    const vit *m = ctx;
+    return vit_param_group(&m->cfg, name) >= m->frozen_groups;
+}
+
 int vit_alloc_grads(vit *m)
 {
     if (!m->gtable.data) {
@@ -318,9 +340,10 @@ int vit_alloc_grads(vit *m)
             return -1;
         }
         vit_layout(&m->cfg, &m->grads, &m->gtable);
+        if (m->frozen_groups > 0) pt_filter(&m->gtable, vit_trains, m);
         pt_alloc(&m->gtable);
     }
-    if (m->act_batch) vit_reserve_dacts(m, m->act_batch);
+    if (m->act_batch && m->frozen_groups < vit_groups(&m->cfg)) vit_reserve_dacts(m, m->act_batch);
     return 0;
 }
 
@@ -335,18 +358,25 @@ int vit_backward(vit *m, const compute_ctx *cx, const float *dout, int B)
         return -1;
     }
     if (vit_alloc_grads(m)) return -1;
+    /* frozen: the groups below f (vit_param_group) */
+    int f = m->frozen_groups, W = g->width, D = g->out_dim;
+    if (f >= vit_groups(g)) return 0;
     vit_reserve_dacts(m, B);
     vit_params *gr = &m->grads;
     /* the forward's T = 1 + GG tokens: GG patches of the grid's G2 (all, or those kept) */
     int G2 = g->grid * g->grid, GG = m->fwd_keep ? m->fwd_keep : G2, T = 1 + GG;
-    int W = g->width, D = g->out_dim, N = B * T, K = 3 * g->patch * g->patch;
+    int N = B * T, K = 3 * g->patch * g->patch;
 
     /* out = ln_post(cls) @ proj */
     double t0 = prof_start(cx);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, W, D, 1.0f, dout, D, p->proj, D, 0.0f,
-                m->dln_post, W);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, W, D, B, 1.0f, a->ln_post, W, dout, D, 1.0f,
                 gr->proj, D);
+    if (f > g->layers) {
+        prof_stop(cx, PROF_GEMM, t0);
+        return 0;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, W, D, 1.0f, dout, D, p->proj, D, 0.0f,
+                m->dln_post, W);
     prof_stop(cx, PROF_GEMM, t0);
     memset(m->dcls, 0, (size_t)B * W * sizeof(float));
     layernorm_backward(m->dcls, gr->ln_post_w, gr->ln_post_b, m->dln_post, a->cls, p->ln_post_w,
@@ -355,7 +385,7 @@ int vit_backward(vit *m, const compute_ctx *cx, const float *dout, int B)
     for (int b = 0; b < B; b++)
         memcpy(m->dx + (size_t)b * T * W, m->dcls + (size_t)b * W, W * sizeof(float));
 
-    for (int l = g->layers - 1; l >= 0; l--) {
+    for (int l = g->layers - 1; l >= 0 && l + 1 >= f; l--) { /* block l is group l + 1 */
         const float *inp = l ? a->blocks[l - 1].out : a->ln_pre;
         /* checkpointed: the slot holds the last block's activations, from the forward */
         if (m->act_keep == ACTS_CHECKPOINT && l < g->layers - 1 &&
@@ -366,6 +396,7 @@ int vit_backward(vit *m, const compute_ctx *cx, const float *dout, int B)
                               m->dx, inp, B, T, W, g->mlp, g->heads, 0))
             return -1;
     }
+    if (f > 0) return 0;
 
     /* emb = [class | patches] + positions; ln_pre = LN(emb) */
     float *demb = m->dacts.dln, *dpatch = m->dacts.datty; /* free again: [N, W] each */

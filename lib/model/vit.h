@@ -68,6 +68,10 @@ typedef struct {
     int fwd_keep;
     int32_t *fwd_slot;
     size_t fwd_slot_n;
+    /* locking (set before vit_alloc_grads): the first frozen_groups groups
+     * (vit_param_group) get no gradient: they are not in gtable, their grads
+     * fields stay NULL, and vit_backward stops above them */
+    int frozen_groups;
 } vit;
 
 #define VIT_MAX_LAYERS 1024
@@ -120,11 +124,21 @@ int vit_alloc_grads(vit *m);
 /* Backward of the vit_forward just run on the same batch, with activations
  * kept (vit_reserve(m, B, 1) before the forward). dout: [B, out_dim]
  * gradient w.r.t. the unnormalised output. Accumulates into m->grads (zero
- * m->gtable.data between steps). No gradient w.r.t. the pixels. After
- * vit_forward_masked, over the kept patches: the positional_embedding rows
- * of dropped patches get no gradient. -1 with an error when no activations
- * were kept for batch B, else 0. */
+ * m->gtable.data between steps). No gradient w.r.t. the pixels, and none
+ * below the first trainable group (frozen_groups): the backward ends there
+ * (all frozen: it does nothing). After vit_forward_masked, over the kept
+ * patches: the positional_embedding rows of dropped patches get no
+ * gradient. -1 with an error when no activations were kept for batch B,
+ * else 0. */
 int vit_backward(vit *m, const compute_ctx *cx, const float *dout, int B);
+
+/* The parameter groups of open_clip's VisionTransformer.lock, in order: 0
+ * the stem (conv1, class_embedding, positional_embedding, ln_pre), 1 ..
+ * layers-1 blocks 0 .. layers-2, layers the last block and ln_post, layers+1
+ * proj: vit_groups = layers + 2. The group of a parameter by its name; -1
+ * for a name that is none of the tower's. */
+int vit_param_group(const vit_config *cfg, const char *name);
+static inline int vit_groups(const vit_config *cfg) { return cfg->layers + 2; }
 
 /* Multiply-add FLOPs (2 per MAC) of one image's forward pass: the GEMMs
  * and attention products, for benchmarks. */

@@ -26,6 +26,9 @@ struct train_loader {
     int *failed;           /* [slots] take_sample's result per slot */
     uint8_t *pixels;       /* [slots, res, res, 3] */
     int32_t *ids;          /* [slots, len] */
+    size_t *slot_sample;   /* [slots] each slot's sample index (a file) */
+    int *slot_row;         /* [slots] and its caption row */
+    int skip_pixels;       /* 1: no pixels decoded (a cached image tower) */
 };
 
 static uint64_t mix(uint64_t a, uint64_t b)
@@ -160,6 +163,8 @@ void loader_close(train_loader *d)
         for (int i = 0; i < d->slots; i++) sample_free(&d->buf[i]);
     free(d->buf);
     free(d->failed);
+    free(d->slot_sample);
+    free(d->slot_row);
     free(d->order);
     if (d->pixels) clip_free_big(d->pixels, (size_t)d->slots * d->res * d->res * 3);
     free(d->ids);
@@ -192,10 +197,14 @@ int loader_set_model(train_loader *d, int resolution, int vocab)
     }
     free(d->failed);
     free(d->ids);
+    free(d->slot_sample);
+    free(d->slot_row);
+    d->slot_sample = calloc(d->slots, sizeof *d->slot_sample);
+    d->slot_row = calloc(d->slots, sizeof *d->slot_row);
     d->failed = calloc(d->slots, sizeof *d->failed);
     d->ids = malloc((size_t)d->slots * d->len * sizeof *d->ids);
     d->pixels = clip_alloc_big((size_t)d->slots * resolution * resolution * 3);
-    if (!d->failed || !d->ids || !d->pixels) goto oom;
+    if (!d->failed || !d->ids || !d->pixels || !d->slot_sample || !d->slot_row) goto oom;
     return 0;
 oom:
     clip_set_error("%s: out of memory for a batch of %d samples", d->path, d->slots);
@@ -244,10 +253,11 @@ static int take_sample(train_loader *d, const sample *s, int slot, uint64_t rng)
     if (d->cfg.augment) {
         image_rgb im = {(int)img.shape[1], (int)img.shape[0], (unsigned char *)img.data};
         image_random_resized_crop(&im, R, &rng, out);
-    } else {
+    } else if (!d->skip_pixels) {
         centre_pixels(&img, R, out);
     }
     int64_t row = d->cfg.first_caption ? 0 : image_rng_int(&rng, tok.shape[0]);
+    d->slot_row[slot] = (int)row;
     int32_t *dst = d->ids + (size_t)slot * d->len;
     memset(dst, 0, d->len * sizeof *dst);
     memcpy(dst, (const int32_t *)tok.data + row * tok.shape[1], tok.shape[1] * sizeof *dst);
@@ -275,6 +285,7 @@ int loader_batch(train_loader *d, long epoch, long g)
         size_t base = (size_t)g * B * d->cfg.ranks;
         for (; got < B; got++) {
             size_t idx = d->order[base + (size_t)global_position(d, got)];
+            d->slot_sample[got] = idx;
             if (sample_file_read(d->file, idx, &d->buf[got]) < 0) {
                 if (!strstr(clip_error(), d->path)) {
                     char msg[1024];
@@ -322,3 +333,49 @@ int loader_batch(train_loader *d, long epoch, long g)
 
 const uint8_t *loader_pixels(const train_loader *d) { return d->pixels; }
 const int32_t *loader_ids(const train_loader *d) { return d->ids; }
+
+const size_t *loader_slot_samples(const train_loader *d) { return d->slot_sample; }
+const int *loader_slot_rows(const train_loader *d) { return d->slot_row; }
+const char *loader_key(const train_loader *d, size_t i) { return sample_file_key(d->file, i); }
+void loader_skip_pixels(train_loader *d, int skip) { d->skip_pixels = skip; }
+
+int loader_read_sample(train_loader *d, size_t i, uint8_t *pixels, int32_t **tok, int *rows)
+{
+    sample s;
+    npy_array img, t;
+    sample_init(&s);
+    *tok = NULL;
+    int rc = -1;
+    if (!d->file || i >= d->n) {
+        clip_set_error("%s: no sample %zu to read (a file of %zu)", d->path, i, d->n);
+        goto done;
+    }
+    if (sample_file_read(d->file, i, &s) < 0 || loader_sample_fields(d->path, &s, &img, &t))
+        goto done;
+    if (t.shape[0] < 1 || t.shape[0] > (1 << 20) || t.shape[1] > d->len) {
+        clip_set_error("%s: sample %s: tok.npy is [%lld, %lld]: 1 to 2^20 rows of at most the %d "
+                       "tokens of the first sample", d->path, s.key, (long long)t.shape[0],
+                       (long long)t.shape[1], d->len);
+        goto done;
+    }
+    *rows = (int)t.shape[0];
+    if (!(*tok = calloc((size_t)*rows * d->len, sizeof **tok))) {
+        clip_set_error("%s: sample %s: out of memory for %d captions", d->path, s.key, *rows);
+        goto done;
+    }
+    for (int r = 0; r < *rows; r++)
+        memcpy(*tok + (size_t)r * d->len, (const int32_t *)t.data + (size_t)r * t.shape[1],
+               t.shape[1] * sizeof **tok);
+    if (check_token_ids(*tok, *rows, d->len, d->vocab)) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", clip_error());
+        clip_set_error("%s: sample %s: tok.npy: %s", d->path, s.key, msg);
+        goto done;
+    }
+    if (pixels) centre_pixels(&img, d->res, pixels);
+    rc = 0;
+done:
+    if (rc) free(*tok), *tok = NULL;
+    sample_free(&s);
+    return rc;
+}

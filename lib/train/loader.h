@@ -68,4 +68,17 @@ int loader_batch(train_loader *d, long epoch, long g);
 const uint8_t *loader_pixels(const train_loader *d);
 const int32_t *loader_ids(const train_loader *d);
 
+/* For a feature cache (train/feature_cache.h), a file's only: the sample
+ * index and the caption row of each slot of the last batch ([accum *
+ * micro] each), a sample's key, and sample i as an epoch without
+ * augmentation sees it: pixels uint8 [R, R, 3] (the centre crop) and every
+ * caption row, *tok int32 [*rows, L] (malloc'd, 0-padded to the data's
+ * token length L). -1 with an error naming the file and sample. */
+const size_t *loader_slot_samples(const train_loader *d);
+const int *loader_slot_rows(const train_loader *d);
+const char *loader_key(const train_loader *d, size_t i);
+int loader_read_sample(train_loader *d, size_t i, uint8_t *pixels, int32_t **tok, int *rows);
+/* skip 1: batches leave the pixels undecoded (a cached image tower) */
+void loader_skip_pixels(train_loader *d, int skip);
+
 #endif

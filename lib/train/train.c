@@ -261,8 +261,10 @@ typedef struct {
         bert *bert;
         clip_text *ctext;
     } model;
-    const param_table *params, *grads;
-    float *adam_m, *adam_v; /* [params->total] each */
+    const param_table *params, *grads; /* grads: the trainable tensors only (locking) */
+    float *adam_m, *adam_v; /* [grads->total] each, in the gradients' layout */
+    int *param_of;          /* [grads->n] the index in params of each gradient */
+    int frozen;             /* locked whole: no gradient, no backward, no kept activations */
     const clip_device *dev;
 } train_tower;
 
@@ -310,40 +312,99 @@ static float *alloc_floats(size_t n)
     return p;
 }
 
-/* gradients, activations kept for batch x max_len (keep: ACTS_TRAIN, or
- * ACTS_CHECKPOINT, model/resblock.h), AdamW moments; the activations first:
- * alloc_grads sizes the backward scratch for them */
-static int tower_init(train_tower *tw, clip_model *m, int which, int batch, int max_len, int keep)
+/* How many leading parameter groups cfg's locks freeze in tower `which`
+ * (groups: vit_param_group, bert_param_group, clip_text_param_group); -1
+ * with an error naming the option when its count is more than the tower has. */
+static int frozen_groups(const clip_model *m, const train_config *cfg, int which)
+{
+    if (which == IMAGE_TOWER) {
+        int G = vit_groups(&m->visual->cfg), n = cfg->lock_image_unlocked_groups;
+        if (!cfg->lock_image) return 0;
+        if (n < 0 || n > G) {
+            clip_set_error("--lock-image-unlocked-groups %d: the image tower has %d groups (the "
+                           "stem, %d blocks, ln_post with the last, proj): give 0 to %d", n, G,
+                           m->visual->cfg.layers, G);
+            return -1;
+        }
+        return G - n;
+    }
+    int layers = m->text == CLIP_TEXT_CLIP ? m->ctext->cfg.layers : m->bert->cfg.layers;
+    int n = cfg->lock_text_unlocked_layers;
+    if (!cfg->lock_text) return 0;
+    if (n < 0 || n > layers) {
+        clip_set_error("--lock-text-unlocked-layers %d: the text tower has %d layers: give 0 to %d",
+                       n, layers, layers);
+        return -1;
+    }
+    return n ? layers + 1 - n : layers + 2; /* groups: embeddings, layers, head */
+}
+
+int train_check_locks(const clip_model *m, const train_config *cfg)
+{
+    return frozen_groups(m, cfg, IMAGE_TOWER) < 0 || frozen_groups(m, cfg, TEXT_TOWER) < 0 ? -1 : 0;
+}
+
+/* gradients of the trainable parameters, activations kept for batch x
+ * max_len (ACTS_TRAIN, or ACTS_CHECKPOINT with cfg->grad_checkpointing,
+ * model/resblock.h; none for a tower locked whole), AdamW moments; the
+ * activations first: alloc_grads sizes the backward scratch for them */
+static int tower_init(train_tower *tw, clip_model *m, const train_config *cfg, int which, int batch,
+                      int max_len)
 {
     memset(tw, 0, sizeof *tw);
     tw->dev = device_find("cpu", "");
+    int f = frozen_groups(m, cfg, which);
+    if (f < 0) return -1;
+    int keep = cfg->grad_checkpointing ? ACTS_CHECKPOINT : ACTS_TRAIN;
     if (which == IMAGE_TOWER) {
         tw->kind = TOWER_VIT;
         tw->model.vit = m->visual;
-        if (vit_reserve(m->visual, batch, keep) || vit_alloc_grads(m->visual)) return -1;
+        tw->frozen = f == vit_groups(&m->visual->cfg);
+        m->visual->frozen_groups = f;
+        if (vit_reserve(m->visual, batch, tw->frozen ? ACTS_INFER : keep) ||
+            vit_alloc_grads(m->visual))
+            return -1;
         tw->params = &m->visual->ptable, tw->grads = &m->visual->gtable;
     } else if (m->text == CLIP_TEXT_CLIP) {
         clip_text *c = tw->model.ctext = m->ctext;
         tw->kind = TOWER_CLIP_TEXT;
-        if (clip_text_reserve(c, batch, max_len, keep) || clip_text_alloc_grads(c)) return -1;
+        tw->frozen = f == clip_text_groups(&c->cfg);
+        c->frozen_groups = f;
+        if (clip_text_reserve(c, batch, max_len, tw->frozen ? ACTS_INFER : keep) ||
+            clip_text_alloc_grads(c))
+            return -1;
         tw->params = &c->ptable, tw->grads = &c->gtable;
     } else {
         tw->kind = TOWER_BERT;
         tw->model.bert = m->bert;
-        if (bert_reserve(m->bert, batch, max_len, keep) || bert_alloc_grads(m->bert)) return -1;
+        tw->frozen = f == bert_groups(&m->bert->cfg);
+        m->bert->frozen_groups = f;
+        if (bert_reserve(m->bert, batch, max_len, tw->frozen ? ACTS_INFER : keep) ||
+            bert_alloc_grads(m->bert))
+            return -1;
         tw->params = &m->bert->ptable, tw->grads = &m->bert->gtable;
     }
-    tw->adam_m = alloc_floats(tw->params->total);
-    tw->adam_v = alloc_floats(tw->params->total);
+    tw->adam_m = alloc_floats(tw->grads->total);
+    tw->adam_v = alloc_floats(tw->grads->total);
+    tw->param_of = malloc((tw->grads->n ? tw->grads->n : 1) * sizeof *tw->param_of);
+    if (!tw->param_of) {
+        clip_set_error("out of memory for the trainer's tables");
+        return -1;
+    }
+    for (int i = 0, j = 0; i < tw->grads->n; i++, j++) { /* both in layout order */
+        while (strcmp(tw->params->v[j].name, tw->grads->v[i].name)) j++;
+        tw->param_of[i] = j;
+    }
     return 0;
 }
 
 static void tower_free(train_tower *tw)
 {
-    if (!tw->params) return;
-    size_t bytes = tw->params->total * sizeof(float);
+    if (!tw->grads) return;
+    size_t bytes = tw->grads->total * sizeof(float);
     if (tw->adam_m) clip_free_big(tw->adam_m, bytes);
     if (tw->adam_v) clip_free_big(tw->adam_v, bytes);
+    free(tw->param_of);
 }
 
 static int tower_forward(const trainer *t, train_tower *tw, const tower_input *in, float *out)
@@ -483,9 +544,7 @@ trainer *trainer_create(clip_model *m, const train_config *cfg, int batch, int m
     /* evaluation in fp32, and no quantised copies for training to make stale */
     if (clip_model_set_precision(m, PRECISION_FP32)) goto fail;
     for (int k = 0; k < N_TOWERS; k++)
-        if (tower_init(&t->towers[k], m, k, batch, max_len,
-                       cfg->grad_checkpointing ? ACTS_CHECKPOINT : ACTS_TRAIN))
-            goto fail;
+        if (tower_init(&t->towers[k], m, &t->cfg, k, batch, max_len)) goto fail;
     if (alloc_step_buffers(t) || mask_init(t)) goto fail;
     return t;
 fail:
@@ -527,6 +586,16 @@ void trainer_memory(const trainer *t, train_memory *mem)
 }
 
 clip_model *trainer_model(trainer *t) { return t->m; }
+
+void trainer_param_counts(const trainer *t, size_t *trainable, size_t *total)
+{
+    *trainable = *total = 1; /* logit_scale */
+    for (int k = 0; k < N_TOWERS; k++) {
+        const train_tower *tw = &t->towers[k];
+        for (int i = 0; i < tw->grads->n; i++) *trainable += tw->grads->v[i].numel;
+        for (int i = 0; i < tw->params->n; i++) *total += tw->params->v[i].numel;
+    }
+}
 long trainer_step_count(const trainer *t) { return t->step; }
 
 int trainer_set_comm(trainer *t, train_comm *comm)
@@ -537,23 +606,31 @@ int trainer_set_comm(trainer *t, train_comm *comm)
     if (alloc_step_buffers(t)) return -1;
     if (!t->comm) return 0;
     /* the same model and batch on every rank, before collectives of their sizes */
-    size_t n = 0;
-    for (int k = 0; k < N_TOWERS; k++) n += t->towers[k].params->total;
-    double mine[4] = {(double)n, -(double)n, t->rows, -t->rows}, all[4];
+    size_t n = 0, trained = 0;
+    for (int k = 0; k < N_TOWERS; k++)
+        n += t->towers[k].params->total, trained += t->towers[k].grads->total;
+    double mine[6] = {(double)n, -(double)n, t->rows, -t->rows, (double)trained, -(double)trained};
+    double all[6];
     memcpy(all, mine, sizeof all);
-    if (comm->allreduce_f64(comm, all, 4, COMM_MAX)) return -1;
+    if (comm->allreduce_f64(comm, all, 6, COMM_MAX)) return -1;
     if (all[0] != -all[1] || all[2] != -all[3]) {
         clip_set_error("the ranks' models or batches differ (from %.0f to %.0f parameters, "
                        "%.0f to %.0f samples a step): start every rank with the same --init or "
                        "--arch, -b and --accum-freq", -all[1], all[0], -all[3], all[2]);
         return -1;
     }
+    if (all[4] != -all[5]) {
+        clip_set_error("the ranks train different parts of the model (from %.0f to %.0f "
+                       "trainable parameters): give every rank the same --lock-* options",
+                       -all[5], all[4]);
+        return -1;
+    }
     /* rank 0's weights, moments and step everywhere: identical from the start */
     for (int k = 0; k < N_TOWERS; k++) {
         const train_tower *tw = &t->towers[k];
-        size_t bytes = tw->params->total * sizeof(float);
-        if (comm->bcast(comm, tw->params->data, bytes) || comm->bcast(comm, tw->adam_m, bytes) ||
-            comm->bcast(comm, tw->adam_v, bytes))
+        size_t bytes = tw->params->total * sizeof(float), mb = tw->grads->total * sizeof(float);
+        if (comm->bcast(comm, tw->params->data, bytes) || comm->bcast(comm, tw->adam_m, mb) ||
+            comm->bcast(comm, tw->adam_v, mb))
             return -1;
     }
     float ls[3] = {t->m->logit_scale, t->ls_m, t->ls_v};
@@ -605,6 +682,7 @@ typedef struct {
     const uint8_t *pixels; /* [K * b, R, R, 3] */
     const int32_t *ids;    /* [K * b, L] */
     int K, b, L;
+    const float *const *features; /* [N_TOWERS]: a locked tower's given features, or NULL */
 } step_batch;
 
 static tower_input micro_input(const trainer *t, const step_batch *s, int tower, int k)
@@ -632,6 +710,12 @@ static int stage_encode(trainer *t, const step_batch *s, train_stats *st)
         t->used[k] = trim_padding(dst, src, s->b, s->L);
         if (t->used[k] == s->L) memcpy(dst, src, (size_t)s->b * s->L * sizeof *src);
         for (int w = 0; w < N_TOWERS; w++) {
+            size_t D = t->m->embed_dim;
+            if (s->features && s->features[w]) { /* a locked tower's, computed before */
+                memcpy(tower_features(t, w, k, s->b), s->features[w] + (size_t)k * s->b * D,
+                       (size_t)s->b * D * sizeof(float));
+                continue;
+            }
             tower_input in = micro_input(t, s, w, k);
             double t0 = now_seconds();
             if (tower_forward(t, &t->towers[w], &in, tower_features(t, w, k, s->b))) return -1;
@@ -680,6 +764,7 @@ static int stage_backward(trainer *t, const step_batch *s, train_stats *st)
     size_t D = t->m->embed_dim;
     for (int w = 0; w < N_TOWERS; w++) {
         train_tower *tw = &t->towers[w];
+        if (tw->frozen) continue; /* locked whole: no backward, nothing to reduce */
         memset(tw->grads->data, 0, tw->grads->total * sizeof(float));
         double t0 = now_seconds();
         for (int k = s->K - 1; k >= 0; k--) {
@@ -745,13 +830,25 @@ static int check_batch(const trainer *t, int B, int L)
 int trainer_compute_grads(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, int L,
                           train_stats *st)
 {
+    return trainer_compute_grads_batch(t, &(train_batch){pixels, ids, B, L, {NULL, NULL}}, st);
+}
+
+int trainer_compute_grads_batch(trainer *t, const train_batch *b, train_stats *st)
+{
     train_stats s;
     memset(&s, 0, sizeof s);
+    int B = b->B, L = b->L;
     if (check_batch(t, B, L)) return -1;
+    for (int w = 0; w < N_TOWERS; w++)
+        if (b->features[w] && !t->towers[w].frozen) {
+            clip_set_error("precomputed %s features for a tower that trains: they stand only for "
+                           "a tower locked whole", w == IMAGE_TOWER ? "image" : "text");
+            return -1;
+        }
     int rows = t->rows, global = t->global;
     /* a short batch (one process only): the same stages over B samples */
     t->rows = B, t->global = B * t->ranks;
-    step_batch sb = {pixels, ids, t->cfg.accum_freq, B / t->cfg.accum_freq, L};
+    step_batch sb = {b->pixels, b->ids, t->cfg.accum_freq, B / t->cfg.accum_freq, L, b->features};
     contrastive_part part;
     int rc = -1;
     if (!stage_encode(t, &sb, &s) && !stage_gather(t, &s)) {
@@ -772,12 +869,18 @@ const float *trainer_grad(const trainer *t, const char *name, size_t *n)
         return &t->ls_grad;
     }
     for (int k = 0; k < N_TOWERS; k++) {
-        const param_spec *s = pt_find(t->towers[k].params, name);
+        const param_spec *s = pt_find(t->towers[k].grads, name);
         if (s) {
             *n = s->numel;
             return t->towers[k].grads->data + s->offset;
         }
+        if (pt_find(t->towers[k].params, name)) {
+            clip_set_error("%s is locked (--lock-%s): it has no gradient", name,
+                           k == IMAGE_TOWER ? "image" : "text");
+            return NULL;
+        }
     }
+    clip_set_error("no parameter %s", name);
     return NULL;
 }
 
@@ -806,11 +909,12 @@ static int stage_update(trainer *t, train_stats *s)
     for (int k = 0; k < N_TOWERS; k++) {
         const train_tower *tw = &t->towers[k];
         const param_table *p = tw->params, *g = tw->grads;
-        for (int i = 0; i < p->n; i++) {
-            const param_spec *ps = &p->v[i];
-            size_t o = ps->offset;
-            adamw_update(p->data + o, g->data + o, tw->adam_m + o, tw->adam_v + o, ps->numel, lr,
-                         ps->ndim >= 2 || t->cfg.wd_all ? wd : 0.0f, &t->cfg.adam, t->step);
+        for (int i = 0; i < g->n; i++) { /* the trainable tensors */
+            const param_spec *gs = &g->v[i], *ps = &p->v[tw->param_of[i]];
+            size_t o = gs->offset;
+            adamw_update(p->data + ps->offset, g->data + o, tw->adam_m + o, tw->adam_v + o,
+                         ps->numel, lr, ps->ndim >= 2 || t->cfg.wd_all ? wd : 0.0f, &t->cfg.adam,
+                         t->step);
         }
     }
     adamw_update(&t->m->logit_scale, &t->ls_grad, &t->ls_m, &t->ls_v, 1, lr,
@@ -824,11 +928,52 @@ static int stage_update(trainer *t, train_stats *s)
 int trainer_step(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, int L,
                  train_stats *st)
 {
+    return trainer_step_batch(t, &(train_batch){pixels, ids, B, L, {NULL, NULL}}, st);
+}
+
+int trainer_step_batch(trainer *t, const train_batch *b, train_stats *st)
+{
     train_stats s;
-    if (trainer_compute_grads(t, pixels, ids, B, L, &s)) return -1;
+    if (trainer_compute_grads_batch(t, b, &s)) return -1;
     int rc = stage_update(t, &s);
     if (st) *st = s;
     return rc;
+}
+
+int trainer_tower_locked(const trainer *t, int tower) { return t->towers[tower].frozen; }
+int trainer_amp(const trainer *t) { return t->cfg.amp; }
+
+int trainer_encode(trainer *t, int tower, const uint8_t *pixels, const int32_t *ids, int B, int L,
+                   float *out)
+{
+    if (tower == TEXT_TOWER && L > t->max_len) {
+        clip_set_error("texts of %d tokens, more than the trainer's %d", L, t->max_len);
+        return -1;
+    }
+    size_t R = t->m->visual->cfg.resolution, D = t->m->embed_dim;
+    for (int b0 = 0; b0 < B; b0 += t->batch) {
+        int n = B - b0 < t->batch ? B - b0 : t->batch;
+        tower_input in = {NULL, NULL, n, 0, 0, NULL}; /* all patches */
+        if (tower == IMAGE_TOWER) {
+            in.pixels = pixels + (size_t)b0 * R * R * 3;
+        } else { /* trimmed as the steps trim them */
+            const int32_t *src = ids + (size_t)b0 * L;
+            in.L = trim_padding(t->ids, src, n, L);
+            if (in.L == L) memcpy(t->ids, src, (size_t)n * L * sizeof *src);
+            in.ids = t->ids;
+        }
+        if (tower_forward(t, &t->towers[tower], &in, out + (size_t)b0 * D)) return -1;
+    }
+    return 0;
+}
+
+uint64_t trainer_tower_checksum(const trainer *t, int tower)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    const unsigned char *p = (const unsigned char *)t->towers[tower].params->data;
+    size_t n = t->towers[tower].params->total * sizeof(float);
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+    return h;
 }
 
 /* ---- saving */
@@ -1007,24 +1152,38 @@ int trainer_save_weights(const trainer *t, const char *path)
     return rc;
 }
 
+/* The state file's "locks" record: what each tower has frozen, the
+ * options that gave it. A state without one is of a run without locks. */
+static void lock_record(const trainer *t, char *buf, size_t n)
+{
+    const train_config *c = &t->cfg;
+    char img[64] = "trained", txt[64] = "trained";
+    if (c->lock_image)
+        snprintf(img, sizeof img, "locked, %d groups unlocked", c->lock_image_unlocked_groups);
+    if (c->lock_text)
+        snprintf(txt, sizeof txt, "locked, %d layers unlocked", c->lock_text_unlocked_layers);
+    snprintf(buf, n, "image %s; text %s", img, txt);
+}
+
 int trainer_save_state(const trainer *t, const char *path, const char *extra_json)
 {
     tensor_list l = {0};
     int64_t *pos;
     char *cfg = NULL;
     int rc = model_tensors(&l, t->m, &pos);
-    for (int k = 0; k < N_TOWERS; k++) {
+    for (int k = 0; k < N_TOWERS; k++) { /* the moments of the trainable tensors */
         const train_tower *tw = &t->towers[k];
-        tl_add_table(&l, "adam_m.", tw->params, tw->adam_m);
-        tl_add_table(&l, "adam_v.", tw->params, tw->adam_v);
+        tl_add_table(&l, "adam_m.", tw->grads, tw->adam_m);
+        tl_add_table(&l, "adam_v.", tw->grads, tw->adam_v);
     }
     tl_add(&l, "adam_m.", "logit_scale", DT_F32, 0, NULL, &t->ls_m);
     tl_add(&l, "adam_v.", "logit_scale", DT_F32, 0, NULL, &t->ls_v);
     if (!rc && !l.failed && (cfg = config_or_error(t->m))) {
-        char step[32];
+        char step[32], locks[128];
         snprintf(step, sizeof step, "%ld", t->step);
+        lock_record(t, locks, sizeof locks);
         const char *meta[] = {"format", "clip-train state", "clip_config", cfg, "step", step,
-                              "extra", extra_json ? extra_json : "{}", NULL};
+                              "extra", extra_json ? extra_json : "{}", "locks", locks, NULL};
         rc = ckpt_save_safetensors(path, l.v, l.n, meta);
     } else {
         rc = -1;
@@ -1062,12 +1221,21 @@ trainer *trainer_load_state(const char *path, const train_config *cfg, int batch
     /* the saved key set continues that of the run's init */
     a.bert.position_ids = ckpt_find(c, "transformer.embeddings.position_ids") != NULL;
     if (!(t = trainer_create(train_model_create(&a, 0), cfg, batch, max_len))) goto fail;
+    const char *saved_locks = ckpt_metadata(c, "locks");
+    char locks[128];
+    lock_record(t, locks, sizeof locks);
+    if (strcmp(saved_locks ? saved_locks : "image trained; text trained", locks)) {
+        clip_set_error("%s: saved with %s, this run has %s: resume with the --lock-* options "
+                       "of the run that saved it", path,
+                       saved_locks ? saved_locks : "image trained; text trained", locks);
+        goto fail;
+    }
     t->step = atol(step);
-    for (int k = 0; k < N_TOWERS; k++) {
+    for (int k = 0; k < N_TOWERS; k++) { /* moments of the trainable tensors only */
         const train_tower *tw = &t->towers[k];
         if (read_table(c, "", tw->params, tw->params->data) ||
-            read_table(c, "adam_m.", tw->params, tw->adam_m) ||
-            read_table(c, "adam_v.", tw->params, tw->adam_v))
+            read_table(c, "adam_m.", tw->grads, tw->adam_m) ||
+            read_table(c, "adam_v.", tw->grads, tw->adam_v))
             goto fail;
     }
     if (ckpt_read_f32(c, "logit_scale", 0, NULL, &t->m->logit_scale) ||

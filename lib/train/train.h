@@ -45,6 +45,15 @@ typedef struct {
      * Evaluation and the model's own encoders use every patch. */
     double mask_ratio;
     uint64_t mask_seed;
+    /* Locked towers (open_clip's --lock-image, --lock-text): a locked
+     * parameter gets no gradient, no AdamW moments and no backward pass, and
+     * keeps its value bit for bit. lock_image: the image tower's groups
+     * (vit_param_group) but the last lock_image_unlocked_groups; lock_text:
+     * the whole text tower, head (ln_final, text_projection; BERT's pooler)
+     * included, but the last lock_text_unlocked_layers layers and then the
+     * head. logit_scale always trains. */
+    int lock_image, lock_image_unlocked_groups;
+    int lock_text, lock_text_unlocked_layers;
 } train_config;
 
 /* most samples in one contrastive batch (all ranks, all micro-batches) */
@@ -96,6 +105,12 @@ typedef struct {
 
 typedef struct trainer trainer;
 
+/* 0 when cfg's lock counts fit the model (trainer_create checks it too), or
+ * -1 with an error naming the option and the counts the towers have. */
+int train_check_locks(const clip_model *m, const train_config *cfg);
+/* Parameters (floats) the trainer trains and those it holds in all. */
+void trainer_param_counts(const trainer *t, size_t *trainable, size_t *total);
+
 /* Allocates gradients, AdamW moments and activations for micro-batches of
  * up to `batch` samples of texts up to `max_len` tokens (cfg->accum_freq of
  * them a step). A mask_ratio outside [0, 1) is an error. Takes the model, also on
@@ -140,7 +155,8 @@ int trainer_check_sync(const trainer *t);
 int trainer_compute_grads(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, int L,
                           train_stats *st);
 /* The gradient of a parameter by its checkpoint name ("logit_scale"
- * included), NULL if no such parameter. n: its element count. */
+ * included), NULL with an error if no such parameter or if it is locked
+ * (train_config.lock_*: it has no gradient). n: its element count. */
 const float *trainer_grad(const trainer *t, const char *name, size_t *n);
 
 /* Patch dropout: the patches each image keeps per step (0 without
@@ -153,6 +169,41 @@ const int32_t *trainer_mask_kept(const trainer *t);
  * weights are left as they were before the step); -1 error. */
 int trainer_step(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, int L,
                  train_stats *st);
+
+/* The towers, as trainer_encode and train_batch name them. */
+enum { TRAIN_IMAGE, TRAIN_TEXT };
+
+/* A step's input, with the features of a tower locked whole computed
+ * before (a feature cache, train/feature_cache.h): features[TRAIN_IMAGE]
+ * [B, D] (embed_dim, unnormalised, as trainer_encode gives them) stands for
+ * the image tower's forward of pixels, which may then be NULL;
+ * features[TRAIN_TEXT] the same for the text tower and ids. Not borrowed
+ * beyond the call. */
+typedef struct {
+    const uint8_t *pixels; /* [B, R, R, 3] */
+    const int32_t *ids;    /* [B, L] */
+    int B, L;
+    const float *features[2]; /* NULL: the tower runs */
+} train_batch;
+/* trainer_compute_grads and trainer_step of a train_batch; -1 with an error
+ * when features are given for a tower that is not locked whole. */
+int trainer_compute_grads_batch(trainer *t, const train_batch *b, train_stats *st);
+int trainer_step_batch(trainer *t, const train_batch *b, train_stats *st);
+
+/* 1 when the tower (TRAIN_IMAGE, TRAIN_TEXT) is locked whole: its features
+ * are a function of its input alone. */
+int trainer_tower_locked(const trainer *t, int tower);
+/* The features [B, D] the steps compute for B inputs of a tower, in the
+ * steps' precision (cfg.amp) and with their padding trimmed: pixels [B, R,
+ * R, 3] for TRAIN_IMAGE, ids [B, L] for TRAIN_TEXT; any B (in chunks of the
+ * trainer's batch). 0, or -1 with an error. */
+int trainer_encode(trainer *t, int tower, const uint8_t *pixels, const int32_t *ids, int B, int L,
+                   float *out);
+/* FNV-1a over the bytes of one tower's weights (trainer_checksum's, for
+ * one tower). */
+uint64_t trainer_tower_checksum(const trainer *t, int tower);
+/* 1 when the steps compute in bf16 (cfg.amp) */
+int trainer_amp(const trainer *t);
 
 /* Model weights in the reference key names: .pth (torch.load + the
  * reference model load it strictly) or, by extension, .safetensors; both

@@ -1,12 +1,14 @@
 /* Training-step speed of the C trainer: bench_train ARCH BATCH STEPS [amp]
- * [ckpt] [mask=X] runs STEPS + 1 steps (the first warms up) of a randomly
- * initialised model (ARCH as clip-train --arch; ckpt: --grad-checkpointing;
- * mask=X: patch dropout, --mask-ratio X) on random images and captions of
- * 10..30 tokens in a context of 52, and prints one JSON line: seconds per
- * step (median), its parts, achieved GFLOP/s, peak RSS and the bytes the
- * trainer reserves (trainer_memory: activations, backward scratch, weights
- * with gradients and moments). STEPS 0: the memory only, no step. Read by
- * tests/ref/bench_train.py. */
+ * [ckpt] [mask=X] [lock|cached] runs STEPS + 1 steps (the first warms up) of
+ * a randomly initialised model (ARCH as clip-train --arch; ckpt:
+ * --grad-checkpointing; mask=X: patch dropout, --mask-ratio X; lock:
+ * --lock-image, the image tower's forward only; cached: --lock-image with its
+ * features computed before, a cached epoch's step: the text tower only) on
+ * random images and captions of 10..30 tokens in a context of 52, and prints
+ * one JSON line: seconds per step (median), its parts, achieved GFLOP/s, peak
+ * RSS and the bytes the trainer reserves (trainer_memory: activations,
+ * backward scratch, weights with gradients and moments). STEPS 0: the memory
+ * only, no step. Read by tests/ref/bench_train.py. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,16 +29,18 @@ int main(int argc, char **argv)
 {
     blas_setup(argc, argv);
     clip_set_progname(argv[0]);
-    if (argc < 4) die("usage: bench_train ARCH BATCH STEPS [amp] [ckpt] [mask=X]");
+    if (argc < 4) die("usage: bench_train ARCH BATCH STEPS [amp] [ckpt] [mask=X] [lock|cached]");
     train_arch arch;
     if (train_arch_parse(argv[1], &arch)) die("%s", clip_error());
-    int B = atoi(argv[2]), steps = atoi(argv[3]), amp = 0, ckpt = 0;
+    int B = atoi(argv[2]), steps = atoi(argv[3]), amp = 0, ckpt = 0, lock = 0, cached = 0;
     double mask = 0;
     for (int i = 4; i < argc; i++) {
         if (!strcmp(argv[i], "amp")) amp = 1;
         else if (!strcmp(argv[i], "ckpt")) ckpt = 1;
+        else if (!strcmp(argv[i], "lock")) lock = 1;
+        else if (!strcmp(argv[i], "cached")) cached = 1;
         else if (!strncmp(argv[i], "mask=", 5)) mask = atof(argv[i] + 5);
-        else die("bench_train: '%s': expected amp, ckpt or mask=X", argv[i]);
+        else die("bench_train: '%s': expected amp, ckpt, mask=X, lock or cached", argv[i]);
     }
     enum { L = 52 };
     train_config cfg;
@@ -47,6 +51,7 @@ int main(int argc, char **argv)
     cfg.amp = amp;
     cfg.grad_checkpointing = ckpt;
     cfg.mask_ratio = mask;
+    cfg.lock_image = lock || cached;
     trainer *t = trainer_create(train_model_create(&arch, 1), &cfg, B, L);
     if (!t) die("%s", clip_error());
     train_memory mem;
@@ -62,11 +67,17 @@ int main(int argc, char **argv)
         for (int j = 1; j < n - 1; j++) ids[b * L + j] = 1000 + (int)(splitmix64(&rng) % 20000);
         ids[b * L + n - 1] = 102;
     }
+    float *feats = NULL;
+    if (cached) { /* what a feature cache holds: computed once, before the timed steps */
+        feats = xmalloc((size_t)B * arch.vit.out_dim * sizeof(float));
+        if (trainer_encode(t, TRAIN_IMAGE, px, NULL, B, 0, feats)) die("%s", clip_error());
+    }
     double *sec = xmalloc((steps + 1) * sizeof *sec);
     train_stats st, sum = {0};
     for (int s = 0; steps && s <= steps; s++) {
         double t0 = now_seconds();
-        if (trainer_step(t, px, ids, B, L, &st)) die("step %d: %s", s, clip_error());
+        train_batch tb = {px, ids, B, L, {feats, NULL}};
+        if (trainer_step_batch(t, &tb, &st)) die("step %d: %s", s, clip_error());
         sec[s] = now_seconds() - t0;
         if (s) sum.sec_image += st.sec_image, sum.sec_text += st.sec_text, sum.sec_optim += st.sec_optim;
         fprintf(stderr, "bench_train: step %d: %.2f s, loss %.4f\n", s, sec[s], st.loss);
@@ -80,18 +91,21 @@ int main(int argc, char **argv)
     int GG = vm.grid * vm.grid, keep = cfg.mask_ratio > 0 ? trainer_mask_keep(t) : GG;
     vm.tokens = 1 + keep;
     double vit_flops = vit_forward_flops(&vm) - 2.0 * (GG - keep) * 3 * vm.patch * vm.patch * vm.width;
-    double flops = 3.0 * B * (vit_flops + bert_forward_flops(&arch.bert, longest));
+    double image = cached ? 0 : lock ? 1 : 3; /* forward + backward = 3 forwards */
+    double flops = B * (image * vit_flops + 3.0 * bert_forward_flops(&arch.bert, longest));
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("{\"impl\": \"c\", \"arch\": \"%s\", \"batch\": %d, \"amp\": %s, \"mask_ratio\": %g, "
-           "\"sec_per_step\": %.3f, "
+           "\"mode\": \"%s\", \"sec_per_step\": %.3f, "
            "\"steps\": %d, \"image_s\": %.3f, \"text_s\": %.3f, \"optim_s\": %.3f, \"gflops\": %.1f, "
            "\"peak_rss_mib\": %.0f, \"grad_checkpointing\": %s, \"activation_bytes\": %zu, "
            "\"backward_bytes\": %zu, \"weight_bytes\": %zu, \"blas\": \"%s\"}\n",
-           argv[1], B, amp ? "true" : "false", cfg.mask_ratio, med, steps,
+           argv[1], B, amp ? "true" : "false", cfg.mask_ratio,
+           lock ? "lock" : cached ? "cached" : "full", med, steps,
            steps ? sum.sec_image / steps : 0, steps ? sum.sec_text / steps : 0,
            steps ? sum.sec_optim / steps : 0, med ? flops / med / 1e9 : 0, ru.ru_maxrss / 1024.0,
            ckpt ? "true" : "false", mem.activations, mem.backward, mem.weights, blas_describe());
+    free(feats);
     trainer_free(t);
     return 0;
 }

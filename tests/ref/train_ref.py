@@ -22,11 +22,20 @@
       (kept_patches, reimplemented here from lib/train/patch_mask.h), open_clip's
       PatchDropout applied to them; expected.json (per-step losses etc. and the
       kept indices), grads_step1.pth
+  train_ref.py lock OUTFILE
+      5 AdamW steps of the tiny Chinese model with locked towers (open_clip's
+      VisionTransformer.lock groups for --lock-image [--lock-image-unlocked-
+      groups N]; --lock-text: every text parameter, head included): per run
+      the trainable tensors' names, losses, lrs, logit scales and gradient
+      norms (tests/fixtures/train/expected_lock.json). The step-1 gradients of
+      the trainable tensors are those of grads_step1.pth (checked here).
   train_ref.py bench --arch base|small --batch N --steps K [--amp] [--threads T]
-                     [--grad-checkpointing] [--mask-ratio X]
+                     [--grad-checkpointing] [--mask-ratio X] [--lock | --cached]
       K timed training steps (after one warm-up) of a random-weight model
       (every block through torch.utils.checkpoint with --grad-checkpointing;
-      with X: open_clip's patch dropout, noise top-k); prints one JSON line
+      with X: open_clip's patch dropout, noise top-k; --lock: the visual tower
+      frozen, its forward under no_grad; --cached: precomputed image features,
+      the text tower only); prints one JSON line
 
 The recipe (clip-train implements exactly this):
   batch     B consecutive samples in file order (no shuffle), last incomplete
@@ -83,8 +92,9 @@ def lr_at(s, base, warmup, total, schedule):
 
 
 def make_optimizer(model, lr, wd, eps=1e-8):
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": wd},
                               {"params": no_decay, "weight_decay": 0.0}],
                              lr=lr, betas=(0.9, 0.999), eps=eps)
@@ -119,8 +129,9 @@ def local_loss(img, txt, logit_scale, rank, ranks):
 
 
 def grad_norm(model):
-    """The total L2 norm as clip_grad_norm_ computes it."""
-    return torch.norm(torch.stack([torch.norm(p.grad.detach(), 2) for p in model.parameters()]), 2)
+    """The total L2 norm as clip_grad_norm_ computes it (over the parameters with a gradient)."""
+    return torch.norm(torch.stack([torch.norm(p.grad.detach(), 2) for p in model.parameters()
+                                   if p.grad is not None]), 2)
 
 
 def train_step(model, opt, pixels, ids, lr, grad_clip=0.0, amp=False, on_grads=None, kept=None):
@@ -533,6 +544,97 @@ def tiny_model_config():
     return vit, bert_config(64, 2, 2, 128, 256, 32), 32
 
 
+# ---- locked towers ----
+
+def lock_image(visual, unlocked_groups=0):
+    """open_clip's VisionTransformer.lock: every parameter frozen, then the
+    last `unlocked_groups` of the groups below trainable again."""
+    for p in visual.parameters():
+        p.requires_grad = False
+    if unlocked_groups == 0:
+        return
+    groups = [[visual.conv1, visual.class_embedding, visual.positional_embedding, visual.ln_pre],
+              *visual.transformer.resblocks[:-1],
+              [visual.transformer.resblocks[-1], visual.ln_post],
+              visual.proj]
+
+    def unlock(x):
+        if isinstance(x, (list, tuple)):
+            for g in x:
+                unlock(g)
+        elif isinstance(x, torch.nn.Parameter):
+            x.requires_grad = True
+        else:
+            for p in x.parameters():
+                p.requires_grad = True
+    unlock(groups[-unlocked_groups:])
+
+
+def lock_text(model):
+    """clip-train's --lock-text: the whole text tower, its head (ln_final,
+    text_projection) included, so that its features are fixed."""
+    for m in (model.transformer, model.ln_final):
+        for p in m.parameters():
+            p.requires_grad = False
+    model.text_projection.requires_grad = False
+
+
+LOCK_RUNS = OrderedDict([
+    ("image", dict(lock_image=True, unlocked_groups=0)),
+    ("image2", dict(lock_image=True, unlocked_groups=2)),
+    ("text", dict(lock_text=True)),
+])
+LOCK_RUN = dict(lr=1e-3, wd=0.01, warmup=2, steps=5, schedule="cosine")
+
+
+def lock(outfile):
+    torch.set_num_threads(1)
+    fix = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "train")
+    init = torch.load(os.path.join(fix, "init.pth"))
+    full_grads = torch.load(os.path.join(fix, "grads_step1.pth"))
+    train = read_tar(os.path.join(fix, "train.tar"))
+    out = OrderedDict(batch=B_FIXTURE, runs=OrderedDict())
+    r = LOCK_RUN
+    for name, spec in LOCK_RUNS.items():
+        model, _ = tiny_model()
+        model.load_state_dict(init)
+        if spec.get("lock_image"):
+            lock_image(model.visual, spec["unlocked_groups"])
+        if spec.get("lock_text"):
+            lock_text(model)
+        trainable = [k for k, p in model.named_parameters() if p.requires_grad]
+        decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": r["wd"]},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=r["lr"], betas=(0.9, 0.999), eps=1e-8)
+        rec = OrderedDict(spec, **r, trainable=trainable, loss=[], lr_used=[], logit_scale=[],
+                          grad_norm=[])
+        for s, (pixels, ids) in enumerate(batches(train, B_FIXTURE, r["steps"])):
+            lr = lr_at(s, r["lr"], r["warmup"], r["steps"], r["schedule"])
+            hook = None
+            if s == 0:
+                def hook(m):
+                    # a locked tower changes no trainable tensor's gradient: the full run's
+                    for k, p in m.named_parameters():
+                        assert (p.grad is not None) == p.requires_grad, k
+                        if p.grad is not None:
+                            d = float((p.grad - full_grads[k]).abs().max())
+                            assert d <= 1e-6 * max(1.0, float(full_grads[k].abs().max())), (k, d)
+            loss, norm = train_step(model, opt, pixels, ids, lr, on_grads=hook)
+            for k, v in (("loss", loss), ("lr_used", lr), ("logit_scale", model.logit_scale.item()),
+                         ("grad_norm", norm)):
+                rec[k].append(v)
+            print(f"lock {name} step {s}: loss {loss:.6f} grad_norm {norm:.6f}", file=sys.stderr)
+        for k, v in model.state_dict().items():  # the locked tensors did not move
+            if k in dict(model.named_parameters()) and k not in trainable:
+                assert torch.equal(v, init[k]), k
+        out["runs"][name] = rec
+    with open(outfile, "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+
+
 # ---- bench ----
 
 ARCHS = {
@@ -549,6 +651,10 @@ def bench(argv):
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--amp", action="store_true")
+    ap.add_argument("--lock", action="store_true", help="--lock-image: the visual tower frozen, "
+                    "its forward under no_grad")
+    ap.add_argument("--cached", action="store_true", help="a cached --lock-image epoch: "
+                    "precomputed image features, the text tower only")
     ap.add_argument("--threads", type=int, default=reference_env.THREADS)
     ap.add_argument("--grad-checkpointing", action="store_true")
     ap.add_argument("--mask-ratio", type=float, default=0.0)
@@ -558,6 +664,9 @@ def bench(argv):
     vit, cfg, out_dim = ARCHS[a.arch]
     model = ChineseCLIP(vit, cfg, out_dim).train()
     set_grad_checkpointing(model, a.grad_checkpointing)
+    if a.lock or a.cached:
+        for p in model.visual.parameters():
+            p.requires_grad = False
     opt = make_optimizer(model, 1e-5, 0.01)
     if a.amp:
         # CUDA autocast runs layer_norm in fp32; torch 1.13's CPU autocast leaves
@@ -576,13 +685,35 @@ def bench(argv):
     ids = torch.from_numpy(ids)
 
     patches = (R // vit["patch"]) ** 2
+    feats = None
+    if a.cached:
+        with torch.no_grad():
+            feats = encode_image(model, pixels)
+
+    def locked_step():
+        opt.zero_grad(set_to_none=True)
+        if feats is None:
+            with torch.no_grad():
+                img = encode_image(model, pixels)
+        else:
+            img = feats
+        loss = clip_loss(img, model.encode_text(ids), model.logit_scale)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+        return loss.item(), 0.0
+
     times = []
     for s in range(a.steps + 1):
         t0 = time.perf_counter()
         kept = None
         if a.mask_ratio > 0:  # open_clip's PatchDropout: the top-k of random noise, in its order
             kept = torch.randn(B, patches).topk(mask_keep(patches, a.mask_ratio), dim=-1).indices
-        loss, _ = train_step(model, opt, pixels, ids, 1e-5, amp=a.amp, kept=kept)
+        if a.lock or a.cached:
+            loss, _ = locked_step()
+        else:
+            loss, _ = train_step(model, opt, pixels, ids, 1e-5, amp=a.amp, kept=kept)
         dt = time.perf_counter() - t0
         print(f"step {s}{' (warm-up)' if s == 0 else ''}: {dt:.3f} s, loss {loss:.4f}", file=sys.stderr)
         if s:
@@ -590,6 +721,7 @@ def bench(argv):
     print(json.dumps({"impl": "pytorch", "arch": a.arch, "batch": B, "amp": a.amp,
                       "grad_checkpointing": a.grad_checkpointing,
                       "mask_ratio": a.mask_ratio,
+                      "mode": "lock" if a.lock else "cached" if a.cached else "full",
                       "sec_per_step": statistics.median(times), "steps": a.steps,
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "torch": torch.__version__, "reference": reference_env.describe()}))
@@ -604,6 +736,8 @@ if __name__ == "__main__":
         dist(sys.argv[2])
     elif len(sys.argv) == 3 and sys.argv[1] == "mask":
         mask(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "lock":
+        lock(sys.argv[2])
     elif len(sys.argv) >= 2 and sys.argv[1] == "bench":
         bench(sys.argv[2:])
     else:

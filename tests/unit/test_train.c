@@ -84,12 +84,15 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tool.h"
 #include "ckpt/checkpoint.h"
 #include "io/sample_file.h"
 #include "io/stream.h"
 #include "train/contrastive.h"
+#include "train/feature_cache.h"
+#include "train/loader.h"
 #include "train/train.h"
 #include "unit.h"
 #include "core/util.h"
@@ -424,6 +427,197 @@ static void run(const char *name, json_t *spec, int check_final)
     trainer_free(t);
 }
 
+/* Locked towers (train_ref.py lock, expected_lock.json): --lock-image,
+ * --lock-image-unlocked-groups 2 and --lock-text against PyTorch with
+ * requires_grad False on open_clip's groups. The step-1 gradient of every
+ * trainable tensor is the full run's (grads_step1.pth, the reference checks
+ * that it is) within TAU_G of its scale; the trainer has a gradient for
+ * exactly the reference's trainable tensors (trainer_grad NULL, "locked",
+ * for the others); 5 steps' losses within loss_tol, lrs, logit scales and
+ * gradient norms as in run(); the locked tensors bit-identical to the init
+ * after the steps. */
+static void test_lock_run(const char *name, json_t *spec)
+{
+    train_config cfg;
+    train_config_defaults(&cfg);
+    cfg.lr = json_real_value(json_object_get(spec, "lr"));
+    cfg.weight_decay = json_real_value(json_object_get(spec, "wd"));
+    cfg.warmup = json_integer_value(json_object_get(spec, "warmup"));
+    cfg.total_steps = json_integer_value(json_object_get(spec, "steps"));
+    cfg.lock_image = json_is_true(json_object_get(spec, "lock_image"));
+    cfg.lock_image_unlocked_groups = (int)json_integer_value(json_object_get(spec, "unlocked_groups"));
+    cfg.lock_text = json_is_true(json_object_get(spec, "lock_text"));
+    trainer *t = new_trainer(&cfg);
+    if (!t) die("%s", clip_error());
+    clip_model *m = trainer_model(t), *init = train_model_load(fx->init, fx->text_dir);
+    ckpt *g = ckpt_load(fix_path("grads_step1.pth"));
+    if (!g || !init) die("%s", clip_error());
+    json_t *trainable = json_object_get(spec, "trainable");
+    for (long s = 0; s < cfg.total_steps; s++) {
+        double scale = exp(m->logit_scale);
+        train_stats st;
+        int b = (int)(s % (N_SAMPLES / B));
+        CHECK(trainer_step(t, pixels[b * B], ids[b * B], B, L, &st) == 0, "lock %s step %ld: %s",
+              name, s + 1, clip_error());
+        double loss = json_real_value(json_array_get(json_object_get(spec, "loss"), s));
+        double lr = json_real_value(json_array_get(json_object_get(spec, "lr_used"), s));
+        double ls = json_real_value(json_array_get(json_object_get(spec, "logit_scale"), s));
+        double gn = json_real_value(json_array_get(json_object_get(spec, "grad_norm"), s));
+        double ltol = loss_tol(m, scale, loss), lratio = fabs(st.loss - loss) / ltol;
+        worst_loss = fmax(worst_loss, lratio);
+        CHECK(lratio <= 1.0, "lock %s step %ld: loss %.7f, reference %.7f (tolerance %.2g)", name,
+              s + 1, st.loss, loss, ltol);
+        CHECK(fabs(st.lr - lr) <= 1e-9 * lr, "lock %s step %ld: lr %.9g, reference %.9g", name,
+              s + 1, st.lr, lr);
+        CHECK(fabs(st.logit_scale - ls) <= 1e-4, "lock %s step %ld: logit_scale %.6f, reference "
+              "%.6f", name, s + 1, st.logit_scale, ls);
+        CHECK(fabs(st.grad_norm - gn) <= 1e-3 * gn, "lock %s step %ld: grad norm %.5f, reference "
+              "%.5f", name, s + 1, st.grad_norm, gn);
+        if (getenv("VERBOSE"))
+            fprintf(stderr, "lock %s step %ld: loss %.7f ref %.7f (tolerance %.2g), grad norm %.5f "
+                    "ref %.5f\n", name, s + 1, st.loss, loss, ltol, st.grad_norm, gn);
+        if (s) continue;
+        /* step 1's gradients stay in the trainer after its update */
+        for (size_t i = 0; i < json_array_size(trainable); i++) {
+            const char *pn = json_string_value(json_array_get(trainable, i));
+            size_t n, nref;
+            const float *got = trainer_grad(t, pn, &n);
+            float *want = read_ref(g, pn, &nref);
+            CHECK(got && n == nref, "lock %s: no gradient for the trainable %s: %s", name, pn,
+                  clip_error());
+            if (got && n == nref) {
+                double G = grad_scale(g, NULL, pn), bound = TAU_G * G, maxdiff;
+                double r = diff_ratio(got, want, n, &bound, 0, &maxdiff);
+                worst_grad = fmax(worst_grad, r);
+                CHECK(r <= 1.0, "lock %s: step-1 gradient %s: max abs diff %.3g, scale %.3g", name,
+                      pn, maxdiff, G);
+            }
+            free(want);
+        }
+    }
+    /* every other tensor is locked: no gradient, and its weights are the init's, bit for bit */
+    const param_table *tabs[2] = {&m->visual->ptable, text_table(m)};
+    const param_table *orig[2] = {&init->visual->ptable, text_table(init)};
+    size_t with_grad = 1, locked = 0; /* logit_scale */
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < tabs[k]->n; i++) {
+            const param_spec *ps = &tabs[k]->v[i];
+            int trains = 0;
+            for (size_t j = 0; j < json_array_size(trainable); j++)
+                trains |= !strcmp(json_string_value(json_array_get(trainable, j)), ps->name);
+            size_t n;
+            const float *gr = trainer_grad(t, ps->name, &n);
+            with_grad += gr != NULL;
+            if (trains) continue;
+            locked++;
+            CHECK(!gr && strstr(clip_error(), "locked"), "lock %s: %s has a gradient", name,
+                  ps->name);
+            CHECK(!memcmp(tabs[k]->data + ps->offset, orig[k]->data + pt_find(orig[k], ps->name)->offset,
+                          ps->numel * sizeof(float)),
+                  "lock %s: the locked %s moved", name, ps->name);
+        }
+    CHECK(with_grad == json_array_size(trainable) && locked > 0,
+          "lock %s: %zu tensors with a gradient, the reference trains %zu", name, with_grad,
+          json_array_size(trainable));
+    ckpt_free(g);
+    clip_model_free(init);
+    trainer_free(t);
+}
+
+/* Cached features of a locked tower (train/feature_cache.h) over the
+ * fixture's file in its order, B a batch, no augmentation, the first
+ * caption: 2 epochs with the features from the cache give the losses of
+ * the same epochs computed through the tower. The image cache is built in
+ * the epochs' own batches (trainer_encode in chunks of B samples in file
+ * order), so its losses are the same bits; the text cache encodes all
+ * caption rows, B rows at a time, another grouping and padding trim of the
+ * same arithmetic: within loss_tol, the bound on two evaluations of the
+ * same loss. Saved and read back, the features are the same bits; a file
+ * of other weights is refused (delete it), so is one cut short. */
+static void test_feature_cache(int tower)
+{
+    const char *what = tower == TRAIN_IMAGE ? "image" : "text";
+    loader_config lc = {.shuffle = 0, .augment = 0, .first_caption = 1, .ranks = 1, .accum = 1,
+                        .micro = B};
+    train_config cfg;
+    train_config_defaults(&cfg);
+    cfg.lr = 1e-3, cfg.warmup = 2, cfg.total_steps = 6;
+    cfg.lock_image = tower == TRAIN_IMAGE;
+    cfg.lock_text = tower == TRAIN_TEXT;
+    trainer *plain = new_trainer(&cfg), *cached = new_trainer(&cfg);
+    train_loader *d = loader_open(fix_path("train.tar"), &lc);
+    if (!plain || !cached || !d || loader_set_model(d, R, 256)) die("%s", clip_error());
+    feature_cache *fc = feature_cache_open(NULL, cached, d, tower == TRAIN_IMAGE,
+                                           tower == TRAIN_TEXT, 0, NULL, NULL);
+    CHECK(fc != NULL, "%s cache: %s", what, clip_error());
+    if (!fc) return;
+    int D = trainer_model(cached)->embed_dim;
+    float *buf = xmalloc((size_t)B * D * sizeof(float)), *out[2] = {buf, buf};
+    double worst = 0;
+    for (long e = 0, s = 0; e < 2; e++) {
+        loader_epoch(d, e);
+        for (long g = 0; g < loader_batches_per_epoch(d); g++, s++) {
+            if (loader_batch(d, e, g) != B) die("%s", clip_error());
+            train_stats a, c;
+            train_batch tb = {loader_pixels(d), loader_ids(d), B, L, {NULL, NULL}};
+            CHECK(trainer_step_batch(plain, &tb, &a) == 0, "%s", clip_error());
+            feature_cache_batch(fc, d, B, out);
+            tb.features[tower] = buf;
+            CHECK(trainer_step_batch(cached, &tb, &c) == 0, "%s", clip_error());
+            double tol = tower == TRAIN_IMAGE ? 0 : loss_tol(trainer_model(plain), exp(a.logit_scale), a.loss);
+            worst = fmax(worst, fabs(a.loss - c.loss));
+            CHECK(fabs(a.loss - c.loss) <= tol, "%s cache, step %ld: loss %.9g, uncached %.9g (tolerance "
+                  "%.2g)", what, s + 1, c.loss, a.loss, tol);
+        }
+    }
+    printf("%s feature cache: 2 epochs, worst loss difference to the uncached run %.2g\n", what, worst);
+    /* a file: the same bits back; stale and truncated files refused */
+    char path[256], cut[300];
+    snprintf(path, sizeof path, "/tmp/test_train_fc_%d_%s.tar", (int)getpid(), what);
+    snprintf(cut, sizeof cut, "%s.cut", path);
+    unlink(path);
+    feature_cache *w = feature_cache_open(path, cached, d, tower == TRAIN_IMAGE,
+                                          tower == TRAIN_TEXT, 1, NULL, NULL);
+    feature_cache *r = w ? feature_cache_open(path, cached, d, tower == TRAIN_IMAGE,
+                                              tower == TRAIN_TEXT, 1, NULL, NULL) : NULL;
+    CHECK(w && r, "%s cache file: %s", what, clip_error());
+    if (w && r) {
+        size_t n = tower == TRAIN_IMAGE ? w->n : w->rows;
+        const float *a = tower == TRAIN_IMAGE ? w->img : w->txt, *b = tower == TRAIN_IMAGE ? r->img : r->txt;
+        CHECK(r->rows == w->rows && !memcmp(a, b, n * D * sizeof(float)),
+              "%s cache: the file's features are not the computed ones", what);
+    }
+    feature_cache_free(w);
+    feature_cache_free(r);
+    /* the other trainer's tower has moved nothing (locked): perturb a weight to make it stale */
+    clip_model *m = trainer_model(plain);
+    float *x = tower == TRAIN_IMAGE ? m->visual->ptable.data : text_table(m)->data;
+    x[0] += 1.0f;
+    r = feature_cache_open(path, plain, d, tower == TRAIN_IMAGE, tower == TRAIN_TEXT, 1, NULL, NULL);
+    CHECK(!r && strstr(clip_error(), "weights_fnv") && strstr(clip_error(), "delete it"),
+          "%s cache of other weights: %s", what, r ? "accepted" : clip_error());
+    feature_cache_free(r);
+    x[0] -= 1.0f;
+    FILE *in = fopen(path, "rb"), *o = fopen(cut, "wb");
+    if (!in || !o) die("%s: cannot copy", path);
+    char chunk[1536];
+    size_t got = fread(chunk, 1, sizeof chunk, in);
+    fwrite(chunk, 1, got, o);
+    fclose(in);
+    fclose(o);
+    r = feature_cache_open(cut, cached, d, tower == TRAIN_IMAGE, tower == TRAIN_TEXT, 1, NULL, NULL);
+    CHECK(!r && strstr(clip_error(), "truncated") && strstr(clip_error(), "delete it"),
+          "%s cache cut short: %s", what, r ? "accepted" : clip_error());
+    feature_cache_free(r);
+    unlink(path);
+    unlink(cut);
+    free(buf);
+    feature_cache_free(fc);
+    loader_close(d);
+    trainer_free(plain);
+    trainer_free(cached);
+}
+
 /* --amp is the trainer's precision, not the model's: a bf16 step's
  * gradients differ from fp32's and stay near them (within 5% of each
  * tensor's scale), while the model under training keeps fp32 for
@@ -595,6 +789,7 @@ enum { RANKS = 2, GLOBAL = 8, DIST_STEPS = 5 };
 typedef struct {
     pthread_barrier_t barrier;
     const void *ptr[RANKS];
+    size_t reduced[RANKS]; /* floats each rank's allreduce_start summed */
 } thread_world;
 
 static int tw_allgather(train_comm *c, const void *mine, size_t bytes, void *all)
@@ -650,6 +845,7 @@ static int tw_allreduce_f64(train_comm *c, double *x, size_t n, int op)
 }
 static int tw_allreduce_start(train_comm *c, float *x, size_t n)
 {
+    ((thread_world *)c->impl)->reduced[c->rank] += n;
     tw_sum_f32(c, x, n, COMM_SUM);
     return 0;
 }
@@ -785,6 +981,98 @@ static void test_data_parallel(double mask_ratio)
     for (int r = 0; r < RANKS; r++) trainer_free(rr[r].t);
     trainer_free(one);
     trainer_free(acc);
+}
+
+/* --lock-image over 2 ranks (threads): only the trainable gradients are
+ * all-reduced (the text tower's, none of the image tower's), the losses are
+ * one process's on the global batch within the 1e-5 of test_data_parallel,
+ * the ranks' weights the same bits, the locked tower the init's. */
+static void test_data_parallel_locked(void)
+{
+    train_config cfg;
+    train_config_defaults(&cfg);
+    cfg.lr = 1e-3, cfg.warmup = 2, cfg.total_steps = DIST_STEPS, cfg.lock_image = 1;
+    trainer *one = new_trainer_of(&cfg, GLOBAL);
+    thread_world w;
+    memset(&w, 0, sizeof w);
+    pthread_barrier_init(&w.barrier, NULL, RANKS);
+    rank_run rr[RANKS];
+    pthread_t th[RANKS];
+    for (int r = 0; r < RANKS; r++) {
+        rr[r] = (rank_run){.cfg = &cfg};
+        rr[r].comm = (train_comm){.rank = r, .size = RANKS, .impl = &w, .allgather = tw_allgather,
+                                  .reduce_scatter = tw_reduce_scatter,
+                                  .allreduce_f64 = tw_allreduce_f64,
+                                  .allreduce_start = tw_allreduce_start,
+                                  .allreduce_wait = tw_allreduce_wait, .bcast = tw_bcast};
+        pthread_create(&th[r], NULL, rank_main, &rr[r]);
+    }
+    for (int r = 0; r < RANKS; r++) pthread_join(th[r], NULL);
+    CHECK(one && !rr[0].failed && !rr[1].failed, "locked data-parallel trainers: %s", clip_error());
+    if (!one || rr[0].failed || rr[1].failed) return;
+    const clip_model *m = trainer_model(rr[0].t);
+    size_t text = m->bert->gtable.total;
+    CHECK(m->visual->gtable.total == 0, "--lock-image: %zu image gradients", m->visual->gtable.total);
+    for (int r = 0; r < RANKS; r++)
+        CHECK(w.reduced[r] == DIST_STEPS * text, "rank %d all-reduced %zu floats in %d steps, the "
+              "text tower's gradients are %zu", r, w.reduced[r], DIST_STEPS, text);
+    for (int s = 0; s < DIST_STEPS; s++) {
+        train_stats st;
+        CHECK(trainer_step(one, pixels[0], ids[0], GLOBAL, L, &st) == 0, "%s", clip_error());
+        CHECK(fabs(rr[0].loss[s] - st.loss) <= 1e-5, "locked step %d: loss of 1 x 8 %.7f, 2 ranks "
+              "x 4 %.7f", s + 1, st.loss, rr[0].loss[s]);
+    }
+    CHECK(trainer_checksum(rr[0].t) == trainer_checksum(rr[1].t), "the ranks' weights differ");
+    CHECK(trainer_tower_checksum(rr[0].t, TRAIN_IMAGE) == trainer_tower_checksum(one, TRAIN_IMAGE),
+          "the locked image tower moved");
+    pthread_barrier_destroy(&w.barrier);
+    for (int r = 0; r < RANKS; r++) trainer_free(rr[r].t);
+    trainer_free(one);
+}
+
+/* --lock-text-unlocked-layers 1 on the English tower (OpenAI's causal
+ * transformer): the step-1 gradients of the last block, ln_final,
+ * text_projection, the image tower and logit_scale are the full run's
+ * (en/grads_step1.pth) within TAU_G of their scale; the embeddings and
+ * block 0 have none. */
+static void test_lock_english(void)
+{
+    train_config cfg;
+    train_config_defaults(&cfg);
+    cfg.lock_text = 1, cfg.lock_text_unlocked_layers = 1;
+    trainer *t = new_trainer(&cfg);
+    ckpt *g = ckpt_load(fix_path("grads_step1.pth"));
+    if (!t || !g) die("%s", clip_error());
+    CHECK(trainer_compute_grads(t, pixels[0], ids[0], B, L, NULL) == 0, "%s", clip_error());
+    int trained = 0, locked = 0;
+    for (size_t i = 0; i < ckpt_count(g); i++) {
+        const char *name = ckpt_tensor_at(g, i)->name;
+        int trains = !strncmp(name, "visual.", 7) || !strcmp(name, "logit_scale") ||
+                     !strncmp(name, "transformer.resblocks.1.", 24) ||
+                     !strncmp(name, "ln_final.", 9) || !strcmp(name, "text_projection");
+        size_t n, nref;
+        const float *got = trainer_grad(t, name, &n);
+        if (!trains) {
+            locked++;
+            CHECK(!got, "English --lock-text-unlocked-layers 1: %s has a gradient", name);
+            continue;
+        }
+        trained++;
+        float *want = read_ref(g, name, &nref);
+        CHECK(got && n == nref, "English lock: no gradient for %s: %s", name, clip_error());
+        if (got && n == nref) {
+            double G = grad_scale(g, NULL, name), bound = TAU_G * G, maxdiff;
+            double r = diff_ratio(got, want, n, &bound, 0, &maxdiff);
+            worst_grad = fmax(worst_grad, r);
+            CHECK(r <= 1.0, "English lock: step-1 gradient %s: max abs diff %.3g, scale %.3g", name,
+                  maxdiff, G);
+        }
+        free(want);
+    }
+    CHECK(trained > 0 && locked == 2 + 12, "English lock: %d trained, %d locked (want the "
+          "embeddings and block 0's 12)", trained, locked);
+    ckpt_free(g);
+    trainer_free(t);
 }
 
 /* The rows of a batch split in blocks (the ranks' local losses) add up to
@@ -939,6 +1227,7 @@ int main(void)
     test_loss_rows();
     test_data_parallel(0);
     test_data_parallel(0.5);
+    test_data_parallel_locked();
     test_mask_all_kept();
     test_mask_trainer();
     json_error_t err;
@@ -954,6 +1243,15 @@ int main(void)
     test_step1_grads();
     run("cosine", json_object_get(runs, "cosine"), 1);
     checkpointing = 0;
+    json_decref(exp);
+    test_feature_cache(TRAIN_IMAGE);
+    test_feature_cache(TRAIN_TEXT);
+    if (!(exp = json_load_file(FIX "expected_lock.json", 0, &err)))
+        die("expected_lock.json: %s", err.text);
+    const char *lock_name;
+    json_t *lock_spec;
+    json_object_foreach(json_object_get(exp, "runs"), lock_name, lock_spec)
+        test_lock_run(lock_name, lock_spec);
     json_decref(exp);
     printf("Chinese model, worst error / tolerance: step-1 gradients %.3f, losses %.3f, final "
            "weights %.3f\n", worst_grad, worst_loss, worst_weight);
@@ -987,6 +1285,7 @@ int main(void)
           "%s: the English tower with the recorded 2 heads: %s", fx->init, clip_error());
     clip_model_free(probe);
     test_step1_grads();
+    test_lock_english();
     if (!(exp = json_load_file(fix_path("expected.json"), 0, &err)))
         die("en/expected.json: %s", err.text);
     CHECK(json_integer_value(json_object_get(exp, "batch")) == B, "batch");
