@@ -56,6 +56,12 @@ same_as_plain() {
         --steps 3 --mask-ratio 0.5 --lr 1e-3 --warmup 2
 }
 
+@test "--grad-checkpointing with partly locked towers and --mask-ratio: bit for bit" {
+    same_as_plain --init "$FIX/init.pth" --text-model "$FIX/bert" --train "$FIX/train.tar" -b 4 \
+        --steps 3 --lock-image-unlocked-groups 3 --lock-text-unlocked-layers 1 --mask-ratio 0.5 \
+        --lr 1e-3 --warmup 2
+}
+
 @test "--grad-checkpointing from scratch (--arch tiny): bit for bit" {
     same_as_plain --arch tiny --train "$FIX/train.tar" -b 4 --steps 3 --seed 3
 }
