@@ -190,6 +190,7 @@ STALE=(
 # --feature-cache where it cannot apply: options | what the one-line usage error says
 NOCACHE=(
     "--lock-image;add --no-augment"
+    "--lock-image --no-augment --mask-ratio 0.5;keeps other patches every step"
     "--lock-image-unlocked-groups 1 --no-augment;no tower is locked whole"
     "--lock-text-unlocked-layers 1;no tower is locked whole"
     "--no-augment;no tower is locked whole"
