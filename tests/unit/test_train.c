@@ -889,6 +889,24 @@ static void *rank_main(void *arg)
     return NULL;
 }
 
+/* RANKS threads, each a rank of cfg's trainer over w (rank_main), run to the end */
+static void run_ranks(const train_config *cfg, thread_world *w, rank_run rr[RANKS])
+{
+    memset(w, 0, sizeof *w);
+    pthread_barrier_init(&w->barrier, NULL, RANKS);
+    pthread_t th[RANKS];
+    for (int r = 0; r < RANKS; r++) {
+        rr[r] = (rank_run){.cfg = cfg};
+        rr[r].comm = (train_comm){.rank = r, .size = RANKS, .impl = w, .allgather = tw_allgather,
+                                  .reduce_scatter = tw_reduce_scatter,
+                                  .allreduce_f64 = tw_allreduce_f64,
+                                  .allreduce_start = tw_allreduce_start,
+                                  .allreduce_wait = tw_allreduce_wait, .bcast = tw_bcast};
+        pthread_create(&th[r], NULL, rank_main, &rr[r]);
+    }
+    for (int r = 0; r < RANKS; r++) pthread_join(th[r], NULL);
+}
+
 /* 2 ranks x 4 (threads through train_comm) and --accum-freq 2 x 4 against 1
  * process x 8, the default AdamW (eps 1e-8): losses within 1e-5 a step (the
  * issue's figure), both ranks' weights bit-identical, and every weight
@@ -909,19 +927,8 @@ static void test_data_parallel(double mask_ratio)
     acc_cfg.accum_freq = 2;
     trainer *acc = new_trainer_of(&acc_cfg, GLOBAL / 2);
     thread_world w;
-    pthread_barrier_init(&w.barrier, NULL, RANKS);
     rank_run rr[RANKS];
-    pthread_t th[RANKS];
-    for (int r = 0; r < RANKS; r++) {
-        rr[r] = (rank_run){.cfg = &cfg};
-        rr[r].comm = (train_comm){.rank = r, .size = RANKS, .impl = &w, .allgather = tw_allgather,
-                                  .reduce_scatter = tw_reduce_scatter,
-                                  .allreduce_f64 = tw_allreduce_f64,
-                                  .allreduce_start = tw_allreduce_start,
-                                  .allreduce_wait = tw_allreduce_wait, .bcast = tw_bcast};
-        pthread_create(&th[r], NULL, rank_main, &rr[r]);
-    }
-    for (int r = 0; r < RANKS; r++) pthread_join(th[r], NULL);
+    run_ranks(&cfg, &w, rr);
     CHECK(one && acc && !rr[0].failed && !rr[1].failed, "data-parallel trainers: %s", clip_error());
     if (!one || !acc || rr[0].failed || rr[1].failed) return;
 
@@ -994,20 +1001,8 @@ static void test_data_parallel_locked(void)
     cfg.lr = 1e-3, cfg.warmup = 2, cfg.total_steps = DIST_STEPS, cfg.lock_image = 1;
     trainer *one = new_trainer_of(&cfg, GLOBAL);
     thread_world w;
-    memset(&w, 0, sizeof w);
-    pthread_barrier_init(&w.barrier, NULL, RANKS);
     rank_run rr[RANKS];
-    pthread_t th[RANKS];
-    for (int r = 0; r < RANKS; r++) {
-        rr[r] = (rank_run){.cfg = &cfg};
-        rr[r].comm = (train_comm){.rank = r, .size = RANKS, .impl = &w, .allgather = tw_allgather,
-                                  .reduce_scatter = tw_reduce_scatter,
-                                  .allreduce_f64 = tw_allreduce_f64,
-                                  .allreduce_start = tw_allreduce_start,
-                                  .allreduce_wait = tw_allreduce_wait, .bcast = tw_bcast};
-        pthread_create(&th[r], NULL, rank_main, &rr[r]);
-    }
-    for (int r = 0; r < RANKS; r++) pthread_join(th[r], NULL);
+    run_ranks(&cfg, &w, rr);
     CHECK(one && !rr[0].failed && !rr[1].failed, "locked data-parallel trainers: %s", clip_error());
     if (!one || rr[0].failed || rr[1].failed) return;
     const clip_model *m = trainer_model(rr[0].t);
