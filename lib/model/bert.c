@@ -487,12 +487,8 @@ static void bert_reserve_dacts(bert *m, int B, int L)
 
 int bert_param_group(const bert_config *g, const char *name)
 {
-    static const char layer[] = "transformer.encoder.layer.";
-    if (!strncmp(name, layer, sizeof layer - 1)) {
-        char *end;
-        long i = strtol(name + sizeof layer - 1, &end, 10);
-        return *end == '.' && i >= 0 && i < g->layers ? (int)i + 1 : -1;
-    }
+    int block = resblock_name_index(name, "transformer.encoder.layer.", g->layers);
+    if (block != -2) return block < 0 ? -1 : block + 1;
     if (!strncmp(name, "transformer.embeddings.", 23)) return 0;
     if (!strncmp(name, "transformer.pooler.", 19) || !strncmp(name, "ln_final.", 9) ||
         !strcmp(name, "text_projection"))

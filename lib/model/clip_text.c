@@ -256,12 +256,8 @@ static void clip_text_reserve_dacts(clip_text *m, int B, int L)
 
 int clip_text_param_group(const clip_text_config *g, const char *name)
 {
-    static const char blocks[] = "transformer.resblocks.";
-    if (!strncmp(name, blocks, sizeof blocks - 1)) {
-        char *end;
-        long i = strtol(name + sizeof blocks - 1, &end, 10);
-        return *end == '.' && i >= 0 && i < g->layers ? (int)i + 1 : -1;
-    }
+    int block = resblock_name_index(name, "transformer.resblocks.", g->layers);
+    if (block != -2) return block < 0 ? -1 : block + 1;
     if (!strcmp(name, "token_embedding.weight") || !strcmp(name, "positional_embedding")) return 0;
     if (!strncmp(name, "ln_final.", 9) || !strcmp(name, "text_projection")) return g->layers + 1;
     return -1;

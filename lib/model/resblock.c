@@ -106,6 +106,15 @@ void resblock_free_quantised(resblock_qweights *q)
     memset(q, 0, sizeof *q);
 }
 
+int resblock_name_index(const char *name, const char *prefix, int layers)
+{
+    size_t n = strlen(prefix);
+    if (strncmp(name, prefix, n)) return -2;
+    char *end;
+    long i = strtol(name + n, &end, 10);
+    return end != name + n && *end == '.' && i >= 0 && i < layers ? (int)i : -1;
+}
+
 resblock_qweights *resblock_stack_quantise(const resblock_params *p, int layers, int C, int F,
                                            const char *what)
 {

@@ -21,6 +21,10 @@ int resblock_heads(const char *what, int width, int recorded, int *heads);
 /* How many blocks "<prefix>N.ln_1.weight" (N = 0, 1, ...) c holds; -1 with
  * an error when more than max. */
 int resblock_count_layers(const ckpt *c, const char *prefix, int max, const char *what);
+/* The N of a tensor name "<prefix>N.<rest>" (block N of a stack): N when
+ * 0 <= N < layers, -1 when the name has the prefix but no such block, -2
+ * when it does not have the prefix. */
+int resblock_name_index(const char *name, const char *prefix, int layers);
 
 typedef struct {
     float *ln_1_w, *ln_1_b;

@@ -311,12 +311,8 @@ static void vit_reserve_dacts(vit *m, int B)
 
 int vit_param_group(const vit_config *g, const char *name)
 {
-    static const char blocks[] = "visual.transformer.resblocks.";
-    if (!strncmp(name, blocks, sizeof blocks - 1)) {
-        char *end;
-        long i = strtol(name + sizeof blocks - 1, &end, 10);
-        return *end == '.' && i >= 0 && i < g->layers ? (int)i + 1 : -1;
-    }
+    int block = resblock_name_index(name, "visual.transformer.resblocks.", g->layers);
+    if (block != -2) return block < 0 ? -1 : block + 1;
     if (!strcmp(name, "visual.proj")) return g->layers + 1;
     if (!strncmp(name, "visual.ln_post.", 15)) return g->layers;
     if (!strcmp(name, "visual.conv1.weight") || !strcmp(name, "visual.class_embedding") ||
