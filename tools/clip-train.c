@@ -439,13 +439,7 @@ int main(int argc, char **argv)
         case O_IDEV: image_device = optarg; break;
         case O_TDEV: text_device = optarg; break;
         case 't': blas_set_threads((int)parse_long_option("--threads", optarg, 1, 1024)); break;
-        case 'h': { /* one buffer for the whole text: a failed write then reports its cause */
-            static char help_buf[1 << 16];
-            setvbuf(stdout, help_buf, _IOFBF, sizeof help_buf);
-            usage(stdout);
-            close_stdout();
-            return 0;
-        }
+        case 'h': usage(stdout); close_stdout(); return 0;
         default: usage(stderr); return 2;
         }
     }

@@ -52,9 +52,13 @@ void usage_error(const char *fmt, ...)
 
 void close_stdout(void)
 {
+    /* a write that failed before (a buffer flushed mid-output) left its cause
+     * in errno, which nothing since has had reason to change */
+    int earlier = ferror(stdout) ? errno : 0;
     errno = 0;
     int failed = fflush(stdout) | ferror(stdout);
-    if (failed) die("stdout: write failed%s%s", errno ? ": " : "", errno ? strerror(errno) : "");
+    int cause = errno ? errno : earlier;
+    if (failed) die("stdout: write failed%s%s", cause ? ": " : "", cause ? strerror(cause) : "");
     if (fclose(stdout)) { /* not die(): it flushes stdout, closed now */
         fprintf(stderr, "%s: stdout: close failed: %s\n", clip_progname, strerror(errno));
         exit(1);
