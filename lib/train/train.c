@@ -581,7 +581,8 @@ void trainer_memory(const trainer *t, train_memory *mem)
                                                             : &tw->model.ctext->dtable;
         mem->activations += acts->total * sizeof(float);
         mem->backward += dacts->total * sizeof(float);
-        mem->weights += 4 * tw->params->total * sizeof(float); /* + gradients, m, v */
+        /* the weights, and the gradients and AdamW m, v of the trainable ones */
+        mem->weights += (tw->params->total + 3 * tw->grads->total) * sizeof(float);
     }
 }
 

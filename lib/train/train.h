@@ -129,7 +129,7 @@ long trainer_step_count(const trainer *t);
 /* What the trainer holds, in bytes: both towers' activations kept by the
  * forward for the backward (with cfg.grad_checkpointing: each block's input
  * and one block's slot), their backward scratch (one block's worth), and
- * the weights with their gradients and AdamW moments. */
+ * the weights with the gradients and AdamW moments of the trainable ones. */
 typedef struct {
     size_t activations, backward, weights;
 } train_memory;

@@ -449,6 +449,14 @@ static void test_lock_run(const char *name, json_t *spec)
     cfg.lock_text = json_is_true(json_object_get(spec, "lock_text"));
     trainer *t = new_trainer(&cfg);
     if (!t) die("%s", clip_error());
+    /* the memory reported: every weight, gradients and moments of the trainable ones only */
+    size_t n_trainable, n_all;
+    train_memory mem;
+    trainer_param_counts(t, &n_trainable, &n_all);
+    trainer_memory(t, &mem);
+    CHECK(mem.weights == ((n_all - 1) + 3 * (n_trainable - 1)) * sizeof(float),
+          "lock %s: %zu bytes of weights, gradients and moments reported for %zu weights of which "
+          "%zu train", name, mem.weights, n_all - 1, n_trainable - 1);
     clip_model *m = trainer_model(t), *init = train_model_load(fx->init, fx->text_dir);
     ckpt *g = ckpt_load(fix_path("grads_step1.pth"));
     if (!g || !init) die("%s", clip_error());
