@@ -37,6 +37,13 @@ void clip_set_progname(const char *argv0)
     clip_progname = s ? s + 1 : argv0;
 }
 
+uint64_t fnv1a64(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
 char *path_with_slashes(const char *path)
 {
     char *p = xstrdup(path);

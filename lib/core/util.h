@@ -37,6 +37,10 @@ char *xstrndup(const char *s, size_t n);
 /* A malloc'd copy of path with each backslash as '/' (annotation files
  * written on Windows name their images dir\x.jpg). */
 char *path_with_slashes(const char *path);
+/* 64-bit FNV-1a of n bytes, continuing from h (FNV1A64_INIT to start): the
+ * checksums of weights (--check-sync) and of a feature cache's sources. */
+#define FNV1A64_INIT 0xcbf29ce484222325ull
+uint64_t fnv1a64(uint64_t h, const void *p, size_t n);
 
 /* 64-byte aligned buffer; large ones are backed by transparent huge pages
  * (first-touch faults are slow here). Free with clip_free_big(). */

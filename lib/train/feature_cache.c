@@ -25,22 +25,15 @@ void feature_cache_free(feature_cache *c)
     free(c);
 }
 
-static uint64_t fnv_bytes(uint64_t h, const void *p, size_t n)
-{
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
-    return h;
-}
-
 /* What the cache is made from, as this run would make it: the header record */
 static char *make_record(trainer *t, train_loader *d, const int towers[2])
 {
     clip_model *m = trainer_model(t);
     size_t n = loader_count(d);
-    uint64_t keys = 0xcbf29ce484222325ull;
+    uint64_t keys = FNV1A64_INIT;
     for (size_t i = 0; i < n; i++) {
         const char *k = loader_key(d, i);
-        keys = fnv_bytes(keys, k, strlen(k) + 1);
+        keys = fnv1a64(keys, k, strlen(k) + 1);
     }
     char hex[3][20];
     snprintf(hex[0], sizeof hex[0], "%016llx", (unsigned long long)keys);

@@ -644,14 +644,10 @@ int trainer_set_comm(trainer *t, train_comm *comm)
 
 uint64_t trainer_checksum(const trainer *t)
 {
-    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a over the bytes of every weight */
-    for (int k = 0; k <= N_TOWERS; k++) {
-        const unsigned char *p = k < N_TOWERS ? (const unsigned char *)t->towers[k].params->data
-                                              : (const unsigned char *)&t->m->logit_scale;
-        size_t n = k < N_TOWERS ? t->towers[k].params->total * sizeof(float) : sizeof(float);
-        for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
-    }
-    return h;
+    uint64_t h = FNV1A64_INIT; /* over the bytes of every weight */
+    for (int k = 0; k < N_TOWERS; k++)
+        h = fnv1a64(h, t->towers[k].params->data, t->towers[k].params->total * sizeof(float));
+    return fnv1a64(h, &t->m->logit_scale, sizeof(float));
 }
 
 int trainer_check_sync(const trainer *t)
@@ -970,11 +966,8 @@ int trainer_encode(trainer *t, int tower, const uint8_t *pixels, const int32_t *
 
 uint64_t trainer_tower_checksum(const trainer *t, int tower)
 {
-    uint64_t h = 0xcbf29ce484222325ull;
-    const unsigned char *p = (const unsigned char *)t->towers[tower].params->data;
-    size_t n = t->towers[tower].params->total * sizeof(float);
-    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
-    return h;
+    const param_table *p = t->towers[tower].params;
+    return fnv1a64(FNV1A64_INIT, p->data, p->total * sizeof(float));
 }
 
 /* ---- saving */
