@@ -232,6 +232,23 @@ static void centre_pixels(const npy_array *img, int R, uint8_t *out)
     else image_preprocess(&im, R, IMAGE_CROP, out);
 }
 
+/* tok.npy of sample s: 1 to 2^20 captions of at most the first sample's
+ * tokens, else -1 with an error naming the sample */
+static int check_captions(const train_loader *d, const sample *s, const npy_array *tok)
+{
+    if (tok->shape[0] < 1 || tok->shape[0] > (1 << 20)) {
+        clip_set_error("%s: sample %s: tok.npy has %lld captions: 1 to 2^20 a sample", d->path,
+                       s->key, (long long)tok->shape[0]);
+        return -1;
+    }
+    if (tok->shape[1] > d->len) {
+        clip_set_error("%s: sample %s: tok.npy has %lld tokens per caption, more than the %d of "
+                       "the first sample", d->path, s->key, (long long)tok->shape[1], d->len);
+        return -1;
+    }
+    return 0;
+}
+
 /* pixels at the model's resolution (centre crop, or the random resized crop
  * + flip) and one caption row into slot `slot`; -1 with an error naming the
  * sample */
@@ -239,15 +256,7 @@ static int take_sample(train_loader *d, const sample *s, int slot, uint64_t rng)
 {
     npy_array img, tok;
     if (loader_sample_fields(d->path, s, &img, &tok)) return -1;
-    if (tok.shape[0] < 1) {
-        clip_set_error("%s: sample %s: tok.npy has no caption", d->path, s->key);
-        return -1;
-    }
-    if (tok.shape[1] > d->len) {
-        clip_set_error("%s: sample %s: tok.npy has %lld tokens per caption, more than the %d of "
-                       "the first sample", d->path, s->key, (long long)tok.shape[1], d->len);
-        return -1;
-    }
+    if (check_captions(d, s, &tok)) return -1;
     int R = d->res;
     uint8_t *out = d->pixels + (size_t)slot * R * R * 3;
     if (d->cfg.augment) {
@@ -352,12 +361,7 @@ int loader_read_sample(train_loader *d, size_t i, uint8_t *pixels, int32_t **tok
     }
     if (sample_file_read(d->file, i, &s) < 0 || loader_sample_fields(d->path, &s, &img, &t))
         goto done;
-    if (t.shape[0] < 1 || t.shape[0] > (1 << 20) || t.shape[1] > d->len) {
-        clip_set_error("%s: sample %s: tok.npy is [%lld, %lld]: 1 to 2^20 rows of at most the %d "
-                       "tokens of the first sample", d->path, s.key, (long long)t.shape[0],
-                       (long long)t.shape[1], d->len);
-        goto done;
-    }
+    if (check_captions(d, &s, &t)) goto done;
     *rows = (int)t.shape[0];
     if (!(*tok = calloc((size_t)*rows * d->len, sizeof **tok))) {
         clip_set_error("%s: sample %s: out of memory for %d captions", d->path, s.key, *rows);
