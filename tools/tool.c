@@ -50,6 +50,14 @@ void usage_error(const char *fmt, ...)
     vexit(2, " (see --help)", fmt, ap);
 }
 
+void warn(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    clip_vnotice(fmt, ap);
+    va_end(ap);
+}
+
 void close_stdout(void)
 {
     /* a write that failed before (a buffer flushed mid-output) left its cause

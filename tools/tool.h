@@ -13,6 +13,8 @@
 noreturn void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* "prog: message (see --help)" on stderr, exit 2. */
 noreturn void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* "prog: message" on stderr, and go on. */
+void warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Before exiting 0: flush and close stdout, and die if any write to it
  * failed (a full disk, /dev/full, a closed pipe). */
 void close_stdout(void);

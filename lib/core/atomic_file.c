@@ -134,7 +134,7 @@ static void remove_stale(const char *path)
         char *stale = xmalloc(n);
         snprintf(stale, n, "%s/%s", dir, name);
         if (!unlink(stale))
-            warn("removed %s: the unfinished output of process %ld, which no longer runs "
+            clip_notice("removed %s: the unfinished output of process %ld, which no longer runs "
                  "(a killed run)", stale, pid);
         free(stale);
     }
@@ -200,7 +200,7 @@ atomic_file *atomic_file_create(const char *path)
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0666);
     if (fd < 0 && errno == EEXIST && !unlink(tmp)) {
         /* an earlier process that had this PID */
-        warn("removed %s: the unfinished output of an earlier run", tmp);
+        clip_notice("removed %s: the unfinished output of an earlier run", tmp);
         fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0666);
     }
     if (fd < 0) {

@@ -58,14 +58,19 @@ void clip_out_of_memory(size_t bytes)
     exit(1);
 }
 
-void warn(const char *fmt, ...)
+void clip_vnotice(const char *fmt, va_list ap)
+{
+    fprintf(stderr, "%s: ", clip_progname);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
+void clip_notice(const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, "%s: ", clip_progname);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    clip_vnotice(fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
 }
 
 void *xmalloc(size_t n)
@@ -305,7 +310,7 @@ static void cpu_init(void)
     const char *env = getenv("CLIP_CPU");
     int cap = env ? cap_bits(env) : (int)CPU_ALL;
     if (cap < 0) {
-        warn("CLIP_CPU=%s: not generic, avx512 or native; using the generic kernels", env);
+        clip_notice("CLIP_CPU=%s: not generic, avx512 or native; using the generic kernels", env);
         cap = 0;
     }
     cpu_env_cap = cap;

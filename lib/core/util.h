@@ -2,6 +2,7 @@
 #ifndef CLIP_UTIL_H
 #define CLIP_UTIL_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdnoreturn.h>
@@ -19,8 +20,10 @@ void clip_clear_error(void);
 extern const char *clip_progname;
 void clip_set_progname(const char *argv0);
 /* A notice that is no error ("prog: message" on stderr): a stale temporary
- * file removed, an unknown CLIP_CPU value. */
-void warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+ * file removed, an unknown CLIP_CPU value. The programs' own warnings are
+ * tools/tool.h's warn. */
+void clip_notice(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void clip_vnotice(const char *fmt, va_list ap);
 
 /* The allocators. Every size that comes from input is checked against its
  * limit before it is allocated (check_range, the CLIP_MAX_* limits), so a

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Independent NumPy reference of the DESIGN.md recall definition.
+"""Independent NumPy reference of the recall definition (clip-recall(1), lib/search/recall.h).
 
   recall_ref.py STREAM.tar            print the metrics JSON clip-recall prints
   recall_ref.py --ranks STREAM.tar    ... plus "img_rank" and "txt_rank" lists
