@@ -17,14 +17,21 @@
 static _Thread_local char error_buf[1024];
 const char *clip_progname = "clip";
 
+void clip_set_verror(const char *prefix, const char *fmt, va_list ap)
+{
+    char tmp[sizeof error_buf]; /* the arguments may use clip_error() itself */
+    int n = prefix ? snprintf(tmp, sizeof tmp, "%s: ", prefix) : 0;
+    if (n >= (int)sizeof tmp) n = sizeof tmp - 1;
+    vsnprintf(tmp + n, sizeof tmp - n, fmt, ap);
+    memcpy(error_buf, tmp, sizeof tmp);
+}
+
 void clip_set_error(const char *fmt, ...)
 {
-    char tmp[sizeof error_buf];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(tmp, sizeof tmp, fmt, ap); /* fmt may use clip_error() itself */
+    clip_set_verror(NULL, fmt, ap);
     va_end(ap);
-    memcpy(error_buf, tmp, sizeof tmp);
 }
 
 const char *clip_error(void) { return error_buf[0] ? error_buf : "unknown error"; }

@@ -2,6 +2,7 @@
 #ifndef CLIP_UTIL_H
 #define CLIP_UTIL_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdnoreturn.h>
@@ -9,6 +10,11 @@
 /* Library functions report failure by returning -1 (or NULL) after
  * clip_set_error(); the message is per thread and names the file/sample. */
 void clip_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The same from a va_list, as "prefix: message" (prefix NULL: the message
+ * alone): what a file's own error function (naming its stream, its request)
+ * passes its arguments on to. */
+void clip_set_verror(const char *prefix, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
 const char *clip_error(void);
 /* Forget the last error: clip_error() is "unknown error" until the next
  * clip_set_error() (tests use it to see that a failure set its own message). */

@@ -413,12 +413,10 @@ static int request_error(query_request *out, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static int request_error(query_request *out, const char *fmt, ...)
 {
-    char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    clip_set_verror("request", fmt, ap);
     va_end(ap);
-    clip_set_error("request: %s", msg);
     query_request_free(out);
     return -1;
 }
