@@ -188,7 +188,7 @@ char *read_source_max(ssize_t (*read_some)(void *source, char *dst, size_t room)
     size_t n = 0;
     char *buf = xmalloc(cap);
     for (;;) {
-        if (n > limit) { /* the file grew past the limit while being read */
+        if (n > limit) { /* a pipe, a growing file: caught as it passes the limit */
             clip_set_error("%s: more than the limit of %zu bytes%s%s", path, limit,
                            kind ? " for a file of kind " : "", kind ? kind : "");
             free(buf);
