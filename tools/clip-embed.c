@@ -97,9 +97,7 @@ int main(int argc, char **argv)
     if (!device_find(device, "encoder")) die("%s", clip_error());
     if (threads) blas_set_threads(threads);
 
-    clip_model *m = clip_model_load(model, text_model);
-    if (!m) die("%s", clip_error());
-    for (int i = 0; i < m->n_warnings; i++) warn("%s", m->warnings[i]);
+    clip_model *m = load_model(model, text_model);
     /* --int8 wins over --amp: its Linear layers leave no matrix product to bf16 */
     if (clip_model_set_precision(m, int8 ? PRECISION_INT8 : amp ? PRECISION_BF16 : PRECISION_FP32))
         die("%s: %s", model, clip_error());

@@ -197,9 +197,7 @@ int main(int argc, char **argv)
     if (threads) blas_set_threads(threads);
     if ((image || serve_addr) && image_init(argv[0])) die("%s", clip_error());
 
-    clip_model *m = clip_model_load(model, text_model);
-    if (!m) die("%s", clip_error());
-    for (int i = 0; i < m->n_warnings; i++) warn("%s", m->warnings[i]);
+    clip_model *m = load_model(model, text_model);
     int dim = m->embed_dim;
     if ((text || labels) && m->text == CLIP_TEXT_NONE)
         die("%s: no text tower (use --text-model DIR)", model);

@@ -100,3 +100,11 @@ double parse_double_option(const char *opt, const char *val, double min, double 
         usage_error("%s: '%s' is not a number in [%g, %g]", opt, val ? val : "", min, max);
     return v;
 }
+
+clip_model *load_model(const char *ckpt_path, const char *bert_dir)
+{
+    clip_model *m = clip_model_load(ckpt_path, bert_dir);
+    if (!m) die("%s", clip_error());
+    for (int i = 0; i < m->n_warnings; i++) warn("%s", m->warnings[i]);
+    return m;
+}

@@ -8,6 +8,7 @@
 #include <stdnoreturn.h>
 
 #include "core/util.h"
+#include "model/clip_model.h"
 
 /* "prog: message" on stderr, exit 1. */
 noreturn void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -25,5 +26,8 @@ noreturn void option_error(char **argv, const char *short_opts);
 long parse_long_option(const char *opt, const char *val, long min, long max);
 /* A number in [min, max], or a usage error naming the option. */
 double parse_double_option(const char *opt, const char *val, double min, double max);
+/* clip_model_load(ckpt_path, bert_dir) with its warnings shown ("prog:
+ * warning" each), or die with its error. The caller frees the model. */
+clip_model *load_model(const char *ckpt_path, const char *bert_dir);
 
 #endif

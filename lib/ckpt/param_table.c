@@ -25,6 +25,28 @@ void pt_add(param_table *t, float **ptr, const char *name, int ndim, const int64
     t->total = s->offset + s->numel;
 }
 
+static void add_weight_bias(param_table *t, float **w, float **b, const char *prefix,
+                            const char *module, int w_ndim, const int64_t *w_shape)
+{
+    char name[256];
+    snprintf(name, sizeof name, "%s%s.weight", prefix, module);
+    pt_add(t, w, name, w_ndim, w_shape);
+    snprintf(name, sizeof name, "%s%s.bias", prefix, module);
+    pt_add(t, b, name, 1, w_shape); /* [w_shape[0]] */
+}
+
+void pt_add_linear(param_table *t, float **w, float **b, const char *prefix, const char *module,
+                   int64_t out, int64_t in)
+{
+    add_weight_bias(t, w, b, prefix, module, 2, (int64_t[]){out, in});
+}
+
+void pt_add_norm(param_table *t, float **w, float **b, const char *prefix, const char *module,
+                 int64_t dim)
+{
+    add_weight_bias(t, w, b, prefix, module, 1, (int64_t[]){dim});
+}
+
 void pt_filter(param_table *t, int (*keep)(const char *name, const void *ctx), const void *ctx)
 {
     int n = 0;

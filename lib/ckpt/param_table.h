@@ -28,6 +28,13 @@ typedef struct {
 
 /* Append a tensor; offsets are rounded up to 16 floats (64 bytes). */
 void pt_add(param_table *t, float **ptr, const char *name, int ndim, const int64_t *shape);
+/* Append a PyTorch module's "<prefix><module>.weight" and then its
+ * "<prefix><module>.bias": a Linear's [out, in] and [out], a LayerNorm's
+ * [dim] and [dim]. */
+void pt_add_linear(param_table *t, float **w, float **b, const char *prefix, const char *module,
+                   int64_t out, int64_t in);
+void pt_add_norm(param_table *t, float **w, float **b, const char *prefix, const char *module,
+                 int64_t dim);
 /* Before pt_alloc: drop the tensors keep(name, ctx) refuses and lay the rest
  * out again, in their order (a gradient table of only the trainable
  * tensors); the dropped ones' fields are left as they are (NULL in a zeroed

@@ -17,14 +17,21 @@
 static _Thread_local char error_buf[1024];
 const char *clip_progname = "clip";
 
+void clip_set_verror(const char *prefix, const char *fmt, va_list ap)
+{
+    char tmp[sizeof error_buf]; /* the arguments may use clip_error() itself */
+    int n = prefix ? snprintf(tmp, sizeof tmp, "%s: ", prefix) : 0;
+    if (n >= (int)sizeof tmp) n = sizeof tmp - 1;
+    vsnprintf(tmp + n, sizeof tmp - n, fmt, ap);
+    memcpy(error_buf, tmp, sizeof tmp);
+}
+
 void clip_set_error(const char *fmt, ...)
 {
-    char tmp[sizeof error_buf];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(tmp, sizeof tmp, fmt, ap); /* fmt may use clip_error() itself */
+    clip_set_verror(NULL, fmt, ap);
     va_end(ap);
-    memcpy(error_buf, tmp, sizeof tmp);
 }
 
 const char *clip_error(void) { return error_buf[0] ? error_buf : "unknown error"; }
@@ -133,6 +140,24 @@ char *read_file(const char *path, size_t *len)
     return read_file_max(path, len, SIZE_MAX / 2, NULL);
 }
 
+typedef struct {
+    int fd;
+    const char *path;
+} fd_source;
+
+static ssize_t read_fd(void *source, char *dst, size_t room)
+{
+    const fd_source *s = source;
+    for (;;) {
+        ssize_t got = read(s->fd, dst, room);
+        if (got >= 0) return got;
+        if (errno != EINTR) {
+            clip_set_error("%s: %s", s->path, strerror(errno));
+            return -1;
+        }
+    }
+}
+
 char *read_file_max(const char *path, size_t *len, size_t limit, const char *kind)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -155,32 +180,37 @@ char *read_file_max(const char *path, size_t *len, size_t limit, const char *kin
         close(fd);
         return NULL;
     }
-    size_t cap = regular ? (size_t)st.st_size + 1 : 1 << 16, n = 0;
+    size_t cap = regular ? (size_t)st.st_size + 1 : 1 << 16;
+    fd_source src = {fd, path};
+    char *buf = read_source_max(read_fd, &src, cap, limit, path, kind, len);
+    close(fd);
+    return buf;
+}
+
+char *read_source_max(ssize_t (*read_some)(void *source, char *dst, size_t room), void *source,
+                      size_t cap, size_t limit, const char *path, const char *kind, size_t *len)
+{
+    size_t n = 0;
     char *buf = xmalloc(cap);
     for (;;) {
-        if (n > limit) { /* the file grew past the limit while being read */
+        if (n > limit) { /* a pipe, a growing file: caught as it passes the limit */
             clip_set_error("%s: more than the limit of %zu bytes%s%s", path, limit,
                            kind ? " for a file of kind " : "", kind ? kind : "");
             free(buf);
-            close(fd);
             return NULL;
         }
         if (n + 1 >= cap) { /* never past limit + 2: room to see the limit passed */
             cap = cap > (limit + 2) / 2 ? limit + 2 : 2 * cap;
             buf = xrealloc(buf, cap);
         }
-        ssize_t got = read(fd, buf + n, cap - n - 1);
-        if (got < 0 && errno == EINTR) continue;
+        ssize_t got = read_some(source, buf + n, cap - n - 1);
         if (got < 0) {
-            clip_set_error("%s: %s", path, strerror(errno));
             free(buf);
-            close(fd);
             return NULL;
         }
         if (got == 0) break;
         n += got;
     }
-    close(fd);
     buf[n] = 0;
     if (len) *len = n;
     return buf;

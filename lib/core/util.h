@@ -6,10 +6,16 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdnoreturn.h>
+#include <sys/types.h>
 
 /* Library functions report failure by returning -1 (or NULL) after
  * clip_set_error(); the message is per thread and names the file/sample. */
 void clip_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The same from a va_list, as "prefix: message" (prefix NULL: the message
+ * alone): what a file's own error function (naming its stream, its request)
+ * passes its arguments on to. */
+void clip_set_verror(const char *prefix, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
 const char *clip_error(void);
 /* Forget the last error: clip_error() is "unknown error" until the next
  * clip_set_error() (tests use it to see that a failure set its own message). */
@@ -59,6 +65,15 @@ void clip_free_big(void *p, size_t bytes);
  * read_file reads anything, unbounded: tests and benchmarks only. */
 char *read_file_max(const char *path, size_t *len, size_t limit, const char *kind);
 char *read_file(const char *path, size_t *len);
+/* What read_file_max's loop reads from a file, from any source: all that
+ * read_some gives, into a malloc'd NUL-terminated buffer (*len excludes the
+ * NUL; len may be NULL) of cap bytes (at least 1) to start with, grown as it
+ * fills. read_some(source, dst, room) stores up to room bytes at dst and
+ * returns how many, 0 at the end, or -1 after clip_set_error. NULL (nothing
+ * to free) with read_some's error, or once more than limit bytes came, with
+ * "PATH: more than the limit of LIMIT bytes[ for a file of kind KIND]". */
+char *read_source_max(ssize_t (*read_some)(void *source, char *dst, size_t room), void *source,
+                      size_t cap, size_t limit, const char *path, const char *kind, size_t *len);
 
 /* Limits per kind of file read whole (generous: a 24-megapixel JPEG is
  * ~15 MB, the shipped vocabularies under 2 MB). */

@@ -471,12 +471,10 @@ static int reader_fail(stream_reader *r, zmq_reader *z, const char *fmt, ...)
 
 static int reader_fail(stream_reader *r, zmq_reader *z, const char *fmt, ...)
 {
-    char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    clip_set_verror(r->name, fmt, ap);
     va_end(ap);
-    clip_set_error("%s: %s", r->name, msg);
     if (!z->failure) z->failure = xstrdup(clip_error());
     return -1;
 }
@@ -876,12 +874,11 @@ static int writer_fail(zmq_writer *z, const char *fmt, ...) __attribute__((forma
 
 static int writer_fail(zmq_writer *z, const char *fmt, ...)
 {
-    char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    clip_set_verror(z->ep.addr, fmt, ap);
     va_end(ap);
-    clip_set_error("%s: %s (%llu sample%s sent, %llu not acknowledged)", z->ep.addr, msg,
+    clip_set_error("%s (%llu sample%s sent, %llu not acknowledged)", clip_error(),
                    (unsigned long long)z->sent, z->sent == 1 ? "" : "s",
                    (unsigned long long)(z->sent - z->acked));
     if (!z->failure) z->failure = xstrdup(clip_error());

@@ -172,48 +172,29 @@ int bert_config_from_json(const char *path, bert_config *cfg)
 static void bert_layout(const bert_config *g, bert_params *p, param_table *t)
 {
     int64_t H = g->hidden, FF = g->intermediate;
-    char n[192];
-#define ADD(field, ...)                                                                            \
-    pt_add(t, &p->field, n, sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t),                    \
-           (int64_t[]){__VA_ARGS__})
-#define NAME(...) snprintf(n, sizeof n, __VA_ARGS__)
-    NAME("transformer.embeddings.word_embeddings.weight"), ADD(word_emb, g->vocab, H);
-    NAME("transformer.embeddings.position_embeddings.weight"), ADD(pos_emb, g->max_pos, H);
-    NAME("transformer.embeddings.token_type_embeddings.weight"), ADD(type_emb, g->type_vocab, H);
-    NAME("transformer.embeddings.LayerNorm.weight"), ADD(emb_ln_w, H);
-    NAME("transformer.embeddings.LayerNorm.bias"), ADD(emb_ln_b, H);
+    pt_add(t, &p->word_emb, "transformer.embeddings.word_embeddings.weight", 2,
+           (int64_t[]){g->vocab, H});
+    pt_add(t, &p->pos_emb, "transformer.embeddings.position_embeddings.weight", 2,
+           (int64_t[]){g->max_pos, H});
+    pt_add(t, &p->type_emb, "transformer.embeddings.token_type_embeddings.weight", 2,
+           (int64_t[]){g->type_vocab, H});
+    pt_add_norm(t, &p->emb_ln_w, &p->emb_ln_b, "", "transformer.embeddings.LayerNorm", H);
     for (int i = 0; i < g->layers; i++) {
         bert_layer_params *l = &p->layers[i];
-        const char *pre = "transformer.encoder.layer";
-#define LADD(field, key, ...)                                                                      \
-    NAME("%s.%d.%s", pre, i, key);                                                                 \
-    pt_add(t, &l->field, n, sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t),                    \
-           (int64_t[]){__VA_ARGS__})
-        LADD(q_w, "attention.self.query.weight", H, H);
-        LADD(q_b, "attention.self.query.bias", H);
-        LADD(k_w, "attention.self.key.weight", H, H);
-        LADD(k_b, "attention.self.key.bias", H);
-        LADD(v_w, "attention.self.value.weight", H, H);
-        LADD(v_b, "attention.self.value.bias", H);
-        LADD(ao_w, "attention.output.dense.weight", H, H);
-        LADD(ao_b, "attention.output.dense.bias", H);
-        LADD(ao_ln_w, "attention.output.LayerNorm.weight", H);
-        LADD(ao_ln_b, "attention.output.LayerNorm.bias", H);
-        LADD(i_w, "intermediate.dense.weight", FF, H);
-        LADD(i_b, "intermediate.dense.bias", FF);
-        LADD(o_w, "output.dense.weight", H, FF);
-        LADD(o_b, "output.dense.bias", H);
-        LADD(o_ln_w, "output.LayerNorm.weight", H);
-        LADD(o_ln_b, "output.LayerNorm.bias", H);
-#undef LADD
+        char pre[64];
+        snprintf(pre, sizeof pre, "transformer.encoder.layer.%d.", i);
+        pt_add_linear(t, &l->q_w, &l->q_b, pre, "attention.self.query", H, H);
+        pt_add_linear(t, &l->k_w, &l->k_b, pre, "attention.self.key", H, H);
+        pt_add_linear(t, &l->v_w, &l->v_b, pre, "attention.self.value", H, H);
+        pt_add_linear(t, &l->ao_w, &l->ao_b, pre, "attention.output.dense", H, H);
+        pt_add_norm(t, &l->ao_ln_w, &l->ao_ln_b, pre, "attention.output.LayerNorm", H);
+        pt_add_linear(t, &l->i_w, &l->i_b, pre, "intermediate.dense", FF, H);
+        pt_add_linear(t, &l->o_w, &l->o_b, pre, "output.dense", H, FF);
+        pt_add_norm(t, &l->o_ln_w, &l->o_ln_b, pre, "output.LayerNorm", H);
     }
-    NAME("transformer.pooler.dense.weight"), ADD(pooler_w, H, H);
-    NAME("transformer.pooler.dense.bias"), ADD(pooler_b, H);
-    NAME("ln_final.weight"), ADD(ln_final_w, H);
-    NAME("ln_final.bias"), ADD(ln_final_b, H);
-    NAME("text_projection"), ADD(text_proj, H, g->out_dim);
-#undef ADD
-#undef NAME
+    pt_add_linear(t, &p->pooler_w, &p->pooler_b, "", "transformer.pooler.dense", H, H);
+    pt_add_norm(t, &p->ln_final_w, &p->ln_final_b, "", "ln_final", H);
+    pt_add(t, &p->text_proj, "text_projection", 2, (int64_t[]){H, g->out_dim});
 }
 
 bert *bert_create(const bert_config *cfg)

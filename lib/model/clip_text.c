@@ -69,8 +69,7 @@ static void clip_text_layout(const clip_text_config *g, clip_text_params *p, par
         resblock_layout_params(t, &p->blocks[i], prefix, W, g->mlp);
     }
     pt_add(t, &p->token_emb, "token_embedding.weight", 2, (int64_t[]){g->vocab, W});
-    pt_add(t, &p->ln_final_w, "ln_final.weight", 1, (int64_t[]){W});
-    pt_add(t, &p->ln_final_b, "ln_final.bias", 1, (int64_t[]){W});
+    pt_add_norm(t, &p->ln_final_w, &p->ln_final_b, "", "ln_final", W);
 }
 
 clip_text *clip_text_create(const clip_text_config *cfg)

@@ -11,23 +11,15 @@
 void resblock_layout_params(param_table *t, resblock_params *p, const char *prefix, int C, int F)
 {
     char n[256];
-#define ADD(field, key, ...)                                                                       \
-    snprintf(n, sizeof n, "%s%s", prefix, key);                                                    \
-    pt_add(t, &p->field, n, sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t),                    \
-           (int64_t[]){__VA_ARGS__})
-    ADD(ln_1_w, "ln_1.weight", C);
-    ADD(ln_1_b, "ln_1.bias", C);
-    ADD(in_proj_w, "attn.in_proj_weight", 3 * C, C);
-    ADD(in_proj_b, "attn.in_proj_bias", 3 * C);
-    ADD(out_proj_w, "attn.out_proj.weight", C, C);
-    ADD(out_proj_b, "attn.out_proj.bias", C);
-    ADD(ln_2_w, "ln_2.weight", C);
-    ADD(ln_2_b, "ln_2.bias", C);
-    ADD(c_fc_w, "mlp.c_fc.weight", F, C);
-    ADD(c_fc_b, "mlp.c_fc.bias", F);
-    ADD(c_proj_w, "mlp.c_proj.weight", C, F);
-    ADD(c_proj_b, "mlp.c_proj.bias", C);
-#undef ADD
+    pt_add_norm(t, &p->ln_1_w, &p->ln_1_b, prefix, "ln_1", C);
+    snprintf(n, sizeof n, "%sattn.in_proj_weight", prefix);
+    pt_add(t, &p->in_proj_w, n, 2, (int64_t[]){3 * C, C});
+    snprintf(n, sizeof n, "%sattn.in_proj_bias", prefix);
+    pt_add(t, &p->in_proj_b, n, 1, (int64_t[]){3 * C});
+    pt_add_linear(t, &p->out_proj_w, &p->out_proj_b, prefix, "attn.out_proj", C, C);
+    pt_add_norm(t, &p->ln_2_w, &p->ln_2_b, prefix, "ln_2", C);
+    pt_add_linear(t, &p->c_fc_w, &p->c_fc_b, prefix, "mlp.c_fc", F, C);
+    pt_add_linear(t, &p->c_proj_w, &p->c_proj_b, prefix, "mlp.c_proj", C, F);
 }
 
 static void layout_acts(param_table *t, resblock_acts *a, int B, int T, int C, int F, int NH,

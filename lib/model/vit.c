@@ -69,15 +69,13 @@ static void vit_layout(const vit_config *g, vit_params *p, param_table *t)
     pt_add(t, &p->pos_emb, "visual.positional_embedding", 2, (int64_t[]){g->tokens, W});
     pt_add(t, &p->proj, "visual.proj", 2, (int64_t[]){W, g->out_dim});
     pt_add(t, &p->conv1_w, "visual.conv1.weight", 4, (int64_t[]){W, 3, P, P});
-    pt_add(t, &p->ln_pre_w, "visual.ln_pre.weight", 1, (int64_t[]){W});
-    pt_add(t, &p->ln_pre_b, "visual.ln_pre.bias", 1, (int64_t[]){W});
+    pt_add_norm(t, &p->ln_pre_w, &p->ln_pre_b, "", "visual.ln_pre", W);
     for (int i = 0; i < g->layers; i++) {
         char prefix[64];
         snprintf(prefix, sizeof prefix, "visual.transformer.resblocks.%d.", i);
         resblock_layout_params(t, &p->blocks[i], prefix, W, g->mlp);
     }
-    pt_add(t, &p->ln_post_w, "visual.ln_post.weight", 1, (int64_t[]){W});
-    pt_add(t, &p->ln_post_b, "visual.ln_post.bias", 1, (int64_t[]){W});
+    pt_add_norm(t, &p->ln_post_w, &p->ln_post_b, "", "visual.ln_post", W);
 }
 
 int vit_check_ckpt(const vit_config *cfg, const ckpt *c)

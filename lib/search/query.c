@@ -173,6 +173,38 @@ out:
     return err;
 }
 
+typedef struct {
+    int fd;
+    const char *path;
+    const query_budget *b;
+} pipe_source;
+
+/* read_source_max's source: what the pipe has once it is readable. */
+static ssize_t read_pipe(void *source, char *dst, size_t room)
+{
+    const pipe_source *s = source;
+    for (;;) {
+        double left = s->b->deadline - now_seconds();
+        struct pollfd p = {.fd = s->fd, .events = POLLIN};
+        /* Linux reports a FIFO that never had a writer neither readable nor hung up */
+        int rc = left > 0 ? poll(&p, 1, (int)ceil(fmin(left, 3600) * 1000)) : 0;
+        if (rc < 0 && errno == EINTR) continue;
+        if (rc < 0) break;
+        if (rc == 0) {
+            char what[300];
+            snprintf(what, sizeof what, "reading %.256s (a pipe)", s->path);
+            budget_error(s->b, what);
+            return -1;
+        }
+        ssize_t got = read(s->fd, dst, room);
+        if (got < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+        if (got >= 0) return got;
+        break;
+    }
+    clip_set_error("%s: %s", s->path, strerror(errno));
+    return -1;
+}
+
 /* read_file_max's checks and limit for an image; a pipe is read as data
  * comes and given up on when the budget runs out (a FIFO that no one writes
  * would otherwise hold the request, and its thread, for ever). */
@@ -187,50 +219,10 @@ static char *read_image(const char *path, size_t *len, const query_budget *b)
         if (fd >= 0) close(fd);
         return read_file_max(path, len, limit, "image");
     }
-    size_t cap = 1 << 16, n = 0;
-    char *buf = xmalloc(cap);
-    for (;;) {
-        double left = b->deadline - now_seconds();
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        /* Linux reports a FIFO that never had a writer neither readable nor hung up */
-        int rc = left > 0 ? poll(&p, 1, (int)ceil(fmin(left, 3600) * 1000)) : 0;
-        if (rc < 0 && errno == EINTR) continue;
-        if (rc < 0) {
-            clip_set_error("%s: %s", path, strerror(errno));
-            goto fail;
-        }
-        if (rc == 0) {
-            char what[300];
-            snprintf(what, sizeof what, "reading %.256s (a pipe)", path);
-            budget_error(b, what);
-            goto fail;
-        }
-        if (n + 1 >= cap) {
-            if (cap > limit) {
-                clip_set_error("%s: more than the limit of %zu bytes for a file of kind image",
-                               path, limit);
-                goto fail;
-            }
-            cap = cap > (limit + 2) / 2 ? limit + 2 : 2 * cap;
-            buf = xrealloc(buf, cap);
-        }
-        ssize_t got = read(fd, buf + n, cap - n - 1);
-        if (got < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-        if (got < 0) {
-            clip_set_error("%s: %s", path, strerror(errno));
-            goto fail;
-        }
-        if (got == 0) break;
-        n += got;
-    }
+    pipe_source src = {fd, path, b};
+    char *buf = read_source_max(read_pipe, &src, 1 << 16, limit, path, "image", len);
     close(fd);
-    buf[n] = 0;
-    *len = n;
     return buf;
-fail:
-    close(fd);
-    free(buf);
-    return NULL;
 }
 
 int query_encode_image(query_engine *qe, const char *path, float *out, const query_budget *b)
@@ -413,12 +405,10 @@ static int request_error(query_request *out, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static int request_error(query_request *out, const char *fmt, ...)
 {
-    char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    clip_set_verror("request", fmt, ap);
     va_end(ap);
-    clip_set_error("request: %s", msg);
     query_request_free(out);
     return -1;
 }

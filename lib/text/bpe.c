@@ -48,6 +48,29 @@ static void bytes_to_unicode(int32_t cp[256], int32_t order[256])
         }
 }
 
+typedef struct {
+    struct archive *a;
+    const char *path;
+    size_t n; /* bytes given so far */
+} archive_source;
+
+/* read_source_max's source: the file's data, gunzipped if it is gzip. */
+static ssize_t read_archive(void *source, char *dst, size_t room)
+{
+    archive_source *s = source;
+    la_ssize_t k = archive_read_data(s->a, dst, room);
+    if (k < 0) {
+        clip_set_error("%s: %s", s->path, archive_error_string(s->a));
+        return -1;
+    }
+    if ((s->n += k) > CLIP_MAX_VOCAB_FILE) { /* a gzip bomb as merges */
+        clip_set_error("%s: BPE merges of more than the limit of %zu bytes (uncompressed)",
+                       s->path, CLIP_MAX_VOCAB_FILE);
+        return -1;
+    }
+    return k;
+}
+
 static char *read_maybe_gzip(const char *path, size_t *len)
 {
     struct archive *a = archive_read_new();
@@ -55,39 +78,16 @@ static char *read_maybe_gzip(const char *path, size_t *len)
     archive_read_support_format_raw(a);
     struct archive_entry *e;
     char *data = NULL;
-    size_t n = 0, cap = 0;
     if (archive_read_open_filename(a, path, 1 << 16) != ARCHIVE_OK ||
         archive_read_next_header(a, &e) != ARCHIVE_OK) {
         clip_set_error("%s: cannot read BPE merges: %s", path, archive_error_string(a));
-        goto fail;
-    }
-    for (;;) {
-        if (cap - n < 1 << 16) {
-            cap = cap * 2 + (1 << 20);
-            data = xrealloc(data, cap);
-        }
-        la_ssize_t k = archive_read_data(a, data + n, cap - n - 1);
-        if (k < 0) {
-            clip_set_error("%s: %s", path, archive_error_string(a));
-            goto fail;
-        }
-        if (k == 0)
-            break;
-        n += k;
-        if (n > CLIP_MAX_VOCAB_FILE) { /* a gzip bomb as merges */
-            clip_set_error("%s: BPE merges of more than the limit of %zu bytes (uncompressed)",
-                           path, CLIP_MAX_VOCAB_FILE);
-            goto fail;
-        }
+    } else {
+        archive_source src = {a, path, 0};
+        /* the source's limit is the one that counts: its message names the merges */
+        data = read_source_max(read_archive, &src, 1 << 20, SIZE_MAX / 2, path, NULL, len);
     }
     archive_read_free(a);
-    data[n] = 0;
-    *len = n;
     return data;
-fail:
-    archive_read_free(a);
-    free(data);
-    return NULL;
 }
 
 bpe *bpe_load(const char *merges_path)

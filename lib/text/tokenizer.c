@@ -16,28 +16,29 @@ struct tokenizer {
     size_t cps_cap;
 };
 
+/* Owns wp or b (the other NULL). */
+static tokenizer *tokenizer_new(wordpiece *wp, bpe *b, int32_t start, int32_t end)
+{
+    tokenizer *t = xcalloc(1, sizeof *t);
+    t->wp = wp;
+    t->bpe = b;
+    t->start = start;
+    t->end = end;
+    return t;
+}
+
 tokenizer *tokenizer_open_wordpiece(const char *vocab_path)
 {
     wordpiece *wp = wordpiece_load(vocab_path);
     if (!wp)
         return NULL;
-    tokenizer *t = xcalloc(1, sizeof *t);
-    t->wp = wp;
-    t->start = wordpiece_id(wp, "[CLS]");
-    t->end = wordpiece_id(wp, "[SEP]");
-    return t;
+    return tokenizer_new(wp, NULL, wordpiece_id(wp, "[CLS]"), wordpiece_id(wp, "[SEP]"));
 }
 
 tokenizer *tokenizer_open_bpe(const char *merges_path)
 {
     bpe *b = bpe_load(merges_path);
-    if (!b)
-        return NULL;
-    tokenizer *t = xcalloc(1, sizeof *t);
-    t->bpe = b;
-    t->start = BPE_START_ID;
-    t->end = BPE_END_ID;
-    return t;
+    return b ? tokenizer_new(NULL, b, BPE_START_ID, BPE_END_ID) : NULL;
 }
 
 tokenizer *tokenizer_open_shipped(int bpe)

@@ -173,6 +173,17 @@ static int encode_piece(wordpiece *wp, const int32_t *s, size_t n, int32_t *ids,
     return k < max ? k : max;
 }
 
+/* Where the piece of s[0..n) that starts at s[i] ends: after s[i] alone if
+ * it is a separator, else at the next separator or n. */
+static size_t piece_end(const int32_t *s, size_t i, size_t n, int (*is_separator)(int32_t))
+{
+    if (is_separator(s[i]))
+        return i + 1;
+    while (i < n && !is_separator(s[i]))
+        i++;
+    return i;
+}
+
 /* Lowercase, strip accents, split punctuation, WordPiece: one whitespace word. */
 static int encode_word(wordpiece *wp, const int32_t *w, size_t n, int32_t *ids, int k, int max)
 {
@@ -181,18 +192,9 @@ static int encode_word(wordpiece *wp, const int32_t *w, size_t n, int32_t *ids, 
     grow32(&wp->nfd, &wp->nfd_cap, 4 * nl + 16);
     size_t nd = pystr_nfd_strip_mn(wp->low, nl, wp->nfd);
     const int32_t *s = wp->nfd;
-    size_t i = 0;
-    while (i < nd && k < max) {
-        if (is_punctuation(s[i])) {
-            k = encode_piece(wp, s + i, 1, ids, k, max);
-            i++;
-            continue;
-        }
-        size_t j = i;
-        while (j < nd && !is_punctuation(s[j]))
-            j++;
+    for (size_t i = 0, j; i < nd && k < max; i = j) {
+        j = piece_end(s, i, nd, is_punctuation);
         k = encode_piece(wp, s + i, j - i, ids, k, max);
-        i = j;
     }
     return k;
 }
@@ -217,17 +219,10 @@ int wordpiece_encode(wordpiece *wp, const int32_t *text, size_t n, int32_t *ids,
         }
     }
     int k = 0;
-    size_t i = 0;
-    while (i < m && k < max) {
-        if (pystr_isspace(t[i])) { /* str.split(): also U+2028/U+2029 */
-            i++;
-            continue;
-        }
-        size_t j = i;
-        while (j < m && !pystr_isspace(t[j]))
-            j++;
-        k = encode_word(wp, t + i, j - i, ids, k, max);
-        i = j;
+    for (size_t i = 0, j; i < m && k < max; i = j) {
+        j = piece_end(t, i, m, pystr_isspace);
+        if (!pystr_isspace(t[i])) /* str.split(): also U+2028/U+2029 */
+            k = encode_word(wp, t + i, j - i, ids, k, max);
     }
     return k;
 }
