@@ -163,7 +163,6 @@ int main(int argc, char **argv)
         {0, 0, 0, 0}};
     train_run_options o;
     train_run_defaults(&o);
-    o.loader.rank = rank, o.loader.ranks = ranks;
     o.progress = isatty(2);
     o.msg = stderr;
     o.argv0 = argv[0];
