@@ -516,10 +516,11 @@ static int run_loop(run *r, train_run_result *res)
                         exp(st.logit_scale), dt, el / (step - step0) * (total - step));
             if (o->save_every && step % o->save_every == 0 && save_all(r, pos_epoch, pos_batch))
                 return -1;
-            /* a signal to any rank stops all of them after the same step */
+            /* a signal to any rank stops all of them after the same step; one that
+             * comes while they agree stays in the flag for the next step */
             double sig = o->stop_signal ? *o->stop_signal : 0;
             if (agree_max(r, &sig)) return -1;
-            if (o->stop_signal) *o->stop_signal = (int)sig;
+            if (o->stop_signal && *o->stop_signal < sig) *o->stop_signal = (int)sig;
             if (sig || (o->stop_after && step - step0 >= o->stop_after)) {
                 stopped = 1;
                 break;
