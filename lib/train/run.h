@@ -48,7 +48,7 @@ typedef struct {
     const char *argv0;        /* for image_init */
     /* The stop a signal asks for: the caller's handler sets *stop_signal to
      * the signal; the run stops after the step under way on every rank (the
-     * largest signal of the ranks is written back). NULL: no signals.
+     * largest signal of the ranks is written back to each). NULL: no signals.
      * catch_signals (NULL: none) installs that handler: the run calls it
      * once the model, data and log are ready, before the banner, so that a
      * signal before then ends the process as usual. */
