@@ -9,7 +9,8 @@ level() {
     core) echo 0 ;;
     io | ckpt | text | kernels) echo 1 ;;
     model) echo 2 ;;
-    train | search) echo 3 ;;
+    search) echo 3 ;;
+    train) echo 4 ;;
     *) echo x ;;
     esac
 }

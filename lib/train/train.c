@@ -824,12 +824,6 @@ static int check_batch(const trainer *t, int B, int L)
     return 0;
 }
 
-int trainer_compute_grads(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, int L,
-                          train_stats *st)
-{
-    return trainer_compute_grads_batch(t, &(train_batch){pixels, ids, B, L, {NULL, NULL}}, st);
-}
-
 int trainer_compute_grads_batch(trainer *t, const train_batch *b, train_stats *st)
 {
     train_stats s;
@@ -922,12 +916,6 @@ static int stage_update(trainer *t, train_stats *s)
     return 0;
 }
 
-int trainer_step(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, int L,
-                 train_stats *st)
-{
-    return trainer_step_batch(t, &(train_batch){pixels, ids, B, L, {NULL, NULL}}, st);
-}
-
 int trainer_step_batch(trainer *t, const train_batch *b, train_stats *st)
 {
     train_stats s;
@@ -935,6 +923,27 @@ int trainer_step_batch(trainer *t, const train_batch *b, train_stats *st)
     int rc = stage_update(t, &s);
     if (st) *st = s;
     return rc;
+}
+
+/* trainer_compute_grads (update 0) and trainer_step (1): the batch of pixels
+ * and ids, every tower running */
+static int plain_batch(trainer *t, int update, const uint8_t *pixels, const int32_t *ids, int B,
+                       int L, train_stats *st)
+{
+    train_batch b = {pixels, ids, B, L, {NULL, NULL}};
+    return update ? trainer_step_batch(t, &b, st) : trainer_compute_grads_batch(t, &b, st);
+}
+
+int trainer_compute_grads(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, int L,
+                          train_stats *st)
+{
+    return plain_batch(t, 0, pixels, ids, B, L, st);
+}
+
+int trainer_step(trainer *t, const uint8_t *pixels, const int32_t *ids, int B, int L,
+                 train_stats *st)
+{
+    return plain_batch(t, 1, pixels, ids, B, L, st);
 }
 
 int trainer_tower_locked(const trainer *t, int tower) { return t->towers[tower].frozen; }
