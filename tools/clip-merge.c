@@ -32,14 +32,16 @@ int main(int argc, char **argv)
         {"quiet", no_argument, 0, 'q'},       {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
+    static const char short_opts[] = "a:o:qh";
+    opterr = 0; /* our own one-line message */
     int c;
-    while ((c = getopt_long(argc, argv, "a:o:qh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, short_opts, opts, NULL)) != -1) {
         switch (c) {
         case 'a': alpha = parse_double_option("--alpha", optarg, -1e3, 1e3); break;
         case 'o': out_path = optarg; break;
         case 'q': quiet = 1; break;
         case 'h': fputs(usage, stdout); close_stdout(); return 0;
-        default: fputs(usage, stderr); return 2;
+        default: option_error(argv, short_opts);
         }
     }
     if (argc - optind != 2 || !out_path) {

@@ -189,10 +189,10 @@ int main(int argc, char **argv)
     if (optind < argc) usage_error("unexpected argument '%s'", argv[optind]);
     if (!model) usage_error("--model CKPT is required");
     if (serve_addr && (text || image || labels))
-        die("--serve takes its queries as requests, not --text/--image/--labels");
+        usage_error("--serve takes its queries as requests, not --text/--image/--labels");
     if (!serve_addr && !text == !image)
         usage_error("give one of --text TEXT, --image FILE or --serve ADDR");
-    if (labels && !image) die("--labels needs --image FILE");
+    if (labels && !image) usage_error("--labels needs --image FILE");
     if (!serve_addr && !labels && !index) usage_error("--index FILE is required");
     if (threads) blas_set_threads(threads);
     if ((image || serve_addr) && image_init(argv[0])) die("%s", clip_error());
@@ -229,7 +229,7 @@ int main(int argc, char **argv)
         if (labels) {
             const char **lv = xmalloc((strlen(labels) + 1) * sizeof *lv);
             int n = query_split_labels(labels, lv);
-            if (!n) die("--labels: no labels given");
+            if (!n) usage_error("--labels: no labels given");
             if (!(res = query_zero_shot(&qe, q, lv, n, NULL))) die("%s", clip_error());
             free(lv);
         } else {

@@ -50,8 +50,10 @@ int main(int argc, char **argv)
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
+    static const char short_opts[] = "i:vh";
+    opterr = 0; /* our own one-line message */
     int c;
-    while ((c = getopt_long(argc, argv, "i:vh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, short_opts, opts, NULL)) != -1) {
         switch (c) {
         case 'i': input = optarg; break;
         case OPT_TABLE: table = 1; break;
@@ -64,7 +66,7 @@ int main(int argc, char **argv)
             break;
         case 'v': verbose = 1; break;
         case 'h': fputs(usage, stdout); close_stdout(); return 0;
-        default: fputs(usage, stderr); return 2;
+        default: option_error(argv, short_opts);
         }
     }
     if (optind < argc) usage_error("unexpected argument '%s'", argv[optind]);

@@ -105,7 +105,7 @@ static void run_stream(tokenizer *t, const char *in, const char *out, const char
 static void run_lines(tokenizer *t, const char *in, const char *out, int ctx)
 {
     if (stream_is_zmq(in) || stream_is_zmq(out))
-        die("--lines reads and writes plain files, not %s",
+        usage_error("--lines reads and writes plain files, not %s",
             stream_is_zmq(in) ? in : out);
     FILE *fi = strcmp(in, "-") ? fopen(in, "r") : stdin;
     if (!fi)
@@ -191,9 +191,9 @@ int main(int argc, char **argv)
     if (optind < argc)
         usage_error("unexpected argument '%s'", argv[optind]);
     if (vocab && bpe)
-        die("give one of --vocab (WordPiece) or --bpe (CLIP BPE), not both; see --help");
+        usage_error("give one of --vocab (WordPiece) or --bpe (CLIP BPE), not both");
     if (!*field || strchr(field, '/'))
-        die("--field: '%s' is not a field name", field);
+        usage_error("--field: '%s' is not a field name", field);
     tokenizer *t = vocab    ? tokenizer_open_wordpiece(vocab)
                    : merges ? tokenizer_open_bpe(merges)
                             : tokenizer_open_shipped(bpe);

@@ -171,7 +171,9 @@ int main(int argc, char **argv)
     train_config *cfg = &o.train;
     loader_config *lc = &o.loader;
     int c;
-    while ((c = getopt_long(argc, argv, "b:t:h", opts, NULL)) != -1) {
+    static const char short_opts[] = "b:t:h";
+    opterr = 0; /* our own one-line message */
+    while ((c = getopt_long(argc, argv, short_opts, opts, NULL)) != -1) {
         switch (c) {
         case O_INIT: o.init = optarg; break;
         case O_TEXT: o.text_dir = optarg; break;
@@ -192,7 +194,7 @@ int main(int argc, char **argv)
         case O_CAPTION:
             if (!strcmp(optarg, "first")) lc->first_caption = 1;
             else if (!strcmp(optarg, "random")) lc->first_caption = 0;
-            else die("--caption: expected random or first, not '%s'", optarg);
+            else usage_error("--caption: expected random or first, not '%s'", optarg);
             break;
         case O_SEED: lc->seed = (uint64_t)parse_long_option("--seed", optarg, 0, (1L << 62)); break;
         case O_LR: cfg->lr = parse_double_option("--lr", optarg, 0, 10); break;
@@ -200,7 +202,7 @@ int main(int argc, char **argv)
         case O_SCHED:
             if (!strcmp(optarg, "cosine")) cfg->schedule = SCHEDULE_COSINE;
             else if (!strcmp(optarg, "constant")) cfg->schedule = SCHEDULE_CONSTANT;
-            else die("--schedule: expected cosine or constant, not '%s'", optarg);
+            else usage_error("--schedule: expected cosine or constant, not '%s'", optarg);
             break;
         case O_MINLR: cfg->min_lr_ratio = parse_double_option("--min-lr-ratio", optarg, 0, 1); break;
         case O_WD: cfg->weight_decay = parse_double_option("--wd", optarg, 0, 10); break;
@@ -236,10 +238,10 @@ int main(int argc, char **argv)
         case O_TDEV: o.text_device = optarg; break;
         case 't': blas_set_threads((int)parse_long_option("--threads", optarg, 1, 1024)); break;
         case 'h': usage(stdout); close_stdout(); return 0;
-        default: usage(stderr); return 2;
+        default: option_error(argv, short_opts);
         }
     }
-    if (optind < argc) die("unexpected argument '%s' (see --help)", argv[optind]);
+    if (optind < argc) usage_error("unexpected argument '%s'", argv[optind]);
     train_run_result res;
     int rc = train_run(&o, comm, &res);
     if (rc == -2) usage_error("%s", clip_error());
