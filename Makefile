@@ -31,7 +31,7 @@ MANPAGES := $(wildcard man/*.1 man/*.5)
 
 DEB_PACKAGES := build-essential pkg-config libarchive-dev libjansson-dev libvips-dev \
                 libopenblas-openmp-dev libzmq3-dev libutf8proc-dev libjpeg-dev bats python3 python3-numpy \
-                gnuplot-nox libopenmpi-dev openmpi-bin
+                gnuplot-nox libopenmpi-dev openmpi-bin clang-format
 # the PyTorch reference: fixtures regeneration and benchmarks only (the pthread OpenBLAS is
 # what the benchmarks run it with, tests/ref/reference_env.py)
 DEB_REFERENCE := python3-torch python3-torchvision python3-pil libopenblas0-pthread

@@ -16,38 +16,43 @@
 #include "search/embed.h"
 #include "core/util.h"
 
-static void usage(FILE *f)
-{
-    fprintf(f,
-            "usage: %s --model CKPT [options]\n"
-            "Add img_emb.npy (float32 [D]) for img.npy and txt_emb.npy (float32 [n_captions, D])\n"
-            "for tok.npy to every sample of a stream; other fields pass through.\n"
-            "\n"
-            "  -m, --model FILE       joint CLIP checkpoint (.pth, .bin, .safetensors)\n"
-            "      --text-model DIR   Hugging Face BERT directory (when the checkpoint has none)\n"
-            "  -i, --input ENDPOINT   sample stream in: -, FILE.tar, tcp://..., ipc://... (default -)\n"
-            "  -o, --output ENDPOINT  sample stream out (default -)\n"
-            "  -b, --batch-size N     images (and captions) encoded together (default 32)\n"
-            "  -t, --threads N        OpenMP and OpenBLAS threads (default: OMP_NUM_THREADS or all\n"
-            "                         cores)\n"
-            "      --device NAME      only cpu in this build\n"
-            "      --no-images        do not embed images (img.npy passes through)\n"
-            "      --no-texts         do not embed captions (tok.npy passes through)\n"
-            "      --amp              bf16 matrix products (fp32 accumulation): about twice as\n"
-            "                         fast, embeddings within ~1e-2 of fp32\n"
-            "      --int8             int8 Linear layers (weights per channel, inputs per row):\n"
-            "                         about 3.5 times fp32, embeddings within ~3e-2 of fp32\n"
-            "      --progress         progress on stderr\n"
-            "  -h, --help             this help\n",
-            clip_progname);
-}
+static const char usage[] =
+    "usage: clip-embed --model CKPT [options]\n"
+    "Add img_emb.npy (float32 [D]) for img.npy and txt_emb.npy (float32 [n_captions, D])\n"
+    "for tok.npy to every sample of a stream; other fields pass through.\n"
+    "\n"
+    "  -m, --model FILE       joint CLIP checkpoint (.pth, .bin, .safetensors)\n"
+    "      --text-model DIR   Hugging Face BERT directory (when the checkpoint has none)\n"
+    "  -i, --input ENDPOINT   sample stream in: -, FILE.tar, tcp://..., ipc://... (default -)\n"
+    "  -o, --output ENDPOINT  sample stream out (default -)\n"
+    "  -b, --batch-size N     images (and captions) encoded together (default 32)\n"
+    "  -t, --threads N        OpenMP and OpenBLAS threads (default: OMP_NUM_THREADS or all\n"
+    "                         cores)\n"
+    "      --device NAME      only cpu in this build\n"
+    "      --no-images        do not embed images (img.npy passes through)\n"
+    "      --no-texts         do not embed captions (tok.npy passes through)\n"
+    "      --amp              bf16 matrix products (fp32 accumulation): about twice as\n"
+    "                         fast, embeddings within ~1e-2 of fp32\n"
+    "      --int8             int8 Linear layers (weights per channel, inputs per row):\n"
+    "                         about 3.5 times fp32, embeddings within ~3e-2 of fp32\n"
+    "      --progress         progress on stderr\n"
+    "  -h, --help             this help\n";
 
 int main(int argc, char **argv)
 {
     blas_setup(argc, argv);
     clip_set_progname(argv[0]);
     clip_handle_signals();
-    enum { OPT_TEXT_MODEL = 256, OPT_DEVICE, OPT_PROGRESS, OPT_NO_IMAGES, OPT_NO_TEXTS, OPT_AMP, OPT_INT8 };
+    enum {
+        OPT_TEXT_MODEL = 256,
+        OPT_DEVICE,
+        OPT_PROGRESS,
+        OPT_NO_IMAGES,
+        OPT_NO_TEXTS,
+        OPT_AMP,
+        OPT_INT8
+    };
+    /* clang-format off */
     static const struct option opts[] = {
         {"model", required_argument, NULL, 'm'},
         {"text-model", required_argument, NULL, OPT_TEXT_MODEL},
@@ -64,6 +69,7 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {0},
     };
+    /* clang-format on */
     const char *model = NULL, *text_model = NULL, *in = "-", *out = "-", *device = "cpu";
     int batch = 32, threads = 0, show_progress = 0, do_images = 1, do_texts = 1, c;
     int amp = 0, int8 = 0;
@@ -86,9 +92,10 @@ int main(int argc, char **argv)
             int8 = 1;
             if (!gemm_int8_available())
                 warn("--int8: no AVX512_VNNI here (CPU features: %s, see CLIP_CPU), so the int8 "
-                     "layers run in plain C, slower than fp32", cpu_describe());
+                     "layers run in plain C, slower than fp32",
+                     cpu_describe());
             break;
-        case 'h': usage(stdout); close_stdout(); return 0;
+        case 'h': return print_help(usage);
         default: option_error(argv, short_opts);
         }
     }

@@ -27,11 +27,13 @@ int main(int argc, char **argv)
     const char *out_path = NULL;
     double alpha = 0.5;
     int quiet = 0;
+    /* clang-format off */
     static const struct option opts[] = {
         {"alpha", required_argument, 0, 'a'}, {"output", required_argument, 0, 'o'},
         {"quiet", no_argument, 0, 'q'},       {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
+    /* clang-format on */
     static const char short_opts[] = "a:o:qh";
     opterr = 0; /* our own one-line message */
     int c;
@@ -40,7 +42,7 @@ int main(int argc, char **argv)
         case 'a': alpha = parse_double_option("--alpha", optarg, -1e3, 1e3); break;
         case 'o': out_path = optarg; break;
         case 'q': quiet = 1; break;
-        case 'h': fputs(usage, stdout); close_stdout(); return 0;
+        case 'h': return print_help(usage);
         default: option_error(argv, short_opts);
         }
     }

@@ -44,15 +44,19 @@ int main(int argc, char **argv)
     mallopt(M_TRIM_THRESHOLD, 256 << 20);
     const char *ann_path = NULL, *root = NULL, *out = "-";
     int skip_bad = 0, show = 0;
-    image_pool_config pc = {.size = 224, .mode = IMAGE_CROP, .max_pixels = IMAGE_MAX_PIXELS,
+    image_pool_config pc = {.size = 224,
+                            .mode = IMAGE_CROP,
+                            .max_pixels = IMAGE_MAX_PIXELS,
                             .threads = (int)sysconf(_SC_NPROCESSORS_ONLN)};
     enum { O_ANN = 256, O_ROOT, O_SIZE, O_RESIZE, O_KEEP, O_SKIP, O_MAXPIX, O_THREADS, O_PROG };
+    /* clang-format off */
     static const struct option opts[] = {
         {"annotations", 1, 0, O_ANN}, {"root", 1, 0, O_ROOT},       {"output", 1, 0, 'o'},
         {"size", 1, 0, O_SIZE},       {"resize", 1, 0, O_RESIZE},   {"keep-original", 0, 0, O_KEEP},
         {"skip-bad", 0, 0, O_SKIP},   {"max-pixels", 1, 0, O_MAXPIX}, {"threads", 1, 0, O_THREADS},
         {"progress", 0, 0, O_PROG},   {"help", 0, 0, 'h'},          {0, 0, 0, 0},
     };
+    /* clang-format on */
     static const char short_opts[] = "o:h";
     opterr = 0; /* our own one-line message */
     int c;
@@ -66,12 +70,14 @@ int main(int argc, char **argv)
             if ((pc.mode = image_resize_parse(optarg)) < 0)
                 usage_error("--resize: expected crop, letterbox or squash, got '%s'", optarg);
             break;
-        case O_MAXPIX: pc.max_pixels = parse_long_option("--max-pixels", optarg, 1, 1L << 40); break;
+        case O_MAXPIX:
+            pc.max_pixels = parse_long_option("--max-pixels", optarg, 1, 1L << 40);
+            break;
         case O_THREADS: pc.threads = (int)parse_long_option("--threads", optarg, 1, 256); break;
         case O_KEEP: pc.keep_original = 1; break;
         case O_SKIP: skip_bad = 1; break;
         case O_PROG: show = 1; break;
-        case 'h': fputs(usage, stdout); close_stdout(); return 0;
+        case 'h': return print_help(usage);
         default: option_error(argv, short_opts);
         }
     }
@@ -134,7 +140,8 @@ int main(int argc, char **argv)
         sample_set_key(&s, key);
         free(key);
         const annotation *a = ann ? &ann->items[i] : NULL;
-        char *meta = annotation_sample_json(paths[i], a ? a->captions : NULL, a ? a->n_captions : 0);
+        char *meta =
+            annotation_sample_json(paths[i], a ? a->captions : NULL, a ? a->n_captions : 0);
         if (!meta) {
             fatal = xstrdup(clip_error());
             image_pool_item_free(&r);
@@ -144,13 +151,17 @@ int main(int argc, char **argv)
         sample_set(&s, "json", meta, strlen(meta));
         sample_set(&s, "img.npy", r.data, r.len);
         if (r.orig) sample_set(&s, image_type(r.orig, r.orig_len), r.orig, r.orig_len);
-        if (stream_write(w, &s)) fatal = xstrdup(clip_error());
-        else written++;
+        if (stream_write(w, &s))
+            fatal = xstrdup(clip_error());
+        else
+            written++;
         progress_update(&prog, written + bad);
     }
     image_pool_free(pool);
-    if (fatal) stream_abort_write(w);
-    else if (stream_close_write(w)) fatal = xstrdup(clip_error());
+    if (fatal)
+        stream_abort_write(w);
+    else if (stream_close_write(w))
+        fatal = xstrdup(clip_error());
     if (fatal) die("%s", fatal);
     progress_end(&prog, written + bad);
     if (bad) warn("%zu bad image%s skipped, %zu written", bad, bad == 1 ? "" : "s", written);

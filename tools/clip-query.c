@@ -18,42 +18,38 @@
 #include "search/query.h"
 #include "search/server.h"
 
-static void usage(FILE *f)
-{
-    fprintf(f,
-            "usage: %s --model CKPT (--text TEXT | --image FILE | --serve ADDR) [options]\n"
-            "       %s --request ADDR JSON\n"
-            "Search an embedded sample stream (clip-embed output) by text or image, or label\n"
-            "an image zero-shot.\n"
-            "\n"
-            "  -m, --model FILE         joint CLIP checkpoint (.pth, .bin, .safetensors)\n"
-            "      --text-model DIR     Hugging Face BERT directory (when the checkpoint has none)\n"
-            "      --vocab FILE         the text tower's vocabulary: WordPiece vocab.txt (BERT)\n"
-            "                           or BPE merges .txt.gz (English CLIP tower); default:\n"
-            "                           the one shipped with clip-tools\n"
-            "      --context-length N   ids per text incl. start/end (default 52, at most the\n"
-            "                           model's positions)\n"
-            "      --index FILE         embedded sample stream (img_emb.npy, txt_emb.npy, json)\n"
-            "      --text TEXT          rank the index's images by similarity to TEXT\n"
-            "      --image FILE         rank the index's captions by similarity to the image\n"
-            "      --labels A,B,...     with --image: zero-shot probabilities of the labels\n"
-            "                           (no --index needed)\n"
-            "  -k N                     results shown (default 5)\n"
-            "      --json               print a JSON array instead of lines\n"
-            "      --serve ADDR         load once, then answer JSON requests on a ZeroMQ socket\n"
-            "                           bound to ADDR (e.g. tcp://127.0.0.1:5557) until\n"
-            "                           {\"quit\": true}, SIGINT or SIGTERM\n"
-            "      --max-request BYTES  --serve: longest request (default 1048576)\n"
-            "      --time-budget SEC    --serve: seconds from a request to its reply, else an\n"
-            "                           error reply (default 60)\n"
-            "      --workers N          --serve: requests answered at once (default 4)\n"
-            "      --request ADDR JSON  send one request to a --serve ADDR and print the reply\n"
-            "      --timeout SEC        --request: seconds to wait for the reply (default 600)\n"
-            "  -t, --threads N          OpenMP and OpenBLAS threads (default: OMP_NUM_THREADS or\n"
-            "                           all cores)\n"
-            "  -h, --help               this help\n",
-            clip_progname, clip_progname);
-}
+static const char usage[] =
+    "usage: clip-query --model CKPT (--text TEXT | --image FILE | --serve ADDR) [options]\n"
+    "       clip-query --request ADDR JSON\n"
+    "Search an embedded sample stream (clip-embed output) by text or image, or label\n"
+    "an image zero-shot.\n"
+    "\n"
+    "  -m, --model FILE         joint CLIP checkpoint (.pth, .bin, .safetensors)\n"
+    "      --text-model DIR     Hugging Face BERT directory (when the checkpoint has none)\n"
+    "      --vocab FILE         the text tower's vocabulary: WordPiece vocab.txt (BERT)\n"
+    "                           or BPE merges .txt.gz (English CLIP tower); default:\n"
+    "                           the one shipped with clip-tools\n"
+    "      --context-length N   ids per text incl. start/end (default 52, at most the\n"
+    "                           model's positions)\n"
+    "      --index FILE         embedded sample stream (img_emb.npy, txt_emb.npy, json)\n"
+    "      --text TEXT          rank the index's images by similarity to TEXT\n"
+    "      --image FILE         rank the index's captions by similarity to the image\n"
+    "      --labels A,B,...     with --image: zero-shot probabilities of the labels\n"
+    "                           (no --index needed)\n"
+    "  -k N                     results shown (default 5)\n"
+    "      --json               print a JSON array instead of lines\n"
+    "      --serve ADDR         load once, then answer JSON requests on a ZeroMQ socket\n"
+    "                           bound to ADDR (e.g. tcp://127.0.0.1:5557) until\n"
+    "                           {\"quit\": true}, SIGINT or SIGTERM\n"
+    "      --max-request BYTES  --serve: longest request (default 1048576)\n"
+    "      --time-budget SEC    --serve: seconds from a request to its reply, else an\n"
+    "                           error reply (default 60)\n"
+    "      --workers N          --serve: requests answered at once (default 4)\n"
+    "      --request ADDR JSON  send one request to a --serve ADDR and print the reply\n"
+    "      --timeout SEC        --request: seconds to wait for the reply (default 600)\n"
+    "  -t, --threads N          OpenMP and OpenBLAS threads (default: OMP_NUM_THREADS or\n"
+    "                           all cores)\n"
+    "  -h, --help               this help\n";
 
 static void print_result(json_t *a, int as_json)
 {
@@ -65,7 +61,8 @@ static void print_result(json_t *a, int as_json)
     }
     size_t i;
     json_t *o;
-    json_array_foreach(a, i, o) {
+    json_array_foreach(a, i, o)
+    {
         const char *label = json_string_value(json_object_get(o, "label"));
         if (label) {
             printf("%.6f %s\n", json_real_value(json_object_get(o, "prob")), label);
@@ -123,8 +120,11 @@ int main(int argc, char **argv)
     blas_setup(argc, argv);
     clip_set_progname(argv[0]);
     clip_handle_signals(); /* --serve installs its own for SIGINT and SIGTERM */
-    enum { OPT_TEXT_MODEL = 256, OPT_VOCAB, OPT_CTX, OPT_INDEX, OPT_TEXT, OPT_IMAGE, OPT_LABELS,
-           OPT_JSON, OPT_SERVE, OPT_REQUEST, OPT_TIMEOUT, OPT_MAX_REQUEST, OPT_BUDGET, OPT_WORKERS };
+    /* clang-format off */
+    enum {
+        OPT_TEXT_MODEL = 256, OPT_VOCAB, OPT_CTX, OPT_INDEX, OPT_TEXT, OPT_IMAGE, OPT_LABELS,
+        OPT_JSON, OPT_SERVE, OPT_REQUEST, OPT_TIMEOUT, OPT_MAX_REQUEST, OPT_BUDGET, OPT_WORKERS
+    };
     static const struct option opts[] = {
         {"model", required_argument, NULL, 'm'},
         {"text-model", required_argument, NULL, OPT_TEXT_MODEL},
@@ -145,6 +145,7 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {0},
     };
+    /* clang-format on */
     const char *model = NULL, *text_model = NULL, *vocab = NULL, *index = NULL, *text = NULL,
                *image = NULL, *serve_addr = NULL, *request_addr = NULL;
     char *labels = NULL;
@@ -170,13 +171,15 @@ int main(int argc, char **argv)
         case OPT_MAX_REQUEST:
             so.max_request = parse_long_option("--max-request", optarg, 64, 1L << 30);
             break;
-        case OPT_BUDGET: so.time_budget = parse_double_option("--time-budget", optarg, 1e-9, 1e6); break;
+        case OPT_BUDGET:
+            so.time_budget = parse_double_option("--time-budget", optarg, 1e-9, 1e6);
+            break;
         case OPT_WORKERS:
             so.workers = (int)parse_long_option("--workers", optarg, 1, QUERY_SERVER_MAX_PENDING);
             break;
         case 'k': k = (int)parse_long_option("-k", optarg, 1, 1 << 30); break;
         case 't': threads = (int)parse_long_option("--threads", optarg, 1, 1024); break;
-        case 'h': usage(stdout); close_stdout(); return 0;
+        case 'h': return print_help(usage);
         default: option_error(argv, short_opts);
         }
     }

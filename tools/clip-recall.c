@@ -40,6 +40,7 @@ int main(int argc, char **argv)
     const char *input = "-", *json_out = NULL;
     int table = 0, verbose = 0, block_images = 0, block_texts = 0;
     enum { OPT_TABLE = 256, OPT_JSON_OUT, OPT_BLOCK_IMAGES, OPT_BLOCK_TEXTS };
+    /* clang-format off */
     static const struct option opts[] = {
         {"input", required_argument, 0, 'i'},
         {"table", no_argument, 0, OPT_TABLE},
@@ -50,6 +51,7 @@ int main(int argc, char **argv)
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
+    /* clang-format on */
     static const char short_opts[] = "i:vh";
     opterr = 0; /* our own one-line message */
     int c;
@@ -65,7 +67,7 @@ int main(int argc, char **argv)
             block_texts = (int)parse_long_option("--block-texts", optarg, 1, 1 << 20);
             break;
         case 'v': verbose = 1; break;
-        case 'h': fputs(usage, stdout); close_stdout(); return 0;
+        case 'h': return print_help(usage);
         default: option_error(argv, short_opts);
         }
     }

@@ -73,6 +73,13 @@ void close_stdout(void)
     }
 }
 
+int print_help(const char *usage)
+{
+    fputs(usage, stdout);
+    close_stdout();
+    return 0;
+}
+
 void option_error(char **argv, const char *short_opts)
 {
     extern int optind, optopt;
@@ -87,7 +94,8 @@ long parse_long_option(const char *opt, const char *val, long min, long max)
     errno = 0;
     long v = strtol(val ? val : "", &end, 10);
     if (!val || !*val || *end || errno || v < min || v > max)
-        usage_error("%s: expected an integer in [%ld, %ld], got '%s'", opt, min, max, val ? val : "");
+        usage_error("%s: expected an integer in [%ld, %ld], got '%s'", opt, min, max,
+                    val ? val : "");
     return v;
 }
 
@@ -99,6 +107,30 @@ double parse_double_option(const char *opt, const char *val, double min, double 
     if (!val || errno || end == val || *end || !(v >= min && v <= max))
         usage_error("%s: '%s' is not a number in [%g, %g]", opt, val ? val : "", min, max);
     return v;
+}
+
+double parse_fraction_option(const char *opt, const char *val, double min, double below,
+                             const char *what)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(val ? val : "", &end);
+    if (!val || errno || end == val || *end || !(v >= min && v < below))
+        usage_error("%s: '%s' is not a number in [%g, %g) (%s)", opt, val ? val : "", min, below,
+                    what);
+    return v;
+}
+
+int parse_choice_option(const char *opt, const char *val, const char *const *choices)
+{
+    char list[256] = "";
+    for (int i = 0; choices[i]; i++) {
+        if (!strcmp(val, choices[i])) return i;
+        size_t n = strlen(list);
+        snprintf(list + n, sizeof list - n, "%s%s", i ? (choices[i + 1] ? ", " : " or ") : "",
+                 choices[i]);
+    }
+    usage_error("%s: expected %s, not '%s'", opt, list, val);
 }
 
 clip_model *load_model(const char *ckpt_path, const char *bert_dir)

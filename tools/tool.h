@@ -19,6 +19,8 @@ void warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Before exiting 0: flush and close stdout, and die if any write to it
  * failed (a full disk, /dev/full, a closed pipe). */
 void close_stdout(void);
+/* --help: the usage text on stdout, then close_stdout; returns 0, main's status. */
+int print_help(const char *usage);
 /* getopt_long returned '?' or ':': a usage error naming the option that is
  * unknown or needs a value (short_opts: the string given to getopt_long). */
 noreturn void option_error(char **argv, const char *short_opts);
@@ -26,6 +28,11 @@ noreturn void option_error(char **argv, const char *short_opts);
 long parse_long_option(const char *opt, const char *val, long min, long max);
 /* A number in [min, max], or a usage error naming the option. */
 double parse_double_option(const char *opt, const char *val, double min, double max);
+/* A number in [min, below) (what: the value's meaning, for the message), or a usage error. */
+double parse_fraction_option(const char *opt, const char *val, double min, double below,
+                             const char *what);
+/* The index of val in choices (NULL-terminated), or a usage error listing them. */
+int parse_choice_option(const char *opt, const char *val, const char *const *choices);
 /* clip_model_load(ckpt_path, bert_dir) with its warnings shown ("prog:
  * warning" each), or die with its error. The caller frees the model. */
 clip_model *load_model(const char *ckpt_path, const char *bert_dir);

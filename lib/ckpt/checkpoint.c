@@ -15,7 +15,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-
 static int map_file(ckpt *c)
 {
     int fd = open(c->path, O_RDONLY | O_CLOEXEC);
@@ -25,7 +24,8 @@ static int map_file(ckpt *c)
     }
     struct stat st;
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        clip_set_error("%s: %s", c->path, S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
+        clip_set_error("%s: %s", c->path,
+                       S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
         close(fd);
         return -1;
     }
@@ -49,16 +49,21 @@ static int map_file(ckpt *c)
 
 static int is_torch_zip(const unsigned char *b, size_t n)
 {
-    return n >= 4 && b[0] == 'P' && b[1] == 'K' && ((b[2] == 3 && b[3] == 4) || (b[2] == 5 && b[3] == 6));
+    return n >= 4 && b[0] == 'P' && b[1] == 'K' &&
+           ((b[2] == 3 && b[3] == 4) || (b[2] == 5 && b[3] == 6));
 }
 static int is_torch_legacy(const unsigned char *b, size_t n) { return n >= 1 && b[0] == 0x80; }
-static int is_torch_tar(const unsigned char *b, size_t n) { return n >= 262 && !memcmp(b + 257, "ustar", 5); }
+static int is_torch_tar(const unsigned char *b, size_t n)
+{
+    return n >= 262 && !memcmp(b + 257, "ustar", 5);
+}
 static int is_safetensors(const unsigned char *b, size_t n) { return n >= 9 && b[8] == '{'; }
 
 static int refuse_torch_tar(ckpt *c)
 {
     clip_set_error("%s: a tar-based torch checkpoint (PyTorch < 0.4); re-save it with a newer "
-                   "PyTorch", c->path);
+                   "PyTorch",
+                   c->path);
     return -1;
 }
 
@@ -101,9 +106,11 @@ int ckpt_save(const char *path, const ckpt_out_tensor *t, size_t n, const char *
 {
     for (size_t i = 0; i < N_FORMATS; i++)
         for (int k = 0; formats[i].save && formats[i].suffixes[k]; k++)
-            if (has_suffix(path, formats[i].suffixes[k])) return formats[i].save(path, t, n, metadata);
+            if (has_suffix(path, formats[i].suffixes[k]))
+                return formats[i].save(path, t, n, metadata);
     clip_set_error("%s: unknown checkpoint format: name it .safetensors or .pth (.pt, .bin: "
-                   "PyTorch zip)", path);
+                   "PyTorch zip)",
+                   path);
     return -1;
 }
 
@@ -134,7 +141,6 @@ ckpt *ckpt_load_buffer(const void *buf, size_t len, const char *name)
 }
 
 /* ---- conversion to float32 ---- */
-
 
 int ckpt_write_all(int fd, const void *buf, size_t n)
 {
@@ -181,4 +187,3 @@ int ckpt_write_atomic(const char *path, int (*fn)(int fd, void *ctx), void *ctx)
 {
     return atomic_file_write(path, fn, ctx);
 }
-

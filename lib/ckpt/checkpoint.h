@@ -9,7 +9,6 @@
 
 #include "core/dtype.h"
 
-
 #define CKPT_MAX_DIMS 8
 
 typedef struct {

@@ -13,11 +13,11 @@ struct ckpt {
     char *path;
     ckpt_tensor *t;
     size_t n, cap;
-    strmap names; /* name -> index into t */
+    strmap names;             /* name -> index into t */
     const unsigned char *map; /* the whole file, read-only */
     size_t map_len;
     int map_is_malloc; /* from ckpt_load_buffer: free, not munmap */
-    void **owned; /* buffers freed with the checkpoint */
+    void **owned;      /* buffers freed with the checkpoint */
     size_t n_owned, cap_owned;
     char **meta; /* key, value, key, value, ... */
     size_t n_meta;

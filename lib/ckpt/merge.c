@@ -7,7 +7,10 @@
 
 const char *const *ckpt_metadata_pairs(const ckpt *c) { return (const char *const *)c->meta; }
 
-static int is_float(clip_dtype t) { return t == DT_F32 || t == DT_F16 || t == DT_BF16 || t == DT_F64; }
+static int is_float(clip_dtype t)
+{
+    return t == DT_F32 || t == DT_F16 || t == DT_BF16 || t == DT_F64;
+}
 
 static int same_shape(const ckpt_tensor *a, const ckpt_tensor *b)
 {
@@ -45,7 +48,8 @@ ckpt *ckpt_interpolate(const ckpt *zero, const ckpt *fine, double alpha)
     for (size_t i = 0; i < fine->n; i++)
         if (!ckpt_find(zero, fine->t[i].name)) {
             clip_set_error("%s: tensor '%s' is not in %s: the two checkpoints are not of one "
-                           "architecture", fine->path, fine->t[i].name, zero->path);
+                           "architecture",
+                           fine->path, fine->t[i].name, zero->path);
             return NULL;
         }
     const char *za = ckpt_metadata(zero, "clip_config"), *fa = ckpt_metadata(fine, "clip_config");
@@ -59,7 +63,8 @@ ckpt *ckpt_interpolate(const ckpt *zero, const ckpt *fine, double alpha)
         const ckpt_tensor *x = &zero->t[i], *y = ckpt_find(fine, x->name);
         if (!y) {
             clip_set_error("%s: tensor '%s' is not in %s: the two checkpoints are not of one "
-                           "architecture", zero->path, x->name, fine->path);
+                           "architecture",
+                           zero->path, x->name, fine->path);
             return NULL;
         }
         if (x->dtype != y->dtype || !same_shape(x, y)) {
@@ -74,8 +79,8 @@ ckpt *ckpt_interpolate(const ckpt *zero, const ckpt *fine, double alpha)
         size_t bytes = x->numel * dtype_size(x->dtype);
         if (!is_float(x->dtype) && memcmp(x->data, y->data, bytes)) {
             clip_set_error("tensor '%s' is %s and differs between %s and %s: only floating "
-                           "tensors can be interpolated", x->name, dtype_name(x->dtype),
-                           zero->path, fine->path);
+                           "tensors can be interpolated",
+                           x->name, dtype_name(x->dtype), zero->path, fine->path);
             return NULL;
         }
         if (x->numel > largest) largest = x->numel;
@@ -91,9 +96,12 @@ ckpt *ckpt_interpolate(const ckpt *zero, const ckpt *fine, double alpha)
         const ckpt_tensor *x = &zero->t[i], *y = ckpt_find(fine, x->name);
         size_t bytes = x->numel * dtype_size(x->dtype);
         void *data = ckpt_own(out, bytes);
-        if (!is_float(x->dtype) || alpha == 0) memcpy(data, x->data, bytes);
-        else if (alpha == 1) memcpy(data, y->data, bytes);
-        else interpolate(x->dtype, x->data, y->data, x->numel, alpha, data, fa_buf, fb_buf);
+        if (!is_float(x->dtype) || alpha == 0)
+            memcpy(data, x->data, bytes);
+        else if (alpha == 1)
+            memcpy(data, y->data, bytes);
+        else
+            interpolate(x->dtype, x->data, y->data, x->numel, alpha, data, fa_buf, fb_buf);
         if (ckpt_add(out, x->name, x->dtype, x->ndim, x->shape, data) < 0) break;
     }
     free(fa_buf);

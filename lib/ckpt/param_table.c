@@ -114,7 +114,8 @@ int pt_check(const param_table *t, const ckpt *c)
 
 size_t pt_bytes(const param_table *t)
 {
-    return t->total > SIZE_MAX / sizeof(float) ? SIZE_MAX : (t->total ? t->total : 1) * sizeof(float);
+    return t->total > SIZE_MAX / sizeof(float) ? SIZE_MAX
+                                               : (t->total ? t->total : 1) * sizeof(float);
 }
 
 int pt_load_spec(const param_spec *s, const ckpt *c, const char *ckname)

@@ -34,8 +34,8 @@ struct pk_vm {
 };
 
 static const char *type_names[] = {
-    "None", "bool", "int", "float", "str", "bytes", "int", "tuple", "list", "dict",
-    "global", "storage", "tensor",
+    "None",  "bool", "int",  "float",  "str",     "bytes",  "int",
+    "tuple", "list", "dict", "global", "storage", "tensor",
 };
 
 const char *pk_type_name(pk_type t) { return (unsigned)t <= PK_TENSOR ? type_names[t] : "?"; }
@@ -57,9 +57,16 @@ void pk_free(pk_vm *vm)
         for (size_t i = 0; i < b->used; i++) {
             pk_obj *o = &b->obj[i];
             switch (o->type) {
-            case PK_STR: case PK_BYTES: case PK_BIGINT: free(o->str.s); break;
-            case PK_TUPLE: case PK_LIST: case PK_DICT: free(o->seq.items); break;
-            case PK_STORAGE: free(o->storage.key); free(o->storage.view_of); break;
+            case PK_STR:
+            case PK_BYTES:
+            case PK_BIGINT: free(o->str.s); break;
+            case PK_TUPLE:
+            case PK_LIST:
+            case PK_DICT: free(o->seq.items); break;
+            case PK_STORAGE:
+                free(o->storage.key);
+                free(o->storage.view_of);
+                break;
             default: break;
             }
         }
@@ -115,7 +122,8 @@ static const struct {
     const char *module, *name;
     pk_global kind;
     clip_dtype dtype;
-} allowed[] = { /* and the torch.*Storage classes of core/dtype.c */
+} allowed[] = {
+    /* and the torch.*Storage classes of core/dtype.c */
     {"collections", "OrderedDict", PKG_ORDERED_DICT, 0},
     {"torch._utils", "_rebuild_tensor_v2", PKG_REBUILD_TENSOR_V2, 0},
     {"torch._utils", "_rebuild_tensor", PKG_REBUILD_TENSOR, 0},
@@ -123,7 +131,8 @@ static const struct {
     {"torch._utils", "_rebuild_parameter_with_state", PKG_REBUILD_PARAMETER_WITH_STATE, 0},
 };
 
-static pk_obj *find_global(pk_vm *vm, const char *module, size_t mlen, const char *name, size_t nlen)
+static pk_obj *find_global(pk_vm *vm, const char *module, size_t mlen, const char *name,
+                           size_t nlen)
 {
     clip_dtype dt;
     if (mlen == 5 && !memcmp(module, "torch", 5) && !dtype_from_torch_storage(name, nlen, &dt)) {
@@ -179,7 +188,8 @@ static pk_obj *rebuild_tensor(pk_vm *vm, const pk_obj *args, size_t min_args, si
     }
     pk_tensor t = {.storage = storage};
     int nstride;
-    if (get_int(args->seq.items[1], &t.offset) < 0 || get_dims(args->seq.items[2], t.shape, &t.ndim) < 0 ||
+    if (get_int(args->seq.items[1], &t.offset) < 0 ||
+        get_dims(args->seq.items[2], t.shape, &t.ndim) < 0 ||
         get_dims(args->seq.items[3], t.stride, &nstride) < 0 || nstride != t.ndim) {
         clip_set_error("tensor with a bad offset, size or stride (at most %d dims)", CKPT_MAX_DIMS);
         return NULL;
@@ -315,7 +325,8 @@ pk_obj *pk_load(pk_vm *vm, const unsigned char *buf, size_t len, size_t *used)
         case ']': PUSH(new_obj(vm, PK_LIST)); break;
         case ')': PUSH(new_obj(vm, PK_TUPLE)); break;
         case 'N': PUSH(&vm->none); break;
-        case 0x88: case 0x89: /* NEWTRUE, NEWFALSE */
+        case 0x88:
+        case 0x89: /* NEWTRUE, NEWFALSE */
             a = new_obj(vm, PK_BOOL);
             if (a) a->i = op == 0x88;
             PUSH(a);
@@ -328,10 +339,18 @@ pk_obj *pk_load(pk_vm *vm, const unsigned char *buf, size_t len, size_t *used)
             }
             vm->marks[vm->n_marks++] = vm->sp;
             break;
-        case 'X': case 0x8c: case 0x8d: /* BINUNICODE, SHORT_BINUNICODE, BINUNICODE8 */
-        case 'T': case 'U': /* BINSTRING, SHORT_BINSTRING (Python 2 str) */
-        case 'B': case 'C': case 0x8e: case 0x96: { /* BINBYTES, SHORT_BINBYTES, BINBYTES8, BYTEARRAY8 */
-            int w = (op == 0x8c || op == 'U' || op == 'C') ? 1 : (op == 'X' || op == 'T' || op == 'B') ? 4 : 8;
+        case 'X':
+        case 0x8c:
+        case 0x8d: /* BINUNICODE, SHORT_BINUNICODE, BINUNICODE8 */
+        case 'T':
+        case 'U': /* BINSTRING, SHORT_BINSTRING (Python 2 str) */
+        case 'B':
+        case 'C':
+        case 0x8e:
+        case 0x96: { /* BINBYTES, SHORT_BINBYTES, BINBYTES8, BYTEARRAY8 */
+            int w = (op == 0x8c || op == 'U' || op == 'C')  ? 1
+                    : (op == 'X' || op == 'T' || op == 'B') ? 4
+                                                            : 8;
             NEED(w);
             n = le(buf + pos, w);
             pos += w;
@@ -341,16 +360,20 @@ pk_obj *pk_load(pk_vm *vm, const unsigned char *buf, size_t len, size_t *used)
             pos += n;
             break;
         }
-        case 'J': case 'K': case 'M': { /* BININT, BININT1, BININT2 */
+        case 'J':
+        case 'K':
+        case 'M': { /* BININT, BININT1, BININT2 */
             int w = op == 'J' ? 4 : op == 'K' ? 1 : 2;
             NEED(w);
             a = new_obj(vm, PK_INT);
-            if (a) a->i = op == 'J' ? (int64_t)(int32_t)le(buf + pos, 4) : (int64_t)le(buf + pos, w);
+            if (a)
+                a->i = op == 'J' ? (int64_t)(int32_t)le(buf + pos, 4) : (int64_t)le(buf + pos, w);
             pos += w;
             PUSH(a);
             break;
         }
-        case 0x8a: case 0x8b: { /* LONG1, LONG4 */
+        case 0x8a:
+        case 0x8b: { /* LONG1, LONG4 */
             int w = op == 0x8a ? 1 : 4;
             NEED(w);
             n = le(buf + pos, w);
@@ -371,7 +394,9 @@ pk_obj *pk_load(pk_vm *vm, const unsigned char *buf, size_t len, size_t *used)
             PUSH(a);
             break;
         }
-        case 't': case 'l': case 'd': { /* TUPLE, LIST, DICT from the mark */
+        case 't':
+        case 'l':
+        case 'd': { /* TUPLE, LIST, DICT from the mark */
             if (!vm->n_marks) FAIL("no mark");
             size_t m = vm->marks[--vm->n_marks];
             if (op == 'd' && (vm->sp - m) % 2) FAIL("odd number of dict items");
@@ -382,7 +407,9 @@ pk_obj *pk_load(pk_vm *vm, const unsigned char *buf, size_t len, size_t *used)
             PUSH(a);
             break;
         }
-        case 0x85: case 0x86: case 0x87: { /* TUPLE1..3 */
+        case 0x85:
+        case 0x86:
+        case 0x87: { /* TUPLE1..3 */
             size_t k = op - 0x84;
             if (vm->sp < k || (vm->n_marks && vm->sp - k < vm->marks[vm->n_marks - 1]))
                 FAIL("stack underflow");
@@ -407,7 +434,8 @@ pk_obj *pk_load(pk_vm *vm, const unsigned char *buf, size_t len, size_t *used)
             if (a->type != PK_LIST) FAIL("APPEND to a %s", pk_type_name(a->type));
             seq_append(a, b);
             break;
-        case 'u': case 'e': { /* SETITEMS, APPENDS */
+        case 'u':
+        case 'e': { /* SETITEMS, APPENDS */
             if (!vm->n_marks) FAIL("no mark");
             size_t m = vm->marks[--vm->n_marks];
             if (m == 0) FAIL("stack underflow");
@@ -419,7 +447,9 @@ pk_obj *pk_load(pk_vm *vm, const unsigned char *buf, size_t len, size_t *used)
             vm->sp = m;
             break;
         }
-        case 'q': case 'r': case 0x94: { /* BINPUT, LONG_BINPUT, MEMOIZE */
+        case 'q':
+        case 'r':
+        case 0x94: {          /* BINPUT, LONG_BINPUT, MEMOIZE */
             if (op == 0x94) { /* Python's memo is a dict: MEMOIZE stores at len(memo) */
                 n = vm->memo_len;
             } else {
@@ -441,12 +471,14 @@ pk_obj *pk_load(pk_vm *vm, const unsigned char *buf, size_t len, size_t *used)
             vm->memo[n] = a;
             break;
         }
-        case 'h': case 'j': { /* BINGET, LONG_BINGET */
+        case 'h':
+        case 'j': { /* BINGET, LONG_BINGET */
             int w = op == 'h' ? 1 : 4;
             NEED(w);
             n = le(buf + pos, w);
             pos += w;
-            if (n >= vm->memo_cap || !vm->memo[n]) FAIL("memo index %llu not set", (unsigned long long)n);
+            if (n >= vm->memo_cap || !vm->memo[n])
+                FAIL("memo index %llu not set", (unsigned long long)n);
             PUSH(vm->memo[n]);
             break;
         }
@@ -465,7 +497,7 @@ pk_obj *pk_load(pk_vm *vm, const unsigned char *buf, size_t len, size_t *used)
             if (a->type != PK_STR || b->type != PK_STR) FAIL("STACK_GLOBAL needs two strings");
             PUSH(find_global(vm, a->str.s, a->str.len, b->str.s, b->str.len));
             break;
-        case 'R': /* REDUCE */
+        case 'R':  /* REDUCE */
         case 0x81: /* NEWOBJ */
             POP(b);
             POP(a);

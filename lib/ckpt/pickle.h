@@ -11,15 +11,28 @@
 #include "ckpt/checkpoint.h"
 
 typedef enum {
-    PK_NONE, PK_BOOL, PK_INT, PK_FLOAT, PK_STR, PK_BYTES,
+    PK_NONE,
+    PK_BOOL,
+    PK_INT,
+    PK_FLOAT,
+    PK_STR,
+    PK_BYTES,
     PK_BIGINT, /* an integer wider than 64 bits: str holds its little-endian bytes */
-    PK_TUPLE, PK_LIST, PK_DICT, /* dict items are key, value, key, value, ... */
-    PK_GLOBAL, PK_STORAGE, PK_TENSOR,
+    PK_TUPLE,
+    PK_LIST,
+    PK_DICT, /* dict items are key, value, key, value, ... */
+    PK_GLOBAL,
+    PK_STORAGE,
+    PK_TENSOR,
 } pk_type;
 
 typedef enum {
-    PKG_ORDERED_DICT, PKG_REBUILD_TENSOR_V2, PKG_REBUILD_TENSOR, PKG_REBUILD_PARAMETER,
-    PKG_REBUILD_PARAMETER_WITH_STATE, PKG_STORAGE_TYPE,
+    PKG_ORDERED_DICT,
+    PKG_REBUILD_TENSOR_V2,
+    PKG_REBUILD_TENSOR,
+    PKG_REBUILD_PARAMETER,
+    PKG_REBUILD_PARAMETER_WITH_STATE,
+    PKG_STORAGE_TYPE,
 } pk_global;
 
 typedef struct pk_obj pk_obj;
@@ -27,9 +40,9 @@ typedef struct pk_obj pk_obj;
 typedef struct {
     clip_dtype dtype;
     char *key;
-    int64_t numel;      /* as declared in the persistent id */
-    const void *data;   /* filled in by the loader: numel elements */
-    size_t bytes;       /* bytes available at data */
+    int64_t numel;    /* as declared in the persistent id */
+    const void *data; /* filled in by the loader: numel elements */
+    size_t bytes;     /* bytes available at data */
     /* legacy views: this storage is a window into storage `view_of` */
     char *view_of;
     int64_t view_offset;
@@ -48,9 +61,18 @@ struct pk_obj {
     union {
         int64_t i; /* BOOL, INT */
         double f;
-        struct { char *s; size_t len; } str; /* STR, BYTES, BIGINT (NUL-terminated) */
-        struct { pk_obj **items; size_t n, cap; } seq; /* TUPLE, LIST, DICT */
-        struct { pk_global kind; clip_dtype dtype; } global;
+        struct {
+            char *s;
+            size_t len;
+        } str; /* STR, BYTES, BIGINT (NUL-terminated) */
+        struct {
+            pk_obj **items;
+            size_t n, cap;
+        } seq; /* TUPLE, LIST, DICT */
+        struct {
+            pk_global kind;
+            clip_dtype dtype;
+        } global;
         pk_storage storage;
         pk_tensor tensor;
     };

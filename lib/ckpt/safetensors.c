@@ -31,7 +31,8 @@ static int load_tensor(ckpt *c, const char *name, json_t *v, const unsigned char
            *jo = json_object_get(v, "data_offsets");
     if (!json_is_object(v) || !json_is_string(jd) || !json_is_array(js) || !json_is_array(jo) ||
         json_array_size(jo) != 2) {
-        clip_set_error("%s: safetensors entry '%s' needs dtype, shape and data_offsets", path, name);
+        clip_set_error("%s: safetensors entry '%s' needs dtype, shape and data_offsets", path,
+                       name);
         return -1;
     }
     clip_dtype dt;
@@ -101,8 +102,8 @@ int ckpt_load_safetensors(ckpt *c)
     json_error_t jerr;
     json_t *root = json_loadb((const char *)c->map + 8, hlen, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
-        clip_set_error("%s: safetensors header is not valid JSON: %s (at byte %d)", path,
-                       jerr.text, jerr.position);
+        clip_set_error("%s: safetensors header is not valid JSON: %s (at byte %d)", path, jerr.text,
+                       jerr.position);
         return -1;
     }
     int rc = -1;
@@ -204,7 +205,8 @@ int ckpt_save_safetensors(const char *path, const ckpt_out_tensor *t, size_t n,
     }
     for (size_t i = 0; i < n; i++) {
         json_t *e = json_object(), *shape = json_array(), *offs = json_array();
-        for (int d = 0; d < t[i].ndim; d++) json_array_append_new(shape, json_integer(t[i].shape[d]));
+        for (int d = 0; d < t[i].ndim; d++)
+            json_array_append_new(shape, json_integer(t[i].shape[d]));
         uint64_t bytes = ckpt_shape_numel(t[i].ndim, t[i].shape, 1) * dtype_size(t[i].dtype);
         json_array_append_new(offs, json_integer(begin[i]));
         json_array_append_new(offs, json_integer(begin[i] + bytes));
@@ -218,7 +220,9 @@ int ckpt_save_safetensors(const char *path, const ckpt_out_tensor *t, size_t n,
     free(begin);
     if (!js) {
         free(order);
-        clip_set_error("%s: cannot encode the safetensors header (a name or metadata is not valid UTF-8)", path);
+        clip_set_error(
+            "%s: cannot encode the safetensors header (a name or metadata is not valid UTF-8)",
+            path);
         return -1;
     }
     size_t jlen = strlen(js), hlen = (8 + jlen + 63) / 64 * 64 - 8;

@@ -164,14 +164,15 @@ void ckpt_free(ckpt *c)
     free(c->owned);
     for (size_t i = 0; i < c->n_meta; i++) free(c->meta[i]);
     free(c->meta);
-    if (c->map_is_malloc) free((void *)c->map);
-    else if (c->map) munmap((void *)c->map, c->map_len);
+    if (c->map_is_malloc)
+        free((void *)c->map);
+    else if (c->map)
+        munmap((void *)c->map, c->map_len);
     free(c->path);
     free(c);
 }
 
 /* ---- loading ---- */
-
 
 int ckpt_read_f32(const ckpt *c, const char *name, int ndim, const int64_t *shape, float *dst)
 {

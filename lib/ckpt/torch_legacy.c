@@ -30,8 +30,8 @@ static pk_obj *persistent_load(pk_vm *vm, const pk_obj *pid, void *ctx)
     legacy_reader *r = ctx;
     pk_obj *const *it = pid->type == PK_TUPLE ? pid->seq.items : NULL;
     if (!it || pid->seq.n != 6 || it[0]->type != PK_STR || strcmp(it[0]->str.s, "storage") ||
-        it[1]->type != PK_GLOBAL || it[1]->global.kind != PKG_STORAGE_TYPE || it[2]->type != PK_STR ||
-        it[4]->type != PK_INT || it[4]->i < 0) {
+        it[1]->type != PK_GLOBAL || it[1]->global.kind != PKG_STORAGE_TYPE ||
+        it[2]->type != PK_STR || it[4]->type != PK_INT || it[4]->i < 0) {
         if (it && pid->seq.n && it[0]->type == PK_STR && !strcmp(it[0]->str.s, "module"))
             clip_set_error("refusing to load a pickled nn.Module (only tensors are allowed)");
         else
@@ -117,7 +117,8 @@ int ckpt_load_torch_legacy(ckpt *c)
     size_t pos = 0;
     pk_obj *o, *root, *keys;
     if (next_pickle(c, vm, &pos, "pickle", &o) < 0) goto out;
-    if (o->type != PK_BIGINT || o->str.len != sizeof magic || memcmp(o->str.s, magic, sizeof magic)) {
+    if (o->type != PK_BIGINT || o->str.len != sizeof magic ||
+        memcmp(o->str.s, magic, sizeof magic)) {
         clip_set_error("%s: a pickle, but not a torch checkpoint (no torch magic number)", c->path);
         goto out;
     }
@@ -177,7 +178,8 @@ int ckpt_load_torch_legacy(ckpt *c)
         int64_t off = st->view_of ? st->view_offset : 0;
         int64_t numel = st->view_of ? st->numel : re->numel;
         if (off > re->numel || numel > re->numel - off) {
-            clip_set_error("%s: storage view '%s' lies outside storage '%s'", c->path, st->key, root);
+            clip_set_error("%s: storage view '%s' lies outside storage '%s'", c->path, st->key,
+                           root);
             goto out;
         }
         st->data = re->data + off * esize;

@@ -7,7 +7,6 @@
 
 #include <string.h>
 
-
 static void byteswap(unsigned char *p, size_t n, size_t esize)
 {
     if (esize < 2) return;
@@ -59,8 +58,10 @@ static int add_tensor(ckpt *c, const char *name, const pk_tensor *pt)
         }
         if (pt->shape[d] > 1) {
             if (pt->stride[d] != expect) contiguous = 0;
-            if (pt->stride[d] && (pt->shape[d] - 1) > (INT64_MAX - last) / pt->stride[d]) in_range = 0;
-            else last += (pt->shape[d] - 1) * pt->stride[d];
+            if (pt->stride[d] && (pt->shape[d] - 1) > (INT64_MAX - last) / pt->stride[d])
+                in_range = 0;
+            else
+                last += (pt->shape[d] - 1) * pt->stride[d];
         }
         expect *= pt->shape[d] ? pt->shape[d] : 1;
     }
@@ -69,8 +70,8 @@ static int add_tensor(ckpt *c, const char *name, const pk_tensor *pt)
         char shape[256];
         ckpt_format_shape(shape, sizeof shape, pt->ndim, pt->shape);
         clip_set_error("%s: tensor '%s' %s at storage offset %lld lies outside its storage '%s' "
-                       "of %lld elements", c->path, name, shape, (long long)pt->offset,
-                       st->key, (long long)avail);
+                       "of %lld elements",
+                       c->path, name, shape, (long long)pt->offset, st->key, (long long)avail);
         return -1;
     }
     /* a view that repeats elements (stride 0: an expanded tensor) is
@@ -81,16 +82,19 @@ static int add_tensor(ckpt *c, const char *name, const pk_tensor *pt)
         ckpt_format_shape(shape, sizeof shape, pt->ndim, pt->shape);
         clip_set_error("%s: tensor '%s' %s repeats the %lld elements of its storage '%s' into "
                        "%lld (%lld bytes): larger than the file's %zu bytes; save the tensor "
-                       "with .contiguous()", c->path, name, shape, (long long)avail, st->key,
-                       (long long)numel, (long long)(numel * esize), c->map_len);
+                       "with .contiguous()",
+                       c->path, name, shape, (long long)avail, st->key, (long long)numel,
+                       (long long)(numel * esize), c->map_len);
         return -1;
     }
     const unsigned char *src = (const unsigned char *)st->data + pt->offset * esize;
     const void *data = src;
     if (!contiguous || (uintptr_t)src % esize) {
         unsigned char *buf = ckpt_own(c, numel * esize);
-        if (contiguous) memcpy(buf, src, numel * esize);
-        else gather(buf, src, pt->ndim, pt->shape, pt->stride, esize, numel);
+        if (contiguous)
+            memcpy(buf, src, numel * esize);
+        else
+            gather(buf, src, pt->ndim, pt->shape, pt->stride, esize, numel);
         data = buf;
     }
     return ckpt_add(c, name, st->dtype, pt->ndim, pt->shape, data);
@@ -110,7 +114,8 @@ static int add_dict(ckpt *c, const pk_obj *d, char *prefix, size_t plen, int dep
         const pk_obj *k = d->seq.items[i], *v = d->seq.items[i + 1];
         if (v->type != PK_TENSOR && v->type != PK_DICT) continue; /* epoch, step, ... */
         if (k->type != PK_STR) {
-            clip_set_error("%s: state dict key is a %s, not a string", c->path, pk_type_name(k->type));
+            clip_set_error("%s: state dict key is a %s, not a string", c->path,
+                           pk_type_name(k->type));
             return -1;
         }
         if (plen + k->str.len + 2 > 4096) {

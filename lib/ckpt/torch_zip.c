@@ -181,7 +181,8 @@ static pk_obj *persistent_load(pk_vm *vm, const pk_obj *pid, void *ctx)
         strcmp(pid->seq.items[0]->str.s, "storage") || pid->seq.items[1]->type != PK_GLOBAL ||
         pid->seq.items[1]->global.kind != PKG_STORAGE_TYPE || pid->seq.items[2]->type != PK_STR ||
         pid->seq.items[4]->type != PK_INT || pid->seq.items[4]->i < 0) {
-        clip_set_error("unsupported persistent id (expected ('storage', type, key, location, numel))");
+        clip_set_error(
+            "unsupported persistent id (expected ('storage', type, key, location, numel))");
         return NULL;
     }
     clip_dtype dt = pid->seq.items[1]->global.dtype;
@@ -201,8 +202,7 @@ static pk_obj *persistent_load(pk_vm *vm, const pk_obj *pid, void *ctx)
     if (numel > (int64_t)(m->size / esize)) {
         /* numel * esize may not fit in 64 bits: not computed */
         clip_set_error("storage '%s' of %lld %s needs %lld x %zu bytes, member %s has %zu", key,
-                       (long long)numel, dtype_name(dt), (long long)numel, esize, name,
-                       m->size);
+                       (long long)numel, dtype_name(dt), (long long)numel, esize, name, m->size);
         return NULL;
     }
     pk_obj *o = pk_new_storage(vm, dt, key, numel);
@@ -234,10 +234,11 @@ int ckpt_load_torch_zip(ckpt *c)
     snprintf(name, sizeof name, "%sbyteorder", z.prefix);
     member *bo = find_member(&z, name);
     if (bo) {
-        if (bo->size == 3 && !memcmp(bo->data, "big", 3)) z.big_endian = 1;
+        if (bo->size == 3 && !memcmp(bo->data, "big", 3))
+            z.big_endian = 1;
         else if (!(bo->size == 6 && !memcmp(bo->data, "little", 6))) {
-            clip_set_error("%s: unknown byteorder '%.*s'", c->path, (int)(bo->size < 16 ? bo->size : 16),
-                           (const char *)bo->data);
+            clip_set_error("%s: unknown byteorder '%.*s'", c->path,
+                           (int)(bo->size < 16 ? bo->size : 16), (const char *)bo->data);
             goto out;
         }
     }
@@ -314,13 +315,17 @@ static void put_int(bytes *b, int64_t v)
 /* OrderedDict([(name, _rebuild_tensor_v2(storage i, 0, shape, stride, False, OrderedDict()))]) */
 static void make_pickle(bytes *b, const ckpt_out_tensor *t, size_t n)
 {
-    PUT(b, "\x80\x02" "ccollections\nOrderedDict\n" ")R(");
+    PUT(b, "\x80\x02"
+           "ccollections\nOrderedDict\n"
+           ")R(");
     for (size_t i = 0; i < n; i++) {
         put_str(b, t[i].name);
-        PUT(b, "ctorch._utils\n_rebuild_tensor_v2\n" "((");
+        PUT(b, "ctorch._utils\n_rebuild_tensor_v2\n"
+               "((");
         put_str(b, "storage");
         PUT(b, "ctorch\n");
-        put(b, dtype_info_of(t[i].dtype)->torch_storage, strlen(dtype_info_of(t[i].dtype)->torch_storage));
+        put(b, dtype_info_of(t[i].dtype)->torch_storage,
+            strlen(dtype_info_of(t[i].dtype)->torch_storage));
         PUT(b, "\n");
         char key[32];
         snprintf(key, sizeof key, "%zu", i);
@@ -338,7 +343,10 @@ static void make_pickle(bytes *b, const ckpt_out_tensor *t, size_t n)
         for (int d = 0; d < t[i].ndim; d++) put_int(b, t[i].shape[d]);
         PUT(b, "t(");
         for (int d = 0; d < t[i].ndim; d++) put_int(b, stride[d]);
-        PUT(b, "t\x89" "ccollections\nOrderedDict\n" ")R" "tR");
+        PUT(b, "t\x89"
+               "ccollections\nOrderedDict\n"
+               ")R"
+               "tR");
     }
     PUT(b, "u.");
 }
@@ -388,7 +396,8 @@ static int add_member(struct archive *a, const char *name, const void *data, siz
  * alignment option: a padding member "archive/.pad/<i>" (ignored by
  * torch.load) goes before each storage that would be misaligned, sized from
  * the header and data-descriptor overheads measured on the byteorder member. */
-static int align_next(struct archive *a, const char *next_name, int64_t overhead, int64_t trailer, size_t i)
+static int align_next(struct archive *a, const char *next_name, int64_t overhead, int64_t trailer,
+                      size_t i)
 {
     int64_t pos = archive_filter_bytes(a, 0);
     int64_t start = pos + overhead + strlen(next_name);
@@ -416,7 +425,8 @@ static int write_pth(int fd, void *ctx)
     /* local header = overhead + name length; trailer = data descriptor */
     int64_t header, trailer;
     if (add_member_measured(a, "archive/byteorder", "little", 6, &header, &trailer) < 0) goto fail;
-    if (w->metadata && add_member(a, "archive/" METADATA_MEMBER, w->metadata, strlen(w->metadata)) < 0)
+    if (w->metadata &&
+        add_member(a, "archive/" METADATA_MEMBER, w->metadata, strlen(w->metadata)) < 0)
         goto fail;
     int64_t overhead = header - (int64_t)strlen("archive/byteorder");
     for (size_t i = 0; i < w->n; i++) {
@@ -431,15 +441,15 @@ static int write_pth(int fd, void *ctx)
     rc = 0;
     goto out;
 fail:
-    clip_set_error("%s: %s", w->path, archive_error_string(a) ? archive_error_string(a) : strerror(errno));
+    clip_set_error("%s: %s", w->path,
+                   archive_error_string(a) ? archive_error_string(a) : strerror(errno));
 out:
     archive_write_free(a);
     free(pkl.p);
     return rc;
 }
 
-int ckpt_save_pth(const char *path, const ckpt_out_tensor *t, size_t n,
-                  const char *const *metadata)
+int ckpt_save_pth(const char *path, const ckpt_out_tensor *t, size_t n, const char *const *metadata)
 {
     if (ckpt_check_out(path, t, n) < 0) return -1;
     char *js = NULL;
@@ -448,7 +458,8 @@ int ckpt_save_pth(const char *path, const ckpt_out_tensor *t, size_t n,
         js = m ? json_dumps(m, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
         json_decref(m);
         if (!js) {
-            clip_set_error("%s: cannot encode the metadata (a key or value is not valid UTF-8)", path);
+            clip_set_error("%s: cannot encode the metadata (a key or value is not valid UTF-8)",
+                           path);
             return -1;
         }
     }

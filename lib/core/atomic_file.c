@@ -135,7 +135,8 @@ static void remove_stale(const char *path)
         snprintf(stale, n, "%s/%s", dir, name);
         if (!unlink(stale))
             clip_notice("removed %s: the unfinished output of process %ld, which no longer runs "
-                 "(a killed run)", stale, pid);
+                        "(a killed run)",
+                        stale, pid);
         free(stale);
     }
     if (dp) closedir(dp);

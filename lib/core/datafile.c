@@ -19,8 +19,7 @@ static char *try_dir(const char *dir, const char *name, char *tried, size_t cap)
     char *path = xmalloc(strlen(dir) + strlen(name) + 2);
     sprintf(path, "%s/%s", dir, name);
     struct stat st;
-    if (stat(path, &st) == 0 && S_ISREG(st.st_mode))
-        return path;
+    if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) return path;
     free(path);
     size_t used = strlen(tried);
     snprintf(tried + used, cap - used, "%s%s", used ? ", " : "", dir);
@@ -33,8 +32,7 @@ char *clip_data_path(const char *name)
     const char *env = getenv("CLIP_TOOLS_DATA");
     if (env && *env) {
         char *p = try_dir(env, name, tried, sizeof tried);
-        if (!p)
-            clip_set_error("%s: not in $CLIP_TOOLS_DATA (%s)", name, env);
+        if (!p) clip_set_error("%s: not in $CLIP_TOOLS_DATA (%s)", name, env);
         return p;
     }
     char exe[PATH_MAX];
@@ -45,8 +43,7 @@ char *clip_data_path(const char *name)
         if (slash && (size_t)(slash - exe) + sizeof "/../share/clip-tools" < sizeof exe) {
             strcpy(slash, "/../share/clip-tools");
             char *p = try_dir(exe, name, tried, sizeof tried);
-            if (p)
-                return p;
+            if (p) return p;
         }
     }
     char *p = try_dir(CLIP_DATADIR, name, tried, sizeof tried);

@@ -2,7 +2,7 @@
 #ifndef CLIP_DATAFILE_H
 #define CLIP_DATAFILE_H
 
-#define WORDPIECE_VOCAB_FILE "bert-chinese-vocab.txt" /* Chinese BERT WordPiece */
+#define WORDPIECE_VOCAB_FILE "bert-chinese-vocab.txt"  /* Chinese BERT WordPiece */
 #define BPE_MERGES_FILE "bpe_simple_vocab_16e6.txt.gz" /* OpenAI CLIP BPE merges */
 
 /* The path of the shipped data file `name`, looked for in order in

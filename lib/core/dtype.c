@@ -20,7 +20,10 @@ const dtype_info *dtype_info_of(clip_dtype t) { return (unsigned)t < DT_COUNT ? 
 size_t dtype_size(clip_dtype t) { return (unsigned)t < DT_COUNT ? dtypes[t].size : 0; }
 const char *dtype_name(clip_dtype t) { return (unsigned)t < DT_COUNT ? dtypes[t].name : "?"; }
 
-static int same(const char *a, size_t len, const char *b) { return b && strlen(b) == len && !memcmp(a, b, len); }
+static int same(const char *a, size_t len, const char *b)
+{
+    return b && strlen(b) == len && !memcmp(a, b, len);
+}
 
 int dtype_from_safetensors(const char *code, size_t len, clip_dtype *t)
 {
@@ -42,7 +45,8 @@ int dtype_from_npy_descr(const char *descr, size_t len, clip_dtype *t)
         const char *d = dtypes[i].npy_descr;
         if (!d) continue;
         if (same(descr, len, d) ||
-            (dtypes[i].size == 1 && len == 3 && (descr[0] == '<' || descr[0] == '|') && !memcmp(descr + 1, d + 1, 2)))
+            (dtypes[i].size == 1 && len == 3 && (descr[0] == '<' || descr[0] == '|') &&
+             !memcmp(descr + 1, d + 1, 2)))
             return *t = i, 0;
     }
     return -1;

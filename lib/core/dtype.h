@@ -6,7 +6,18 @@
 
 #include <stddef.h>
 
-typedef enum { DT_F32, DT_F16, DT_BF16, DT_F64, DT_I64, DT_I32, DT_I16, DT_I8, DT_U8, DT_BOOL } clip_dtype;
+typedef enum {
+    DT_F32,
+    DT_F16,
+    DT_BF16,
+    DT_F64,
+    DT_I64,
+    DT_I32,
+    DT_I16,
+    DT_I8,
+    DT_U8,
+    DT_BOOL
+} clip_dtype;
 #define DT_COUNT (DT_BOOL + 1)
 
 typedef struct {
@@ -19,7 +30,7 @@ typedef struct {
 
 /* NULL for a value outside the enum. */
 const dtype_info *dtype_info_of(clip_dtype t);
-size_t dtype_size(clip_dtype t);  /* 0 outside the enum */
+size_t dtype_size(clip_dtype t);      /* 0 outside the enum */
 const char *dtype_name(clip_dtype t); /* "?" outside the enum */
 
 /* The type a format's name stands for: 0 and *t, or -1 when the name is none

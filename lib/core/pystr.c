@@ -37,17 +37,15 @@ int pystr_encode_char(int32_t c, char *out)
 
 int pystr_white_space(int32_t c)
 {
-    if (c < 0x80)
-        return c == ' ' || (c >= '\t' && c <= '\r');
-    return c == 0x85 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) ||
-           c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+    if (c < 0x80) return c == ' ' || (c >= '\t' && c <= '\r');
+    return c == 0x85 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 ||
+           c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
 int pystr_isspace(int32_t c)
 {
     /* CPython: bidirectional class WS, B or S, or category Zs */
-    if (c >= 0x1C && c <= 0x1F)
-        return 1;
+    if (c >= 0x1C && c <= 0x1F) return 1;
     if (c == 0x180E) /* Zs in old Unicode versions only */
         return 0;
     return pystr_white_space(c);
@@ -63,11 +61,29 @@ static int is_cased(int32_t c)
 static int is_case_ignorable(int32_t c)
 {
     switch (c) {
-    case 0x27: case 0x2E: case 0x3A: case 0x5E: case 0x60: case 0xA8: case 0xAD: case 0xAF:
-    case 0xB4: case 0xB7: case 0xB8: case 0x387: case 0x5F4: case 0x2018: case 0x2019:
-    case 0x2024: case 0x2027: case 0xFE13: case 0xFE52: case 0xFE55: case 0xFF07: case 0xFF0E:
-    case 0xFF1A:
-        return 1;
+    case 0x27:
+    case 0x2E:
+    case 0x3A:
+    case 0x5E:
+    case 0x60:
+    case 0xA8:
+    case 0xAD:
+    case 0xAF:
+    case 0xB4:
+    case 0xB7:
+    case 0xB8:
+    case 0x387:
+    case 0x5F4:
+    case 0x2018:
+    case 0x2019:
+    case 0x2024:
+    case 0x2027:
+    case 0xFE13:
+    case 0xFE52:
+    case 0xFE55:
+    case 0xFF07:
+    case 0xFF0E:
+    case 0xFF1A: return 1;
     }
     utf8proc_category_t cat = utf8proc_category(c);
     return cat == UTF8PROC_CATEGORY_MN || cat == UTF8PROC_CATEGORY_ME ||
@@ -78,10 +94,8 @@ static int is_case_ignorable(int32_t c)
 static int final_sigma(const int32_t *s, size_t n, size_t i)
 {
     size_t j = i;
-    while (j > 0 && is_case_ignorable(s[j - 1]))
-        j--;
-    if (j == 0 || !is_cased(s[j - 1]))
-        return 0;
+    while (j > 0 && is_case_ignorable(s[j - 1])) j--;
+    if (j == 0 || !is_cased(s[j - 1])) return 0;
     for (j = i + 1; j < n && is_case_ignorable(s[j]); j++)
         ;
     return j == n || !is_cased(s[j]);
@@ -140,7 +154,6 @@ size_t pystr_nfd_strip_mn(const int32_t *in, size_t n, int32_t *out)
     /* drop Mn after ordering (ordering only matters for what remains) */
     size_t w = 0;
     for (size_t i = 0; i < k; i++)
-        if (utf8proc_category(out[i]) != UTF8PROC_CATEGORY_MN)
-            out[w++] = out[i];
+        if (utf8proc_category(out[i]) != UTF8PROC_CATEGORY_MN) out[w++] = out[i];
     return w;
 }

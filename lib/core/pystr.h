@@ -13,8 +13,8 @@ long pystr_decode(const char *s, size_t len, int32_t **cps, size_t *cap);
 /* UTF-8 of one code point into out (4 bytes room); returns its length. */
 int pystr_encode_char(int32_t c, char *out);
 
-int pystr_isspace(int32_t c);      /* str.isspace() */
-int pystr_white_space(int32_t c);  /* Unicode White_Space: `\s` of the regex module */
+int pystr_isspace(int32_t c);     /* str.isspace() */
+int pystr_white_space(int32_t c); /* Unicode White_Space: `\s` of the regex module */
 
 /* str.lower(): full mapping (U+0130 -> i + U+0307) and final sigma.
  * out needs room for 2*n code points; returns the output length. */

@@ -9,8 +9,7 @@
 static uint32_t hash_bytes(const char *s, size_t n)
 {
     uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)s[i]) * 16777619u;
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 16777619u;
     return h ^ (h >> 15);
 }
 
@@ -47,11 +46,9 @@ static uint32_t *find_slot(const strmap *m, const char *key, size_t len)
     uint32_t i = hash_bytes(key, len) & m->mask;
     for (;; i = (i + 1) & m->mask) {
         uint32_t e = m->slots[i];
-        if (!e)
-            return &m->slots[i];
+        if (!e) return &m->slots[i];
         e--;
-        if (m->key_len[e] == len && !memcmp(m->pool + m->key_off[e], key, len))
-            return &m->slots[i];
+        if (m->key_len[e] == len && !memcmp(m->pool + m->key_off[e], key, len)) return &m->slots[i];
     }
 }
 
@@ -88,15 +85,13 @@ void strmap_put(strmap *m, const char *key, size_t len, int32_t value)
     m->value[m->n] = value;
     m->pool_len += len;
     *slot = ++m->n;
-    if (m->n * 2 > m->mask)
-        grow(m);
+    if (m->n * 2 > m->mask) grow(m);
 }
 
 int strmap_get(const strmap *m, const char *key, size_t len, int32_t *value)
 {
     uint32_t e = *find_slot(m, key, len);
-    if (!e)
-        return 0;
+    if (!e) return 0;
     *value = m->value[e - 1];
     return 1;
 }
@@ -125,8 +120,7 @@ void pairmap_free(pairmap *m)
 static uint32_t pair_slot(const pairmap *m, uint64_t k)
 {
     uint32_t i = hash_pair(k) & m->mask;
-    while (m->keys[i] && m->keys[i] != k)
-        i = (i + 1) & m->mask;
+    while (m->keys[i] && m->keys[i] != k) i = (i + 1) & m->mask;
     return i;
 }
 
@@ -159,8 +153,7 @@ int pairmap_get(const pairmap *m, int32_t a, int32_t b, int32_t *value)
 {
     uint64_t k = ((uint64_t)(uint32_t)a << 32 | (uint32_t)b) + 1;
     uint32_t i = pair_slot(m, k);
-    if (!m->keys[i])
-        return 0;
+    if (!m->keys[i]) return 0;
     *value = m->value[i];
     return 1;
 }

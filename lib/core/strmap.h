@@ -9,12 +9,12 @@
 #include <stdint.h>
 
 typedef struct {
-    uint32_t *slots;    /* 1 + entry index, 0 = empty */
+    uint32_t *slots; /* 1 + entry index, 0 = empty */
     uint32_t mask;
-    uint32_t *key_off;  /* per entry: key offset into pool */
+    uint32_t *key_off; /* per entry: key offset into pool */
     uint32_t *key_len;
     int32_t *value;
-    uint32_t n, cap;    /* entries */
+    uint32_t n, cap; /* entries */
     char *pool;
     size_t pool_len, pool_cap;
 } strmap;
@@ -28,7 +28,7 @@ int strmap_get(const strmap *m, const char *key, size_t len, int32_t *value);
 
 /* Same for (a, b) pairs of int32 (BPE merge ranks). */
 typedef struct {
-    uint64_t *keys;     /* (a << 32 | b) + 1, 0 = empty */
+    uint64_t *keys; /* (a << 32 | b) + 1, 0 = empty */
     int32_t *value;
     uint32_t mask, n;
 } pairmap;

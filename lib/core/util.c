@@ -129,8 +129,10 @@ void *clip_alloc_big(size_t bytes)
 void clip_free_big(void *p, size_t bytes)
 {
     if (!p) return;
-    if (bytes < BIG_THRESHOLD) free(p);
-    else munmap(p, bytes);
+    if (bytes < BIG_THRESHOLD)
+        free(p);
+    else
+        munmap(p, bytes);
 }
 
 /* plain syscalls, sized by fstat: stdio would add a buffer copy and a read per
@@ -305,8 +307,8 @@ static unsigned detect_features(void)
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
     /* SSE3, SSSE3, FMA, SSE4.1, SSE4.2, POPCNT, OSXSAVE, AVX */
-    const unsigned need1 = 1u << 0 | 1u << 9 | 1u << 12 | 1u << 19 | 1u << 20 | 1u << 23 |
-                           1u << 27 | 1u << 28;
+    const unsigned need1 =
+        1u << 0 | 1u << 9 | 1u << 12 | 1u << 19 | 1u << 20 | 1u << 23 | 1u << 27 | 1u << 28;
     if ((c & need1) != need1) return 0;
     unsigned xcr0, xcr0_hi;
     __asm__("xgetbv" : "=a"(xcr0), "=d"(xcr0_hi) : "c"(0));

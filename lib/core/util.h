@@ -106,7 +106,6 @@ void progress_end(progress *p, size_t done);
  * LO..HI"): sizes read from files are checked before they size anything. */
 int check_range(const char *what, int64_t v, int64_t lo, int64_t hi);
 
-
 /* CPU features, for the one dispatch policy of every kernel. The build
  * targets x86-64's baseline (SSE2, no -march); a kernel's AVX-512 variant is
  * a function carrying one of the CLIP_TARGET_* attributes below (so that no

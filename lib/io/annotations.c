@@ -63,7 +63,8 @@ annotations *annotations_load_buffer(const char *text, size_t len, const char *p
     a->items = xcalloc(json_array_size(root) + 1, sizeof *a->items);
     size_t i;
     json_t *e;
-    json_array_foreach(root, i, e) {
+    json_array_foreach(root, i, e)
+    {
         json_t *img = json_object_get(e, "image");
         if (!json_is_object(e) || !json_is_string(img)) {
             clip_set_error("%s: entry %zu: no \"image\" string", path, i);
@@ -167,7 +168,8 @@ int annotations_check_root(const annotations *a, const char *root, const char *n
         char *real = realpath(full, NULL); /* NULL (missing, unreadable): the read reports it */
         if (real && !is_under(real, real_root)) {
             clip_set_error("%s: entry %zu (%s): resolves to %s, outside the root folder %s (a "
-                           "symbolic link?)", name, an->entry, an->image, real, root);
+                           "symbolic link?)",
+                           name, an->entry, an->image, real, root);
             rc = -1;
         }
         free(real);

@@ -13,7 +13,6 @@
 #include <jpeglib.h>
 #include <vips/vips.h>
 
-
 /* libvips is loaded with dlopen on the first image that is not a JPEG, not
  * linked: it and the ~80 libraries it pulls in cost ~40 ms of start-up per
  * process (the decode of 150 small JPEGs) in a tool whose input is nearly
@@ -45,7 +44,8 @@ static void vips_load(void)
     snprintf(so, sizeof so, "libvips.so.%d", VIPS_LIBRARY_CURRENT - VIPS_LIBRARY_AGE);
     void *h = dlopen(so, RTLD_NOW | RTLD_LOCAL);
     int ok = h != NULL;
-#define SYM(field, name) if (ok && !(*(void **)&vips.field = dlsym(h, #name))) ok = 0
+#define SYM(field, name)                                                                           \
+    if (ok && !(*(void **)&vips.field = dlsym(h, #name))) ok = 0
     SYM(init, vips_init);
     SYM(concurrency_set, vips_concurrency_set);
     SYM(cache_set_max, vips_cache_set_max);
@@ -146,8 +146,8 @@ static int too_large(const char *what, long long w, long long h, long long max_p
     return 1;
 }
 
-static int decode_jpeg(const void *buf, size_t len, image_rgb *out, int fit,
-                       unsigned char *fit_px, long long max_pixels, const char *what)
+static int decode_jpeg(const void *buf, size_t len, image_rgb *out, int fit, unsigned char *fit_px,
+                       long long max_pixels, const char *what)
 {
     struct jpeg_decompress_struct ci;
     jpeg_err err;
@@ -207,8 +207,8 @@ static int decode_vips(const void *buf, size_t len, image_rgb *out, long long ma
         clip_set_error("%s: cannot decode image: %s", what, vips_failure);
         return -1;
     }
-    VipsImage *im = vips.new_from_buffer(buf, len, "", "access", VIPS_ACCESS_SEQUENTIAL,
-                                         "fail_on", VIPS_FAIL_ON_ERROR, NULL);
+    VipsImage *im = vips.new_from_buffer(buf, len, "", "access", VIPS_ACCESS_SEQUENTIAL, "fail_on",
+                                         VIPS_FAIL_ON_ERROR, NULL);
     VipsImage *t;
     if (!im) goto fail;
     /* new_from_buffer has read the header only: nothing is decoded yet */
@@ -302,8 +302,8 @@ static double cubic(double x)
 
 typedef struct {
     int ksize;
-    int *lo, *n;  /* first input index and tap count per output position */
-    int32_t *k;   /* ksize taps per output position */
+    int *lo, *n; /* first input index and tap count per output position */
+    int32_t *k;  /* ksize taps per output position */
 } taps;
 
 /* Taps for output positions first .. first+count-1 of an in_size -> out_size resize. */
@@ -327,8 +327,8 @@ static void taps_make(taps *t, int in_size, int out_size, int first, int count)
         for (int x = 0; x < n; x++) sum += w[x] = cubic((x + lo - center + 0.5) / fscale);
         for (int x = 0; x < n; x++) {
             double v = sum != 0 ? w[x] / sum : w[x];
-            t->k[(size_t)i * t->ksize + x] = (int32_t)(v < 0 ? -0.5 + v * (1 << PREC)
-                                                             : 0.5 + v * (1 << PREC));
+            t->k[(size_t)i * t->ksize + x] =
+                (int32_t)(v < 0 ? -0.5 + v * (1 << PREC) : 0.5 + v * (1 << PREC));
         }
         t->lo[i] = lo;
         t->n[i] = n;
@@ -383,8 +383,7 @@ static void conv_rows_portable(const unsigned char *restrict src, size_t row, in
 
 CLIP_TARGET_AVX512 static void conv_rows_avx512(const unsigned char *restrict src, size_t row,
                                                 int first_row, const taps *t, int count,
-                                                unsigned char *restrict dst,
-                                                int32_t *restrict acc)
+                                                unsigned char *restrict dst, int32_t *restrict acc)
 {
     conv_rows_body(src, row, first_row, t, count, dst, acc);
 }

@@ -79,8 +79,8 @@ int image_load(const void *buf, size_t len, int size, enum image_resize mode, un
 /* Training augmentation. The RNG is the caller's (splitmix64 state), so a
  * data loader can seed each sample reproducibly. */
 uint64_t image_rng_next(uint64_t *state);
-double image_rng_uniform(uint64_t *state);                 /* [0, 1) */
-int64_t image_rng_int(uint64_t *state, int64_t n);         /* [0, n) */
+double image_rng_uniform(uint64_t *state);         /* [0, 1) */
+int64_t image_rng_int(uint64_t *state, int64_t n); /* [0, n) */
 
 /* torchvision RandomResizedCrop.get_params: 10 tries of area scale in
  * [scale_min, scale_max] and log-uniform aspect ratio in [ratio_min,

@@ -95,7 +95,8 @@ static int index_archive(image_source *s)
         const char *slash = strchr(s->m[i].name, '/');
         if (slash && slash[1]) {
             long seen = map_get(&s->stripped, slash + 1);
-            strmap_put(&s->stripped, slash + 1, strlen(slash + 1), seen == -1 ? (int32_t)i : AMBIGUOUS);
+            strmap_put(&s->stripped, slash + 1, strlen(slash + 1),
+                       seen == -1 ? (int32_t)i : AMBIGUOUS);
         }
     }
     return 0;
@@ -171,7 +172,8 @@ static unsigned char *read_data(struct archive *a, struct archive_entry *e, size
         if (n == cap) {
             if (n > limit) {
                 clip_set_error("%s in %s: inflates to more than the limit of %zu bytes for an "
-                               "image", what, archive, limit);
+                               "image",
+                               what, archive, limit);
                 free(buf);
                 return NULL;
             }

@@ -84,7 +84,8 @@ int npy_parse(const void *buf, size_t len, npy_array *out, const char *what)
     if (!v || v + 5 > end || (*v != '\'' && *v != '"')) goto bad;
     clip_dtype found;
     if (v[4] != *v || dtype_from_npy_descr(v + 1, 3, &found) < 0) {
-        clip_set_error("%s: unsupported dtype %.5s", what, v); /* at most the 5 bytes known to lie in the header */
+        clip_set_error("%s: unsupported dtype %.5s", what,
+                       v); /* at most the 5 bytes known to lie in the header */
         return -1;
     }
     out->dtype = found;

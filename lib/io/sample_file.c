@@ -77,7 +77,8 @@ static int index_shard(sample_file *f, size_t k)
             last->members++;
             free(key);
         } else {
-            if (f->n == f->cap) f->e = xrealloc(f->e, (f->cap = f->cap ? 2 * f->cap : 1024) * sizeof *f->e);
+            if (f->n == f->cap)
+                f->e = xrealloc(f->e, (f->cap = f->cap ? 2 * f->cap : 1024) * sizeof *f->e);
             f->e[f->n++] = (file_entry){key, k, (size_t)archive_read_header_position(a), 1};
         }
     }
@@ -86,7 +87,8 @@ static int index_shard(sample_file *f, size_t k)
     return 0;
 bad:
     clip_set_error("%s: not an uncompressed tar file, or truncated (random access needs a plain "
-                   ".tar): %s", sh->path, archive_error_string(a));
+                   ".tar): %s",
+                   sh->path, archive_error_string(a));
     archive_read_free(a);
     return -1;
 }
@@ -135,8 +137,8 @@ int sample_file_read(sample_file *f, size_t i, sample *s)
         if (declared < 0 || (uint64_t)declared > STREAM_MAX_MEMBER ||
             (uint64_t)declared > sh->size - fe->offset) {
             clip_set_error("%s: sample %s: member %s claims %lld bytes, more than the file "
-                           "holds or the limit of %zu for one field", sh->path, fe->key, path,
-                           (long long)declared, STREAM_MAX_MEMBER);
+                           "holds or the limit of %zu for one field",
+                           sh->path, fe->key, path, (long long)declared, STREAM_MAX_MEMBER);
             archive_read_free(a);
             return -1;
         }

@@ -116,7 +116,8 @@ static int expand(const char *s, names *out, const char *spec)
         return 0;
     }
     if (!memchr(body, ',', blen)) {
-        clip_set_error("%s: {%.*s} is neither a range {LO..HI} nor a list {a,b}", spec, (int)blen, body);
+        clip_set_error("%s: {%.*s} is neither a range {LO..HI} nor a list {a,b}", spec, (int)blen,
+                       body);
         return -1;
     }
     for (const char *item = body; item <= close;) {

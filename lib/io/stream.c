@@ -48,12 +48,16 @@ typedef struct {
 
 static int parse_zmq_endpoint(const char *endpoint, int bind_default, zmq_endpoint *z)
 {
-    *z = (zmq_endpoint){.bind = bind_default, .producers = 1, .credit = 0,
+    *z = (zmq_endpoint){.bind = bind_default,
+                        .producers = 1,
+                        .credit = 0,
                         .timeout_ms = STREAM_DEFAULT_TIMEOUT_S * 1000,
                         .heartbeat_ms = STREAM_DEFAULT_HEARTBEAT_S * 1000};
     const char *e = endpoint;
-    if (*e == '@') z->bind = 1, e++;
-    else if (*e == '>') z->bind = 0, e++;
+    if (*e == '@')
+        z->bind = 1, e++;
+    else if (*e == '>')
+        z->bind = 0, e++;
     if (strlen(e) >= sizeof z->addr) {
         clip_set_error("%s: endpoint longer than %zu bytes", endpoint, sizeof z->addr - 1);
         return -1;
@@ -67,29 +71,35 @@ static int parse_zmq_endpoint(const char *endpoint, int bind_default, zmq_endpoi
         static const struct {
             const char *name;
             long lo, hi;
-        } options[] = {{"producers", 1, STREAM_MAX_PRODUCERS}, {"credit", 1, 65536}, {"hwm", 1, 65536},
-                       {"timeout", 0, 7 * 86400}, {"heartbeat", 1, 3600}};
+        } options[] = {{"producers", 1, STREAM_MAX_PRODUCERS},
+                       {"credit", 1, 65536},
+                       {"hwm", 1, 65536},
+                       {"timeout", 0, 7 * 86400},
+                       {"heartbeat", 1, 3600}};
         char *eq = strchr(opt, '=');
         int k = -1;
         for (int i = 0; eq && i < (int)(sizeof options / sizeof *options); i++)
-            if ((size_t)(eq - opt) == strlen(options[i].name) && !strncmp(opt, options[i].name, eq - opt))
+            if ((size_t)(eq - opt) == strlen(options[i].name) &&
+                !strncmp(opt, options[i].name, eq - opt))
                 k = i;
         if (k < 0) {
             clip_set_error("%s: unknown endpoint option '%s' (producers=N, credit=N, "
-                           "timeout=SECONDS, heartbeat=SECONDS)", endpoint, opt);
+                           "timeout=SECONDS, heartbeat=SECONDS)",
+                           endpoint, opt);
             return -1;
         }
         char *end;
         errno = 0;
         long v = strtol(eq + 1, &end, 10);
         if (end == eq + 1 || *end || errno || v < options[k].lo || v > options[k].hi) {
-            clip_set_error("%s: endpoint option '%s' wants a whole number from %ld to %ld", endpoint,
-                           opt, options[k].lo, options[k].hi);
+            clip_set_error("%s: endpoint option '%s' wants a whole number from %ld to %ld",
+                           endpoint, opt, options[k].lo, options[k].hi);
             return -1;
         }
         switch (k) {
         case 0: z->producers = (int)v; break;
-        case 1: case 2: z->credit = (int)v; break; /* hwm: the older name of a writer's credit */
+        case 1:
+        case 2: z->credit = (int)v; break; /* hwm: the older name of a writer's credit */
         case 3: z->timeout_ms = (int)v * 1000; break;
         default: z->heartbeat_ms = (int)v * 1000; break;
         }
@@ -191,18 +201,18 @@ typedef struct {
     zmq_endpoint ep;
     zmq_producer *producers; /* ep.producers slots, the first n_known in use */
     int n_known, n_ended;
-    zmq_queued *queue;       /* ring, in arrival order; at most credit per producer */
+    zmq_queued *queue; /* ring, in arrival order; at most credit per producer */
     size_t q_head, q_len, q_cap;
-    int handed;              /* producer of the sample last returned, unacknowledged; -1 */
-    double last_probe;       /* seconds (now_seconds) */
-    char *failure;           /* set once the stream has failed: every later read repeats it */
+    int handed;        /* producer of the sample last returned, unacknowledged; -1 */
+    double last_probe; /* seconds (now_seconds) */
+    char *failure;     /* set once the stream has failed: every later read repeats it */
 } zmq_reader;
 
 typedef struct {
     void *ctx, *sock, *monitor;
     zmq_endpoint ep;
     uint64_t sent, acked;
-    uint32_t window;         /* samples in flight allowed: 0 until the reader's welcome */
+    uint32_t window; /* samples in flight allowed: 0 until the reader's welcome */
     int hello_sent, welcomed, ended, done;
     double last_heard, last_hello; /* seconds (now_seconds) */
     char *failure;
@@ -349,7 +359,8 @@ static int next_member(stream_reader *r)
             if (!ends_with_marker(r)) {
                 char w[600];
                 where(w, sizeof w, r);
-                clip_set_error("%s: truncated tar stream (no end-of-archive marker) %s", r->name, w);
+                clip_set_error("%s: truncated tar stream (no end-of-archive marker) %s", r->name,
+                               w);
                 return -1;
             }
             return 0;
@@ -358,7 +369,8 @@ static int next_member(stream_reader *r)
             char w[600];
             where(w, sizeof w, r);
             if (r->samples == 0 && !r->pending_key)
-                clip_set_error("%s: not a tar stream of samples: %s", r->name, archive_error_string(r->ar));
+                clip_set_error("%s: not a tar stream of samples: %s", r->name,
+                               archive_error_string(r->ar));
             else
                 clip_set_error("%s: malformed or truncated tar stream %s: %s", r->name, w,
                                archive_error_string(r->ar));
@@ -388,8 +400,8 @@ static int read_member_data(stream_reader *r, sample *s)
     const size_t limit = STREAM_MAX_MEMBER;
     if (r->pending_size > limit) {
         clip_set_error("%s: sample %s: member %s claims %zu bytes, more than the limit of %zu "
-                       "for one field", r->name, r->pending_key, r->pending_path,
-                       r->pending_size, limit);
+                       "for one field",
+                       r->name, r->pending_key, r->pending_path, r->pending_size, limit);
         return -1;
     }
     /* memory follows the bytes that arrive, up to the declared size, not the size alone: a
@@ -402,7 +414,8 @@ static int read_member_data(stream_reader *r, sample *s)
             if (n > limit) {
                 free(buf);
                 clip_set_error("%s: sample %s: member %s has more than the limit of %zu bytes "
-                               "for one field", r->name, r->pending_key, r->pending_path, limit);
+                               "for one field",
+                               r->name, r->pending_key, r->pending_path, limit);
                 return -1;
             }
             cap = cap ? 2 * cap : 4096;
@@ -487,7 +500,8 @@ static void describe_producers(const zmq_reader *z, int dead, char *buf, size_t 
                        z->ep.producers == 1 ? "" : "s", z->ep.producers == 1 ? "its" : "their",
                        z->ep.producers == 1 ? "" : "s");
     if (dead && len < (int)n) len += snprintf(buf + len, n - len, ", %d disconnected", dead);
-    if (streaming && len < (int)n) len += snprintf(buf + len, n - len, ", %d still streaming", streaming);
+    if (streaming && len < (int)n)
+        len += snprintf(buf + len, n - len, ", %d still streaming", streaming);
     if (absent && len < (int)n) snprintf(buf + len, n - len, ", %d never connected", absent);
 }
 
@@ -536,7 +550,8 @@ static int reader_handle(stream_reader *r, zmq_reader *z, zmq_msg_t *id, zmq_msg
     size_t n = zmq_msg_size(body), id_len = zmq_msg_size(id);
     zmq_producer *p = NULL;
     for (int i = 0; i < z->n_known && !p; i++)
-        if (z->producers[i].id_len == id_len && !memcmp(z->producers[i].id, zmq_msg_data(id), id_len))
+        if (z->producers[i].id_len == id_len &&
+            !memcmp(z->producers[i].id, zmq_msg_data(id), id_len))
             p = &z->producers[i];
     int kind = n ? m[0] : 0;
     if (kind == MSG_HELLO) {
@@ -570,8 +585,9 @@ static int reader_handle(stream_reader *r, zmq_reader *z, zmq_msg_t *id, zmq_msg
     if (kind != MSG_SAMPLE && kind != MSG_END && kind != MSG_ABORT) return 0; /* not ours */
     if (!p) {
         if (kind != MSG_ABORT)
-            reader_refuse(z, id, "this reader has no stream open from you "
-                                 "(it was started after your stream began)");
+            reader_refuse(z, id,
+                          "this reader has no stream open from you "
+                          "(it was started after your stream began)");
         return 0;
     }
     if (n < 9)
@@ -580,13 +596,16 @@ static int reader_handle(stream_reader *r, zmq_reader *z, zmq_msg_t *id, zmq_msg
     if (p->ended)
         return reader_fail(r, z, "producer %s sent more after ending its stream", p->name);
     if (kind == MSG_ABORT)
-        return reader_fail(r, z, "producer %s aborted its stream after %llu sample%s (its own error "
-                           "says why)", p->name, (unsigned long long)count, count == 1 ? "" : "s");
+        return reader_fail(r, z,
+                           "producer %s aborted its stream after %llu sample%s (its own error "
+                           "says why)",
+                           p->name, (unsigned long long)count, count == 1 ? "" : "s");
     if (kind == MSG_END) {
         if (count != p->received)
-            return reader_fail(r, z, "producer %s ended its stream after sending %llu samples, but "
-                               "%llu arrived: %llu lost", p->name, (unsigned long long)count,
-                               (unsigned long long)p->received,
+            return reader_fail(r, z,
+                               "producer %s ended its stream after sending %llu samples, but "
+                               "%llu arrived: %llu lost",
+                               p->name, (unsigned long long)count, (unsigned long long)p->received,
                                (unsigned long long)(count - p->received));
         p->ended = 1;
         z->n_ended++;
@@ -594,12 +613,14 @@ static int reader_handle(stream_reader *r, zmq_reader *z, zmq_msg_t *id, zmq_msg
         return 1;
     }
     if (count != p->received)
-        return reader_fail(r, z, "producer %s: sample #%llu arrived where #%llu was due (%s)", p->name,
-                           (unsigned long long)count, (unsigned long long)p->received,
+        return reader_fail(r, z, "producer %s: sample #%llu arrived where #%llu was due (%s)",
+                           p->name, (unsigned long long)count, (unsigned long long)p->received,
                            count > p->received ? "samples lost in transit" : "a repeat");
     if (p->received - p->passed >= p->credit)
-        return reader_fail(r, z, "producer %s sent sample #%llu beyond its credit of %u samples "
-                           "not acknowledged", p->name, (unsigned long long)count, p->credit);
+        return reader_fail(r, z,
+                           "producer %s sent sample #%llu beyond its credit of %u samples "
+                           "not acknowledged",
+                           p->name, (unsigned long long)count, p->credit);
     if (z->q_len == z->q_cap) {
         size_t cap = z->q_cap ? 2 * z->q_cap : 16;
         zmq_queued *q = xmalloc(cap * sizeof *q);
@@ -675,9 +696,10 @@ static int reader_probe(stream_reader *r, zmq_reader *z)
         if (p->ended || !reader_ack(z, p)) continue;
         char state[160];
         describe_producers(z, 1, state, sizeof state);
-        return reader_fail(r, z, "producer %s disconnected after %llu sample%s without ending its "
-                           "stream (it died, or its heartbeats stopped for %d s): %s", p->name,
-                           (unsigned long long)p->received, p->received == 1 ? "" : "s",
+        return reader_fail(r, z,
+                           "producer %s disconnected after %llu sample%s without ending its "
+                           "stream (it died, or its heartbeats stopped for %d s): %s",
+                           p->name, (unsigned long long)p->received, p->received == 1 ? "" : "s",
                            z->ep.heartbeat_ms / 1000, state);
     }
     return 0;
@@ -708,7 +730,8 @@ static int stream_read_zmq(stream_reader *r, sample *s)
             if (rc) {
                 char w[600];
                 where(w, sizeof w, r);
-                return reader_fail(r, z, "malformed sample message from producer %s %s (a field "
+                return reader_fail(r, z,
+                                   "malformed sample message from producer %s %s (a field "
                                    "over %zu bytes, twice, or cut short)",
                                    z->producers[q->producer].name, w, STREAM_MAX_MEMBER);
             }
@@ -724,8 +747,10 @@ static int stream_read_zmq(stream_reader *r, sample *s)
             if (left <= 0) {
                 char state[160];
                 describe_producers(z, 0, state, sizeof state);
-                return reader_fail(r, z, "nothing arrived for %d s: %s; the endpoint option "
-                                   "timeout=SECONDS waits longer", z->ep.timeout_ms / 1000, state);
+                return reader_fail(r, z,
+                                   "nothing arrived for %d s: %s; the endpoint option "
+                                   "timeout=SECONDS waits longer",
+                                   z->ep.timeout_ms / 1000, state);
             }
             if (left * 1000 < wait_ms) wait_ms = (int)(left * 1000) + 1;
         }
@@ -775,7 +800,8 @@ void stream_close_read(stream_reader *r)
         zmq_setsockopt(z->sock, ZMQ_LINGER, &linger, sizeof linger);
         zmq_close(z->sock);
         zmq_ctx_term(z->ctx);
-        for (size_t i = 0; i < z->q_len; i++) zmq_msg_close(&z->queue[(z->q_head + i) % z->q_cap].msg);
+        for (size_t i = 0; i < z->q_len; i++)
+            zmq_msg_close(&z->queue[(z->q_head + i) % z->q_cap].msg);
         free(z->queue);
         free(z->producers);
         free(z->failure);
@@ -923,7 +949,8 @@ static int writer_receive(zmq_writer *z)
             if (kind == MSG_DONE && z->ended && passed == z->sent) z->done = 1;
         } else if (kind == MSG_REFUSED) {
             int len = n - 1 > 300 ? 300 : (int)n - 1;
-            int rc = writer_fail(z, "the reader refused this stream: %.*s", len, (const char *)d + 1);
+            int rc =
+                writer_fail(z, "the reader refused this stream: %.*s", len, (const char *)d + 1);
             zmq_msg_close(&m);
             return rc;
         }
@@ -965,8 +992,10 @@ static int writer_pump(zmq_writer *z, int wait_ms)
     if (writer_receive(z)) return -1;
     if (z->done) return 0;
     if (z->sent || z->ended)
-        return writer_fail(z, "lost the reader: it went away, or did not answer heartbeats for "
-                           "%d s", z->ep.heartbeat_ms / 1000);
+        return writer_fail(z,
+                           "lost the reader: it went away, or did not answer heartbeats for "
+                           "%d s",
+                           z->ep.heartbeat_ms / 1000);
     /* nothing sent but the hello: the stream can begin again with a new reader */
     z->welcomed = z->hello_sent = 0;
     z->window = 0;
@@ -992,10 +1021,14 @@ static int writer_wait(zmq_writer *z, int (*ready)(const zmq_writer *))
             double left = quiet_since + z->ep.timeout_ms / 1000.0 - now;
             if (left <= 0) {
                 if (!z->welcomed)
-                    return writer_fail(z, "no reader answered for %d s; the endpoint option "
-                                       "timeout=SECONDS waits longer", z->ep.timeout_ms / 1000);
-                return writer_fail(z, "the reader acknowledged nothing for %d s; the endpoint "
-                                   "option timeout=SECONDS waits longer", z->ep.timeout_ms / 1000);
+                    return writer_fail(z,
+                                       "no reader answered for %d s; the endpoint option "
+                                       "timeout=SECONDS waits longer",
+                                       z->ep.timeout_ms / 1000);
+                return writer_fail(z,
+                                   "the reader acknowledged nothing for %d s; the endpoint "
+                                   "option timeout=SECONDS waits longer",
+                                   z->ep.timeout_ms / 1000);
             }
             if (left * 1000 < wait_ms) wait_ms = (int)(left * 1000) + 1;
         }
@@ -1143,8 +1176,10 @@ int stream_close_write(stream_writer *w)
     if (w->file) {
         atomic_file *f = w->file;
         w->file = NULL;
-        if (rc) atomic_file_abort(f);
-        else if (atomic_file_commit(f)) rc = -1;
+        if (rc)
+            atomic_file_abort(f);
+        else if (atomic_file_commit(f))
+            rc = -1;
     }
     writer_free(w);
     return rc;

@@ -11,7 +11,6 @@
 #include "kernels/ops.h"
 #include "core/util.h"
 
-
 void blas_setup(int argc, char **argv)
 {
     (void)argc;
@@ -56,8 +55,8 @@ static int linear_int8(const compute_ctx *cx, float *out, int ldo, const float *
 }
 
 /* row-major C = op(A) @ op(B) + beta C through OpenBLAS or the bf16 kernel */
-static int gemm(const compute_ctx *cx, int ta, int tb, int M, int N, int K, const float *A,
-                int lda, const float *B, int ldb, float beta, float *C, int ldc)
+static int gemm(const compute_ctx *cx, int ta, int tb, int M, int N, int K, const float *A, int lda,
+                const float *B, int ldb, float beta, float *C, int ldc)
 {
     double t0 = prof_start(cx);
     int rc = 0;
@@ -73,7 +72,8 @@ static int gemm(const compute_ctx *cx, int ta, int tb, int M, int N, int K, cons
 int matmul_forward(const compute_ctx *cx, float *out, int ldo, const float *inp,
                    const float *weight, const qweight *qw, const float *bias, int M, int K, int N)
 {
-    if (cx->precision == PRECISION_INT8) return linear_int8(cx, out, ldo, inp, qw, bias, NULL, M, K);
+    if (cx->precision == PRECISION_INT8)
+        return linear_int8(cx, out, ldo, inp, qw, bias, NULL, M, K);
     float beta = 0.0f;
     if (bias) {
 #pragma omp parallel for
@@ -88,7 +88,7 @@ int matmul_residual_forward(const compute_ctx *cx, float *out, const float *inp,
                             const float *resid, int M, int K, int N)
 {
     if (cx->precision == PRECISION_INT8) return linear_int8(cx, out, N, inp, qw, bias, resid, M, K);
-    /* bias tested outside the loops: a load under a condition vectorises
+        /* bias tested outside the loops: a load under a condition vectorises
      * only with AVX-512's masked loads, and the build targets SSE2 */
 #pragma omp parallel for
     for (int i = 0; i < M; i++) {

@@ -55,17 +55,16 @@ typedef struct {
  * is NULL. */
 typedef enum { PROF_GEMM, PROF_ATTENTION } prof_counter;
 
-static inline double prof_start(const compute_ctx *cx)
-{
-    return cx->prof ? now_seconds() : 0.0;
-}
+static inline double prof_start(const compute_ctx *cx) { return cx->prof ? now_seconds() : 0.0; }
 
 static inline void prof_stop(const compute_ctx *cx, prof_counter what, double t0)
 {
     if (!cx->prof) return;
     double dt = now_seconds() - t0;
-    if (what == PROF_GEMM) cx->prof->gemm += dt;
-    else cx->prof->attention += dt;
+    if (what == PROF_GEMM)
+        cx->prof->gemm += dt;
+    else
+        cx->prof->attention += dt;
 }
 
 /* out[M, N] = inp[M, K] @ weight[N, K]^T (+ bias[N]): a PyTorch Linear with

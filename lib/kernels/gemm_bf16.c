@@ -63,7 +63,8 @@ static float *rounded_copy(int trans, int rows, int cols, const float *X, int ld
 static int gemm_fallback(int transA, int transB, int M, int N, int K, float alpha, const float *A,
                          int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
-    float *a = rounded_copy(transA, M, K, A, lda), *b = a ? rounded_copy(transB, K, N, B, ldb) : NULL;
+    float *a = rounded_copy(transA, M, K, A, lda),
+          *b = a ? rounded_copy(transB, K, N, B, ldb) : NULL;
     if (b)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, alpha, a, K, b, N, beta, C,
                     ldc);
@@ -141,11 +142,9 @@ CLIP_TARGET_AVX512_BF16 static void pack_kcontig(uint32_t *restrict dst, const f
             uint32_t *d = dst + (size_t)(k0 / 2) * R + r0;
             if (np >= 16) {
 #pragma GCC unroll 16
-                for (int t = 0; t < 16; t++)
-                    _mm512_mask_storeu_epi32(d + (size_t)t * R, sm, v[t]);
+                for (int t = 0; t < 16; t++) _mm512_mask_storeu_epi32(d + (size_t)t * R, sm, v[t]);
             } else {
-                for (int t = 0; t < np; t++)
-                    _mm512_mask_storeu_epi32(d + (size_t)t * R, sm, v[t]);
+                for (int t = 0; t < np; t++) _mm512_mask_storeu_epi32(d + (size_t)t * R, sm, v[t]);
             }
         }
     }
@@ -385,8 +384,7 @@ CLIP_TARGET_AVX512_BF16 static void gemm_avx512bf16(int transA, int transB, int 
         uint32_t *ap = g.a_shared ? NULL : get_buf(&a_buf, (size_t)(KC / 2) * MC);
         gemm_step cur = step_at(&g, 0);
 #pragma omp for schedule(dynamic, 1)
-        for (int t = 0; t < cur.ntb + cur.nta; t++)
-            step_pack(&g, &cur, t, bp[0], asp[0]);
+        for (int t = 0; t < cur.ntb + cur.nta; t++) step_pack(&g, &cur, t, bp[0], asp[0]);
         for (int s = 0; s < nsteps; s++) {
             gemm_step nxt = s + 1 < nsteps ? step_at(&g, s + 1) : (gemm_step){0};
             int nitems = g.mb * cur.nb, npack = nxt.ntb + nxt.nta, packed_row = -1;

@@ -70,7 +70,8 @@ qweight *qweight_make(const float *W, int N, int K)
 {
     if (N <= 0 || N > INT_MAX - NR || K <= 0 || K > GEMM_INT8_MAX_K) {
         clip_set_error("qweight_make: a weight of [%d, %d]; int8 takes 1..%d input columns "
-                       "(where its int32 sums stay exact)", N, K, GEMM_INT8_MAX_K);
+                       "(where its int32 sums stay exact)",
+                       N, K, GEMM_INT8_MAX_K);
         return NULL;
     }
     qweight *q = calloc(1, sizeof *q);
@@ -121,7 +122,8 @@ static void quantise_rows(const float *inp, int K, int K4, int rows, uint8_t *ap
         const float *x = inp + (size_t)r * K;
         float inv = row_inverse(absmax(x, K), &sa[r]);
         uint8_t *p = apack + (size_t)(r / MR) * MR * K4 + (r % MR) * 4;
-        for (int k = 0; k < K; k++) p[(size_t)(k / 4) * MR * 4 + k % 4] = (uint8_t)(quantise(x[k], inv) + 128);
+        for (int k = 0; k < K; k++)
+            p[(size_t)(k / 4) * MR * 4 + k % 4] = (uint8_t)(quantise(x[k], inv) + 128);
     }
 }
 
@@ -145,7 +147,8 @@ static void kernel_c(int kq, const uint8_t *a, const int8_t *b, float *c, int ld
             int32_t acc = 0;
             for (int p = 0; p < kq; p++)
                 for (int t = 0; t < 4; t++)
-                    acc += (int32_t)a[(size_t)p * MR * 4 + r * 4 + t] * b[(size_t)p * NR * 4 + j * 4 + t];
+                    acc += (int32_t)a[(size_t)p * MR * 4 + r * 4 + t] *
+                           b[(size_t)p * NR * 4 + j * 4 + t];
             float v = dequant(acc, corr[j], sa[r], sw[j]);
             if (add.bias) v += add.bias[j];
             if (add.resid) v += add.resid[(size_t)r * add.ldr + j];
@@ -219,13 +222,17 @@ CLIP_TARGET_AVX512_VNNI static void kernel_avx512(int kq, const uint8_t *restric
     __m512 s0 = _mm512_loadu_ps(sw), s1 = _mm512_loadu_ps(sw + 16);
     __mmask16 m0 = mask16(n), m1 = mask16(n - 16);
     __m512 bias0 = _mm512_setzero_ps(), bias1 = _mm512_setzero_ps();
-    if (add.bias) bias0 = _mm512_maskz_loadu_ps(m0, add.bias), bias1 = _mm512_maskz_loadu_ps(m1, add.bias + 16);
+    if (add.bias)
+        bias0 = _mm512_maskz_loadu_ps(m0, add.bias),
+        bias1 = _mm512_maskz_loadu_ps(m1, add.bias + 16);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; r++) {
         if (r >= m) break;
         __m512 vs = _mm512_set1_ps(sa[r]);
-        __m512 x0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][0], c0)), _mm512_mul_ps(vs, s0));
-        __m512 x1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][1], c1)), _mm512_mul_ps(vs, s1));
+        __m512 x0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][0], c0)),
+                                  _mm512_mul_ps(vs, s0));
+        __m512 x1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][1], c1)),
+                                  _mm512_mul_ps(vs, s1));
         x0 = _mm512_add_ps(x0, bias0), x1 = _mm512_add_ps(x1, bias1); /* same order as kernel_c */
         if (add.resid) {
             const float *rr = add.resid + (size_t)r * add.ldr;
@@ -282,8 +289,10 @@ int gemm_int8(float *out, int ldo, const float *inp, int M, int K, const qweight
             continue;
         }
         float sa[MC];
-        if (vnni) quantise_rows_avx512(inp + (size_t)r0 * K, K, K4, rows, apack, sa);
-        else quantise_rows(inp + (size_t)r0 * K, K, K4, rows, apack, sa);
+        if (vnni)
+            quantise_rows_avx512(inp + (size_t)r0 * K, K, K4, rows, apack, sa);
+        else
+            quantise_rows(inp + (size_t)r0 * K, K, K4, rows, apack, sa);
         for (int p = p0; p < p1; p++) {
             int n0 = p * NR, n = w->N - n0 < NR ? w->N - n0 : NR;
             const int8_t *b = w->packed + (size_t)p * K4 * NR;

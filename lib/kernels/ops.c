@@ -17,7 +17,8 @@ CLIP_TARGET_AVX512 __m512 _ZGVeN16v_tanhf(__m512 x);
 /* One row of LayerNorm (the AVX-512 copy is twice as fast per row on Zen 5:
  * the sums are compute-bound in L1). */
 CLIP_TWICE_COMPILED void layernorm_row_body(float *o, float *mean, float *rstd, const float *x,
-                                       const float *weight, const float *bias, int C, float eps)
+                                            const float *weight, const float *bias, int C,
+                                            float eps)
 {
     float s = 0.0f;
 #pragma omp simd reduction(+ : s)
@@ -73,7 +74,8 @@ static void map_chunks(map_fn *f, float *out, const float *inp, size_t n)
 
 static void gelu_erf_chunk(float *out, const float *inp, size_t n)
 {
-    for (size_t i = 0; i < n; i++) out[i] = 0.5f * inp[i] * (1.0f + erff(inp[i] * 0.70710678118654752f));
+    for (size_t i = 0; i < n; i++)
+        out[i] = 0.5f * inp[i] * (1.0f + erff(inp[i] * 0.70710678118654752f));
 }
 
 CLIP_TARGET_AVX512 static void gelu_erf_chunk_avx512(float *out, const float *inp, size_t n)
@@ -124,7 +126,8 @@ static void tanh_chunk(float *out, const float *inp, size_t n)
 CLIP_TARGET_AVX512 static void tanh_chunk_avx512(float *out, const float *inp, size_t n)
 {
     size_t i = 0;
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, _ZGVeN16v_tanhf(_mm512_loadu_ps(inp + i)));
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(out + i, _ZGVeN16v_tanhf(_mm512_loadu_ps(inp + i)));
     tanh_chunk(out + i, inp + i, n - i);
 }
 
@@ -178,7 +181,8 @@ CLIP_TARGET_AVX512 static void softmax_row_avx512(float *x, int n)
         __mmask16 k = n - j >= 16 ? 0xffff : (__mmask16)((1u << (n - j)) - 1);
         __m512 v = _mm512_maskz_loadu_ps(k, x + j);
         __mmask16 live = k & _mm512_cmp_ps_mask(v, ninf, _CMP_NEQ_OQ);
-        __m512 e = _mm512_maskz_mov_ps(live, _ZGVeN16v_expf(_mm512_max_ps(_mm512_sub_ps(v, vm), lo)));
+        __m512 e =
+            _mm512_maskz_mov_ps(live, _ZGVeN16v_expf(_mm512_max_ps(_mm512_sub_ps(v, vm), lo)));
         vs = _mm512_add_ps(vs, e);
         _mm512_mask_storeu_ps(x + j, k, e);
     }
@@ -218,8 +222,8 @@ void attention_forward(float *out, float *att, const float *qkv, const uint8_t *
         int any_valid = 0;
         if (kv)
             for (int t = 0; t < T; t++) any_valid |= kv[t];
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q, C3, k, C3, 0.0f,
-                    a, T);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q, C3, k, C3, 0.0f, a,
+                    T);
         for (int t = 0; t < T; t++) {
             float *row = a + (size_t)t * T;
             int n = causal ? t + 1 : T;
@@ -274,7 +278,8 @@ int check_token_ids(const int32_t *ids, int B, int L, int vocab)
 void zero_floats(float *x, size_t n)
 {
 #pragma omp parallel for schedule(static)
-    for (size_t c = 0; c < n; c += CHUNK) memset(x + c, 0, (c + CHUNK < n ? CHUNK : n - c) * sizeof(float));
+    for (size_t c = 0; c < n; c += CHUNK)
+        memset(x + c, 0, (c + CHUNK < n ? CHUNK : n - c) * sizeof(float));
 }
 
 #define LN_COLS 64
@@ -282,7 +287,7 @@ void zero_floats(float *x, size_t n)
 /* The two loops of LayerNorm's backward, compiled twice (the AVX-512 copies
  * ~1.4x per element on Zen 5). Row i of dinp: */
 CLIP_TWICE_COMPILED void layernorm_dinp_body(float *dx, const float *dy, const float *x,
-                                        const float *weight, float m, float r, int C)
+                                             const float *weight, float m, float r, int C)
 {
     float a = 0.0f, b = 0.0f;
 #pragma omp simd reduction(+ : a, b)
@@ -299,8 +304,8 @@ CLIP_TWICE_COMPILED void layernorm_dinp_body(float *dx, const float *dy, const f
 
 /* columns [c0, c0 + n) of dweight and dbias, n <= LN_COLS, summed over all rows */
 CLIP_TWICE_COMPILED void layernorm_dparams_body(float *dweight, float *dbias, const float *dout,
-                                           const float *inp, const float *mean,
-                                           const float *rstd, int N, int C, int c0, int n)
+                                                const float *inp, const float *mean,
+                                                const float *rstd, int N, int C, int c0, int n)
 {
     float sw[LN_COLS] = {0}, sb[LN_COLS] = {0};
     for (int i = 0; i < N; i++) {
@@ -320,12 +325,12 @@ CLIP_TWICE_COMPILED void layernorm_dparams_body(float *dweight, float *dbias, co
 
 typedef void layernorm_dinp_fn(float *dx, const float *dy, const float *x, const float *weight,
                                float m, float r, int C);
-typedef void layernorm_dparams_fn(float *dweight, float *dbias, const float *dout,
-                                  const float *inp, const float *mean, const float *rstd, int N,
-                                  int C, int c0, int n);
+typedef void layernorm_dparams_fn(float *dweight, float *dbias, const float *dout, const float *inp,
+                                  const float *mean, const float *rstd, int N, int C, int c0,
+                                  int n);
 
-static void layernorm_dinp(float *dx, const float *dy, const float *x, const float *weight,
-                           float m, float r, int C)
+static void layernorm_dinp(float *dx, const float *dy, const float *x, const float *weight, float m,
+                           float r, int C)
 {
     layernorm_dinp_body(dx, dy, x, weight, m, r, C);
 }
@@ -344,8 +349,8 @@ static void layernorm_dparams(float *dweight, float *dbias, const float *dout, c
 
 CLIP_TARGET_AVX512 static void layernorm_dparams_avx512(float *dweight, float *dbias,
                                                         const float *dout, const float *inp,
-                                                        const float *mean, const float *rstd,
-                                                        int N, int C, int c0, int n)
+                                                        const float *mean, const float *rstd, int N,
+                                                        int C, int c0, int n)
 {
     layernorm_dparams_body(dweight, dbias, dout, inp, mean, rstd, N, C, c0, n);
 }
@@ -404,8 +409,8 @@ CLIP_TARGET_AVX512 static void gelu_erf_grad_chunk_avx512(float *dinp, const flo
         __m512 cdf = _mm512_mul_ps(half, _mm512_add_ps(one, _ZGVeN16v_erff(_mm512_mul_ps(x, rs2))));
         __m512 e = _ZGVeN16v_expf(_mm512_max_ps(_mm512_mul_ps(mhalf, _mm512_mul_ps(x, x)), lo));
         __m512 g = _mm512_fmadd_ps(_mm512_mul_ps(x, k), e, cdf);
-        _mm512_storeu_ps(dinp + i, _mm512_fmadd_ps(_mm512_loadu_ps(dout + i), g,
-                                                   _mm512_loadu_ps(dinp + i)));
+        _mm512_storeu_ps(dinp + i,
+                         _mm512_fmadd_ps(_mm512_loadu_ps(dout + i), g, _mm512_loadu_ps(dinp + i)));
     }
     gelu_erf_grad_chunk(dinp + i, inp + i, dout + i, n - i);
 }
@@ -437,17 +442,18 @@ CLIP_TARGET_AVX512 static void quickgelu_grad_chunk_avx512(float *dinp, const fl
         __m512 x = _mm512_loadu_ps(inp + i);
         __m512 a = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(x, k), lo), hi);
         __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, _ZGVeN16v_expf(a)));
-        __m512 g = _mm512_mul_ps(s, _mm512_fmadd_ps(_mm512_mul_ps(kp, x), _mm512_sub_ps(one, s), one));
-        _mm512_storeu_ps(dinp + i, _mm512_fmadd_ps(_mm512_loadu_ps(dout + i), g,
-                                                   _mm512_loadu_ps(dinp + i)));
+        __m512 g =
+            _mm512_mul_ps(s, _mm512_fmadd_ps(_mm512_mul_ps(kp, x), _mm512_sub_ps(one, s), one));
+        _mm512_storeu_ps(dinp + i,
+                         _mm512_fmadd_ps(_mm512_loadu_ps(dout + i), g, _mm512_loadu_ps(dinp + i)));
     }
     quickgelu_grad_chunk(dinp + i, inp + i, dout + i, n - i);
 }
 
 void quickgelu_backward(float *dinp, const float *inp, const float *dout, size_t n)
 {
-    grad_chunks(cpu_has(CPU_AVX512) ? quickgelu_grad_chunk_avx512 : quickgelu_grad_chunk, dinp,
-                inp, dout, n);
+    grad_chunks(cpu_has(CPU_AVX512) ? quickgelu_grad_chunk_avx512 : quickgelu_grad_chunk, dinp, inp,
+                dout, n);
 }
 
 void tanh_backward(float *dinp, const float *out, const float *dout, size_t n)
@@ -489,8 +495,8 @@ void attention_backward(float *dqkv, float *datt, const float *dout, const float
         /* S = scale Q K^T: dQ += scale dS K, dK += scale dS^T Q */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, scale, da, T, k, C3, 1.0f,
                     dq, C3);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, scale, da, T, q, C3, 1.0f, dk,
-                    C3);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, scale, da, T, q, C3, 1.0f,
+                    dk, C3);
     }
 }
 

@@ -28,8 +28,8 @@ int bert_config_from_ckpt(const ckpt *c, const char *prefix, bert_config *cfg)
     const ckpt_tensor *inter = find2(c, prefix, "encoder.layer.0.intermediate.dense.weight");
     if (!word || !pos || !type || !inter) {
         clip_set_error("no BERT text tower: missing %sembeddings.%s", prefix,
-                       !word ? "word_embeddings.weight"
-                       : !pos ? "position_embeddings.weight"
+                       !word   ? "word_embeddings.weight"
+                       : !pos  ? "position_embeddings.weight"
                        : !type ? "token_type_embeddings.weight"
                                : "../encoder.layer.0.intermediate.dense.weight");
         return -1;
@@ -39,10 +39,13 @@ int bert_config_from_ckpt(const ckpt *c, const char *prefix, bert_config *cfg)
         return -1;
     }
     char what[4][192];
-    snprintf(what[0], sizeof what[0], "%sembeddings.word_embeddings.weight: the vocabulary", prefix);
+    snprintf(what[0], sizeof what[0], "%sembeddings.word_embeddings.weight: the vocabulary",
+             prefix);
     snprintf(what[1], sizeof what[1], "%sembeddings.word_embeddings.weight: the width", prefix);
-    snprintf(what[2], sizeof what[2], "%sembeddings.position_embeddings.weight: the positions", prefix);
-    snprintf(what[3], sizeof what[3], "%sencoder.layer.0.intermediate.dense.weight: the width", prefix);
+    snprintf(what[2], sizeof what[2], "%sembeddings.position_embeddings.weight: the positions",
+             prefix);
+    snprintf(what[3], sizeof what[3], "%sencoder.layer.0.intermediate.dense.weight: the width",
+             prefix);
     if (check_range(what[0], word->shape[0], 1, BERT_MAX_VOCAB) ||
         check_range(what[1], word->shape[1], 1, BERT_MAX_WIDTH) ||
         check_range(what[2], pos->shape[0], 1, 1 << 16) ||
@@ -63,11 +66,10 @@ int bert_config_from_ckpt(const ckpt *c, const char *prefix, bert_config *cfg)
         if (!find2(c, prefix, name)) break;
         /* a layer counts by its big tensors, not by one name: the parameter
          * table is sized from this before anything is read */
-        static const char *const big[] = {"attention.self.query.weight",
-                                           "attention.self.key.weight",
-                                           "attention.self.value.weight",
-                                           "attention.output.dense.weight",
-                                           "intermediate.dense.weight", "output.dense.weight"};
+        static const char *const big[] = {
+            "attention.self.query.weight", "attention.self.key.weight",
+            "attention.self.value.weight", "attention.output.dense.weight",
+            "intermediate.dense.weight",   "output.dense.weight"};
         for (int k = 0; k < 6; k++) {
             int64_t rows = k == 4 ? cfg->intermediate : cfg->hidden;
             int64_t cols = k == 5 ? cfg->intermediate : cfg->hidden;
@@ -427,7 +429,8 @@ int bert_forward(bert *m, const compute_ctx *cx, const int32_t *ids, int B, int 
             return -1;
         x = a->layers[i].out;
     }
-    for (int b = 0; b < B; b++) memcpy(a->cls + (size_t)b * H, x + (size_t)b * L * H, H * sizeof(float));
+    for (int b = 0; b < B; b++)
+        memcpy(a->cls + (size_t)b * H, x + (size_t)b * L * H, H * sizeof(float));
     if (matmul_forward(cx, a->pool_pre, H, a->cls, p->pooler_w, m->q.pooler, p->pooler_b, B, H, H))
         return -1;
     tanh_forward(a->pooled, a->pool_pre, (size_t)B * H);
@@ -511,7 +514,8 @@ int bert_backward(bert *m, const compute_ctx *cx, const int32_t *ids, const floa
     const bert_acts *a = &m->acts;
     if (!m->act_keep || !m->atable.data || B > m->act_batch || L > m->act_len) {
         clip_set_error("bert_backward: no activations kept for %d x %d tokens (bert_reserve(m, B, "
-                       "L, 1) before the forward)", B, L);
+                       "L, 1) before the forward)",
+                       B, L);
         return -1;
     }
     if (bert_alloc_grads(m)) return -1;
@@ -527,8 +531,8 @@ int bert_backward(bert *m, const compute_ctx *cx, const int32_t *ids, const floa
     double t0 = prof_start(cx);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, H, D, 1.0f, dout, D, p->text_proj, D,
                 0.0f, d->dln_final, H);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, H, D, B, 1.0f, a->ln_final, H, dout, D, 1.0f,
-                gr->text_proj, D);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, H, D, B, 1.0f, a->ln_final, H, dout, D,
+                1.0f, gr->text_proj, D);
     prof_stop(cx, PROF_GEMM, t0);
     memset(d->dpooled, 0, BH * sizeof(float));
     memset(d->dpool_pre, 0, BH * sizeof(float));
@@ -555,8 +559,8 @@ int bert_backward(bert *m, const compute_ctx *cx, const int32_t *ids, const floa
             return -1;
         /* out = LN(res_2), res_2 = ln_1 + output.dense(gelu(intermediate.dense(ln_1))) */
         zero_floats(d->dres, N * H);
-        layernorm_backward(d->dres, lg->o_ln_w, lg->o_ln_b, d->dx, l->res_2, lp->o_ln_w, l->out_mean,
-                           l->out_rstd, N, H);
+        layernorm_backward(d->dres, lg->o_ln_w, lg->o_ln_b, d->dx, l->res_2, lp->o_ln_w,
+                           l->out_mean, l->out_rstd, N, H);
         memcpy(d->dln, d->dres, N * H * sizeof(float));
         gelu_erf_forward(l->fc_act, l->fc, N * FF); /* the slot is shared: recompute */
         zero_floats(d->dfc_act, N * FF);
@@ -574,14 +578,16 @@ int bert_backward(bert *m, const compute_ctx *cx, const int32_t *ids, const floa
         memcpy(d->dx, d->dres, N * H * sizeof(float));
         zero_floats(d->datty, N * H);
         zero_floats(d->dqkv, N * 3 * H);
-        if (matmul_backward(cx, d->datty, lg->ao_w, lg->ao_b, d->dres, H, l->atty, lp->ao_w, N, H, H))
+        if (matmul_backward(cx, d->datty, lg->ao_w, lg->ao_b, d->dres, H, l->atty, lp->ao_w, N, H,
+                            H))
             return -1;
         t0 = prof_start(cx);
         attention_backward(d->dqkv, d->datt, d->datty, l->qkv, l->att, B, L, H, g->heads);
         prof_stop(cx, PROF_ATTENTION, t0);
         if (matmul_backward(cx, d->dx, lg->q_w, lg->q_b, d->dqkv, 3 * H, x, lp->q_w, N, H, H) ||
             matmul_backward(cx, d->dx, lg->k_w, lg->k_b, d->dqkv + H, 3 * H, x, lp->k_w, N, H, H) ||
-            matmul_backward(cx, d->dx, lg->v_w, lg->v_b, d->dqkv + 2 * H, 3 * H, x, lp->v_w, N, H, H))
+            matmul_backward(cx, d->dx, lg->v_w, lg->v_b, d->dqkv + 2 * H, 3 * H, x, lp->v_w, N, H,
+                            H))
             return -1;
     }
 

@@ -58,14 +58,14 @@ typedef struct {
 } bert_qweights;
 
 typedef struct {
-    float *qkv;                     /* [N, 3H] */
-    float *att;                     /* [B, NH, L, L] */
-    float *atty;                    /* [N, H] */
-    float *res_1;                   /* [N, H] x + attention output dense */
+    float *qkv;   /* [N, 3H] */
+    float *att;   /* [B, NH, L, L] */
+    float *atty;  /* [N, H] */
+    float *res_1; /* [N, H] x + attention output dense */
     float *ln_1, *ln_1_mean, *ln_1_rstd;
-    float *fc, *fc_act;             /* [N, I] before / after GELU; fc_act: one slot shared by
+    float *fc, *fc_act;               /* [N, I] before / after GELU; fc_act: one slot shared by
                                        all layers (bert_backward recomputes it) */
-    float *res_2;                   /* [N, H] ln_1 + output dense */
+    float *res_2;                     /* [N, H] ln_1 + output dense */
     float *out, *out_mean, *out_rstd; /* [N, H] the layer's output LayerNorm */
 } bert_layer_acts;
 
@@ -73,19 +73,19 @@ typedef struct {
     uint8_t *key_valid; /* [N] id != [PAD]; malloc'd beside the table */
     float *emb, *emb_ln, *emb_ln_mean, *emb_ln_rstd; /* [N, H] */
     bert_layer_acts *layers;
-    float *cls;                      /* [B, H] */
-    float *pool_pre, *pooled;        /* [B, H] before / after tanh */
+    float *cls;               /* [B, H] */
+    float *pool_pre, *pooled; /* [B, H] before / after tanh */
     float *ln_final, *ln_final_mean, *ln_final_rstd;
-    float *out;                      /* [B, D] */
+    float *out; /* [B, D] */
 } bert_acts;
 
 /* Backward scratch: one layer's worth, reused by every layer. */
 typedef struct {
-    float *dx;                 /* [N, H] gradient of the residual stream */
-    float *dres, *dln, *datty; /* [N, H] */
-    float *dqkv;               /* [N, 3H] */
-    float *datt;               /* [B, NH, L, L] */
-    float *dfc_act, *dfc;      /* [N, I] after / before GELU */
+    float *dx;                                     /* [N, H] gradient of the residual stream */
+    float *dres, *dln, *datty;                     /* [N, H] */
+    float *dqkv;                                   /* [N, 3H] */
+    float *datt;                                   /* [B, NH, L, L] */
+    float *dfc_act, *dfc;                          /* [N, I] after / before GELU */
     float *dln_final, *dpooled, *dpool_pre, *dcls; /* [B, H] */
 } bert_dacts;
 

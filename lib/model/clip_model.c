@@ -99,7 +99,8 @@ static int text_config_from_record(clip_model *m, json_t *rec, const char *path,
     if (eps) {
         if (!json_is_number(eps) || !(json_number_value(eps) > 0 && json_number_value(eps) < 1)) {
             clip_set_error("%s: the clip_config metadata records a text eps that is not a number "
-                           "in (0, 1): the file was altered or damaged", path);
+                           "in (0, 1): the file was altered or damaged",
+                           path);
             return -1;
         }
         cfg->eps = (float)json_number_value(eps);
@@ -142,8 +143,8 @@ static int load_bert(clip_model *m, const ckpt *c, const char *ckpt_path, json_t
     if (src == c && text_config_from_record(m, rec, ckpt_path, json_path, &cfg)) goto out;
     const ckpt_tensor *tp = head_in_ckpt ? ckpt_find(c, "text_projection") : NULL;
     cfg.out_dim = tp && tp->ndim == 2 ? (int)tp->shape[1]
-                  : m->visual          ? m->visual->cfg.out_dim
-                                       : 512;
+                  : m->visual         ? m->visual->cfg.out_dim
+                                      : 512;
     if (!(m->bert = bert_create(&cfg)) || bert_load_body(m->bert, src, prefix))
         goto out; /* the message names the file */
     bert_params *p = &m->bert->params;
@@ -159,8 +160,10 @@ static int load_bert(clip_model *m, const ckpt *c, const char *ckpt_path, json_t
                           p->text_proj))
             goto out;
     } else {
-        if (clip_model_warn(m, "no text_projection for the BERT tower: initialising [%d, %d] from "
-                            "N(0, %d^-0.5)", cfg.hidden, cfg.out_dim, cfg.hidden))
+        if (clip_model_warn(m,
+                            "no text_projection for the BERT tower: initialising [%d, %d] from "
+                            "N(0, %d^-0.5)",
+                            cfg.hidden, cfg.out_dim, cfg.hidden))
             goto out;
         fill_normal(p->text_proj, (size_t)cfg.hidden * cfg.out_dim, 1.0f / sqrtf(cfg.hidden), 42);
     }
@@ -227,8 +230,8 @@ clip_model *clip_model_from_ckpt(const ckpt *c, const char *ckpt_path, const cha
         if (ckpt_read_f32(c, "logit_scale", ls->ndim, ls->shape, &m->logit_scale)) goto fail;
     }
     m->text = m->bert ? CLIP_TEXT_BERT : m->ctext ? CLIP_TEXT_CLIP : CLIP_TEXT_NONE;
-    m->embed_dim = m->visual ? m->visual->cfg.out_dim
-                   : m->bert ? m->bert->cfg.out_dim
+    m->embed_dim = m->visual  ? m->visual->cfg.out_dim
+                   : m->bert  ? m->bert->cfg.out_dim
                    : m->ctext ? m->ctext->cfg.out_dim
                               : 0;
     if (!m->embed_dim) {
@@ -287,16 +290,15 @@ int clip_model_set_precision(clip_model *m, clip_precision p)
     return 0;
 }
 
-int clip_image_resolution(const clip_model *m)
-{
-    return m->visual ? m->visual->cfg.resolution : 0;
-}
+int clip_image_resolution(const clip_model *m) { return m->visual ? m->visual->cfg.resolution : 0; }
 
 void clip_text_limits(const clip_model *m, int *vocab, int *max_len)
 {
     *vocab = *max_len = 0;
-    if (m->text == CLIP_TEXT_BERT) *vocab = m->bert->cfg.vocab, *max_len = m->bert->cfg.max_pos;
-    else if (m->text == CLIP_TEXT_CLIP) *vocab = m->ctext->cfg.vocab, *max_len = m->ctext->cfg.context;
+    if (m->text == CLIP_TEXT_BERT)
+        *vocab = m->bert->cfg.vocab, *max_len = m->bert->cfg.max_pos;
+    else if (m->text == CLIP_TEXT_CLIP)
+        *vocab = m->ctext->cfg.vocab, *max_len = m->ctext->cfg.context;
 }
 
 int clip_encode_images(clip_model *m, const uint8_t *pixels, int B, float *out)
@@ -333,8 +335,9 @@ int clip_encode_texts(clip_model *m, const int32_t *ids, int B, int L, float *ou
         }
         int used = trim_padding(trimmed, x, n, L);
         if (used < L) x = trimmed;
-        int rc = m->text == CLIP_TEXT_BERT ? bert_forward(m->bert, &m->compute, x, n, used, o)
-                                           : clip_text_forward(m->ctext, &m->compute, x, n, used, o);
+        int rc = m->text == CLIP_TEXT_BERT
+                     ? bert_forward(m->bert, &m->compute, x, n, used, o)
+                     : clip_text_forward(m->ctext, &m->compute, x, n, used, o);
         if (rc) {
             free(trimmed);
             return -1;

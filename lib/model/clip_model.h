@@ -14,9 +14,9 @@
 typedef enum { CLIP_TEXT_NONE, CLIP_TEXT_BERT, CLIP_TEXT_CLIP } clip_text_kind;
 
 typedef struct {
-    vit *visual;       /* NULL when the checkpoint has no `visual.*` */
-    bert *bert;        /* Chinese tower, NULL if none */
-    clip_text *ctext;  /* English tower, NULL if none */
+    vit *visual;         /* NULL when the checkpoint has no `visual.*` */
+    bert *bert;          /* Chinese tower, NULL if none */
+    clip_text *ctext;    /* English tower, NULL if none */
     clip_text_kind text; /* the tower clip_encode_texts uses (BERT when present) */
     float logit_scale;   /* ln of the scale; ln(1/0.07) when absent */
     int embed_dim;

@@ -20,8 +20,8 @@ int clip_text_config_from_ckpt(const ckpt *c, int heads, clip_text_config *cfg)
     const ckpt_tensor *fc = ckpt_find(c, "transformer.resblocks.0.mlp.c_fc.weight");
     if (!tok || !pos || !proj || !fc) {
         clip_set_error("no CLIP text tower: missing %s",
-                       !tok ? "token_embedding.weight"
-                       : !pos ? "positional_embedding"
+                       !tok    ? "token_embedding.weight"
+                       : !pos  ? "positional_embedding"
                        : !proj ? "text_projection"
                                : "transformer.resblocks.0.mlp.c_fc.weight");
         return -1;
@@ -43,7 +43,9 @@ int clip_text_config_from_ckpt(const ckpt *c, int heads, clip_text_config *cfg)
     cfg->out_dim = (int)proj->shape[1];
     cfg->mlp = (int)fc->shape[0];
     if (resblock_heads("CLIP text tower", cfg->width, heads, &cfg->heads) < 0) return -1;
-    if ((cfg->layers = resblock_count_layers(c, "transformer.resblocks.", CLIP_TEXT_MAX_LAYERS, "CLIP text tower")) < 0) return -1;
+    if ((cfg->layers = resblock_count_layers(c, "transformer.resblocks.", CLIP_TEXT_MAX_LAYERS,
+                                             "CLIP text tower")) < 0)
+        return -1;
     /* every tensor the configuration implies, before anything is allocated */
     clip_text_params p = {0};
     param_table t = {0};
@@ -88,10 +90,7 @@ clip_text *clip_text_create(const clip_text_config *cfg)
     return m;
 }
 
-int clip_text_load(clip_text *m, const ckpt *c)
-{
-    return pt_load(&m->ptable, c, NULL, NULL);
-}
+int clip_text_load(clip_text *m, const ckpt *c) { return pt_load(&m->ptable, c, NULL, NULL); }
 
 void clip_text_free_quantised(clip_text *m)
 {
@@ -229,11 +228,16 @@ void clip_text_init_params(clip_text *m, uint64_t seed)
             for (size_t k = 0; k < s->numel; k++) x[k] = v;
             continue;
         }
-        if (!strcmp(n, "token_embedding.weight")) std = 0.02f;
-        else if (!strcmp(n, "positional_embedding")) std = 0.01f;
-        else if (ends_with(n, "in_proj_weight") || !strcmp(n, "text_projection")) std = attn_std;
-        else if (ends_with(n, "c_fc.weight")) std = fc_std;
-        else std = proj_std; /* attn.out_proj.weight, mlp.c_proj.weight */
+        if (!strcmp(n, "token_embedding.weight"))
+            std = 0.02f;
+        else if (!strcmp(n, "positional_embedding"))
+            std = 0.01f;
+        else if (ends_with(n, "in_proj_weight") || !strcmp(n, "text_projection"))
+            std = attn_std;
+        else if (ends_with(n, "c_fc.weight"))
+            std = fc_std;
+        else
+            std = proj_std; /* attn.out_proj.weight, mlp.c_proj.weight */
         fill_normal(x, s->numel, std, seed + 0x1000193ull * (uint64_t)(i + 1));
     }
 }
@@ -296,7 +300,8 @@ int clip_text_backward(clip_text *m, const compute_ctx *cx, const int32_t *ids, 
     const clip_text_acts *a = &m->acts;
     if (!m->act_keep || !m->atable.data || B > m->act_batch || L > m->act_len) {
         clip_set_error("clip_text_backward: no activations kept for %d x %d tokens "
-                       "(clip_text_reserve(m, B, L, 1) before the forward)", B, L);
+                       "(clip_text_reserve(m, B, L, 1) before the forward)",
+                       B, L);
         return -1;
     }
     if (clip_text_alloc_grads(m)) return -1;
@@ -315,8 +320,8 @@ int clip_text_backward(clip_text *m, const compute_ctx *cx, const int32_t *ids, 
                 1.0f, gr->text_proj, D);
     prof_stop(cx, PROF_GEMM, t0);
     memset(m->deot, 0, (size_t)B * W * sizeof(float));
-    layernorm_backward(m->deot, gr->ln_final_w, gr->ln_final_b, m->dln_final, a->eot,
-                       p->ln_final_w, a->ln_final_mean, a->ln_final_rstd, B, W);
+    layernorm_backward(m->deot, gr->ln_final_w, gr->ln_final_b, m->dln_final, a->eot, p->ln_final_w,
+                       a->ln_final_mean, a->ln_final_rstd, B, W);
     if (f > g->layers) return 0;
     zero_floats(m->dx, N * W);
     for (int b = 0; b < B; b++)
@@ -327,8 +332,8 @@ int clip_text_backward(clip_text *m, const compute_ctx *cx, const int32_t *ids, 
         const float *inp = l ? a->blocks[l - 1].out : a->emb;
         /* checkpointed: the slot holds the last block's activations, from the forward */
         if (m->act_keep == ACTS_CHECKPOINT && l < g->layers - 1 &&
-            resblock_forward(cx, &p->blocks[l], m->q ? &m->q[l] : NULL, &a->blocks[l], inp, B, L,
-                             W, g->mlp, g->heads, 1))
+            resblock_forward(cx, &p->blocks[l], m->q ? &m->q[l] : NULL, &a->blocks[l], inp, B, L, W,
+                             g->mlp, g->heads, 1))
             return -1;
         if (resblock_backward(cx, &p->blocks[l], &gr->blocks[l], &a->blocks[l], &m->dacts, m->dx,
                               m->dx, inp, B, L, W, g->mlp, g->heads, 1))
@@ -336,7 +341,7 @@ int clip_text_backward(clip_text *m, const compute_ctx *cx, const int32_t *ids, 
     }
 
     if (f > 0) return 0;
-    /* emb = token_embedding[id] + positional_embedding[t] */
+        /* emb = token_embedding[id] + positional_embedding[t] */
 #pragma omp parallel for schedule(static)
     for (int t = 0; t < L; t++) {
         float *dpos = gr->pos_emb + (size_t)t * W;

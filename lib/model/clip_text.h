@@ -27,12 +27,12 @@ typedef struct {
 } clip_text_params;
 
 typedef struct {
-    float *emb; /* [B*L, W] token + positional embedding, block 0's input */
+    float *emb;            /* [B*L, W] token + positional embedding, block 0's input */
     resblock_acts *blocks; /* all alias one slot unless kept for training; kept
                               blocks share block 0's ln_1, att, ln_2, fc_act */
-    float *eot; /* [B, W] the last block's output at each EOT */
+    float *eot;            /* [B, W] the last block's output at each EOT */
     float *ln_final, *ln_final_mean, *ln_final_rstd;
-    float *out; /* [B, D] */
+    float *out;   /* [B, D] */
     int *eot_pos; /* [B], malloc'd beside the table */
 } clip_text_acts;
 

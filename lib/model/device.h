@@ -24,8 +24,8 @@ typedef struct {
                              float *out);
     int (*clip_text_backward)(clip_text *m, const compute_ctx *cx, const int32_t *ids,
                               const float *dout, int B, int L);
-    int (*vit_forward_masked)(vit *m, const compute_ctx *cx, const uint8_t *pixels, int B,
-                              int keep, const int32_t *kept, float *out);
+    int (*vit_forward_masked)(vit *m, const compute_ctx *cx, const uint8_t *pixels, int B, int keep,
+                              const int32_t *kept, float *out);
 } clip_device;
 
 /* "cpu"; a known accelerator name ("sdaa", "sdaa:1", "cuda:0") that is not

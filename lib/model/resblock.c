@@ -231,14 +231,15 @@ int resblock_heads(const char *what, int width, int recorded, int *heads)
     if (recorded) {
         if (recorded < 0 || width % recorded) {
             clip_set_error("%s: the recorded head count %d does not divide the width %d (a "
-                           "damaged clip_config record?)", what, recorded, width);
+                           "damaged clip_config record?)",
+                           what, recorded, width);
             return -1;
         }
         *heads = recorded;
     } else if (width % MODEL_DEFAULT_HEAD_DIM) {
         clip_set_error("%s: width %d is not a multiple of %d (without a recorded head count, "
-                       "heads = width / %d)", what, width, MODEL_DEFAULT_HEAD_DIM,
-                       MODEL_DEFAULT_HEAD_DIM);
+                       "heads = width / %d)",
+                       what, width, MODEL_DEFAULT_HEAD_DIM, MODEL_DEFAULT_HEAD_DIM);
         return -1;
     } else {
         *heads = width / MODEL_DEFAULT_HEAD_DIM;

@@ -31,8 +31,8 @@ typedef struct {
     float *in_proj_w, *in_proj_b;   /* [3C, C], [3C] */
     float *out_proj_w, *out_proj_b; /* [C, C], [C] */
     float *ln_2_w, *ln_2_b;
-    float *c_fc_w, *c_fc_b;         /* [F, C], [F] */
-    float *c_proj_w, *c_proj_b;     /* [C, F], [C] */
+    float *c_fc_w, *c_fc_b;     /* [F, C], [F] */
+    float *c_proj_w, *c_proj_b; /* [C, F], [C] */
 } resblock_params;
 
 /* A block's Linear weights quantised for int8 inference (gemm_int8.h),
@@ -61,9 +61,9 @@ typedef struct {
     float *atty;                         /* [N, C] heads before out_proj */
     float *res_1;                        /* [N, C] x + attention */
     float *ln_2, *ln_2_mean, *ln_2_rstd;
-    float *fc;                           /* [N, F] before QuickGELU */
-    float *fc_act;                       /* [N, F]; may be a slot shared between blocks */
-    float *out;                          /* [N, C] the block's output */
+    float *fc;     /* [N, F] before QuickGELU */
+    float *fc_act; /* [N, F]; may be a slot shared between blocks */
+    float *out;    /* [N, C] the block's output */
 } resblock_acts;
 
 /* Backward scratch: one slot, reused by every block of a tower. */
@@ -83,7 +83,8 @@ void resblock_layout_acts(param_table *t, resblock_acts *a, int B, int T, int C,
  * are kept for training: the caller points those at one shared slot (block
  * 0's), which resblock_backward recomputes from what each block keeps
  * (saves 3 N*C + N*F + B*NH*T*T floats per block; ~1/3 of ViT-B/16's). */
-void resblock_layout_acts_kept(param_table *t, resblock_acts *a, int B, int T, int C, int F, int NH);
+void resblock_layout_acts_kept(param_table *t, resblock_acts *a, int B, int T, int C, int F,
+                               int NH);
 
 /* What a tower's activations are reserved for (the `keep` of vit_reserve,
  * bert_reserve, clip_text_reserve):

@@ -9,7 +9,6 @@
 #include "kernels/ops.h"
 #include "core/util.h"
 
-
 static const float clip_mean[3] = {0.48145466f, 0.4578275f, 0.40821073f};
 static const float clip_std[3] = {0.26862954f, 0.26130258f, 0.27577711f};
 
@@ -22,8 +21,8 @@ int vit_config_from_ckpt(const ckpt *c, int heads, vit_config *cfg)
     const ckpt_tensor *fc = ckpt_find(c, "visual.transformer.resblocks.0.mlp.c_fc.weight");
     if (!conv || !pos || !proj || !fc) {
         clip_set_error("no ViT image tower: missing %s",
-                       !conv ? "visual.conv1.weight"
-                       : !pos ? "visual.positional_embedding"
+                       !conv   ? "visual.conv1.weight"
+                       : !pos  ? "visual.positional_embedding"
                        : !proj ? "visual.proj"
                                : "visual.transformer.resblocks.0.mlp.c_fc.weight");
         return -1;
@@ -58,7 +57,9 @@ int vit_config_from_ckpt(const ckpt *c, int heads, vit_config *cfg)
     cfg->mlp = (int)fc->shape[0];
     cfg->out_dim = (int)proj->shape[1];
     if (resblock_heads("visual", cfg->width, heads, &cfg->heads) < 0) return -1;
-    if ((cfg->layers = resblock_count_layers(c, "visual.transformer.resblocks.", VIT_MAX_LAYERS, "visual")) < 0) return -1;
+    if ((cfg->layers = resblock_count_layers(c, "visual.transformer.resblocks.", VIT_MAX_LAYERS,
+                                             "visual")) < 0)
+        return -1;
     return vit_check_ckpt(cfg, c);
 }
 
@@ -109,10 +110,7 @@ vit *vit_create(const vit_config *cfg)
     return m;
 }
 
-int vit_load(vit *m, const ckpt *c)
-{
-    return pt_load(&m->ptable, c, NULL, NULL);
-}
+int vit_load(vit *m, const ckpt *c) { return pt_load(&m->ptable, c, NULL, NULL); }
 
 void vit_free_quantised(vit *m)
 {
@@ -125,8 +123,8 @@ int vit_quantise(vit *m)
 {
     const vit_config *g = &m->cfg;
     vit_qweights q = {qweight_make(m->params.conv1_w, g->width, 3 * g->patch * g->patch), NULL};
-    if (!q.conv1 ||
-        !(q.blocks = resblock_stack_quantise(m->params.blocks, g->layers, g->width, g->mlp, "visual"))) {
+    if (!q.conv1 || !(q.blocks = resblock_stack_quantise(m->params.blocks, g->layers, g->width,
+                                                         g->mlp, "visual"))) {
         qweight_free(q.conv1);
         return -1;
     }
@@ -272,17 +270,18 @@ int vit_forward_masked(vit *m, const compute_ctx *cx, const uint8_t *pixels, int
         float *dst = a->emb + (size_t)bt * W;
         for (int j = 0; j < W; j++) dst[j] = src[j] + pos[j];
     }
-    layernorm_forward(a->ln_pre, a->ln_pre_mean, a->ln_pre_rstd, a->emb, p->ln_pre_w, p->ln_pre_b, N,
-                      W, 1e-5f);
+    layernorm_forward(a->ln_pre, a->ln_pre_mean, a->ln_pre_rstd, a->emb, p->ln_pre_w, p->ln_pre_b,
+                      N, W, 1e-5f);
 
     const float *x = a->ln_pre;
     for (int l = 0; l < g->layers; l++) {
-        if (resblock_forward(cx, &p->blocks[l], m->q.blocks ? &m->q.blocks[l] : NULL,
-                             &a->blocks[l], x, B, T, W, g->mlp, g->heads, 0))
+        if (resblock_forward(cx, &p->blocks[l], m->q.blocks ? &m->q.blocks[l] : NULL, &a->blocks[l],
+                             x, B, T, W, g->mlp, g->heads, 0))
             return -1;
         x = a->blocks[l].out;
     }
-    for (int b = 0; b < B; b++) memcpy(a->cls + (size_t)b * W, x + (size_t)b * T * W, W * sizeof(float));
+    for (int b = 0; b < B; b++)
+        memcpy(a->cls + (size_t)b * W, x + (size_t)b * T * W, W * sizeof(float));
     layernorm_forward(a->ln_post, a->ln_post_mean, a->ln_post_rstd, a->cls, p->ln_post_w,
                       p->ln_post_b, B, W, 1e-5f);
     double t0 = prof_start(cx);
@@ -348,7 +347,8 @@ int vit_backward(vit *m, const compute_ctx *cx, const float *dout, int B)
     const vit_acts *a = &m->acts;
     if (!m->act_keep || !m->atable.data || B > m->act_batch) {
         clip_set_error("vit_backward: no activations kept for a batch of %d (vit_reserve(m, B, 1) "
-                       "before the forward)", B);
+                       "before the forward)",
+                       B);
         return -1;
     }
     if (vit_alloc_grads(m)) return -1;
@@ -363,8 +363,8 @@ int vit_backward(vit *m, const compute_ctx *cx, const float *dout, int B)
 
     /* out = ln_post(cls) @ proj */
     double t0 = prof_start(cx);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, W, D, B, 1.0f, a->ln_post, W, dout, D, 1.0f,
-                gr->proj, D);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, W, D, B, 1.0f, a->ln_post, W, dout, D,
+                1.0f, gr->proj, D);
     if (f > g->layers) {
         prof_stop(cx, PROF_GEMM, t0);
         return 0;
@@ -383,8 +383,8 @@ int vit_backward(vit *m, const compute_ctx *cx, const float *dout, int B)
         const float *inp = l ? a->blocks[l - 1].out : a->ln_pre;
         /* checkpointed: the slot holds the last block's activations, from the forward */
         if (m->act_keep == ACTS_CHECKPOINT && l < g->layers - 1 &&
-            resblock_forward(cx, &p->blocks[l], m->q.blocks ? &m->q.blocks[l] : NULL,
-                             &a->blocks[l], inp, B, T, W, g->mlp, g->heads, 0))
+            resblock_forward(cx, &p->blocks[l], m->q.blocks ? &m->q.blocks[l] : NULL, &a->blocks[l],
+                             inp, B, T, W, g->mlp, g->heads, 0))
             return -1;
         if (resblock_backward(cx, &p->blocks[l], &gr->blocks[l], &a->blocks[l], &m->dacts, m->dx,
                               m->dx, inp, B, T, W, g->mlp, g->heads, 0))

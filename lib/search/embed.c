@@ -70,7 +70,8 @@ static int take_image(embedder *e, const sample *s)
     if (a.shape[0] != e->res || a.shape[1] != e->res) {
         clip_set_error("sample %s: img.npy is %lldx%lld but the model takes %dx%d images (resize "
                        "with clip-prep --size %d)",
-                       s->key, (long long)a.shape[0], (long long)a.shape[1], e->res, e->res, e->res);
+                       s->key, (long long)a.shape[0], (long long)a.shape[1], e->res, e->res,
+                       e->res);
         return -1;
     }
     size_t sz = (size_t)e->res * e->res * 3;

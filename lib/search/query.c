@@ -59,8 +59,10 @@ static int lock_model(query_engine *qe, const query_budget *b)
     until.tv_nsec = (long)fmod(ns, 1e9);
     int rc = pthread_mutex_timedlock(&qe->model_lock, &until);
     if (rc == 0 && !query_budget_check(b, "waiting for the model")) return 0;
-    if (rc == 0) pthread_mutex_unlock(&qe->model_lock);
-    else budget_error(b, "waiting for the model");
+    if (rc == 0)
+        pthread_mutex_unlock(&qe->model_lock);
+    else
+        budget_error(b, "waiting for the model");
     return -1;
 }
 
@@ -140,7 +142,9 @@ tokenizer *query_open_tokenizer(const clip_model *m, const char *model_path, con
     if (tokenizer_vocab_size(tok) > vocab_size) {
         clip_set_error("%s: vocabulary of %d ids, the text tower of %s has %d (use --vocab FILE "
                        "with the model's own vocabulary)",
-                       vocab ? vocab : bpe ? BPE_MERGES_FILE : WORDPIECE_VOCAB_FILE,
+                       vocab ? vocab
+                       : bpe ? BPE_MERGES_FILE
+                             : WORDPIECE_VOCAB_FILE,
                        tokenizer_vocab_size(tok), model_path, vocab_size);
         tokenizer_close(tok);
         return NULL;
@@ -294,8 +298,10 @@ static size_t owner(const recall_set *ix, size_t c)
     size_t lo = 0, hi = ix->n_images; /* txt_off[lo] <= c < txt_off[hi] */
     while (hi - lo > 1) {
         size_t mid = lo + (hi - lo) / 2;
-        if ((size_t)ix->txt_off[mid] <= c) lo = mid;
-        else hi = mid;
+        if ((size_t)ix->txt_off[mid] <= c)
+            lo = mid;
+        else
+            hi = mid;
     }
     return lo;
 }
@@ -391,7 +397,8 @@ json_t *query_zero_shot(query_engine *qe, const float *img, const char *const *l
     arr = json_array();
     for (size_t r = 0; r < top.n; r++) {
         size_t i = top.hit[r].index;
-        json_array_append_new(arr, json_pack("{s:o, s:f}", "label", json_text(labels[i]), "prob", p[i]));
+        json_array_append_new(arr,
+                              json_pack("{s:o, s:f}", "label", json_text(labels[i]), "prob", p[i]));
     }
     query_top_free(&top);
 out:
@@ -431,7 +438,8 @@ int query_request_parse(const void *bytes, size_t len, query_request *out)
     if (!json_is_object(j)) return request_error(out, "not a JSON object");
     const char *key;
     json_t *v;
-    json_object_foreach(j, key, v) {
+    json_object_foreach(j, key, v)
+    {
         if (!known_key(key))
             return request_error(out, "unknown key \"%.40s\" (known: text, image, labels, k, quit)",
                                  key);
@@ -463,9 +471,9 @@ int query_request_parse(const void *bytes, size_t len, query_request *out)
         if (n > QUERY_MAX_LABELS)
             return request_error(out, "%zu labels, more than %d", n, QUERY_MAX_LABELS);
         out->labels = xmalloc(n * sizeof *out->labels);
-        json_array_foreach(labels, i, v) {
-            if (!json_is_string(v))
-                return request_error(out, "\"labels\"[%zu] is not a string", i);
+        json_array_foreach(labels, i, v)
+        {
+            if (!json_is_string(v)) return request_error(out, "\"labels\"[%zu] is not a string", i);
             out->labels[i] = json_string_value(v);
         }
         out->n_labels = (int)n;
@@ -504,7 +512,8 @@ json_t *query_run(query_engine *qe, const query_request *r, const query_budget *
     } else if (r->kind == QUERY_IMAGE && !qe->index->n_texts) {
         clip_set_error("request: the index has no txt_emb.npy captions");
     } else if (r->kind == QUERY_TEXT) {
-        if (!query_encode_text(qe, r->text, r->text_len, q, b)) out = query_search(qe, q, r->k, 0, b);
+        if (!query_encode_text(qe, r->text, r->text_len, q, b))
+            out = query_search(qe, q, r->k, 0, b);
     } else if (!query_encode_image(qe, r->image, q, b)) {
         out = r->kind == QUERY_LABELS ? query_zero_shot(qe, q, r->labels, r->n_labels, b)
                                       : query_search(qe, q, r->k, 1, b);

@@ -22,13 +22,13 @@
  * and searching run concurrently. */
 typedef struct {
     clip_model *model;
-    tokenizer *tok;            /* NULL: the model has no text tower */
-    int context;               /* ids per text incl. start/end */
-    const recall_set *index;   /* NULL: no index; img [n_images, dim], txt [n_texts, dim]
+    tokenizer *tok;          /* NULL: the model has no text tower */
+    int context;             /* ids per text incl. start/end */
+    const recall_set *index; /* NULL: no index; img [n_images, dim], txt [n_texts, dim]
                                 * L2-normalised (recall_load RECALL_IMAGES |
                                 * RECALL_TEXTS_IF_ANY); txt NULL when it has no captions */
-    const recall_meta *meta;   /* the index's keys, images and captions */
-    int threads;               /* OpenMP threads of a query run on another thread (0: as is) */
+    const recall_meta *meta; /* the index's keys, images and captions */
+    int threads;             /* OpenMP threads of a query run on another thread (0: as is) */
     pthread_mutex_t model_lock;
 } query_engine;
 
@@ -110,12 +110,12 @@ typedef enum { QUERY_QUIT, QUERY_TEXT, QUERY_IMAGE, QUERY_LABELS } query_kind;
 /* A parsed request: its strings point into json (which it owns). */
 typedef struct {
     query_kind kind;
-    const char *text;    /* QUERY_TEXT: UTF-8 of text_len bytes, no NUL inside */
+    const char *text; /* QUERY_TEXT: UTF-8 of text_len bytes, no NUL inside */
     size_t text_len;
     const char *image;   /* QUERY_IMAGE, QUERY_LABELS: a non-empty path */
     const char **labels; /* QUERY_LABELS: [n_labels] strings, 1 <= n_labels <= QUERY_MAX_LABELS */
     int n_labels;
-    int k;               /* QUERY_TEXT, QUERY_IMAGE: 1..QUERY_MAX_K (default 5) */
+    int k; /* QUERY_TEXT, QUERY_IMAGE: 1..QUERY_MAX_K (default 5) */
     json_t *json;
 } query_request;
 

@@ -120,7 +120,8 @@ static int add_sample(loader *ld, recall_set *set, const sample *s)
         }
     }
     if (set->n_texts + n_cap > ld->txt_cap) {
-        while (set->n_texts + n_cap > ld->txt_cap) ld->txt_cap = ld->txt_cap ? 2 * ld->txt_cap : 4096;
+        while (set->n_texts + n_cap > ld->txt_cap)
+            ld->txt_cap = ld->txt_cap ? 2 * ld->txt_cap : 4096;
         set->txt = xrealloc(set->txt, ld->txt_cap * dim * sizeof(float));
         if (ld->meta) ld->meta->caption = xrealloc(ld->meta->caption, ld->txt_cap * sizeof(char *));
     }
@@ -165,7 +166,8 @@ int recall_load(const char *endpoint, unsigned what, int dim, recall_set *set, r
     int err = rc != 0;
     sample_free(&s);
     stream_close_read(r);
-    int need_texts = (what & RECALL_TEXTS) || ((what & RECALL_TEXTS_IF_ANY) && !(what & RECALL_IMAGES));
+    int need_texts =
+        (what & RECALL_TEXTS) || ((what & RECALL_TEXTS_IF_ANY) && !(what & RECALL_IMAGES));
     if (!err && set->n_images == 0) {
         clip_set_error("%s: empty stream (no samples)", endpoint);
         err = 1;
@@ -197,7 +199,8 @@ void recall_set_free(recall_set *set)
 
 void recall_meta_free(recall_meta *meta, const recall_set *set)
 {
-    for (int64_t i = 0; meta->key && i < set->n_images; i++) free(meta->key[i]), free(meta->image[i]);
+    for (int64_t i = 0; meta->key && i < set->n_images; i++)
+        free(meta->key[i]), free(meta->image[i]);
     for (int64_t c = 0; meta->caption && c < set->n_texts; c++) free(meta->caption[c]);
     free(meta->key);
     free(meta->image);
@@ -281,7 +284,7 @@ void recall_ranks(const recall_set *set, int block_images, int block_texts, int6
     int nthreads = omp_get_max_threads();
     int32_t *txt_above = xcalloc((size_t)nthreads * max64(NT, 1), sizeof(int32_t));
     for (int64_t i = 0; i < NI; i++) img_rank[i] = 0; /* counts "above" until the end */
-    /* Inside the parallel region OpenBLAS (OpenMP build) runs each sgemm on
+        /* Inside the parallel region OpenBLAS (OpenMP build) runs each sgemm on
      * the calling thread, so the threads split the blocks without nesting. */
 #pragma omp parallel num_threads(nthreads)
     {

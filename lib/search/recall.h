@@ -30,7 +30,8 @@ enum {
     RECALL_IMAGES = 1,       /* img_emb.npy (float32 [D]): every sample must have one */
     RECALL_TEXTS = 2,        /* txt_emb.npy (float32 [n, D]): every sample must have one */
     RECALL_TEXTS_IF_ANY = 4, /* txt_emb.npy where a sample has one (without: no captions) */
-    RECALL_NAME_STREAM = 8,  /* errors about a sample start with the endpoint ("emb.tar: sample k: ...") */
+    RECALL_NAME_STREAM =
+        8, /* errors about a sample start with the endpoint ("emb.tar: sample k: ...") */
 };
 
 /* What a search shows of the samples (recall_load's meta): owned, strings malloc'd. */

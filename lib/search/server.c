@@ -30,12 +30,12 @@ enum slot_state { SLOT_FREE, SLOT_QUEUED, SLOT_RUNNING, SLOT_DONE, SLOT_ABANDONE
 /* A request held: queued, being answered by a worker, or answered. */
 typedef struct {
     enum slot_state state;
-    uint64_t seq;           /* arrival order */
-    double deadline;        /* now_seconds() */
+    uint64_t seq;              /* arrival order */
+    double deadline;           /* now_seconds() */
     zmq_msg_t env[MAX_FRAMES]; /* the envelope the reply goes back with (main thread's) */
     int n_env;
-    query_request req;      /* the worker's while SLOT_RUNNING */
-    char *reply;            /* SLOT_DONE: JSON text */
+    query_request req; /* the worker's while SLOT_RUNNING */
+    char *reply;       /* SLOT_DONE: JSON text */
 } slot;
 
 struct query_server {
@@ -103,7 +103,8 @@ static void send_reply(query_server *s, zmq_msg_t *env, int n_env, const char *t
         zmq_msg_t copy;
         zmq_msg_init(&copy);
         zmq_msg_copy(&copy, &env[i]);
-        while (zmq_msg_send(&copy, s->sock, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 && zmq_errno() == EINTR) {}
+        while (zmq_msg_send(&copy, s->sock, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 &&
+               zmq_errno() == EINTR) {}
         zmq_msg_close(&copy);
     }
     while (zmq_send(s->sock, text, strlen(text), ZMQ_DONTWAIT) < 0 && zmq_errno() == EINTR) {}
@@ -182,8 +183,8 @@ static void take_message(query_server *s, zmq_msg_t *frames, int n, int extra, s
                        "message (a REQ or DEALER socket)",
                        n_body);
     } else if (bytes > s->o.max_request) {
-        clip_set_error("request: %zu bytes, more than the limit of %zu (--max-request BYTES)", bytes,
-                       s->o.max_request);
+        clip_set_error("request: %zu bytes, more than the limit of %zu (--max-request BYTES)",
+                       bytes, s->o.max_request);
     } else if (!query_request_parse(zmq_msg_data(&frames[body]), bytes, &req)) {
         if (req.kind == QUERY_QUIT) {
             *quit = 1;
@@ -383,8 +384,10 @@ int query_server_close(query_server *s)
     int stuck = s->busy;
     pthread_mutex_unlock(&s->mu);
     for (int i = 0; i < s->n_threads; i++) {
-        if (stuck) pthread_detach(s->threads[i]);
-        else pthread_join(s->threads[i], NULL);
+        if (stuck)
+            pthread_detach(s->threads[i]);
+        else
+            pthread_join(s->threads[i], NULL);
     }
     /* not 0: the last replies may still be queued; 1 s bounds the wait for a
      * client that went away */
@@ -394,7 +397,7 @@ int query_server_close(query_server *s)
     while (zmq_ctx_term(s->ctx) < 0 && zmq_errno() == EINTR) {}
     const char *path = strncmp(s->addr, "ipc://", 6) ? NULL : s->addr + 6;
     if (path && *path != '@' && strcmp(path, "*")) unlink(path); /* libzmq 4.3 leaves it */
-    if (stuck) return -1; /* the stuck workers still use s */
+    if (stuck) return -1;                                        /* the stuck workers still use s */
     for (int i = 0; i < QUERY_SERVER_MAX_PENDING; i++) free_slot(&s->slots[i]);
     close(s->wake[0]);
     close(s->wake[1]);

@@ -64,8 +64,8 @@ static ssize_t read_archive(void *source, char *dst, size_t room)
         return -1;
     }
     if ((s->n += k) > CLIP_MAX_VOCAB_FILE) { /* a gzip bomb as merges */
-        clip_set_error("%s: BPE merges of more than the limit of %zu bytes (uncompressed)",
-                       s->path, CLIP_MAX_VOCAB_FILE);
+        clip_set_error("%s: BPE merges of more than the limit of %zu bytes (uncompressed)", s->path,
+                       CLIP_MAX_VOCAB_FILE);
         return -1;
     }
     return k;
@@ -94,8 +94,7 @@ bpe *bpe_load(const char *merges_path)
 {
     size_t len;
     char *text = read_maybe_gzip(merges_path, &len);
-    if (!text)
-        return NULL;
+    if (!text) return NULL;
     bpe *b = xcalloc(1, sizeof *b);
     strmap vocab;
     strmap_init(&vocab);
@@ -180,8 +179,7 @@ fail:
 
 void bpe_free(bpe *b)
 {
-    if (!b)
-        return;
+    if (!b) return;
     pairmap_free(&b->ranks);
     strmap_free(&b->cache);
     free(b->merged);
@@ -196,16 +194,13 @@ void bpe_free(bpe *b)
 /* Merge the symbols of one piece (bytes s[0..n)) into w; returns the count. */
 static size_t merge_piece(const bpe *b, const unsigned char *s, size_t n, int32_t *w)
 {
-    for (size_t i = 0; i < n; i++)
-        w[i] = b->byte_id[s[i]];
+    for (size_t i = 0; i < n; i++) w[i] = b->byte_id[s[i]];
     w[n - 1] += 256; /* last symbol carries "</w>" */
     while (n > 1) {
         int32_t best = INT32_MAX, r;
         for (size_t i = 0; i + 1 < n; i++)
-            if (pairmap_get(&b->ranks, w[i], w[i + 1], &r) && r < best)
-                best = r;
-        if (best == INT32_MAX)
-            break;
+            if (pairmap_get(&b->ranks, w[i], w[i + 1], &r) && r < best) best = r;
+        if (best == INT32_MAX) break;
         int32_t first = -1, second = -1;
         /* recover the pair of rank best (the first occurrence has it) */
         for (size_t i = 0; i + 1 < n; i++)
@@ -252,8 +247,7 @@ static int emit_word(bpe *b, const int32_t *cps, size_t n, int32_t *ids, int k, 
         b->bytes = xrealloc(b->bytes, b->bytes_cap);
     }
     size_t len = 0;
-    for (size_t i = 0; i < n; i++)
-        len += pystr_encode_char(cps[i], b->bytes + len);
+    for (size_t i = 0; i < n; i++) len += pystr_encode_char(cps[i], b->bytes + len);
     int32_t at;
     if (!strmap_get(&b->cache, b->bytes, len, &at)) {
         if (b->cache.n >= CACHE_MAX_WORDS) {
@@ -276,23 +270,20 @@ static int emit_word(bpe *b, const int32_t *cps, size_t n, int32_t *ids, int k, 
         strmap_put(&b->cache, b->bytes, len, at);
     }
     int32_t m = b->cache_ids[at];
-    for (int32_t i = 0; i < m && k < max; i++)
-        ids[k++] = b->cache_ids[at + 1 + i];
+    for (int32_t i = 0; i < m && k < max; i++) ids[k++] = b->cache_ids[at + 1 + i];
     return k;
 }
 
 static int is_letter(int32_t c)
 {
-    if (c < 0x80)
-        return (c | 32) >= 'a' && (c | 32) <= 'z';
+    if (c < 0x80) return (c | 32) >= 'a' && (c | 32) <= 'z';
     utf8proc_category_t cat = utf8proc_category(c);
     return cat >= UTF8PROC_CATEGORY_LU && cat <= UTF8PROC_CATEGORY_LO;
 }
 
 static int is_number(int32_t c)
 {
-    if (c < 0x80)
-        return c >= '0' && c <= '9';
+    if (c < 0x80) return c >= '0' && c <= '9';
     utf8proc_category_t cat = utf8proc_category(c);
     return cat >= UTF8PROC_CATEGORY_ND && cat <= UTF8PROC_CATEGORY_NO;
 }
@@ -301,8 +292,7 @@ static int starts_with(const int32_t *s, size_t n, const char *lit)
 {
     size_t i = 0;
     for (; lit[i]; i++)
-        if (i >= n || s[i] != (unsigned char)lit[i])
-            return 0;
+        if (i >= n || s[i] != (unsigned char)lit[i]) return 0;
     return 1;
 }
 
@@ -310,13 +300,11 @@ static int starts_with(const int32_t *s, size_t n, const char *lit)
  * the reference matches case-insensitively, so U+017F (long s) counts as s. */
 static size_t contraction(const int32_t *s, size_t n)
 {
-    if (n < 2 || s[0] != '\'')
-        return 0;
+    if (n < 2 || s[0] != '\'') return 0;
     int32_t c = s[1];
-    if (c == 's' || c == 0x17F || c == 't' || c == 'm' || c == 'd')
-        return 2;
-    if (n >= 3 && ((c == 'r' && s[2] == 'e') || (c == 'v' && s[2] == 'e') ||
-                   (c == 'l' && s[2] == 'l')))
+    if (c == 's' || c == 0x17F || c == 't' || c == 'm' || c == 'd') return 2;
+    if (n >= 3 &&
+        ((c == 'r' && s[2] == 'e') || (c == 'v' && s[2] == 'e') || (c == 'l' && s[2] == 'l')))
         return 3;
     return 0;
 }
@@ -325,9 +313,11 @@ static size_t contraction(const int32_t *s, size_t n)
  * &quot; &apos; &nbsp; and numeric references. In place; returns the length. */
 static size_t html_unescape(int32_t *s, size_t n)
 {
-    static const struct { const char *name; int32_t c; } named[] = {
-        {"amp;", '&'}, {"lt;", '<'}, {"gt;", '>'}, {"quot;", '"'}, {"apos;", '\''},
-        {"nbsp;", 0xA0},
+    static const struct {
+        const char *name;
+        int32_t c;
+    } named[] = {
+        {"amp;", '&'}, {"lt;", '<'}, {"gt;", '>'}, {"quot;", '"'}, {"apos;", '\''}, {"nbsp;", 0xA0},
     };
     size_t w = 0;
     for (size_t i = 0; i < n;) {
@@ -348,11 +338,10 @@ static size_t html_unescape(int32_t *s, size_t n)
             size_t d0 = j;
             for (; j < n && j - d0 < 8; j++) {
                 int32_t ch = s[j];
-                int dv = ch >= '0' && ch <= '9' ? ch - '0'
+                int dv = ch >= '0' && ch <= '9'                        ? ch - '0'
                          : hex && (ch | 32) >= 'a' && (ch | 32) <= 'f' ? (ch | 32) - 'a' + 10
                                                                        : -1;
-                if (dv < 0)
-                    break;
+                if (dv < 0) break;
                 v = v * (hex ? 16 : 10) + dv;
             }
             if (j > d0 && j < n && s[j] == ';' && v > 0 && v <= 0x10FFFF &&
@@ -381,8 +370,7 @@ int bpe_encode(bpe *b, const int32_t *text, size_t n, int32_t *ids, int max)
     const int32_t *t = b->buf;
     while (n > 0 && pystr_isspace(t[0])) /* basic_clean's strip() */
         t++, n--;
-    while (n > 0 && pystr_isspace(t[n - 1]))
-        n--;
+    while (n > 0 && pystr_isspace(t[n - 1])) n--;
     /* collapsing whitespace changes nothing below: it only separates */
     if (b->low_cap < 2 * n + 1) {
         b->low_cap = 4 * n + 1;
@@ -416,9 +404,8 @@ int bpe_encode(bpe *b, const int32_t *text, size_t n, int32_t *ids, int max)
         } else if (pystr_white_space(c)) {
             i++;
         } else {
-            for (j = i + 1; j < n && !is_letter(s[j]) && !is_number(s[j]) &&
-                            !pystr_white_space(s[j]);
-                 j++)
+            for (j = i + 1;
+                 j < n && !is_letter(s[j]) && !is_number(s[j]) && !pystr_white_space(s[j]); j++)
                 ;
             k = emit_piece(b, s + i, j - i, ids, k, max);
             i = j;

@@ -30,8 +30,7 @@ static tokenizer *tokenizer_new(wordpiece *wp, bpe *b, int32_t start, int32_t en
 tokenizer *tokenizer_open_wordpiece(const char *vocab_path)
 {
     wordpiece *wp = wordpiece_load(vocab_path);
-    if (!wp)
-        return NULL;
+    if (!wp) return NULL;
     return tokenizer_new(wp, NULL, wordpiece_id(wp, "[CLS]"), wordpiece_id(wp, "[SEP]"));
 }
 
@@ -44,8 +43,7 @@ tokenizer *tokenizer_open_bpe(const char *merges_path)
 tokenizer *tokenizer_open_shipped(int bpe)
 {
     char *path = clip_data_path(bpe ? BPE_MERGES_FILE : WORDPIECE_VOCAB_FILE);
-    if (!path)
-        return NULL;
+    if (!path) return NULL;
     tokenizer *t = bpe ? tokenizer_open_bpe(path) : tokenizer_open_wordpiece(path);
     free(path);
     return t;
@@ -53,8 +51,7 @@ tokenizer *tokenizer_open_shipped(int bpe)
 
 void tokenizer_close(tokenizer *t)
 {
-    if (!t)
-        return;
+    if (!t) return;
     wordpiece_free(t->wp);
     bpe_free(t->bpe);
     free(t->cps);
@@ -68,8 +65,7 @@ int tokenizer_encode(tokenizer *t, const char *utf8, size_t len, int32_t *ids, i
         return -1;
     }
     long n = pystr_decode(utf8, len, &t->cps, &t->cps_cap);
-    if (n < 0)
-        return -1;
+    if (n < 0) return -1;
     int max = context_len - 2;
     int k = t->wp ? wordpiece_encode(t->wp, t->cps, n, ids + 1, max)
                   : bpe_encode(t->bpe, t->cps, n, ids + 1, max);

@@ -38,10 +38,8 @@ wordpiece *wordpiece_load(const char *vocab_path)
         char *nl = memchr(p, '\n', end - p);
         char *e = nl ? nl : end;
         char *a = p, *b = e; /* token.strip() */
-        while (a < b && (*a == ' ' || *a == '\t' || *a == '\r'))
-            a++;
-        while (b > a && (b[-1] == ' ' || b[-1] == '\t' || b[-1] == '\r'))
-            b--;
+        while (a < b && (*a == ' ' || *a == '\t' || *a == '\r')) a++;
+        while (b > a && (b[-1] == ' ' || b[-1] == '\t' || b[-1] == '\r')) b--;
         strmap_put(&wp->vocab, a, b - a, wp->size++);
         p = nl ? nl + 1 : end;
     }
@@ -59,8 +57,7 @@ wordpiece *wordpiece_load(const char *vocab_path)
 
 void wordpiece_free(wordpiece *wp)
 {
-    if (!wp)
-        return;
+    if (!wp) return;
     strmap_free(&wp->vocab);
     free(wp->buf);
     free(wp->low);
@@ -80,8 +77,7 @@ int wordpiece_vocab_size(const wordpiece *wp) { return wp->size; }
 
 static int is_control(int32_t c)
 {
-    if (c == '\t' || c == '\n' || c == '\r')
-        return 0;
+    if (c == '\t' || c == '\n' || c == '\r') return 0;
     utf8proc_category_t cat = utf8proc_category(c);
     return cat == UTF8PROC_CATEGORY_CC || cat == UTF8PROC_CATEGORY_CF;
 }
@@ -155,8 +151,7 @@ static int encode_piece(wordpiece *wp, const int32_t *s, size_t n, int32_t *ids,
                 b[from] = b[from + 1] = '#';
                 int found = strmap_get(&wp->vocab, b + from, off[end] - from, &id);
                 b[from] = save0, b[from + 1] = save1;
-                if (found)
-                    break;
+                if (found) break;
             } else if (strmap_get(&wp->vocab, b + from, off[end] - from, &id)) {
                 break;
             }
@@ -165,8 +160,7 @@ static int encode_piece(wordpiece *wp, const int32_t *s, size_t n, int32_t *ids,
             ids[k0] = wp->unk;
             return k0 + 1;
         }
-        if (k < max)
-            ids[k] = id;
+        if (k < max) ids[k] = id;
         k++;
         start = end;
     }
@@ -177,10 +171,8 @@ static int encode_piece(wordpiece *wp, const int32_t *s, size_t n, int32_t *ids,
  * it is a separator, else at the next separator or n. */
 static size_t piece_end(const int32_t *s, size_t i, size_t n, int (*is_separator)(int32_t))
 {
-    if (is_separator(s[i]))
-        return i + 1;
-    while (i < n && !is_separator(s[i]))
-        i++;
+    if (is_separator(s[i])) return i + 1;
+    while (i < n && !is_separator(s[i])) i++;
     return i;
 }
 
@@ -206,8 +198,7 @@ int wordpiece_encode(wordpiece *wp, const int32_t *text, size_t n, int32_t *ids,
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
         int32_t c = text[i];
-        if (c == 0 || c == 0xFFFD || is_control(c))
-            continue;
+        if (c == 0 || c == 0xFFFD || is_control(c)) continue;
         if (is_whitespace(c)) {
             t[m++] = ' ';
         } else if (is_chinese_char(c)) {

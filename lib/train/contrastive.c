@@ -47,9 +47,9 @@ void contrastive_loss_rows(const float *img, const float *txt, int G, int D, int
                            float logit_scale, float *dimg, float *dtxt, float *scratch,
                            contrastive_part *part)
 {
-    float *u = scratch, *v = u + (size_t)G * D;        /* [G, D] unit features */
-    float *nu = v + (size_t)G * D, *nv = nu + G;       /* [G] norms */
-    float *a = nv + G, *t = a + (size_t)rows * G;      /* [rows, G] image->text, text->image */
+    float *u = scratch, *v = u + (size_t)G * D;   /* [G, D] unit features */
+    float *nu = v + (size_t)G * D, *nv = nu + G;  /* [G] norms */
+    float *a = nv + G, *t = a + (size_t)rows * G; /* [rows, G] image->text, text->image */
     l2_normalize(u, nu, img, G, D);
     l2_normalize(v, nv, txt, G, D);
     const float *ur = u + (size_t)row0 * D, *vr = v + (size_t)row0 * D;

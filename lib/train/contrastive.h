@@ -15,9 +15,9 @@
 #include <stddef.h>
 
 typedef struct {
-    double loss;               /* this block's part of the loss */
-    long hits_i2t, hits_t2i;   /* own rows whose argmax is their pair */
-    double dlogit_scale;       /* d(part) / d logit_scale */
+    double loss;             /* this block's part of the loss */
+    long hits_i2t, hits_t2i; /* own rows whose argmax is their pair */
+    double dlogit_scale;     /* d(part) / d logit_scale */
 } contrastive_part;
 
 /* Floats of scratch contrastive_loss_rows needs (0: the sizes overflow). */

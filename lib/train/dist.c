@@ -69,7 +69,8 @@ static int reduce_buckets(float *x, size_t n, char *err, size_t errlen)
             char msg[MPI_MAX_ERROR_STRING];
             int len = 0;
             MPI_Error_string(rc, msg, &len);
-            snprintf(err, errlen, "MPI gradient all-reduce: %.*s (has another rank died?)", len, msg);
+            snprintf(err, errlen, "MPI gradient all-reduce: %.*s (has another rank died?)", len,
+                     msg);
             return -1;
         }
     }

@@ -10,14 +10,6 @@
 #include "io/sample_file.h"
 #include "train/loader.h"
 
-/* the stored pixels when already R x R, else the centre crop */
-static void centre_pixels(const npy_array *img, int R, uint8_t *out)
-{
-    image_rgb im = {(int)img->shape[1], (int)img->shape[0], (unsigned char *)img->data};
-    if (im.w == R && im.h == R) memcpy(out, img->data, (size_t)R * R * 3);
-    else image_preprocess(&im, R, IMAGE_CROP, out);
-}
-
 /* loader_sample_fields, and every sample's captions as long as the first's */
 static int sample_fields(const char *path, const sample *s, int *len, npy_array *img,
                          npy_array *tok)
@@ -47,7 +39,8 @@ int val_set_load(val_set *v, const char *path, int res)
     }
     if (n > (1u << 26) || res < 1 || px > ((size_t)1 << 40) / n) {
         clip_set_error("%s: %zu samples at %d x %d pixels are more than an evaluation set held in "
-                       "memory may be", path, n, res, res);
+                       "memory may be",
+                       path, n, res, res);
         goto fail;
     }
     v->res = res;
@@ -59,7 +52,7 @@ int val_set_load(val_set *v, const char *path, int res)
         npy_array img, tok;
         if (sample_file_read(f, i, &s) < 0 || sample_fields(path, &s, &v->len, &img, &tok))
             goto fail;
-        centre_pixels(&img, res, v->pixels + i * px);
+        loader_centre_pixels(&img, res, v->pixels + i * px);
         v->txt_off[i] = v->n_texts;
         if (tok.shape[0] > (1 << 20) || v->n_texts + tok.shape[0] > (1 << 28)) {
             clip_set_error("%s: sample %s: more captions than an evaluation set may hold", path,
@@ -116,10 +109,11 @@ static int encode_sharded(clip_model *m, train_comm *comm, int n, int is_image, 
     int rc = -1;
     if (!mine || !all) {
         clip_set_error("out of memory for the evaluation's embeddings");
-    } else if (hi <= lo || !(is_image ? clip_encode_images(m, v->pixels + (size_t)lo * v->res * v->res * 3,
-                                                           hi - lo, mine)
-                                      : clip_encode_texts(m, v->ids + (size_t)lo * v->len, hi - lo,
-                                                          v->len, mine))) {
+    } else if (hi <= lo ||
+               !(is_image
+                     ? clip_encode_images(m, v->pixels + (size_t)lo * v->res * v->res * 3, hi - lo,
+                                          mine)
+                     : clip_encode_texts(m, v->ids + (size_t)lo * v->len, hi - lo, v->len, mine))) {
         rc = 0;
     }
     /* every rank takes part in the gather, even after a failure of its own */

@@ -44,11 +44,13 @@ static char *make_record(trainer *t, train_loader *d, const int towers[2])
                           "version", 1, "samples", (json_int_t)n, "keys_fnv", hex[0], "dim",
                           m->embed_dim, "precision", trainer_amp(t) ? "bf16" : "fp32");
     if (j && towers[TRAIN_IMAGE])
-        json_object_set_new(j, "image", json_pack("{s:s,s:i}", "weights_fnv", hex[1], "resolution",
-                                                  clip_image_resolution(m)));
+        json_object_set_new(
+            j, "image",
+            json_pack("{s:s,s:i}", "weights_fnv", hex[1], "resolution", clip_image_resolution(m)));
     if (j && towers[TRAIN_TEXT])
-        json_object_set_new(j, "text", json_pack("{s:s,s:i}", "weights_fnv", hex[2], "tokens",
-                                                 loader_token_length(d)));
+        json_object_set_new(
+            j, "text",
+            json_pack("{s:s,s:i}", "weights_fnv", hex[2], "tokens", loader_token_length(d)));
     char *s = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(j);
     if (!s) clip_set_error("out of memory for the feature cache's record");
@@ -62,23 +64,22 @@ static void record_diff(const char *want, const char *got, char *out, size_t cap
     const char *key;
     json_t *v;
     out[0] = 0;
-    json_object_foreach(a, key, v) {
+    json_object_foreach(a, key, v)
+    {
         json_t *o = json_object_get(b, key);
         if (json_equal(v, o)) continue;
         const char *sub;
         json_t *sv;
         int whole = !json_is_object(v) || !json_is_object(o);
         if (!whole)
-            json_object_foreach(v, sub, sv) if (!json_equal(sv, json_object_get(o, sub)))
-                snprintf(out + strlen(out), cap - strlen(out), "%s%s.%s", out[0] ? ", " : "", key,
-                         sub);
+            json_object_foreach(v, sub, sv) if (!json_equal(sv, json_object_get(o, sub))) snprintf(
+                out + strlen(out), cap - strlen(out), "%s%s.%s", out[0] ? ", " : "", key, sub);
         if (whole)
             snprintf(out + strlen(out), cap - strlen(out), "%s%s%s", out[0] ? ", " : "", key,
                      o ? "" : " (absent)");
     }
-    json_object_foreach(b, key, v) if (!json_object_get(a, key))
-        snprintf(out + strlen(out), cap - strlen(out), "%s%s (not this run's)", out[0] ? ", " : "",
-                 key);
+    json_object_foreach(b, key, v) if (!json_object_get(a, key)) snprintf(
+        out + strlen(out), cap - strlen(out), "%s%s (not this run's)", out[0] ? ", " : "", key);
     json_decref(a);
     json_decref(b);
 }
@@ -208,8 +209,9 @@ static int save(const feature_cache *c, const char *path, train_loader *d)
     for (size_t i = 0; !rc && i < c->n; i++) {
         sample_clear(&s);
         sample_set_key(&s, loader_key(d, i));
-        if (c->img) sample_set_npy(&s, field_of[TRAIN_IMAGE], DT_F32, 1, (int64_t[]){c->dim},
-                                   c->img + i * c->dim);
+        if (c->img)
+            sample_set_npy(&s, field_of[TRAIN_IMAGE], DT_F32, 1, (int64_t[]){c->dim},
+                           c->img + i * c->dim);
         if (c->txt_off) {
             int64_t rows = (int64_t)(c->txt_off[i + 1] - c->txt_off[i]);
             sample_set_npy(&s, field_of[TRAIN_TEXT], DT_F32, 2, (int64_t[]){rows, c->dim},
@@ -238,7 +240,8 @@ static int load(feature_cache *c, const char *path, train_loader *d)
     if (rc < 0) goto damaged;
     if (!h || strcmp(s.key, HEADER_KEY)) {
         clip_set_error("%s: not a clip-train feature cache (no %s.json first): delete it, or give "
-                       "--feature-cache another file", path, HEADER_KEY);
+                       "--feature-cache another file",
+                       path, HEADER_KEY);
         goto fail;
     }
     char *got = strndup((const char *)h->data, h->size);
@@ -249,7 +252,8 @@ static int load(feature_cache *c, const char *path, train_loader *d)
     if (strcmp(got, c->record)) {
         record_diff(c->record, got, diff, sizeof diff);
         clip_set_error("%s: made from another model or data (%s differ%s from this run's): delete "
-                       "it to compute the features again", path, diff[0] ? diff : "the records",
+                       "it to compute the features again",
+                       path, diff[0] ? diff : "the records",
                        strchr(diff, ',') || !diff[0] ? "" : "s");
         free(got);
         goto fail;
@@ -259,12 +263,14 @@ static int load(feature_cache *c, const char *path, train_loader *d)
         if ((rc = stream_read(r, &s)) <= 0) {
             if (rc < 0) goto damaged;
             clip_set_error("%s: truncated: %zu of the %zu samples' features: delete it to compute "
-                           "them again", path, i, c->n);
+                           "them again",
+                           path, i, c->n);
             goto fail;
         }
         if (strcmp(s.key, loader_key(d, i))) {
             clip_set_error("%s: sample %zu is '%s', the data's is '%s': made from other data, "
-                           "delete it", path, i, s.key, loader_key(d, i));
+                           "delete it",
+                           path, i, s.key, loader_key(d, i));
             goto fail;
         }
         for (int w = 0; w < 2; w++) {
@@ -290,8 +296,8 @@ static int load(feature_cache *c, const char *path, train_loader *d)
     }
     if ((rc = stream_read(r, &s)) != 0) {
         if (rc < 0) goto damaged;
-        clip_set_error("%s: more samples than the data's %zu: made from other data, delete it", path,
-                       c->n);
+        clip_set_error("%s: more samples than the data's %zu: made from other data, delete it",
+                       path, c->n);
         goto fail;
     }
     sample_free(&s);
@@ -300,7 +306,8 @@ static int load(feature_cache *c, const char *path, train_loader *d)
 damaged:
     snprintf(msg, sizeof msg, "%s", clip_error());
     clip_set_error("%s: damaged or truncated after %zu samples (%s): delete it to compute the "
-                   "features again", path, i, msg);
+                   "features again",
+                   path, i, msg);
 fail:
     sample_free(&s);
     stream_close_read(r);
@@ -331,7 +338,7 @@ feature_cache *feature_cache_open(const char *path, trainer *t, train_loader *d,
     if (!c) return NULL;
     int rc = path && access(path, F_OK) == 0 ? load(c, path, d)
              : build(c, t, d, progress, ctx, what) || (path && write && save(c, path, d)) ? -1
-                                                                                         : 0;
+                                                                                          : 0;
     if (rc) {
         feature_cache_free(c);
         return NULL;

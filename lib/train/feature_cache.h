@@ -31,14 +31,14 @@
 #define FEATURE_CACHE_MAX_FLOATS ((size_t)1 << 32)
 
 typedef struct {
-    int towers[2];    /* [TRAIN_IMAGE], [TRAIN_TEXT]: 1 cached */
-    int dim;          /* D */
-    size_t n;         /* samples */
-    float *img;       /* [n, D] or NULL */
-    float *txt;       /* [rows, D] or NULL */
-    size_t *txt_off;  /* [n + 1] or NULL */
-    size_t rows;      /* caption rows in all */
-    char *record;     /* the header's JSON (what it was made from), owned */
+    int towers[2];   /* [TRAIN_IMAGE], [TRAIN_TEXT]: 1 cached */
+    int dim;         /* D */
+    size_t n;        /* samples */
+    float *img;      /* [n, D] or NULL */
+    float *txt;      /* [rows, D] or NULL */
+    size_t *txt_off; /* [n + 1] or NULL */
+    size_t rows;     /* caption rows in all */
+    char *record;    /* the header's JSON (what it was made from), owned */
 } feature_cache;
 
 /* Called every few samples while features are computed: done of n. */
@@ -51,14 +51,12 @@ typedef void (*feature_cache_progress)(size_t done, size_t n, void *ctx);
  * (atomically; NULL: memory only). write 0: never write (an MPI rank that
  * reads what rank 0 wrote). NULL with an error naming the file. */
 feature_cache *feature_cache_open(const char *path, trainer *t, train_loader *d, int image,
-                                  int text, int write, feature_cache_progress progress,
-                                  void *ctx);
+                                  int text, int write, feature_cache_progress progress, void *ctx);
 void feature_cache_free(feature_cache *c);
 
 /* The cached features of the loader's last batch (loader_slot_samples,
  * loader_slot_rows), `slots` of them: out[TRAIN_IMAGE], out[TRAIN_TEXT]
  * [slots, D] each, for the cached towers (the others left alone). */
-void feature_cache_batch(const feature_cache *c, const train_loader *d, int slots,
-                         float *out[2]);
+void feature_cache_batch(const feature_cache *c, const train_loader *d, int slots, float *out[2]);
 
 #endif

@@ -100,9 +100,9 @@ train_loader *loader_open(const char *spec, const loader_config *cfg)
         if (d->n < (size_t)global) {
             if (cfg->ranks > 1 || cfg->accum > 1)
                 clip_set_error("%s: %zu samples, fewer than one batch of %lld (%d rank%s x %d "
-                               "micro-batch%s x %d)", spec, d->n, global, cfg->ranks,
-                               cfg->ranks > 1 ? "s" : "", cfg->accum, cfg->accum > 1 ? "es" : "",
-                               cfg->micro);
+                               "micro-batch%s x %d)",
+                               spec, d->n, global, cfg->ranks, cfg->ranks > 1 ? "s" : "",
+                               cfg->accum, cfg->accum > 1 ? "es" : "", cfg->micro);
             else
                 clip_set_error("%s: %zu samples, fewer than one batch of %d", spec, d->n,
                                cfg->micro);
@@ -126,7 +126,8 @@ train_loader *loader_open(const char *spec, const loader_config *cfg)
         if (cfg->ranks > 1 && !stream_is_zmq(spec)) {
             clip_set_error("--train %s: a stream is one process's; with %d ranks give a FILE.tar "
                            "(each rank takes its slice) or a ZeroMQ endpoint (each rank pulls "
-                           "its own samples)", spec, cfg->ranks);
+                           "its own samples)",
+                           spec, cfg->ranks);
             goto fail;
         }
         if (!(d->stream = stream_open_read(spec))) goto fail;
@@ -137,7 +138,8 @@ train_loader *loader_open(const char *spec, const loader_config *cfg)
         for (int i = 0; i < d->slots; i++) sample_init(&d->buf[i]);
         int rc = stream_read(d->stream, &d->buf[0]);
         if (rc <= 0) {
-            if (rc == 0) clip_set_error("%s: empty stream", spec);
+            if (rc == 0)
+                clip_set_error("%s: empty stream", spec);
             else if (!strstr(clip_error(), spec)) {
                 char msg[1024];
                 snprintf(msg, sizeof msg, "%s", clip_error());
@@ -224,12 +226,13 @@ void loader_epoch(train_loader *d, long epoch)
     }
 }
 
-/* the evaluation view: the stored pixels when already R x R, else the centre crop */
-static void centre_pixels(const npy_array *img, int R, uint8_t *out)
+void loader_centre_pixels(const npy_array *img, int R, uint8_t *out)
 {
     image_rgb im = {(int)img->shape[1], (int)img->shape[0], (unsigned char *)img->data};
-    if (im.w == R && im.h == R) memcpy(out, img->data, (size_t)R * R * 3);
-    else image_preprocess(&im, R, IMAGE_CROP, out);
+    if (im.w == R && im.h == R)
+        memcpy(out, img->data, (size_t)R * R * 3);
+    else
+        image_preprocess(&im, R, IMAGE_CROP, out);
 }
 
 /* tok.npy of sample s: 1 to 2^20 captions of at most the first sample's
@@ -243,7 +246,8 @@ static int check_captions(const train_loader *d, const sample *s, const npy_arra
     }
     if (tok->shape[1] > d->len) {
         clip_set_error("%s: sample %s: tok.npy has %lld tokens per caption, more than the %d of "
-                       "the first sample", d->path, s->key, (long long)tok->shape[1], d->len);
+                       "the first sample",
+                       d->path, s->key, (long long)tok->shape[1], d->len);
         return -1;
     }
     return 0;
@@ -263,7 +267,7 @@ static int take_sample(train_loader *d, const sample *s, int slot, uint64_t rng)
         image_rgb im = {(int)img.shape[1], (int)img.shape[0], (unsigned char *)img.data};
         image_random_resized_crop(&im, R, &rng, out);
     } else if (!d->skip_pixels) {
-        centre_pixels(&img, R, out);
+        loader_centre_pixels(&img, R, out);
     }
     int64_t row = d->cfg.first_caption ? 0 : image_rng_int(&rng, tok.shape[0]);
     d->slot_row[slot] = (int)row;
@@ -325,7 +329,8 @@ int loader_batch(train_loader *d, long epoch, long g)
     int fail = 0;
 #pragma omp parallel for schedule(dynamic, 1) reduction(| : fail)
     for (int i = 0; i < B; i++) {
-        uint64_t key = ((uint64_t)epoch << 40) ^ ((uint64_t)g << 16) ^ (uint64_t)global_position(d, i);
+        uint64_t key =
+            ((uint64_t)epoch << 40) ^ ((uint64_t)g << 16) ^ (uint64_t)global_position(d, i);
         d->failed[i] = take_sample(d, &d->buf[i], i, mix(d->cfg.seed, key));
         fail |= d->failed[i] != 0;
     }
@@ -333,7 +338,8 @@ int loader_batch(train_loader *d, long epoch, long g)
         /* the error of the first failing slot, set again on this thread */
         int i = 0;
         while (!d->failed[i]) i++;
-        uint64_t key = ((uint64_t)epoch << 40) ^ ((uint64_t)g << 16) ^ (uint64_t)global_position(d, i);
+        uint64_t key =
+            ((uint64_t)epoch << 40) ^ ((uint64_t)g << 16) ^ (uint64_t)global_position(d, i);
         take_sample(d, &d->buf[i], i, mix(d->cfg.seed, key));
         return -1;
     }
@@ -376,7 +382,7 @@ int loader_read_sample(train_loader *d, size_t i, uint8_t *pixels, int32_t **tok
         clip_set_error("%s: sample %s: tok.npy: %s", d->path, s.key, msg);
         goto done;
     }
-    if (pixels) centre_pixels(&img, d->res, pixels);
+    if (pixels) loader_centre_pixels(&img, d->res, pixels);
     rc = 0;
 done:
     if (rc) free(*tok), *tok = NULL;

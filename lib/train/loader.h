@@ -78,6 +78,9 @@ const size_t *loader_slot_samples(const train_loader *d);
 const int *loader_slot_rows(const train_loader *d);
 const char *loader_key(const train_loader *d, size_t i);
 int loader_read_sample(train_loader *d, size_t i, uint8_t *pixels, int32_t **tok, int *rows);
+/* The evaluation view of an img.npy (uint8 [H, W, 3], checked): its pixels when already
+ * R x R, else the centre crop, into out [R, R, 3]. */
+void loader_centre_pixels(const npy_array *img, int R, uint8_t *out);
 /* skip 1: batches leave the pixels undecoded (a cached image tower) */
 void loader_skip_pixels(train_loader *d, int skip);
 

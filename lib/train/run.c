@@ -90,7 +90,8 @@ static int same_on_ranks(run *r, double x, const char *what)
     lo = -lo;
     if (hi == lo) return 0;
     clip_set_error("%s differs between the ranks (from %g to %g): run every rank with the same "
-                   "options and data", what, lo, hi);
+                   "options and data",
+                   what, lo, hi);
     return agreed(r);
 }
 
@@ -99,9 +100,10 @@ static int save_all(run *r, long epoch, long batch_in_epoch)
 {
     if (!r->o->save || r->rank) return 0;
     char extra[256];
-    snprintf(extra, sizeof extra, "{\"epoch\": %ld, \"batch\": %ld, \"seed\": %llu, "
-             "\"global_batch\": %d}", epoch, batch_in_epoch, (unsigned long long)r->lc.seed,
-             r->global);
+    snprintf(extra, sizeof extra,
+             "{\"epoch\": %ld, \"batch\": %ld, \"seed\": %llu, "
+             "\"global_batch\": %d}",
+             epoch, batch_in_epoch, (unsigned long long)r->lc.seed, r->global);
     if (trainer_save_weights(r->t, r->o->save) || trainer_save_state(r->t, r->state_path, extra)) {
         clip_set_error("saving: %s", clip_error());
         return -1;
@@ -195,9 +197,11 @@ static int report_eval(run *r, long step, long epoch)
     free(ir);
     free(tr);
     recall_set_free(&set);
-    note(r, "epoch %ld eval: i2t R@1/5/10 %.2f/%.2f/%.2f  t2i %.2f/%.2f/%.2f  mean %.2f  (%d "
-         "images, %.1f s)", epoch, rm.txt_r[0], rm.txt_r[1], rm.txt_r[2], rm.img_r[0],
-         rm.img_r[1], rm.img_r[2], rm.r_mean, v->n_images, now_seconds() - t0);
+    note(r,
+         "epoch %ld eval: i2t R@1/5/10 %.2f/%.2f/%.2f  t2i %.2f/%.2f/%.2f  mean %.2f  (%d "
+         "images, %.1f s)",
+         epoch, rm.txt_r[0], rm.txt_r[1], rm.txt_r[2], rm.img_r[0], rm.img_r[1], rm.img_r[2],
+         rm.r_mean, v->n_images, now_seconds() - t0);
     log_json(r, json_pack("{s:I,s:I,s:o}", "step", (json_int_t)step, "epoch", (json_int_t)epoch,
                           "val", recall_metrics_json(&rm)));
     return 0;
@@ -253,16 +257,18 @@ static int open_cache(run *r)
         if (failed) return agreed(r);
         write = 0;
     }
-    if (!r->fc && !(r->fc = feature_cache_open(path, r->t, r->d, img, txt, write, progress,
-                                               r->o->msg)))
+    if (!r->fc &&
+        !(r->fc = feature_cache_open(path, r->t, r->d, img, txt, write, progress, r->o->msg)))
         return -1;
     size_t D = trainer_model(r->t)->embed_dim;
     for (int w = 0; w < 2; w++)
         if ((w ? txt : img)) r->features[w] = xmalloc((size_t)r->slots * D * sizeof(float));
     if (img) loader_skip_pixels(r->d, 1);
     note(r, "cached the %s features of %zu samples%s%s",
-         img && txt ? "image and text" : img ? "image" : "text", loader_count(r->d),
-         path ? " in " : " (in memory)", path ? path : "");
+         img && txt ? "image and text"
+         : img      ? "image"
+                    : "text",
+         loader_count(r->d), path ? " in " : " (in memory)", path ? path : "");
     return 0;
 }
 
@@ -377,7 +383,8 @@ static int run_open(run *r)
     r->batches_per_epoch = stream ? o->steps : loader_batches_per_epoch(r->d);
     r->total = o->steps ? o->steps : o->epochs * r->batches_per_epoch;
     r->epochs = o->epochs;
-    if (!stream && o->steps) r->epochs = (o->steps + r->batches_per_epoch - 1) / r->batches_per_epoch;
+    if (!stream && o->steps)
+        r->epochs = (o->steps + r->batches_per_epoch - 1) / r->batches_per_epoch;
     r->cfg.total_steps = r->total;
     if (same_on_ranks(r, (double)r->total, "the number of steps") ||
         same_on_ranks(r, (double)loader_count(r->d), "the number of training samples") ||
@@ -398,7 +405,8 @@ static int run_open(run *r)
     if (loader_set_model(r->d, clip_image_resolution(m), vocab)) return -1;
     if (o->val_path && val_set_load(&r->val, o->val_path, clip_image_resolution(m))) return -1;
 
-    if (!r->rank && o->log_path && r->resuming && trim_log(r, o->log_path, trainer_step_count(r->t)))
+    if (!r->rank && o->log_path && r->resuming &&
+        trim_log(r, o->log_path, trainer_step_count(r->t)))
         return -1;
     if (!r->rank && o->log_path && !(r->log = fopen(o->log_path, r->resuming ? "a" : "w"))) {
         clip_set_error("%s: %s", o->log_path, strerror(errno));
@@ -412,18 +420,22 @@ static int run_open(run *r)
     if (r->ranks > 1 || r->lc.accum > 1)
         snprintf(batch_desc, sizeof batch_desc, " (%d rank%s x %d micro-batch%s x %d)", r->ranks,
                  r->ranks > 1 ? "s" : "", r->lc.accum, r->lc.accum > 1 ? "es" : "", r->lc.micro);
-    note(r, "ViT %dx%d patch %d @%d, %s %dx%d (%d heads), dim %d; %s%zu samples, batch %d%s, %ld "
-         "steps, lr %g (%s, warm-up %ld)%s; %s", vc->width, vc->layers, vc->patch, vc->resolution,
-         english ? "CLIP text" : "BERT", english ? m->ctext->cfg.width : m->bert->cfg.hidden,
+    note(r,
+         "ViT %dx%d patch %d @%d, %s %dx%d (%d heads), dim %d; %s%zu samples, batch %d%s, %ld "
+         "steps, lr %g (%s, warm-up %ld)%s; %s",
+         vc->width, vc->layers, vc->patch, vc->resolution, english ? "CLIP text" : "BERT",
+         english ? m->ctext->cfg.width : m->bert->cfg.hidden,
          english ? m->ctext->cfg.layers : m->bert->cfg.layers,
-         english ? m->ctext->cfg.heads : m->bert->cfg.heads, m->embed_dim,
-         stream ? "stream, " : "", loader_count(r->d), r->global, batch_desc, r->total, r->cfg.lr,
+         english ? m->ctext->cfg.heads : m->bert->cfg.heads, m->embed_dim, stream ? "stream, " : "",
+         loader_count(r->d), r->global, batch_desc, r->total, r->cfg.lr,
          r->cfg.schedule == SCHEDULE_COSINE ? "cosine" : "constant", r->cfg.warmup,
          r->cfg.amp ? ", amp bf16" : "", blas_describe());
     train_memory mem;
     trainer_memory(r->t, &mem);
-    note(r, "memory: activations %.1f MiB%s, backward scratch %.1f MiB, weights + gradients + "
-         "AdamW %.1f MiB (micro-batch %d x %d tokens)", mem.activations / 1048576.0,
+    note(r,
+         "memory: activations %.1f MiB%s, backward scratch %.1f MiB, weights + gradients + "
+         "AdamW %.1f MiB (micro-batch %d x %d tokens)",
+         mem.activations / 1048576.0,
          r->cfg.grad_checkpointing ? " (gradient checkpointing: block inputs)" : "",
          mem.backward / 1048576.0, mem.weights / 1048576.0, r->lc.micro, r->len);
     if (r->cfg.mask_ratio > 0)
@@ -434,7 +446,8 @@ static int run_open(run *r)
         trainer_param_counts(r->t, &trainable, &all);
         note(r, "locked:%s%s; training %zu of %zu parameters",
              r->cfg.lock_image ? " the image tower" : "",
-             r->cfg.lock_text ? (r->cfg.lock_image ? " and the text tower" : " the text tower") : "",
+             r->cfg.lock_text ? (r->cfg.lock_image ? " and the text tower" : " the text tower")
+                              : "",
              trainable, all);
     }
     if ((rc = open_cache(r))) return rc;
@@ -486,12 +499,13 @@ static int run_loop(run *r, train_run_result *res)
             if (rc == 1) { /* every rank saw the same loss */
                 double done = 0;
                 if (save_all(r, pos_epoch, pos_batch) || agree_max(r, &done)) return -1;
-                clip_set_error("step %ld (epoch %ld): the %s is %s; stopped%s%s (the weights before "
-                               "this step)", step + 1, epoch + 1,
-                               isfinite(st.loss) ? "gradient" : "loss",
-                               isnan(st.loss) || isnan(st.grad_norm) ? "NaN" : "infinite",
-                               o->save ? ", saved to " : ", nothing saved (no --save)",
-                               o->save ? o->save : "");
+                clip_set_error(
+                    "step %ld (epoch %ld): the %s is %s; stopped%s%s (the weights before "
+                    "this step)",
+                    step + 1, epoch + 1, isfinite(st.loss) ? "gradient" : "loss",
+                    isnan(st.loss) || isnan(st.grad_norm) ? "NaN" : "infinite",
+                    o->save ? ", saved to " : ", nothing saved (no --save)",
+                    o->save ? o->save : "");
                 return agreed(r);
             }
             step++;
@@ -502,16 +516,18 @@ static int run_loop(run *r, train_run_result *res)
             double dt = now_seconds() - t0, el = now_seconds() - t_start;
             loss_sum += st.loss;
             loss_n++;
-            log_json(r, json_pack("{s:I,s:I,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:I,s:f,s:I}",
-                                  "step", (json_int_t)step, "epoch", (json_int_t)epoch + 1,
-                                  "loss", st.loss, "lr", st.lr, "logit_scale", st.logit_scale,
-                                  "grad_norm", st.grad_norm, "acc_i2t", st.acc_i2t, "time", el,
-                                  "step_time", dt, "image_time", st.sec_image, "text_time",
-                                  st.sec_text, "optim_time", st.sec_optim, "global_batch",
-                                  (json_int_t)r->global, "comm_time", st.sec_comm,
-                                  "allreduce_bytes", (json_int_t)reduced));
+            log_json(r,
+                     json_pack("{s:I,s:I,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:I,s:f,s:I}",
+                               "step", (json_int_t)step, "epoch", (json_int_t)epoch + 1, "loss",
+                               st.loss, "lr", st.lr, "logit_scale", st.logit_scale, "grad_norm",
+                               st.grad_norm, "acc_i2t", st.acc_i2t, "time", el, "step_time", dt,
+                               "image_time", st.sec_image, "text_time", st.sec_text, "optim_time",
+                               st.sec_optim, "global_batch", (json_int_t)r->global, "comm_time",
+                               st.sec_comm, "allreduce_bytes", (json_int_t)reduced));
             if (r->progress)
-                fprintf(o->msg, "\r%s: epoch %ld/%ld step %ld/%ld loss %.4f lr %.3g scale %.2f  %.2f s/step ETA %.0f s   ",
+                fprintf(o->msg,
+                        "\r%s: epoch %ld/%ld step %ld/%ld loss %.4f lr %.3g scale %.2f  %.2f "
+                        "s/step ETA %.0f s   ",
                         clip_progname, epoch + 1, r->epochs, step, total, st.loss, st.lr,
                         exp(st.logit_scale), dt, el / (step - step0) * (total - step));
             if (o->save_every && step % o->save_every == 0 && save_all(r, pos_epoch, pos_batch))

@@ -30,22 +30,22 @@ typedef struct {
      * BERT's buffer saved too), or with resume the state of save */
     const char *init, *text_dir, *arch;
     int position_ids, resume;
-    const char *train_path;   /* a FILE.tar, shards or a stream (io/shards.h, io/stream.h) */
-    const char *val_path;     /* NULL: no evaluation */
+    const char *train_path; /* a FILE.tar, shards or a stream (io/shards.h, io/stream.h) */
+    const char *val_path;   /* NULL: no evaluation */
     int eval_at_start;
-    long epochs;              /* >= 1; with steps as many as those take */
-    long steps;               /* 0: epochs over the file (a stream needs it) */
-    long stop_after;          /* 0: none; else stop (and save) after so many steps of this run */
-    long check_sync;          /* 0: none; else compare the ranks' weights every so many steps */
-    const char *save;         /* NULL: nothing saved; else weights there, state in SAVE.state */
-    long save_every;          /* 0: after epochs only */
-    const char *log_path;     /* NULL: no log; else JSON lines, a step or an evaluation each */
+    long epochs;               /* >= 1; with steps as many as those take */
+    long steps;                /* 0: epochs over the file (a stream needs it) */
+    long stop_after;           /* 0: none; else stop (and save) after so many steps of this run */
+    long check_sync;           /* 0: none; else compare the ranks' weights every so many steps */
+    const char *save;          /* NULL: nothing saved; else weights there, state in SAVE.state */
+    long save_every;           /* 0: after epochs only */
+    const char *log_path;      /* NULL: no log; else JSON lines, a step or an evaluation each */
     const char *feature_cache; /* a locked tower's features in this file (train/feature_cache.h) */
-    int no_feature_cache;     /* recompute a locked tower's features every step */
+    int no_feature_cache;      /* recompute a locked tower's features every step */
     const char *image_device, *text_device; /* model/device.h names */
-    int progress;             /* the progress lines (with \r) */
-    FILE *msg;                /* the notices (NULL: none); not closed */
-    const char *argv0;        /* for image_init */
+    int progress;                           /* the progress lines (with \r) */
+    FILE *msg;                              /* the notices (NULL: none); not closed */
+    const char *argv0;                      /* for image_init */
     /* The stop a signal asks for: the caller's handler sets *stop_signal to
      * the signal; the run stops after the step under way on every rank (the
      * largest signal of the ranks is written back to each). NULL: no signals.

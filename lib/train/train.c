@@ -33,11 +33,19 @@ static void arch_preset(train_arch *a, int image_width, int image_layers, int pa
 {
     memset(a, 0, sizeof *a);
     /* image heads 0: width / MODEL_DEFAULT_HEAD_DIM in arch_finish */
-    a->vit = (vit_config){.width = image_width, .layers = image_layers, .patch = patch,
-                          .resolution = resolution, .out_dim = embed_dim};
-    a->bert = (bert_config){.hidden = text_width, .layers = text_layers,
-                            .heads = text_width / MODEL_DEFAULT_HEAD_DIM, .max_pos = max_pos,
-                            .type_vocab = 2, .vocab = 21128, .eps = 1e-12f, .out_dim = embed_dim};
+    a->vit = (vit_config){.width = image_width,
+                          .layers = image_layers,
+                          .patch = patch,
+                          .resolution = resolution,
+                          .out_dim = embed_dim};
+    a->bert = (bert_config){.hidden = text_width,
+                            .layers = text_layers,
+                            .heads = text_width / MODEL_DEFAULT_HEAD_DIM,
+                            .max_pos = max_pos,
+                            .type_vocab = 2,
+                            .vocab = 21128,
+                            .eps = 1e-12f,
+                            .out_dim = embed_dim};
     a->text = CLIP_TEXT_BERT;
 }
 
@@ -53,12 +61,13 @@ static int arch_finish(train_arch *a)
         if (v->heads)
             clip_set_error("arch: image_width must be a positive multiple of image_heads and "
                            "resolution a multiple of patch (width %d, heads %d, patch %d, "
-                           "resolution %d)", v->width, v->heads, v->patch, v->resolution);
+                           "resolution %d)",
+                           v->width, v->heads, v->patch, v->resolution);
         else
             clip_set_error("arch: image_width must be a positive multiple of %d (or of "
                            "image_heads) and resolution a multiple of patch (width %d, patch %d, "
-                           "resolution %d)", MODEL_DEFAULT_HEAD_DIM, v->width, v->patch,
-                           v->resolution);
+                           "resolution %d)",
+                           MODEL_DEFAULT_HEAD_DIM, v->width, v->patch, v->resolution);
         return -1;
     }
     if (b->hidden <= 0 || b->layers <= 0 || b->heads <= 0 || b->hidden % b->heads ||
@@ -74,8 +83,8 @@ static int arch_finish(train_arch *a)
     b->intermediate = 4 * b->hidden;
     b->out_dim = v->out_dim;
     if (a->text == CLIP_TEXT_CLIP) /* OpenAI's English tower, sized by the text_* keys */
-        a->ctext = (clip_text_config){b->hidden, b->layers, b->heads, 4 * b->hidden, b->max_pos,
-                                      b->vocab, v->out_dim};
+        a->ctext = (clip_text_config){b->hidden,  b->layers, b->heads,  4 * b->hidden,
+                                      b->max_pos, b->vocab,  v->out_dim};
     return 0;
 }
 
@@ -93,9 +102,12 @@ int train_arch_parse(const char *spec, train_arch *a)
         if (!eq) {
             if (!first) goto bad;
             if (!strcmp(tok, "small")) continue;
-            if (!strcmp(tok, "tiny")) arch_preset(a, 64, 2, 8, 32, 64, 2, 64, 32);
-            else if (!strcmp(tok, "base")) arch_preset(a, 768, 12, 16, 224, 768, 12, 512, 512);
-            else goto bad;
+            if (!strcmp(tok, "tiny"))
+                arch_preset(a, 64, 2, 8, 32, 64, 2, 64, 32);
+            else if (!strcmp(tok, "base"))
+                arch_preset(a, 768, 12, 16, 224, 768, 12, 512, 512);
+            else
+                goto bad;
             continue;
         }
         *eq = 0;
@@ -110,11 +122,11 @@ int train_arch_parse(const char *spec, train_arch *a)
         struct {
             const char *key;
             int *dst;
-        } keys[] = {{"image_width", &a->vit.width}, {"image_layers", &a->vit.layers},
-                    {"image_heads", &a->vit.heads}, {"patch", &a->vit.patch},
+        } keys[] = {{"image_width", &a->vit.width},     {"image_layers", &a->vit.layers},
+                    {"image_heads", &a->vit.heads},     {"patch", &a->vit.patch},
                     {"resolution", &a->vit.resolution}, {"text_width", &a->bert.hidden},
-                    {"text_layers", &a->bert.layers}, {"text_heads", &a->bert.heads},
-                    {"vocab", &a->bert.vocab},      {"max_pos", &a->bert.max_pos},
+                    {"text_layers", &a->bert.layers},   {"text_heads", &a->bert.heads},
+                    {"vocab", &a->bert.vocab},          {"max_pos", &a->bert.max_pos},
                     {"embed_dim", &a->vit.out_dim}};
         size_t k = 0;
         while (k < sizeof keys / sizeof keys[0] && strcmp(keys[k].key, tok)) k++;
@@ -163,12 +175,18 @@ static void init_tower(const param_table *t, int is_vit, int width, int layers, 
             for (size_t k = 0; k < s->numel; k++) x[k] = v;
             continue;
         }
-        if (!is_vit) std = ends_with(n, "text_projection") ? attn_std : 0.02f;
-        else if (ends_with(n, "in_proj_weight")) std = attn_std;
-        else if (ends_with(n, "out_proj.weight") || ends_with(n, "c_proj.weight")) std = proj_std;
-        else if (ends_with(n, "c_fc.weight")) std = fc_std;
-        else if (ends_with(n, "conv1.weight")) std = 1.0f / sqrtf((float)(s->numel / s->shape[0]));
-        else std = attn_std; /* class/positional embedding, proj */
+        if (!is_vit)
+            std = ends_with(n, "text_projection") ? attn_std : 0.02f;
+        else if (ends_with(n, "in_proj_weight"))
+            std = attn_std;
+        else if (ends_with(n, "out_proj.weight") || ends_with(n, "c_proj.weight"))
+            std = proj_std;
+        else if (ends_with(n, "c_fc.weight"))
+            std = fc_std;
+        else if (ends_with(n, "conv1.weight"))
+            std = 1.0f / sqrtf((float)(s->numel / s->shape[0]));
+        else
+            std = attn_std; /* class/positional embedding, proj */
         fill_normal(x, s->numel, std, seed + 0x1000193ull * (uint64_t)(i + 1));
         if (ends_with(n, "word_embeddings.weight"))
             memset(x, 0, s->shape[1] * sizeof(float)); /* padding_idx 0 */
@@ -183,8 +201,8 @@ clip_model *train_model_create(const train_arch *a, uint64_t seed)
         return NULL;
     }
     int english = a->text == CLIP_TEXT_CLIP;
-    if (!(m->visual = vit_create(&a->vit)) ||
-        (english ? !(m->ctext = clip_text_create(&a->ctext)) : !(m->bert = bert_create(&a->bert)))) {
+    if (!(m->visual = vit_create(&a->vit)) || (english ? !(m->ctext = clip_text_create(&a->ctext))
+                                                       : !(m->bert = bert_create(&a->bert)))) {
         clip_model_free(m);
         return NULL;
     }
@@ -194,8 +212,11 @@ clip_model *train_model_create(const train_arch *a, uint64_t seed)
     m->max_batch = 32;
     m->compute = (compute_ctx){PRECISION_FP32, NULL};
     init_tower(&m->visual->ptable, 1, a->vit.width, a->vit.layers, seed);
-    if (english) clip_text_init_params(m->ctext, seed ^ 0xb5ad4eceda1ce2a9ull);
-    else init_tower(&m->bert->ptable, 0, a->bert.hidden, a->bert.layers, seed ^ 0xb5ad4eceda1ce2a9ull);
+    if (english)
+        clip_text_init_params(m->ctext, seed ^ 0xb5ad4eceda1ce2a9ull);
+    else
+        init_tower(&m->bert->ptable, 0, a->bert.hidden, a->bert.layers,
+                   seed ^ 0xb5ad4eceda1ce2a9ull);
     return m;
 }
 
@@ -234,8 +255,8 @@ clip_model *train_model_load(const char *init, const char *text_dir)
         const char *name = ckpt_tensor_at(c, i)->name;
         if (used_by_model(m, name)) continue;
         if (unused++ < 4)
-            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", unused > 1 ? ", " : "",
-                     name);
+            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s",
+                     unused > 1 ? ", " : "", name);
     }
     if (unused && clip_model_warn(m, "%s: %zu tensors not used by the model, left alone (%s%s)",
                                   init, unused, list, unused > 4 ? ", ..." : "")) {
@@ -262,9 +283,9 @@ typedef struct {
         clip_text *ctext;
     } model;
     const param_table *params, *grads; /* grads: the trainable tensors only (locking) */
-    float *adam_m, *adam_v; /* [grads->total] each, in the gradients' layout */
-    int *param_of;          /* [grads->n] the index in params of each gradient */
-    int frozen;             /* locked whole: no gradient, no backward, no kept activations */
+    float *adam_m, *adam_v;            /* [grads->total] each, in the gradients' layout */
+    int *param_of;                     /* [grads->n] the index in params of each gradient */
+    int frozen; /* locked whole: no gradient, no backward, no kept activations */
     const clip_device *dev;
 } train_tower;
 
@@ -275,14 +296,14 @@ typedef struct {
     const uint8_t *pixels; /* [B, R, R, 3] */
     const int32_t *ids;    /* [B, L] */
     int B, L;
-    int keep;              /* patch dropout: the patches kept, kept[B, keep]; NULL: all */
+    int keep; /* patch dropout: the patches kept, kept[B, keep]; NULL: all */
     const int32_t *kept;
 } tower_input;
 
 struct trainer {
     clip_model *m;
     train_config cfg;
-    compute_ctx cx; /* the steps' precision (cfg.amp); the model's own stays fp32 */
+    compute_ctx cx;     /* the steps' precision (cfg.amp); the model's own stays fp32 */
     int batch, max_len; /* one micro-batch's samples and tokens (the activations' size) */
     train_tower towers[N_TOWERS];
     float ls_grad, ls_m, ls_v; /* logit_scale */
@@ -290,19 +311,19 @@ struct trainer {
     train_comm *comm; /* NULL: one process */
     int rank, ranks;
     /* the step's buffers, for accum_freq micro-batches of `batch` on `ranks` ranks */
-    int rows, global;       /* this rank's samples (accum * batch) and all ranks' */
-    float *img, *txt;       /* [rows, D] this rank's features */
-    float *dimg, *dtxt;     /* [rows, D] their gradients */
+    int rows, global;           /* this rank's samples (accum * batch) and all ranks' */
+    float *img, *txt;           /* [rows, D] this rank's features */
+    float *dimg, *dtxt;         /* [rows, D] their gradients */
     float *all_img, *all_txt;   /* [global, D] gathered (ranks > 1; else img, txt) */
     float *dall_img, *dall_txt; /* [global, D] the loss part's gradients of every feature */
     float *scratch;             /* contrastive_scratch_floats(global, rows, D) */
     size_t scratch_n;
-    int32_t *ids;               /* [accum][batch, max_len]: each micro-batch trimmed */
-    int *used;                  /* [accum] its tokens */
+    int32_t *ids; /* [accum][batch, max_len]: each micro-batch trimmed */
+    int *used;    /* [accum] its tokens */
     /* patch dropout (cfg.mask_ratio): keep patches of each image this step */
     int keep, kept_valid;
-    int32_t *kept;              /* [accum * batch, keep] */
-    uint64_t *mask_scratch;     /* [2 * patches] */
+    int32_t *kept;          /* [accum * batch, keep] */
+    uint64_t *mask_scratch; /* [2 * patches] */
 };
 
 static float *alloc_floats(size_t n)
@@ -322,8 +343,8 @@ static int frozen_groups(const clip_model *m, const train_config *cfg, int which
         if (!cfg->lock_image) return 0;
         if (n < 0 || n > G) {
             clip_set_error("--lock-image-unlocked-groups %d: the image tower has %d groups (the "
-                           "stem, %d blocks, ln_post with the last, proj): give 0 to %d", n, G,
-                           m->visual->cfg.layers, G);
+                           "stem, %d blocks, ln_post with the last, proj): give 0 to %d",
+                           n, G, m->visual->cfg.layers, G);
             return -1;
         }
         return G - n;
@@ -457,7 +478,8 @@ static int alloc_step_buffers(trainer *t)
     int K = t->cfg.accum_freq, D = t->m->embed_dim;
     long long rows = (long long)K * t->batch, global = rows * t->ranks;
     size_t scratch = global <= TRAIN_MAX_GLOBAL_BATCH
-                         ? contrastive_scratch_floats((int)global, (int)rows, D) : 0;
+                         ? contrastive_scratch_floats((int)global, (int)rows, D)
+                         : 0;
     if (K < 1 || global > TRAIN_MAX_GLOBAL_BATCH || !scratch ||
         (size_t)global * D > ((size_t)1 << 34) || scratch > ((size_t)1 << 36)) {
         clip_set_error("a global batch of %lld (%d rank%s x %d micro-batch%s x %d) is more than "
@@ -470,15 +492,17 @@ static int alloc_step_buffers(trainer *t)
     size_t local = (size_t)rows * D * sizeof(float), all = (size_t)global * D * sizeof(float);
     t->img = malloc(local), t->txt = malloc(local);
     t->dimg = malloc(local), t->dtxt = malloc(local);
-    if (t->ranks > 1) t->all_img = malloc(all), t->all_txt = malloc(all);
-    else t->all_img = t->img, t->all_txt = t->txt;
+    if (t->ranks > 1)
+        t->all_img = malloc(all), t->all_txt = malloc(all);
+    else
+        t->all_img = t->img, t->all_txt = t->txt;
     t->dall_img = malloc(all), t->dall_txt = malloc(all);
     t->scratch_n = scratch;
     t->scratch = clip_alloc_big(scratch * sizeof(float));
     t->ids = malloc((size_t)rows * t->max_len * sizeof(int32_t));
     t->used = malloc((size_t)K * sizeof(int));
-    if (!t->img || !t->txt || !t->dimg || !t->dtxt || !t->all_img || !t->all_txt ||
-        !t->dall_img || !t->dall_txt || !t->scratch || !t->ids || !t->used) {
+    if (!t->img || !t->txt || !t->dimg || !t->dtxt || !t->all_img || !t->all_txt || !t->dall_img ||
+        !t->dall_txt || !t->scratch || !t->ids || !t->used) {
         clip_set_error("out of memory for a global batch of %lld", global);
         return -1;
     }
@@ -573,10 +597,10 @@ void trainer_memory(const trainer *t, train_memory *mem)
     memset(mem, 0, sizeof *mem);
     for (int k = 0; k < N_TOWERS; k++) {
         const train_tower *tw = &t->towers[k];
-        const param_table *acts = tw->kind == TOWER_VIT   ? &tw->model.vit->atable
+        const param_table *acts = tw->kind == TOWER_VIT    ? &tw->model.vit->atable
                                   : tw->kind == TOWER_BERT ? &tw->model.bert->atable
                                                            : &tw->model.ctext->atable;
-        const param_table *dacts = tw->kind == TOWER_VIT   ? &tw->model.vit->dtable
+        const param_table *dacts = tw->kind == TOWER_VIT    ? &tw->model.vit->dtable
                                    : tw->kind == TOWER_BERT ? &tw->model.bert->dtable
                                                             : &tw->model.ctext->dtable;
         mem->activations += acts->total * sizeof(float);
@@ -617,7 +641,8 @@ int trainer_set_comm(trainer *t, train_comm *comm)
     if (all[0] != -all[1] || all[2] != -all[3]) {
         clip_set_error("the ranks' models or batches differ (from %.0f to %.0f parameters, "
                        "%.0f to %.0f samples a step): start every rank with the same --init or "
-                       "--arch, -b and --accum-freq", -all[1], all[0], -all[3], all[2]);
+                       "--arch, -b and --accum-freq",
+                       -all[1], all[0], -all[3], all[2]);
         return -1;
     }
     if (all[4] != -all[5]) {
@@ -686,7 +711,11 @@ static tower_input micro_input(const trainer *t, const step_batch *s, int tower,
 {
     size_t R = t->m->visual->cfg.resolution;
     if (tower == IMAGE_TOWER)
-        return (tower_input){s->pixels + (size_t)k * s->b * R * R * 3, NULL, s->b, 0, t->keep,
+        return (tower_input){s->pixels + (size_t)k * s->b * R * R * 3,
+                             NULL,
+                             s->b,
+                             0,
+                             t->keep,
                              t->kept ? t->kept + (size_t)k * s->b * t->keep : NULL};
     return (tower_input){NULL, t->ids + (size_t)k * s->b * t->max_len, s->b, t->used[k], 0, NULL};
 }
@@ -729,7 +758,9 @@ static int stage_gather(trainer *t, train_stats *st)
     size_t bytes = (size_t)t->rows * t->m->embed_dim * sizeof(float);
     double t0 = now_seconds();
     int rc = t->comm->allgather(t->comm, t->img, bytes, t->all_img) ||
-             t->comm->allgather(t->comm, t->txt, bytes, t->all_txt) ? -1 : 0;
+                     t->comm->allgather(t->comm, t->txt, bytes, t->all_txt)
+                 ? -1
+                 : 0;
     st->sec_comm += now_seconds() - t0;
     return rc;
 }
@@ -813,12 +844,14 @@ static int check_batch(const trainer *t, int B, int L)
 {
     int K = t->cfg.accum_freq;
     if (B < K || B % K || B / K > t->batch || L > t->max_len || L < 1) {
-        clip_set_error("batch %d x %d tokens does not fit the trainer's %d micro-batch%s of %d x %d",
-                       B, L, K, K > 1 ? "es" : "", t->batch, t->max_len);
+        clip_set_error(
+            "batch %d x %d tokens does not fit the trainer's %d micro-batch%s of %d x %d", B, L, K,
+            K > 1 ? "es" : "", t->batch, t->max_len);
         return -1;
     }
     if (t->comm && B != t->rows) {
-        clip_set_error("batch %d: with %d ranks every step takes the full %d", B, t->ranks, t->rows);
+        clip_set_error("batch %d: with %d ranks every step takes the full %d", B, t->ranks,
+                       t->rows);
         return -1;
     }
     return 0;
@@ -833,7 +866,8 @@ int trainer_compute_grads_batch(trainer *t, const train_batch *b, train_stats *s
     for (int w = 0; w < N_TOWERS; w++)
         if (b->features[w] && !t->towers[w].frozen) {
             clip_set_error("precomputed %s features for a tower that trains: they stand only for "
-                           "a tower locked whole", w == IMAGE_TOWER ? "image" : "text");
+                           "a tower locked whole",
+                           w == IMAGE_TOWER ? "image" : "text");
             return -1;
         }
     int rows = t->rows, global = t->global;
@@ -998,11 +1032,11 @@ static char *config_json(const clip_model *m)
                                    "layers", b->layers, "heads", b->heads, "intermediate",
                                    b->intermediate, "max_pos", b->max_pos, "type_vocab",
                                    b->type_vocab, "vocab", b->vocab, "eps", (double)b->eps);
-    json_t *j = json_pack("{s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i},s:o,s:i}",
-                          "image", "width", v->width, "layers", v->layers, "heads", v->heads, "mlp",
-                          v->mlp, "patch", v->patch, "resolution", v->resolution, "out_dim",
-                          v->out_dim, m->text == CLIP_TEXT_CLIP ? "clip_text" : "text", text,
-                          "embed_dim", m->embed_dim);
+    json_t *j = json_pack("{s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i},s:o,s:i}", "image", "width", v->width,
+                          "layers", v->layers, "heads", v->heads, "mlp", v->mlp, "patch", v->patch,
+                          "resolution", v->resolution, "out_dim", v->out_dim,
+                          m->text == CLIP_TEXT_CLIP ? "clip_text" : "text", text, "embed_dim",
+                          m->embed_dim);
     char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(j);
     return s;
@@ -1016,22 +1050,21 @@ static int arch_from_json(const char *s, train_arch *a)
     double eps = 1e-12;
     int mlp = 0, image_heads = 0; /* absent from older state files: width / 64 */
     int english = json_object_get(j, "clip_text") != NULL;
-    int rc = json_unpack_ex(j, &err, 0, "{s:{s:i,s:i,s?i,s:i,s:i,s:i,s:i}}",
-                            "image", "width", &a->vit.width, "layers", &a->vit.layers, "heads",
-                            &image_heads, "mlp", &mlp, "patch",
-                            &a->vit.patch, "resolution", &a->vit.resolution, "out_dim",
-                            &a->vit.out_dim);
+    int rc = json_unpack_ex(j, &err, 0, "{s:{s:i,s:i,s?i,s:i,s:i,s:i,s:i}}", "image", "width",
+                            &a->vit.width, "layers", &a->vit.layers, "heads", &image_heads, "mlp",
+                            &mlp, "patch", &a->vit.patch, "resolution", &a->vit.resolution,
+                            "out_dim", &a->vit.out_dim);
     if (!rc && english) /* into the text_* fields, as train_arch_parse puts them */
         rc = json_unpack_ex(j, &err, 0, "{s:{s:i,s:i,s:i,s:i,s:i,s:i}}", "clip_text", "width",
                             &a->bert.hidden, "layers", &a->bert.layers, "heads", &a->bert.heads,
                             "mlp", &a->bert.intermediate, "context", &a->bert.max_pos, "vocab",
                             &a->bert.vocab);
     else if (!rc)
-        rc = json_unpack_ex(j, &err, 0, "{s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:F}}", "text", "hidden",
-                            &a->bert.hidden, "layers", &a->bert.layers, "heads", &a->bert.heads,
-                            "intermediate", &a->bert.intermediate, "max_pos", &a->bert.max_pos,
-                            "type_vocab", &a->bert.type_vocab, "vocab", &a->bert.vocab, "eps",
-                            &eps);
+        rc =
+            json_unpack_ex(j, &err, 0, "{s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:F}}", "text", "hidden",
+                           &a->bert.hidden, "layers", &a->bert.layers, "heads", &a->bert.heads,
+                           "intermediate", &a->bert.intermediate, "max_pos", &a->bert.max_pos,
+                           "type_vocab", &a->bert.type_vocab, "vocab", &a->bert.vocab, "eps", &eps);
     json_decref(j);
     if (rc) {
         clip_set_error("clip_config metadata: %s", err.text);
@@ -1094,11 +1127,11 @@ oom:
     l->failed = 1;
 }
 
-static void tl_add_table(tensor_list *l, const char *prefix, const param_table *t, const float *data)
+static void tl_add_table(tensor_list *l, const char *prefix, const param_table *t,
+                         const float *data)
 {
     for (int i = 0; i < t->n; i++)
-        tl_add(l, prefix, t->v[i].name, DT_F32, t->v[i].ndim, t->v[i].shape,
-               data + t->v[i].offset);
+        tl_add(l, prefix, t->v[i].name, DT_F32, t->v[i].ndim, t->v[i].shape, data + t->v[i].offset);
 }
 
 static void tl_free(tensor_list *l)
@@ -1185,8 +1218,12 @@ int trainer_save_state(const trainer *t, const char *path, const char *extra_jso
         char step[32], locks[128];
         snprintf(step, sizeof step, "%ld", t->step);
         lock_record(t, locks, sizeof locks);
-        const char *meta[] = {"format", "clip-train state", "clip_config", cfg, "step", step,
-                              "extra", extra_json ? extra_json : "{}", "locks", locks, NULL};
+        const char *meta[] = {"format",      "clip-train state",
+                              "clip_config", cfg,
+                              "step",        step,
+                              "extra",       extra_json ? extra_json : "{}",
+                              "locks",       locks,
+                              NULL};
         rc = ckpt_save_safetensors(path, l.v, l.n, meta);
     } else {
         rc = -1;
@@ -1229,8 +1266,8 @@ trainer *trainer_load_state(const char *path, const train_config *cfg, int batch
     lock_record(t, locks, sizeof locks);
     if (strcmp(saved_locks ? saved_locks : "image trained; text trained", locks)) {
         clip_set_error("%s: saved with %s, this run has %s: resume with the --lock-* options "
-                       "of the run that saved it", path,
-                       saved_locks ? saved_locks : "image trained; text trained", locks);
+                       "of the run that saved it",
+                       path, saved_locks ? saved_locks : "image trained; text trained", locks);
         goto fail;
     }
     t->step = atol(step);

@@ -33,7 +33,7 @@ typedef struct {
     int wd_all;
     double grad_clip; /* max total gradient norm, 0 = off */
     adamw_config adam;
-    int amp; /* bf16 matrix products, fp32 master weights */
+    int amp;        /* bf16 matrix products, fp32 master weights */
     int accum_freq; /* micro-batches per step whose features meet in one loss (>= 1) */
     /* keep only each block's input (ACTS_CHECKPOINT, model/resblock.h) and
      * recompute the block in the backward: the same gradients, bit for bit,
@@ -99,8 +99,8 @@ typedef struct {
     double loss, lr, grad_norm, logit_scale; /* logit_scale after the step */
     double acc_i2t, acc_t2i;
     double sec_image, sec_text, sec_optim; /* forward + backward of each tower; the update */
-    double sec_loss, sec_comm; /* the loss; waiting for the collectives */
-    int global_batch;          /* samples in the step's contrastive batch */
+    double sec_loss, sec_comm;             /* the loss; waiting for the collectives */
+    int global_batch;                      /* samples in the step's contrastive batch */
 } train_stats;
 
 typedef struct trainer trainer;

@@ -22,7 +22,8 @@ static double sgemm_peak(void)
     double t0 = now_seconds();
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1, a, n, b, n, 0, c, n);
     double s = now_seconds() - t0;
-    clip_free_big(a, (size_t)n * n * 4), clip_free_big(b, (size_t)n * n * 4), clip_free_big(c, (size_t)n * n * 4);
+    clip_free_big(a, (size_t)n * n * 4), clip_free_big(b, (size_t)n * n * 4),
+        clip_free_big(c, (size_t)n * n * 4);
     return 2.0 * n * n * n / s / 1e9;
 }
 
@@ -50,7 +51,8 @@ int main(int argc, char **argv)
         if (m->visual && bi > 0) {
             int R = clip_image_resolution(m);
             uint8_t *px = xmalloc((size_t)bi * R * R * 3);
-            for (size_t i = 0; i < (size_t)bi * R * R * 3; i++) px[i] = (uint8_t)(i * 2654435761u >> 24);
+            for (size_t i = 0; i < (size_t)bi * R * R * 3; i++)
+                px[i] = (uint8_t)(i * 2654435761u >> 24);
             float *emb = xmalloc((size_t)bi * m->embed_dim * sizeof(float));
             clip_encode_images(m, px, bi, emb); /* warm-up: page faults, thread start */
             memset(&prof, 0, sizeof prof);
@@ -68,7 +70,9 @@ int main(int argc, char **argv)
             int32_t *ids = xmalloc((size_t)bt * L * sizeof(int32_t));
             for (int b = 0; b < bt; b++)
                 for (int t = 0; t < L; t++)
-                    ids[b * L + t] = t == 0 ? 101 : t == L - 1 ? 102 : 1000 + (b * 131 + t * 71) % 20000;
+                    ids[b * L + t] = t == 0       ? 101
+                                     : t == L - 1 ? 102
+                                                  : 1000 + (b * 131 + t * 71) % 20000;
             float *emb = xmalloc((size_t)bt * m->embed_dim * sizeof(float));
             if (clip_encode_texts(m, ids, bt, L, emb)) die("%s", clip_error());
             memset(&prof, 0, sizeof prof);
@@ -76,7 +80,8 @@ int main(int argc, char **argv)
             for (int r = 0; r < reps; r++) clip_encode_texts(m, ids, bt, L, emb);
             double s = (now_seconds() - t0) / reps;
             printf("texts_per_s%s %.2f\n", sfx, bt / s);
-            printf("text_gflops%s %.1f\n", sfx, bert_forward_flops(&m->bert->cfg, L) * bt / s / 1e9);
+            printf("text_gflops%s %.1f\n", sfx,
+                   bert_forward_flops(&m->bert->cfg, L) * bt / s / 1e9);
             printf("text_gemm_share%s %.3f\ntext_attention_share%s %.3f\n", sfx,
                    prof.gemm / reps / s, sfx, prof.attention / reps / s);
             fflush(stdout);

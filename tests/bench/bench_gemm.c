@@ -39,8 +39,7 @@ static void run(int impl, int ta, int tb, int M, int N, int K)
 static void measure(int ta, int tb, int M, int N, int K, int reps, int nimpl, double gf[3])
 {
     double best[3] = {1e30, 1e30, 1e30};
-    for (int impl = 0; impl < nimpl; impl++)
-        run(impl, ta, tb, M, N, K);
+    for (int impl = 0; impl < nimpl; impl++) run(impl, ta, tb, M, N, K);
     for (int r = 0; r < reps; r++)
         for (int impl = 0; impl < nimpl; impl++) {
             double t0 = now_seconds();
@@ -48,8 +47,7 @@ static void measure(int ta, int tb, int M, int N, int K, int reps, int nimpl, do
             double s = now_seconds() - t0;
             if (s < best[impl]) best[impl] = s;
         }
-    for (int impl = 0; impl < nimpl; impl++)
-        gf[impl] = 2.0 * M * N * K / best[impl] / 1e9;
+    for (int impl = 0; impl < nimpl; impl++) gf[impl] = 2.0 * M * N * K / best[impl] / 1e9;
 }
 
 int main(int argc, char **argv)
@@ -60,8 +58,7 @@ int main(int argc, char **argv)
     int tokens[8] = {6304, 1664}, nt = 2;
     if (argc > 2) {
         nt = 0;
-        for (int i = 2; i < argc && nt < 8; i++)
-            tokens[nt++] = atoi(argv[i]);
+        for (int i = 2; i < argc && nt < 8; i++) tokens[nt++] = atoi(argv[i]);
     }
     int maxm = 0;
     for (int i = 0; i < nt; i++)
@@ -97,8 +94,8 @@ int main(int argc, char **argv)
                 if (g == 0) QB = qweight_make(B, N, K);
                 measure(ta, tb, M, N, K, reps, g == 0 ? 3 : 2, gf);
                 double s = gf[0], b = gf[1];
-                printf("%-5s %-5s %5d %5d %5d   %8.1f %8.1f  %5.2f", layers[l].name, gname[g], M,
-                       N, K, s, b, b / s);
+                printf("%-5s %-5s %5d %5d %5d   %8.1f %8.1f  %5.2f", layers[l].name, gname[g], M, N,
+                       K, s, b, b / s);
                 if (g == 0) {
                     printf("   %8.1f  %5.2f", gf[2], gf[2] / s);
                     logsum8 += log(gf[2] / s), n8++;

@@ -35,12 +35,18 @@ int main(int argc, char **argv)
     int B = atoi(argv[2]), steps = atoi(argv[3]), amp = 0, ckpt = 0, lock = 0, cached = 0;
     double mask = 0;
     for (int i = 4; i < argc; i++) {
-        if (!strcmp(argv[i], "amp")) amp = 1;
-        else if (!strcmp(argv[i], "ckpt")) ckpt = 1;
-        else if (!strcmp(argv[i], "lock")) lock = 1;
-        else if (!strcmp(argv[i], "cached")) cached = 1;
-        else if (!strncmp(argv[i], "mask=", 5)) mask = atof(argv[i] + 5);
-        else die("bench_train: '%s': expected amp, ckpt, mask=X, lock or cached", argv[i]);
+        if (!strcmp(argv[i], "amp"))
+            amp = 1;
+        else if (!strcmp(argv[i], "ckpt"))
+            ckpt = 1;
+        else if (!strcmp(argv[i], "lock"))
+            lock = 1;
+        else if (!strcmp(argv[i], "cached"))
+            cached = 1;
+        else if (!strncmp(argv[i], "mask=", 5))
+            mask = atof(argv[i] + 5);
+        else
+            die("bench_train: '%s': expected amp, ckpt, mask=X, lock or cached", argv[i]);
     }
     enum { L = 52 };
     train_config cfg;
@@ -79,7 +85,9 @@ int main(int argc, char **argv)
         train_batch tb = {px, ids, B, L, {feats, NULL}};
         if (trainer_step_batch(t, &tb, &st)) die("step %d: %s", s, clip_error());
         sec[s] = now_seconds() - t0;
-        if (s) sum.sec_image += st.sec_image, sum.sec_text += st.sec_text, sum.sec_optim += st.sec_optim;
+        if (s)
+            sum.sec_image += st.sec_image, sum.sec_text += st.sec_text,
+                sum.sec_optim += st.sec_optim;
         fprintf(stderr, "bench_train: step %d: %.2f s, loss %.4f\n", s, sec[s], st.loss);
     }
     qsort(sec + 1, steps, sizeof *sec, cmp_double);
@@ -90,21 +98,25 @@ int main(int argc, char **argv)
     vit_config vm = arch.vit;
     int GG = vm.grid * vm.grid, keep = cfg.mask_ratio > 0 ? trainer_mask_keep(t) : GG;
     vm.tokens = 1 + keep;
-    double vit_flops = vit_forward_flops(&vm) - 2.0 * (GG - keep) * 3 * vm.patch * vm.patch * vm.width;
+    double vit_flops =
+        vit_forward_flops(&vm) - 2.0 * (GG - keep) * 3 * vm.patch * vm.patch * vm.width;
     double image = cached ? 0 : lock ? 1 : 3; /* forward + backward = 3 forwards */
     double flops = B * (image * vit_flops + 3.0 * bert_forward_flops(&arch.bert, longest));
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("{\"impl\": \"c\", \"arch\": \"%s\", \"batch\": %d, \"amp\": %s, \"mask_ratio\": %g, "
-           "\"mode\": \"%s\", \"sec_per_step\": %.3f, "
-           "\"steps\": %d, \"image_s\": %.3f, \"text_s\": %.3f, \"optim_s\": %.3f, \"gflops\": %.1f, "
-           "\"peak_rss_mib\": %.0f, \"grad_checkpointing\": %s, \"activation_bytes\": %zu, "
-           "\"backward_bytes\": %zu, \"weight_bytes\": %zu, \"blas\": \"%s\"}\n",
-           argv[1], B, amp ? "true" : "false", cfg.mask_ratio,
-           lock ? "lock" : cached ? "cached" : "full", med, steps,
-           steps ? sum.sec_image / steps : 0, steps ? sum.sec_text / steps : 0,
-           steps ? sum.sec_optim / steps : 0, med ? flops / med / 1e9 : 0, ru.ru_maxrss / 1024.0,
-           ckpt ? "true" : "false", mem.activations, mem.backward, mem.weights, blas_describe());
+    printf(
+        "{\"impl\": \"c\", \"arch\": \"%s\", \"batch\": %d, \"amp\": %s, \"mask_ratio\": %g, "
+        "\"mode\": \"%s\", \"sec_per_step\": %.3f, "
+        "\"steps\": %d, \"image_s\": %.3f, \"text_s\": %.3f, \"optim_s\": %.3f, \"gflops\": %.1f, "
+        "\"peak_rss_mib\": %.0f, \"grad_checkpointing\": %s, \"activation_bytes\": %zu, "
+        "\"backward_bytes\": %zu, \"weight_bytes\": %zu, \"blas\": \"%s\"}\n",
+        argv[1], B, amp ? "true" : "false", cfg.mask_ratio,
+        lock     ? "lock"
+        : cached ? "cached"
+                 : "full",
+        med, steps, steps ? sum.sec_image / steps : 0, steps ? sum.sec_text / steps : 0,
+        steps ? sum.sec_optim / steps : 0, med ? flops / med / 1e9 : 0, ru.ru_maxrss / 1024.0,
+        ckpt ? "true" : "false", mem.activations, mem.backward, mem.weights, blas_describe());
     free(feats);
     trainer_free(t);
     return 0;

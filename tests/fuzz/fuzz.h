@@ -162,17 +162,26 @@ static size_t fuzz_insert(unsigned char *b, size_t n, size_t cap, size_t at, con
 
 static size_t fuzz_mutate(unsigned char *b, size_t n, size_t cap)
 {
-    static const unsigned char interesting[] = {0, 1, 0x7f, 0x80, 0xff, '0', '9', '"', '\'',
-                                                ',', ':', '[', ']', '{', '}', '(', ')', '.', '/'};
+    static const unsigned char interesting[] = {0,   1,    0x7f, 0x80, 0xff, '0', '9',
+                                                '"', '\'', ',',  ':',  '[',  ']', '{',
+                                                '}', '(',  ')',  '.',  '/'};
     int k = 1 + fuzz_rnd() % 4;
     while (k--) {
         size_t at = n ? fuzz_rnd() % n : 0;
         switch (fuzz_rnd() % (FUZZ_N_TOKENS ? 9 : 7)) {
-        case 0: if (n) b[at] ^= 1u << (fuzz_rnd() % 8); break;
-        case 1: if (n) b[at] = interesting[fuzz_rnd() % sizeof interesting]; break;
-        case 2: if (n) b[at] = fuzz_rnd(); break;
+        case 0:
+            if (n) b[at] ^= 1u << (fuzz_rnd() % 8);
+            break;
+        case 1:
+            if (n) b[at] = interesting[fuzz_rnd() % sizeof interesting];
+            break;
+        case 2:
+            if (n) b[at] = fuzz_rnd();
+            break;
         case 3: n = at; break; /* truncate */
-        case 4: n = fuzz_insert(b, n, cap, at, &interesting[fuzz_rnd() % sizeof interesting], 1); break;
+        case 4:
+            n = fuzz_insert(b, n, cap, at, &interesting[fuzz_rnd() % sizeof interesting], 1);
+            break;
         case 5: /* delete a run */
             if (n) {
                 size_t len = 1 + fuzz_rnd() % 8;
@@ -258,7 +267,8 @@ int main(int argc, char **argv)
     }
     fuzz_iteration = -1;
     printf("%s: %ld iterations, %ld inputs accepted, %ld refused with a message naming the "
-           "input\n", FUZZ_NAME, iters, accepted, refused);
+           "input\n",
+           FUZZ_NAME, iters, accepted, refused);
     for (int i = 0; i < nf; i++) free(orig[i]);
     free(orig);
     free(len);

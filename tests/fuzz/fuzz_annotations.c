@@ -16,9 +16,12 @@
 
 #define FUZZ_NAME "fuzz_annotations"
 #define NAME "fuzz-input.json"
-#define FUZZ_TOKENS {"\"image\"", "\"caption\"", "\"captions\"", "{\"image\": \"a.jpg\"}, ", \
-                     "../", "./", "/", "\\\\", "..\\\\", "out/", "in/", "a.jpg", "\"\\u00e9\"", \
-                     "\"\\ud800\"", "[]", "{}", "null", "7", "\"\"", ", "}
+#define FUZZ_TOKENS                                                                                \
+    {                                                                                              \
+        "\"image\"", "\"caption\"", "\"captions\"", "{\"image\": \"a.jpg\"}, ", "../", "./", "/",  \
+            "\\\\", "..\\\\", "out/", "in/", "a.jpg", "\"\\u00e9\"", "\"\\ud800\"", "[]", "{}",    \
+            "null", "7", "\"\"", ", "                                                              \
+    }
 
 static int fuzz_one(const unsigned char *data, size_t size);
 #include "fuzz.h"
@@ -80,7 +83,8 @@ static int fuzz_one(const unsigned char *data, size_t size)
     if (!json_is_array(j)) fuzz_fail("a list taken that is not a JSON list");
     size_t entries = json_array_size(j), captions = 0, i;
     json_t *e;
-    json_array_foreach(j, i, e) {
+    json_array_foreach(j, i, e)
+    {
         json_t *c = json_object_get(e, "caption");
         if (!c) c = json_object_get(e, "captions");
         captions += json_is_array(c) ? json_array_size(c) : c != NULL;
@@ -93,7 +97,8 @@ static int fuzz_one(const unsigned char *data, size_t size)
         const annotation *an = &a->items[i];
         if (!an->image || strchr(an->image, '\\')) fuzz_fail("an image without '/' separators");
         if (i && an->entry <= a->items[i - 1].entry) fuzz_fail("items out of list order");
-        if (an->n_captions < 0 || (an->n_captions && !an->captions)) fuzz_fail("a bad caption list");
+        if (an->n_captions < 0 || (an->n_captions && !an->captions))
+            fuzz_fail("a bad caption list");
         for (int k = 0; k < an->n_captions; k++)
             if (!an->captions[k]) fuzz_fail("a NULL caption");
         got += an->n_captions;

@@ -12,7 +12,10 @@
 
 #define FUZZ_NAME "fuzz_checkpoint"
 #define NAME "fuzz-input"
-#define FUZZ_TOKENS {"(", ")", "t", "R", "Q", ".", "q", "h", "}q", "\x80\x02"}
+#define FUZZ_TOKENS                                                                                \
+    {                                                                                              \
+        "(", ")", "t", "R", "Q", ".", "q", "h", "}q", "\x80\x02"                                   \
+    }
 
 static int fuzz_one(const unsigned char *data, size_t size);
 #include "fuzz.h"

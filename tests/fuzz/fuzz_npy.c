@@ -11,10 +11,12 @@
 
 #define FUZZ_NAME "fuzz_npy"
 #define NAME "fuzz-input.npy"
-#define FUZZ_TOKENS {"'descr'", "'shape'", "'fortran_order'", "False", "True", "'<f4'", \
-                     "'|u1'", "'<u1'", "'<i8'", "'<f2'", "'>f4'", "\"<i4\"", "(", ")", ",", \
-                     "0,", "18446744073709551615", "9223372036854775807", "4294967296", \
-                     "\x93NUMPY\x02\x00", "\x93NUMPY\x01\x00"}
+#define FUZZ_TOKENS                                                                                \
+    {                                                                                              \
+        "'descr'", "'shape'", "'fortran_order'", "False", "True", "'<f4'", "'|u1'", "'<u1'",       \
+            "'<i8'", "'<f2'", "'>f4'", "\"<i4\"", "(", ")", ",", "0,", "18446744073709551615",     \
+            "9223372036854775807", "4294967296", "\x93NUMPY\x02\x00", "\x93NUMPY\x01\x00"          \
+    }
 
 static int fuzz_one(const unsigned char *data, size_t size);
 /* the header length (u16 at 8, or u32 at 8 for versions 2 and 3) made to end at the
@@ -58,8 +60,9 @@ static int fuzz_one(const unsigned char *data, size_t size)
     npy_array b;
     if (npy_parse(enc, len, &b, "re-encoded"))
         fuzz_fail("npy_encode of a parsed array does not parse");
-    if (b.dtype != a.dtype || b.ndim != a.ndim || memcmp(b.shape, a.shape, a.ndim * sizeof *a.shape) ||
-        b.count != a.count || (bytes && memcmp(b.data, a.data, bytes)))
+    if (b.dtype != a.dtype || b.ndim != a.ndim ||
+        memcmp(b.shape, a.shape, a.ndim * sizeof *a.shape) || b.count != a.count ||
+        (bytes && memcmp(b.data, a.data, bytes)))
         fuzz_fail("npy_encode of a parsed array parses to another array");
     free(enc);
     return 1;

@@ -14,8 +14,11 @@
 #include <utf8proc.h>
 
 #define FUZZ_NAME "fuzz_request"
-#define FUZZ_TOKENS {"{", "}", "[", "]", "\"", ":", ",", "\\u0000", "\"text\"", "\"image\"", \
-                     "\"labels\"", "\"k\"", "\"quit\"", "true", "null", "-1", "10001", "\xc3", "\xff"}
+#define FUZZ_TOKENS                                                                                \
+    {                                                                                              \
+        "{", "}", "[", "]", "\"", ":", ",", "\\u0000", "\"text\"", "\"image\"", "\"labels\"",      \
+            "\"k\"", "\"quit\"", "true", "null", "-1", "10001", "\xc3", "\xff"                     \
+    }
 static int fuzz_one(const unsigned char *data, size_t size);
 #include "fuzz.h"
 static int valid_utf8(const char *s, size_t n)
@@ -54,7 +57,8 @@ static int fuzz_one(const unsigned char *data, size_t size)
     case QUERY_TEXT:
         if (!r.text || strlen(r.text) != r.text_len || !valid_utf8(r.text, r.text_len))
             fuzz_fail("the text is not NUL-free UTF-8 of text_len bytes");
-        if (r.k < 1 || r.k > QUERY_MAX_K || r.image || r.labels) fuzz_fail("a text request's fields");
+        if (r.k < 1 || r.k > QUERY_MAX_K || r.image || r.labels)
+            fuzz_fail("a text request's fields");
         break;
     case QUERY_IMAGE:
     case QUERY_LABELS:

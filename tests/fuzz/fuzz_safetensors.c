@@ -16,10 +16,13 @@
 
 #define FUZZ_NAME "fuzz_safetensors"
 #define NAME "fuzz-input.safetensors"
-#define FUZZ_TOKENS {"\"dtype\"", "\"shape\"", "\"data_offsets\"", "\"__metadata__\"", "\"F32\"", \
-                     "\"F16\"", "\"BF16\"", "\"F64\"", "\"I64\"", "\"BOOL\"", "\"U8\"", "[]", \
-                     "[0,0]", "[1]", "-1", "0", "4294967296", "9223372036854775807", \
-                     "18446744073709551616", "1e400", "null", "{}", "\"\\u0000\"", ",\"x\":1"}
+#define FUZZ_TOKENS                                                                                \
+    {                                                                                              \
+        "\"dtype\"", "\"shape\"", "\"data_offsets\"", "\"__metadata__\"", "\"F32\"", "\"F16\"",    \
+            "\"BF16\"", "\"F64\"", "\"I64\"", "\"BOOL\"", "\"U8\"", "[]", "[0,0]", "[1]", "-1",    \
+            "0", "4294967296", "9223372036854775807", "18446744073709551616", "1e400", "null",     \
+            "{}", "\"\\u0000\"", ",\"x\":1"                                                        \
+    }
 
 static int fuzz_one(const unsigned char *data, size_t size);
 
@@ -31,8 +34,10 @@ static void fix_header_length(unsigned char *b, size_t n)
     for (size_t i = 8; i < n; i++) {
         unsigned char c = b[i];
         if (in_string) {
-            if (c == '\\') i++;
-            else if (c == '"') in_string = 0;
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_string = 0;
         } else if (c == '"') {
             in_string = 1;
         } else if (c == '{' || c == '[') {

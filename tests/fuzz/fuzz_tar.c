@@ -16,10 +16,15 @@
 #include <string.h>
 
 #define FUZZ_NAME "fuzz_tar"
-#define FUZZ_TOKENS {".npy", ".json", ".img.npy", "ustar\0" "00", "ustar  \0", "././@PaxHeader", \
-                     "././@LongLink", "30 path=a.b/c.d\n", "20 size=99999999\n", "0000644\0", \
-                     "77777777777\0", "\x80\0\0\0\0\0\0\0\0\0\0\x01", "\xff\xff\xff\xff", \
-                     "\x1f\x8b\x08", "BZh9", "00000001000\0"}
+#define FUZZ_TOKENS                                                                                \
+    {                                                                                              \
+        ".npy", ".json", ".img.npy",                                                               \
+            "ustar\0"                                                                              \
+            "00",                                                                                  \
+            "ustar  \0", "././@PaxHeader", "././@LongLink", "30 path=a.b/c.d\n",                   \
+            "20 size=99999999\n", "0000644\0", "77777777777\0", "\x80\0\0\0\0\0\0\0\0\0\0\x01",    \
+            "\xff\xff\xff\xff", "\x1f\x8b\x08", "BZh9", "00000001000\0"                            \
+    }
 
 static int fuzz_one(const unsigned char *data, size_t size);
 
@@ -100,8 +105,10 @@ static int fuzz_one(const unsigned char *data, size_t size)
             check_sample(&kept[n_kept++]);
         }
         sample_free(&kept[n_kept]);
-        if (rc < 0) fuzz_refused(path);
-        else stream_ok = 1;
+        if (rc < 0)
+            fuzz_refused(path);
+        else
+            stream_ok = 1;
         stream_close_read(r);
     }
 

@@ -175,9 +175,10 @@ static int child_cleans_up(const char *how, int n)
     }
     int st;
     waitpid(p, &st, 0);
-    int status_ok = !strcmp(how, "exit") ? WIFEXITED(st) && WEXITSTATUS(st) == 1
-                                         : WIFSIGNALED(st) &&
-                                               WTERMSIG(st) == (strcmp(how, "SIGINT") ? SIGTERM : SIGINT);
+    int status_ok =
+        !strcmp(how, "exit")
+            ? WIFEXITED(st) && WEXITSTATUS(st) == 1
+            : WIFSIGNALED(st) && WTERMSIG(st) == (strcmp(how, "SIGINT") ? SIGTERM : SIGINT);
     CHECK(status_ok, "%s: child status %d", how, st);
     return temp_files() == 0;
 }
@@ -250,7 +251,8 @@ static void test_threads_and_limit(void)
     CHECK(atomic_file_create(in_dir("one-more")) == NULL, "one more is refused");
     CHECK(strstr(clip_error(), "more than 32 output files open at once") != NULL, "%s",
           clip_error());
-    for (int i = 0; i < ATOMIC_FILE_MAX_OPEN; i++) atomic_file_abort(open_files[i]); /* NULL: no-op */
+    for (int i = 0; i < ATOMIC_FILE_MAX_OPEN; i++)
+        atomic_file_abort(open_files[i]); /* NULL: no-op */
     CHECK(temp_files() == 0, "the slots are free again");
     atomic_file *f = created(in_dir("twice"));
     CHECK(atomic_file_create(in_dir("twice")) == NULL, "the same output twice at once is refused");

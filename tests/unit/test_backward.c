@@ -61,15 +61,16 @@ static void check_close(const char *what, const float *got, const float *want, s
     }
     if (scale < 0) scale = maxref;
     double ratio = maxdiff > 0 ? (scale > 0 ? maxdiff / (RTOL * scale) : INFINITY) : 0;
-    CHECK(ratio <= 1.0, "%s: max abs diff %.3g, max |ref| %.3g, scale %.3g (ratio to tolerance %.3f)",
-          what, maxdiff, maxref, scale, ratio);
+    CHECK(ratio <= 1.0,
+          "%s: max abs diff %.3g, max |ref| %.3g, scale %.3g (ratio to tolerance %.3f)", what,
+          maxdiff, maxref, scale, ratio);
     if (ratio > worst_ratio) {
         worst_ratio = ratio;
         snprintf(worst_name, sizeof worst_name, "%s", what);
     }
     if (getenv("VERBOSE"))
-        fprintf(stderr, "%-64s max|ref| %.3e  scale %.3e  max diff %.3e  ratio %.4f\n", what, maxref,
-                scale, maxdiff, ratio);
+        fprintf(stderr, "%-64s max|ref| %.3e  scale %.3e  max diff %.3e  ratio %.4f\n", what,
+                maxref, scale, maxdiff, ratio);
 }
 
 /* the scale of a reference gradient: max |g| over it, or over BERT's
@@ -113,7 +114,8 @@ static int check_table(const param_table *gt, const ckpt *ref, float mult)
         CHECK(rc == 0, "reference gradient %s: %s", s->name, clip_error());
         if (rc == 0) {
             found++;
-            check_close(s->name, *s->ptr, want, s->numel, mult, fabs(mult) * ref_scale(ref, s->name));
+            check_close(s->name, *s->ptr, want, s->numel, mult,
+                        fabs(mult) * ref_scale(ref, s->name));
         }
         free(want);
     }
@@ -128,7 +130,8 @@ static void zero_table(param_table *t)
 
 static float *copy_table(const param_table *t, float *dst)
 {
-    for (int i = 0; i < t->n; i++) memcpy(dst + t->v[i].offset, *t->v[i].ptr, t->v[i].numel * sizeof(float));
+    for (int i = 0; i < t->n; i++)
+        memcpy(dst + t->v[i].offset, *t->v[i].ptr, t->v[i].numel * sizeof(float));
     return dst;
 }
 
@@ -201,7 +204,8 @@ static void test_towers(void)
     int last = g->layers - 1;
     float *dout = xmalloc(N * sizeof(float)), *d1 = xmalloc(N * sizeof(float)),
           *d2 = xmalloc(N * sizeof(float)), *keep = xmalloc(N * sizeof(float));
-    float *gsave = xcalloc(v->gtable.total, sizeof(float)), *gnow = xcalloc(v->gtable.total, sizeof(float));
+    float *gsave = xcalloc(v->gtable.total, sizeof(float)),
+          *gnow = xcalloc(v->gtable.total, sizeof(float));
     fill_normal(dout, N, 1.0f, 7);
     memcpy(d1, dout, N * sizeof(float));
     memcpy(keep, dout, N * sizeof(float));
@@ -279,7 +283,8 @@ static void test_english(void)
     zero_table(&t->gtable);
     int any_pad = 0;
     for (int b = 0; b < B; b++) /* padding 0 -> another id: the EOT's output is the same */
-        for (int j = L - 1; j >= 0 && shifted[b * L + j] == 0; j--) shifted[b * L + j] = 5, any_pad = 1;
+        for (int j = L - 1; j >= 0 && shifted[b * L + j] == 0; j--)
+            shifted[b * L + j] = 5, any_pad = 1;
     CHECK(any_pad, "the fixture has padding");
     clip_text_forward(t, &m->compute, shifted, B, L, NULL);
     clip_text_backward(t, &m->compute, shifted, r_txt, B, L);
@@ -349,7 +354,8 @@ static void test_backward_errors(void)
     clip_clear_error();
     CHECK(vit_backward(m->visual, &m->compute, dout, B) == -1 && strstr(clip_error(), "batch of 3"),
           "vit_backward past the kept batch: %s", clip_error());
-    CHECK(!m->visual->gtable.data && !m->bert->gtable.data, "a refused backward allocated gradients");
+    CHECK(!m->visual->gtable.data && !m->bert->gtable.data,
+          "a refused backward allocated gradients");
     free(dout);
     clip_model_free(m);
 

@@ -17,7 +17,6 @@
 
 static char tmpdir[64];
 
-
 static char *tmp_path(const char *name)
 {
     static char buf[4][512];
@@ -77,8 +76,8 @@ static void check_against(const char *file, json_t *set)
         CHECK((uintptr_t)t->data % dtype_size(t->dtype) == 0, "%s: %s misaligned", file, name);
         float *got = xmalloc(nf32 + 4);
         int rc = ckpt_read_f32(c, name, ndim, want, got);
-        CHECK(rc == 0 && nf32 == 4 * t->numel && !memcmp(got, f32, nf32), "%s: %s as f32 differs (%s)",
-              file, name, rc ? clip_error() : "");
+        CHECK(rc == 0 && nf32 == 4 * t->numel && !memcmp(got, f32, nf32),
+              "%s: %s as f32 differs (%s)", file, name, rc ? clip_error() : "");
         free(got);
         free(raw);
         free(f32);
@@ -91,9 +90,11 @@ static void expect_error(const char *file, const char *part)
     clip_clear_error(); /* a stale message from the case before must not pass */
     ckpt *c = ckpt_load(file);
     CHECK(c == NULL, "%s loaded", file);
-    if (c) ckpt_free(c);
-    else CHECK(has(clip_error(), part) && has(clip_error(), file), "%s: error '%s' lacks '%s'",
-               file, clip_error(), part);
+    if (c)
+        ckpt_free(c);
+    else
+        CHECK(has(clip_error(), part) && has(clip_error(), file), "%s: error '%s' lacks '%s'", file,
+              clip_error(), part);
 }
 
 static void test_fixtures(void)
@@ -121,9 +122,11 @@ static void test_fixtures(void)
         int64_t bad[2] = {3, 4};
         CHECK(ckpt_read_f32(c, "visual.proj", 2, bad, buf) < 0, "shape mismatch accepted");
         CHECK(has(clip_error(), "'visual.proj'") && has(clip_error(), "[4, 3]") &&
-                  has(clip_error(), "[3, 4]"), "message: %s", clip_error());
+                  has(clip_error(), "[3, 4]"),
+              "message: %s", clip_error());
         CHECK(ckpt_read_f32(c, "visual.proj", 1, bad, buf) < 0, "ndim mismatch accepted");
-        CHECK(ckpt_read_f32(c, "no.such", 2, bad, buf) < 0 && has(clip_error(), "no tensor 'no.such'"),
+        CHECK(ckpt_read_f32(c, "no.such", 2, bad, buf) < 0 &&
+                  has(clip_error(), "no tensor 'no.such'"),
               "missing: %s", clip_error());
         ckpt_free(c);
     }
@@ -142,7 +145,8 @@ static void test_fixtures(void)
     CHECK(c && !ckpt_metadata(c, "note"), "small.pth has no metadata");
     ckpt_free(c);
     c = ckpt_load(FIX "ok_crafted.pth");
-    CHECK(c && ckpt_count(c) == 1 && ckpt_tensor_at(c, 0)->numel == 6, "ok_crafted.pth: %s", clip_error());
+    CHECK(c && ckpt_count(c) == 1 && ckpt_tensor_at(c, 0)->numel == 6, "ok_crafted.pth: %s",
+          clip_error());
     ckpt_free(c);
 }
 
@@ -201,19 +205,25 @@ static void test_hostile_safetensors(void)
     st_case("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 8, 0, "outside");
     st_case("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[-8,0]}}", 8, 0, "outside");
     st_case("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-            "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12, 0, "overlap");
+            "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+            12, 0, "overlap");
     st_case("{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8, 0, "data bytes");
     st_case("{\"a\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, 0, "data bytes");
-    st_case("{\"a\":{\"dtype\":\"F8_E4M3\",\"shape\":[2],\"data_offsets\":[0,2]}}", 8, 0, "unsupported dtype");
-    st_case("{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 8, 0, "invalid shape");
-    st_case("{\"a\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,8]}}", 8, 0, "invalid shape");
-    st_case("{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,8]}}", 8, 0,
-            "data bytes");
-    st_case("{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 8, 0, "dims");
+    st_case("{\"a\":{\"dtype\":\"F8_E4M3\",\"shape\":[2],\"data_offsets\":[0,2]}}", 8, 0,
+            "unsupported dtype");
+    st_case("{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 8, 0,
+            "invalid shape");
+    st_case("{\"a\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,8]}}", 8, 0,
+            "invalid shape");
+    st_case("{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,8]}}",
+            8, 0, "data bytes");
+    st_case("{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 8,
+            0, "dims");
     st_case("{\"a\":{\"dtype\":\"F32\",\"shape\":[2]}}", 8, 0, "data_offsets");
     st_case("{\"a\":5}", 8, 0, "data_offsets");
     st_case("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-            "\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, 0, "duplicate");
+            "\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}",
+            8, 0, "duplicate");
     st_case("{\"__metadata__\":{\"k\":1}}", 0, 0, "not a string");
     st_case("{\"__metadata__\":[]}", 0, 0, "not an object");
     st_case("{}", 0, 0, NULL);
@@ -236,7 +246,8 @@ static void truncations(const char *file)
             loaded++;
             ckpt_free(c);
         } else if (strncmp(clip_error(), "cut-input: ", 11)) {
-            CHECK(0, "%s at %zu: error does not start with the file's name: %s", file, k, clip_error());
+            CHECK(0, "%s at %zu: error does not start with the file's name: %s", file, k,
+                  clip_error());
         }
     }
     CHECK(loaded == 0, "%s: %zu truncations loaded", file, loaded);
@@ -255,7 +266,8 @@ static int count_dir(const char *dir)
 {
     DIR *d = opendir(dir);
     int n = 0;
-    for (struct dirent *e; d && (e = readdir(d));) n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+    for (struct dirent *e; d && (e = readdir(d));)
+        n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
     if (d) closedir(d);
     return n;
 }
@@ -288,7 +300,8 @@ static void test_round_trip(void)
     CHECK(ckpt_save_safetensors(p, out, n, meta) == 0, "%s", clip_error());
     ckpt *r = ckpt_load(p);
     CHECK(r && same_tensors(c, r), "safetensors round trip: %s", clip_error());
-    CHECK(r && ckpt_metadata(r, "epoch") && !strcmp(ckpt_metadata(r, "epoch"), "7"), "metadata round trip");
+    CHECK(r && ckpt_metadata(r, "epoch") && !strcmp(ckpt_metadata(r, "epoch"), "7"),
+          "metadata round trip");
     for (size_t i = 0; r && i < n; i++)
         CHECK((uintptr_t)ckpt_tensor_at(r, i)->data % dtype_size(ckpt_tensor_at(r, i)->dtype) == 0,
               "alignment");
@@ -305,8 +318,8 @@ static void test_round_trip(void)
               "pth: %s not 64-byte aligned in the map", ckpt_tensor_at(r, i)->name);
     ckpt_free(r);
     const char *bad_meta[] = {"note", "bad\xff utf-8", NULL};
-    CHECK(ckpt_save_pth(tmp_path("badmeta.pth"), out, n, bad_meta) < 0 && has(clip_error(), "UTF-8") &&
-              has(clip_error(), "badmeta.pth"),
+    CHECK(ckpt_save_pth(tmp_path("badmeta.pth"), out, n, bad_meta) < 0 &&
+              has(clip_error(), "UTF-8") && has(clip_error(), "badmeta.pth"),
           "invalid UTF-8 metadata: %s", clip_error());
     CHECK(count_dir(tmpdir) == files + 2, "temporary files left behind");
     truncations(p);
@@ -314,14 +327,17 @@ static void test_round_trip(void)
     /* errors: duplicate names, a missing directory, a write that fails (file size limit) */
     out[1].name = out[0].name;
     CHECK(ckpt_save_safetensors(tmp_path("dup.safetensors"), out, 2, NULL) < 0 &&
-              has(clip_error(), "duplicate"), "duplicate names");
+              has(clip_error(), "duplicate"),
+          "duplicate names");
     CHECK(ckpt_save_pth(tmp_path("dup.pth"), out, 2, NULL) < 0, "duplicate names");
     out[1].name = "bad\xff utf-8";
     CHECK(ckpt_save_safetensors(tmp_path("utf8.safetensors"), out, 2, NULL) < 0 &&
-              has(clip_error(), "UTF-8"), "invalid UTF-8: %s", clip_error());
+              has(clip_error(), "UTF-8"),
+          "invalid UTF-8: %s", clip_error());
     out[1].name = ckpt_tensor_at(c, 1)->name;
     CHECK(ckpt_save_safetensors("/nonexistent/dir/x.safetensors", out, n, NULL) < 0 &&
-              has(clip_error(), "/nonexistent/dir/x.safetensors"), "missing dir: %s", clip_error());
+              has(clip_error(), "/nonexistent/dir/x.safetensors"),
+          "missing dir: %s", clip_error());
     size_t big_n = 1 << 16;
     float *big = xcalloc(big_n, sizeof *big);
     ckpt_out_tensor bt = {"big", DT_F32, 1, {big_n}, big};
@@ -365,8 +381,9 @@ static int write_copy(const char *path)
     ckpt_out_tensor *out = ckpt_out_views(c);
     size_t len = strlen(path);
     const char *meta[] = {"note", "test_checkpoint --write", NULL};
-    int rc = len > 12 && !strcmp(path + len - 12, ".safetensors") ? ckpt_save_safetensors(path, out, n, NULL)
-                                                                   : ckpt_save_pth(path, out, n, meta);
+    int rc = len > 12 && !strcmp(path + len - 12, ".safetensors")
+                 ? ckpt_save_safetensors(path, out, n, NULL)
+                 : ckpt_save_pth(path, out, n, meta);
     if (rc < 0) die("%s", clip_error());
     free(out);
     ckpt_free(c);
@@ -400,8 +417,8 @@ static void test_save_by_suffix(void)
         ckpt_free(r);
     }
     clip_clear_error();
-    CHECK(ckpt_save(tmp_path("s.ckpt"), out, ckpt_count(c), NULL) < 0 && strstr(clip_error(), "s.ckpt") &&
-              strstr(clip_error(), ".safetensors"),
+    CHECK(ckpt_save(tmp_path("s.ckpt"), out, ckpt_count(c), NULL) < 0 &&
+              strstr(clip_error(), "s.ckpt") && strstr(clip_error(), ".safetensors"),
           "an unknown suffix is refused naming the file and the suffixes: %s", clip_error());
     free(out);
     ckpt_free(c);

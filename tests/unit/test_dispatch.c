@@ -52,8 +52,9 @@ static void check_features(void)
     cpu_set_cap("native");
     int avx512 = cpu_has(CPU_AVX512), bf16 = cpu_has(CPU_AVX512_BF16),
         vnni = cpu_has(CPU_AVX512_VNNI);
-    static const char *base[] = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx2",
-                                 "fma", "pni", "ssse3", "sse4_1", "sse4_2", "popcnt"};
+    static const char *base[] = {"avx512f",  "avx512bw", "avx512cd", "avx512dq",
+                                 "avx512vl", "avx2",     "fma",      "pni",
+                                 "ssse3",    "sse4_1",   "sse4_2",   "popcnt"};
     int want = cpuinfo_has("avx512f");
     if (want >= 0) {
         for (size_t i = 1; i < sizeof base / sizeof base[0]; i++) want &= cpuinfo_has(base[i]) == 1;
@@ -66,8 +67,7 @@ static void check_features(void)
     cpu_set_cap("avx512");
     CHECK(cpu_has(CPU_AVX512) == avx512 && !cpu_has(CPU_AVX512_BF16) && !cpu_has(CPU_AVX512_VNNI),
           "cap avx512: %s", cpu_describe());
-    CHECK(!strcmp(cpu_describe(), avx512 ? "avx512" : "generic"), "cap avx512: %s",
-          cpu_describe());
+    CHECK(!strcmp(cpu_describe(), avx512 ? "avx512" : "generic"), "cap avx512: %s", cpu_describe());
     cpu_set_cap("generic");
     CHECK(!cpu_has(CPU_AVX512) && !cpu_has(CPU_AVX512_BF16) && !cpu_has(CPU_AVX512_VNNI) &&
               !strcmp(cpu_describe(), "generic"),
@@ -161,14 +161,20 @@ static void compare(const char *what, const float *got, const float *gen, const 
     if (worst > worst_ratio) worst_ratio = worst, worst_op = what;
     CHECK(bad == 0, "%s: %zu of %zu values off the generic ones, worst err/tol %.3g", what, bad, n,
           worst);
-    CHECK(off_ref == 0, "%s: the generic path differs from plain libm in %zu of %zu values (an "
-          "AVX-512 variant ran under the generic cap?)", what, off_ref, n);
+    CHECK(off_ref == 0,
+          "%s: the generic path differs from plain libm in %zu of %zu values (an "
+          "AVX-512 variant ran under the generic cap?)",
+          what, off_ref, n);
     if (avx512)
-        CHECK(differ > 0, "%s: the AVX-512 variant is allowed but its values are the generic "
-              "cap's (it did not run, or it runs under the generic cap too)", what);
+        CHECK(differ > 0,
+              "%s: the AVX-512 variant is allowed but its values are the generic "
+              "cap's (it did not run, or it runs under the generic cap too)",
+              what);
     else
-        CHECK(differ == 0, "%s: %zu of %zu values differ from the generic cap's with the "
-              "AVX-512 variants off (%s)", what, differ, n, cpu_describe());
+        CHECK(differ == 0,
+              "%s: %zu of %zu values differ from the generic cap's with the "
+              "AVX-512 variants off (%s)",
+              what, differ, n, cpu_describe());
 }
 
 #define N_ROWS 40

@@ -44,12 +44,14 @@ int main(void)
         memcpy(&want, &ref, 2);
         if (isnan(f) ? (ours & 0x7c00) != 0x7c00 || !(ours & 0x3ff) : ours != want) f16_bad++;
         dtype_from_f32(DT_BF16, &f, 1, &ours);
-        if (isnan(f) ? (ours & 0x7f80) != 0x7f80 || !(ours & 0x7f) : !isinf(f) && fabsf(f) < 3.38e38f && ours != bf16_nearest(f))
+        if (isnan(f) ? (ours & 0x7f80) != 0x7f80 || !(ours & 0x7f)
+                     : !isinf(f) && fabsf(f) < 3.38e38f && ours != bf16_nearest(f))
             bf16_bad++;
     }
     CHECK(trip_bad == 0, "%ld float16/bfloat16 values do not round-trip through float32", trip_bad);
     CHECK(f16_bad == 0, "%ld of 4.3M float32 values round to float16 unlike _Float16", f16_bad);
-    CHECK(bf16_bad == 0, "%ld of 4.3M float32 values round to bfloat16 not to the nearer neighbour", bf16_bad);
+    CHECK(bf16_bad == 0, "%ld of 4.3M float32 values round to bfloat16 not to the nearer neighbour",
+          bf16_bad);
     clip_dtype t;
     CHECK(!dtype_from_npy_descr("<f4", 3, &t) && t == DT_F32, "npy <f4");
     CHECK(!dtype_from_npy_descr("<u1", 3, &t) && t == DT_U8, "npy <u1 for a one-byte type");

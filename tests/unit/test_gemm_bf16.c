@@ -54,8 +54,7 @@ static void check_case(int ta, int tb, int M, int N, int K, float alpha, float b
     fill(B, (size_t)brows * ldb, N * 7 + K * 3, 0.5f);
     fill(C0, (size_t)M * ldc, 99, 1.0f);
     if (beta == 0.0f) /* beta == 0 must not read C */
-        for (size_t i = 0; i < (size_t)M * ldc; i++)
-            C0[i] = NAN;
+        for (size_t i = 0; i < (size_t)M * ldc; i++) C0[i] = NAN;
     memcpy(C, C0, (size_t)M * ldc * 4);
     gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 
@@ -75,8 +74,7 @@ static void check_case(int ta, int tb, int M, int N, int K, float alpha, float b
         for (int j = 0; j < N; j++) {
             double s = 0, sa = 0;
             const double *x = ra + (size_t)i * K, *y = rb + (size_t)j * K;
-            for (int k = 0; k < K; k++)
-                s += x[k] * y[k], sa += fabs(x[k] * y[k]);
+            for (int k = 0; k < K; k++) s += x[k] * y[k], sa += fabs(x[k] * y[k]);
             double c0 = beta == 0.0f ? 0.0 : C0[(size_t)i * ldc + j];
             double ref = alpha * s + beta * c0;
             double tol = 1e-5 * (fabs(alpha) * sa + fabs(beta * c0)) + 1e-30;
@@ -119,19 +117,15 @@ static void check_torch(void)
     float *a = load("a.npy", M, K), *b = load("b.npy", K, N), *ar = load("a_bf16.npy", M, K),
           *br = load("b_bf16.npy", K, N), *c = load("c.npy", M, N);
     int mism = 0;
-    for (int i = 0; i < M * K; i++)
-        mism += bf16_round(a[i]) != ar[i];
-    for (int i = 0; i < K * N; i++)
-        mism += bf16_round(b[i]) != br[i];
+    for (int i = 0; i < M * K; i++) mism += bf16_round(a[i]) != ar[i];
+    for (int i = 0; i < K * N; i++) mism += bf16_round(b[i]) != br[i];
     CHECK(mism == 0, "%d values round differently from torch's .bfloat16()", mism);
 
     float at[7 * 5], bt[6 * 7], out[5 * 6];
     for (int i = 0; i < M; i++)
-        for (int k = 0; k < K; k++)
-            at[k * M + i] = a[i * K + k];
+        for (int k = 0; k < K; k++) at[k * M + i] = a[i * K + k];
     for (int k = 0; k < K; k++)
-        for (int j = 0; j < N; j++)
-            bt[j * K + k] = b[k * N + j];
+        for (int j = 0; j < N; j++) bt[j * K + k] = b[k * N + j];
     for (int t = 0; t < 4; t++) {
         int ta = t & 1, tb = t >> 1;
         gemm_bf16(ta, tb, M, N, K, 1.0f, ta ? at : a, ta ? M : K, tb ? bt : b, tb ? K : N, 0.0f,
@@ -140,8 +134,7 @@ static void check_torch(void)
         for (int i = 0; i < M; i++)
             for (int j = 0; j < N; j++) {
                 double sa = 0;
-                for (int k = 0; k < K; k++)
-                    sa += fabs((double)ar[i * K + k] * br[k * N + j]);
+                for (int k = 0; k < K; k++) sa += fabs((double)ar[i * K + k] * br[k * N + j]);
                 double e = fabs(out[i * N + j] - c[i * N + j]) / (1e-5 * sa + 1e-30);
                 if (e > worst) worst = e;
             }

@@ -55,7 +55,7 @@ static void check_case(int M, int N, int K, int pad, int add)
     float *C = xmalloc((size_t)M * ldo * 4), *C0 = xmalloc((size_t)M * ldo * 4);
     fill(X, (size_t)M * K, M * 31 + K, 3.0f);
     fill(W, (size_t)N * K, N * 17 + K * 5, 0.05f);
-    if (M > 2) memset(X + K, 0, K * 4); /* an all-zero row */
+    if (M > 2) memset(X + K, 0, K * 4);   /* an all-zero row */
     if (N > 2) W[(size_t)2 * K] *= 40.0f; /* one outlier weight in a channel */
     fill(C0, (size_t)M * ldo, 7, 1.0f);
     memcpy(C, C0, (size_t)M * ldo * 4);
@@ -99,8 +99,8 @@ static void check_case(int M, int N, int K, int pad, int add)
         }
     CHECK(bad_exact == 0, "M=%d N=%d K=%d add=%d: %d outputs off the exact scheme", M, N, K, add,
           bad_exact);
-    CHECK(bad_bound == 0, "M=%d N=%d K=%d add=%d: %d outputs outside the quantisation bound", M,
-          N, K, add, bad_bound);
+    CHECK(bad_bound == 0, "M=%d N=%d K=%d add=%d: %d outputs outside the quantisation bound", M, N,
+          K, add, bad_bound);
     CHECK(bad_pad == 0, "M=%d N=%d K=%d: %d padding columns written", M, N, K, bad_pad);
 
     { /* the plain-C path (CLIP_CPU=generic's) gives the same bits as the dispatched one */
@@ -109,8 +109,8 @@ static void check_case(int M, int N, int K, int pad, int add)
         cpu_set_cap("generic");
         gemm_int8(F, ldo, X, M, K, qw, add ? bias : NULL, accumulate ? F : NULL, ldo);
         cpu_set_cap(NULL);
-        CHECK(!memcmp(F, C, (size_t)M * ldo * 4), "M=%d N=%d K=%d: plain C differs from %s", M,
-              N, K, gemm_int8_available() ? "VNNI" : "itself");
+        CHECK(!memcmp(F, C, (size_t)M * ldo * 4), "M=%d N=%d K=%d: plain C differs from %s", M, N,
+              K, gemm_int8_available() ? "VNNI" : "itself");
         free(F);
     }
     qweight_free(qw);
@@ -154,7 +154,8 @@ static void check_concurrent(void)
 #pragma omp parallel for num_threads(2)
     for (int t = 0; t < 4; t++) gemm_int8(out + (size_t)t * M * N, N, X, M, K, qw, NULL, NULL, 0);
     int diff = 0;
-    for (int t = 0; t < 4; t++) diff += memcmp(ref, out + (size_t)t * M * N, (size_t)M * N * 4) != 0;
+    for (int t = 0; t < 4; t++)
+        diff += memcmp(ref, out + (size_t)t * M * N, (size_t)M * N * 4) != 0;
     CHECK(diff == 0, "%d of 4 calls from a parallel region differ", diff);
     qweight_free(qw);
     free(X), free(W), free(ref), free(out);
@@ -183,14 +184,14 @@ static void check_errors(void)
     CHECK(qweight_make(W, N, GEMM_INT8_MAX_K + 1) == NULL && strstr(clip_error(), "66311"),
           "K past the exact int32 range: %s", clip_error());
     clip_clear_error();
-    CHECK(qweight_make(W, 0, K) == NULL && strstr(clip_error(), "qweight_make"),
-          "N = 0: %s", clip_error());
+    CHECK(qweight_make(W, 0, K) == NULL && strstr(clip_error(), "qweight_make"), "N = 0: %s",
+          clip_error());
     qweight_free(NULL);
 }
 
 static const int shapes[][3] = {
-    {1, 1, 1},    {1, 5, 3},     {3, 1, 7},      {2, 3, 2},     {13, 17, 19},  {14, 32, 4},
-    {15, 33, 31}, {28, 64, 64},  {29, 65, 257},  {100, 37, 1},  {1, 200, 300}, {113, 40, 770},
+    {1, 1, 1},     {1, 5, 3},     {3, 1, 7},      {2, 3, 2},      {13, 17, 19},  {14, 32, 4},
+    {15, 33, 31},  {28, 64, 64},  {29, 65, 257},  {100, 37, 1},   {1, 200, 300}, {113, 40, 770},
     {300, 1, 129}, {45, 70, 801}, {230, 130, 96}, {19, 40, 3073},
 };
 

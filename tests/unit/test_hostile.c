@@ -47,7 +47,8 @@ static void test_npy_header_ends_in_digits(void)
     CHECK(npy_parse(g, len, &a, "tok.npy") == -1, "accepted a header with no ')'");
     CHECK(strstr(clip_error(), "tok.npy") != NULL, "%s", clip_error());
     /* a shape too large for int64 is refused, not wrapped */
-    const char *big = "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999,), }";
+    const char *big =
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999,), }";
     hl = strlen(big), len = 10 + hl;
     b = xrealloc(b, len);
     b[8] = hl & 0xff, b[9] = hl >> 8;

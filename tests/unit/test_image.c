@@ -88,14 +88,18 @@ static void bad_images(void)
     size_t len;
     char *buf = read_file(MINI "/1579798212_d30844b4c5.jpg", &len);
     image_rgb im;
-    CHECK(buf && image_decode(buf, len, &im, IMAGE_MAX_PIXELS, "full.jpg") == 0, "decode: %s", clip_error());
+    CHECK(buf && image_decode(buf, len, &im, IMAGE_MAX_PIXELS, "full.jpg") == 0, "decode: %s",
+          clip_error());
     CHECK(im.w == 224 && im.h == 224, "size %dx%d", im.w, im.h);
     image_free(&im);
-    CHECK(image_decode(buf, len / 2, &im, IMAGE_MAX_PIXELS, "half.jpg") == -1, "truncated JPEG accepted");
+    CHECK(image_decode(buf, len / 2, &im, IMAGE_MAX_PIXELS, "half.jpg") == -1,
+          "truncated JPEG accepted");
     CHECK(strstr(clip_error(), "half.jpg") != NULL, "error does not name the file: %s",
           clip_error());
-    CHECK(image_decode("hello world", 11, &im, IMAGE_MAX_PIXELS, "text.jpg") == -1, "text accepted");
-    CHECK(image_decode(buf, 100, &im, IMAGE_MAX_PIXELS, "tiny.jpg") == -1, "100-byte JPEG accepted");
+    CHECK(image_decode("hello world", 11, &im, IMAGE_MAX_PIXELS, "text.jpg") == -1,
+          "text accepted");
+    CHECK(image_decode(buf, 100, &im, IMAGE_MAX_PIXELS, "tiny.jpg") == -1,
+          "100-byte JPEG accepted");
     CHECK(!strcmp(image_type(buf, len), "jpg"), "type");
     free(buf);
 }
@@ -109,8 +113,8 @@ static void random_resized_crop(void)
         CHECK(x >= 0 && y >= 0 && cw > 0 && ch > 0 && x + cw <= 300 && y + ch <= 200,
               "crop %d %d %d %d out of bounds", x, y, cw, ch);
         double area = (double)cw * ch / (300 * 200), r = (double)cw / ch;
-        if (i < 5) CHECK(area > 0.07 && area < 1.01 && r > 0.7 && r < 1.4, "area %g ratio %g",
-                         area, r);
+        if (i < 5)
+            CHECK(area > 0.07 && area < 1.01 && r > 0.7 && r < 1.4, "area %g ratio %g", area, r);
     }
     /* 1000x10 never fits a ratio-limited crop of >= 8% area: the fallback
      * is the centre crop clamped to ratio 4/3 */
@@ -153,8 +157,9 @@ static void annotations_parse(void)
     annotations *a = annotations_load("tests/fixtures/flickr8k-mini/cn_mini.json");
     CHECK(a && a->n == 8 && a->items[0].n_captions == 5, "cn_mini.json: %s",
           a ? "wrong counts" : clip_error());
-    if (a) CHECK(!strcmp(a->items[0].image, "flickr8k-images/2090545563_a4e66ec76b.jpg"), "%s",
-                 a->items[0].image);
+    if (a)
+        CHECK(!strcmp(a->items[0].image, "flickr8k-images/2090545563_a4e66ec76b.jpg"), "%s",
+              a->items[0].image);
     annotations_free(a);
     a = annotations_load(write_tmp("[{\"image\": \"d\\\\x.jpg\", \"caption\": [\"a\"]}]"));
     CHECK(a && !strcmp(a->items[0].image, "d/x.jpg"), "backslash path");

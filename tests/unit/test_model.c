@@ -32,7 +32,8 @@ static npy_file load_npy(const char *path)
 {
     npy_file f;
     size_t len;
-    if (!(f.buf = read_file(path, &len)) || npy_parse(f.buf, len, &f.a, path)) die("%s", clip_error());
+    if (!(f.buf = read_file(path, &len)) || npy_parse(f.buf, len, &f.a, path))
+        die("%s", clip_error());
     return f;
 }
 
@@ -52,9 +53,10 @@ static void check_emb(const char *what, const float *got, const char *ref_path, 
             maxdiff = fmax(maxdiff, fabs(g - w));
         }
         double cos = dot / sqrt(gn * wn);
-        CHECK(cos >= 0.9999 && maxdiff <= 1e-5, "%s row %d: cosine %.7f, max abs diff %.2g", what, i,
-              cos, maxdiff);
-        if (getenv("VERBOSE")) fprintf(stderr, "%s row %d: cosine %.9f, max abs diff %.2g\n", what, i, cos, maxdiff);
+        CHECK(cos >= 0.9999 && maxdiff <= 1e-5, "%s row %d: cosine %.7f, max abs diff %.2g", what,
+              i, cos, maxdiff);
+        if (getenv("VERBOSE"))
+            fprintf(stderr, "%s row %d: cosine %.9f, max abs diff %.2g\n", what, i, cos, maxdiff);
     }
     free(r.buf);
 }
@@ -71,7 +73,8 @@ static void check_images(clip_model *m, const char *what, const char *ref)
 {
     npy_file px = load_npy(FIX "pixels.npy");
     int n = (int)px.a.shape[0];
-    CHECK(clip_image_resolution(m) == px.a.shape[1], "%s: resolution %d", what, clip_image_resolution(m));
+    CHECK(clip_image_resolution(m) == px.a.shape[1], "%s: resolution %d", what,
+          clip_image_resolution(m));
     float *emb = xcalloc((size_t)n * m->embed_dim, sizeof(float));
     CHECK(clip_encode_images(m, px.a.data, n, emb) == 0, "%s: %s", what, clip_error());
     check_emb(what, emb, ref, n, m->embed_dim);
@@ -281,7 +284,7 @@ static void test_saved_heads(void)
 
         struct {
             const char *tower, *value;
-        } cases[] = {{"text", "3"}, {"text", "0"}, {"text", "\"4\""}, {"text", "-4"},
+        } cases[] = {{"text", "3"},   {"text", "0"},  {"text", "\"4\""}, {"text", "-4"},
                      {"text", "128"}, {"image", "3"}, {"image", "0"}};
         for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
             snprintf(bad, sizeof bad, "%s/bad.%s", dir, ext);
@@ -451,8 +454,7 @@ static void test_precision_per_model(const char *joint)
                     precision_name(prec[k]), ci, ct);
         CHECK(memcmp(img[k], img[0], (size_t)n * D * sizeof(float)) &&
                   memcmp(txt[k], txt[0], (size_t)nt * D * sizeof(float)),
-              "%s gives the fp32 embeddings: its precision did not apply",
-              precision_name(prec[k]));
+              "%s gives the fp32 embeddings: its precision did not apply", precision_name(prec[k]));
     }
     CHECK(clip_encode_images(m[2], px.a.data, n, again) == 0, "%s", clip_error());
     CHECK(clip_encode_images(m[0], px.a.data, n, again) == 0 &&
@@ -490,11 +492,13 @@ static void test_precision_per_model(const char *joint)
         clip_encode_images(a, px.a.data, n, (again = xcalloc((size_t)n * D, sizeof(float)))))
         die("%s", clip_error());
     clip_model_free(a);
-    if (!(b = clip_model_load(FIX "openai.pth", NULL)) || clip_model_set_precision(b, PRECISION_INT8))
+    if (!(b = clip_model_load(FIX "openai.pth", NULL)) ||
+        clip_model_set_precision(b, PRECISION_INT8))
         die("%s", clip_error());
     CHECK(clip_encode_images(b, px.a.data, n, again) == 0, "%s", clip_error());
     double c = min_cosine(again, FIX "openai_img.npy", n, D);
-    CHECK(c >= 0.99, "int8 after another int8 model was freed: cosine %.6f to its own reference", c);
+    CHECK(c >= 0.99, "int8 after another int8 model was freed: cosine %.6f to its own reference",
+          c);
     if (getenv("VERBOSE")) fprintf(stderr, "int8 after another model was freed: cosine %.6f\n", c);
     clip_model_free(b);
     free(again);
@@ -522,10 +526,11 @@ static void test_warnings(void)
           (long long)st.st_size);
     close(fd);
     unlink(log);
-    CHECK(m && m->n_warnings == 1 &&
-              strstr(m->warnings[0], "no text_projection for the BERT tower: initialising [64, 32]"),
-          "clip_model_load: %d warnings: %s", m ? m->n_warnings : -1,
-          m && m->n_warnings ? m->warnings[0] : clip_error());
+    CHECK(
+        m && m->n_warnings == 1 &&
+            strstr(m->warnings[0], "no text_projection for the BERT tower: initialising [64, 32]"),
+        "clip_model_load: %d warnings: %s", m ? m->n_warnings : -1,
+        m && m->n_warnings ? m->warnings[0] : clip_error());
     CHECK(t && t->n_warnings == 2 && strstr(t->warnings[1], "26 tensors not used by the model") &&
               strstr(t->warnings[1], FIX "openai.pth") && !strchr(t->warnings[1], '\n'),
           "train_model_load: %d warnings: %s", t ? t->n_warnings : -1,

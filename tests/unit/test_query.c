@@ -46,7 +46,8 @@ static void test_top_k(void)
         query_top_sort(&top);
         size_t want = k < n ? k : n, bad = top.n != want;
         for (size_t r = 0; r < top.n && r < want; r++) bad += top.hit[r].index != ref[r].index;
-        CHECK(!bad, "trial %d: n %zu k %zu: the top %zu differ from a full sort", trial, n, k, want);
+        CHECK(!bad, "trial %d: n %zu k %zu: the top %zu differ from a full sort", trial, n, k,
+              want);
         query_top_free(&top);
         free(ref);
     }
@@ -58,7 +59,8 @@ static void test_search(void)
     float img[] = {1, 0, 0, 1, 0.6f, 0.8f}, txt[] = {0, 1, 1, 0, 0.8f, 0.6f};
     int64_t off[] = {0, 1, 1, 3};
     recall_set ix = {.n_images = 3, .n_texts = 3, .dim = 2, .img = img, .txt = txt, .txt_off = off};
-    char *keys[] = {"a", "b", "c\xff"}, /* a tar name need not be UTF-8 */ *images[] = {"a.jpg", NULL, "c.jpg"},
+    char *keys[] = {"a", "b", "c\xff"},
+         /* a tar name need not be UTF-8 */ *images[] = {"a.jpg", NULL, "c.jpg"},
          *caps[] = {"a's", "c's first", NULL};
     recall_meta meta = {keys, images, caps};
     query_engine qe;
@@ -150,7 +152,9 @@ static void test_error_json(void)
 {
     json_t *j = query_error_json("x.jpg: near '\xff\xfe' \xe4\xb8\x80");
     char *s = json_dumps(j, JSON_COMPACT);
-    CHECK(s && !strcmp(s, "{\"error\":\"x.jpg: near '?" "?' 一\"}"), "invalid UTF-8 as '?': %s", s);
+    CHECK(s && !strcmp(s, "{\"error\":\"x.jpg: near '?"
+                          "?' 一\"}"),
+          "invalid UTF-8 as '?': %s", s);
     free(s), json_decref(j);
 }
 
@@ -181,7 +185,8 @@ static void test_load_index(void)
 
     recall_set ix;
     recall_meta meta;
-    int rc = recall_load(path, RECALL_IMAGES | RECALL_TEXTS_IF_ANY | RECALL_NAME_STREAM, 2, &ix, &meta);
+    int rc =
+        recall_load(path, RECALL_IMAGES | RECALL_TEXTS_IF_ANY | RECALL_NAME_STREAM, 2, &ix, &meta);
     CHECK(rc == 0, "%s", clip_error());
     if (!rc) {
         CHECK(ix.n_images == 2 && ix.n_texts == 2 && ix.txt_off[1] == 2 && ix.txt_off[2] == 2,
@@ -197,8 +202,9 @@ static void test_load_index(void)
         recall_set_free(&ix);
     }
     rc = recall_load(path, RECALL_IMAGES | RECALL_NAME_STREAM, 3, &ix, &meta);
-    CHECK(rc == -1 && strstr(clip_error(), ": sample a: img_emb.npy has dimension 2 but the model "
-                                           "embeds in 3") &&
+    CHECK(rc == -1 &&
+              strstr(clip_error(), ": sample a: img_emb.npy has dimension 2 but the model "
+                                   "embeds in 3") &&
               !strncmp(clip_error(), path, strlen(path)),
           "%s", clip_error());
     rc = recall_load(path, RECALL_TEXTS, 0, &ix, &meta);
@@ -211,8 +217,8 @@ static void test_split_labels(void)
     char s[] = " 狗 ,, 猫,a b , ";
     const char *l[sizeof s];
     int n = query_split_labels(s, l);
-    CHECK(n == 3 && !strcmp(l[0], "狗") && !strcmp(l[1], "猫") && !strcmp(l[2], "a b"),
-          "%d labels", n);
+    CHECK(n == 3 && !strcmp(l[0], "狗") && !strcmp(l[1], "猫") && !strcmp(l[2], "a b"), "%d labels",
+          n);
 }
 
 int main(void)

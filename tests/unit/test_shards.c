@@ -14,7 +14,8 @@ static const struct {
 } cases[] = {
     {"train.tar", "train.tar", NULL},
     {"-", "-", NULL},
-    {"s/train-{000..003}.tar", "s/train-000.tar s/train-001.tar s/train-002.tar s/train-003.tar", NULL},
+    {"s/train-{000..003}.tar", "s/train-000.tar s/train-001.tar s/train-002.tar s/train-003.tar",
+     NULL},
     {"x{8..11}", "x8 x9 x10 x11", NULL},
     {"x{08..10}", "x08 x09 x10", NULL},
     {"x{1..010}", "x001 x002 x003 x004 x005 x006 x007 x008 x009 x010", NULL},
@@ -59,7 +60,8 @@ int main(void)
             if (k) strcat(got, " ");
             strcat(got, v[k]);
         }
-        CHECK(!strcmp(got, cases[i].want), "%s: got '%s', expected '%s'", cases[i].spec, got, cases[i].want);
+        CHECK(!strcmp(got, cases[i].want), "%s: got '%s', expected '%s'", cases[i].spec, got,
+              cases[i].want);
         free(got);
         shards_free(v, n);
     }

@@ -98,12 +98,15 @@ static void test_npy(void)
     CHECK(a.ndim == 3 && a.shape[0] == 2 && a.shape[2] == 4 && a.dtype == DT_F32, "shape");
     CHECK(!memcmp(a.data, v, sizeof v), "data");
     CHECK((len - sizeof v) % 64 == 0, "header padded to 64");
-    CHECK(npy_parse(b, len - 1, &a, "t") == -1 && strstr(clip_error(), "truncated"), "%s", clip_error());
-    for (size_t cut = 0; cut < len; cut += 7) CHECK(npy_parse(b, cut, &a, "t") == -1, "cut %zu", cut);
+    CHECK(npy_parse(b, len - 1, &a, "t") == -1 && strstr(clip_error(), "truncated"), "%s",
+          clip_error());
+    for (size_t cut = 0; cut < len; cut += 7)
+        CHECK(npy_parse(b, cut, &a, "t") == -1, "cut %zu", cut);
     b[20] = '#'; /* {'descr': #<f4', ...: a broken header, refused with a message, no crash */
     clip_clear_error();
     int rc = npy_parse(b, len, &a, "t");
-    CHECK(rc == -1 && !strncmp(clip_error(), "t: ", 3), "corrupted header: rc %d, %s", rc, clip_error());
+    CHECK(rc == -1 && !strncmp(clip_error(), "t: ", 3), "corrupted header: rc %d, %s", rc,
+          clip_error());
     free(b);
     int64_t one[1] = {5};
     b = npy_encode(DT_U8, 1, one, "abcde", &len);
@@ -120,7 +123,8 @@ static void test_file(void)
     write_samples(path, N_SAMPLES);
     int seen[N_SAMPLES] = {0}, n, rc;
     int ok = read_samples(path, &n, seen, &rc);
-    CHECK(rc == 0 && n == N_SAMPLES && ok == N_SAMPLES, "file: %d of %d in order (rc %d): %s", ok, n, rc, clip_error());
+    CHECK(rc == 0 && n == N_SAMPLES && ok == N_SAMPLES, "file: %d of %d in order (rc %d): %s", ok,
+          n, rc, clip_error());
 
     sample_file *f = sample_file_open(path);
     CHECK(f && sample_file_count(f) == N_SAMPLES, "random access count");
@@ -148,10 +152,12 @@ static void test_file(void)
         memset(seen, 0, sizeof seen);
         read_samples(path, &n, seen, &rc);
         points++;
-        errors += rc == -1 && (strstr(clip_error(), "sample") || strstr(clip_error(), "truncated") ||
-                               strstr(clip_error(), "not a tar stream"));
+        errors +=
+            rc == -1 && (strstr(clip_error(), "sample") || strstr(clip_error(), "truncated") ||
+                         strstr(clip_error(), "not a tar stream"));
     }
-    CHECK(errors == points, "truncated streams: %d of %d reported (%s)", errors, points, clip_error());
+    CHECK(errors == points, "truncated streams: %d of %d reported (%s)", errors, points,
+          clip_error());
     free(data);
     unlink(path);
 }
@@ -191,7 +197,8 @@ static void test_shards(void)
     clip_clear_error();
     memset(seen, 0, sizeof seen);
     read_samples(spec, &n, seen, &rc);
-    CHECK(rc == -1 && n == 0 && strstr(clip_error(), "part-03.tar") && strstr(clip_error(), "shard 4 of 4"),
+    CHECK(rc == -1 && n == 0 && strstr(clip_error(), "part-03.tar") &&
+              strstr(clip_error(), "shard 4 of 4"),
           "a missing shard fails the stream at open, naming it: %s", clip_error());
     clip_clear_error();
     f = sample_file_open(spec);
@@ -228,7 +235,8 @@ static void test_pipe(void)
     int status = -1;
     waitpid(pid, &status, 0);
     CHECK(rc == 0 && n == N_SAMPLES && ok == N_SAMPLES, "pipe: %d of %d in order", ok, n);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "pipe: the writer exited with status %#x", status);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "pipe: the writer exited with status %#x",
+          status);
 }
 
 /* producer processes push to one bound reader; every sample arrives exactly once */
@@ -284,7 +292,8 @@ static void test_zmq(const char *bind_ep, const char *connect_ep, int producers)
         waitpid(pids[k], &status, 0);
         writers_ok += WIFEXITED(status) && WEXITSTATUS(status) == 0;
     }
-    CHECK(writers_ok == producers, "zmq %s x%d: %d writers exited 0", bind_ep, producers, writers_ok);
+    CHECK(writers_ok == producers, "zmq %s x%d: %d writers exited 0", bind_ep, producers,
+          writers_ok);
     int once = 0;
     for (int i = 0; i < N_SAMPLES; i++) once += seen[i] == 1;
     CHECK(n == N_SAMPLES && once == N_SAMPLES && intact == N_SAMPLES,

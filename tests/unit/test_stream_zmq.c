@@ -138,7 +138,8 @@ static void test_acknowledged_when_passed_on(void)
           (unsigned long long)credit);
     /* received, not yet passed on: nothing acknowledged */
     uint64_t acked = max_ack_within(&p, 300);
-    CHECK(acked == 0, "acknowledged %llu before the consumer asked for more", (unsigned long long)acked);
+    CHECK(acked == 0, "acknowledged %llu before the consumer asked for more",
+          (unsigned long long)acked);
     rc = stream_read(r, &s);
     CHECK(rc == 1 && !strcmp(s.key, "b"), "second sample: rc %d", rc);
     uint64_t v = 0;
@@ -211,17 +212,20 @@ static void test_reader_faults(void)
     {
         const unsigned char *m[] = {s0, s2};
         size_t l[] = {l0, l2};
-        expect_reader_failure("gap", 0, m, l, 2, "sample #2 arrived where #1 was due (samples lost");
+        expect_reader_failure("gap", 0, m, l, 2,
+                              "sample #2 arrived where #1 was due (samples lost");
     }
     {
         const unsigned char *m[] = {s0, s0};
         size_t l[] = {l0, l0};
-        expect_reader_failure("repeat", 0, m, l, 2, "sample #0 arrived where #1 was due (a repeat)");
+        expect_reader_failure("repeat", 0, m, l, 2,
+                              "sample #0 arrived where #1 was due (a repeat)");
     }
     {
         const unsigned char *m[] = {s0, s1};
         size_t l[] = {l0, l1};
-        expect_reader_failure("credit", 1, m, l, 2, "sent sample #1 beyond its credit of 1 samples");
+        expect_reader_failure("credit", 1, m, l, 2,
+                              "sent sample #1 beyond its credit of 1 samples");
     }
     {
         const unsigned char *m[] = {s0, e3};
@@ -291,7 +295,8 @@ static int from_writer(peer *p, int ms, unsigned char *id, size_t *id_len, uint6
     return m[0];
 }
 
-static void to_writer(peer *p, const unsigned char *id, size_t id_len, const unsigned char *m, size_t n)
+static void to_writer(peer *p, const unsigned char *id, size_t id_len, const unsigned char *m,
+                      size_t n)
 {
     zmq_send(p->sock, id, id_len, ZMQ_SNDMORE);
     zmq_send(p->sock, m, n, 0);
@@ -396,7 +401,8 @@ static void test_writer_faults(void)
     sample s;
     sample_init(&s);
     make_sample(&s, 0);
-    CHECK(stream_write(w, &s) == -1 && strstr(clip_error(), "the reader refused this stream: full up"),
+    CHECK(stream_write(w, &s) == -1 &&
+              strstr(clip_error(), "the reader refused this stream: full up"),
           "refused: %s", clip_error());
     stream_close_write(w);
     peer_close(&rd);
@@ -407,7 +413,8 @@ static void test_writer_faults(void)
     welcome(&rd, id, id_len, 4);
     to_writer(&rd, id, id_len, m, count_msg(m, 'A', 5));
     usleep(200 * 1000);
-    CHECK(stream_write(w, &s) == -1 && strstr(clip_error(), "acknowledged 5 samples, more than were sent"),
+    CHECK(stream_write(w, &s) == -1 &&
+              strstr(clip_error(), "acknowledged 5 samples, more than were sent"),
           "impossible acknowledgement: %s", clip_error());
     stream_close_write(w);
     peer_close(&rd);

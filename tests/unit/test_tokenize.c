@@ -14,8 +14,7 @@ static void run_vectors(tokenizer *t, const char *path, int context_len)
 {
     FILE *f = fopen(path, "r");
     CHECK(f != NULL, "cannot open %s", path);
-    if (!f)
-        return;
+    if (!f) return;
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
@@ -44,8 +43,7 @@ static void run_vectors(tokenizer *t, const char *path, int context_len)
             for (size_t i = 0; i < json_array_size(want); i++)
                 fprintf(stderr, " %lld", json_integer_value(json_array_get(want, i)));
             fprintf(stderr, "\n  got ");
-            for (int i = 0; i < n; i++)
-                fprintf(stderr, " %d", ids[i]);
+            for (int i = 0; i < n; i++) fprintf(stderr, " %d", ids[i]);
             fprintf(stderr, "\n");
         }
         json_decref(v);

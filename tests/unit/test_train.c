@@ -289,9 +289,9 @@ static double loss_tol(const clip_model *m, double s, double loss)
 /* one parameter tensor of the run and the bound on its weights' difference */
 typedef struct {
     const char *name;
-    float *w;    /* the trainer's weights */
+    float *w; /* the trainer's weights */
     size_t n;
-    double wd;   /* weight decay of the tensor */
+    double wd;         /* weight decay of the tensor */
     double *m, *v, *D; /* our AdamW moments (in double) and the bound, per element */
     double dm, dv;     /* sum a_i d_i and sum b_i d_i^2, before bias correction */
 } drift;
@@ -350,10 +350,14 @@ static void run(const char *name, json_t *spec, int check_final)
     for (int k = 0, j = 0; k < 2; k++)
         for (int i = 0; i < tabs[k]->n; i++, j++) {
             const param_spec *ps = &tabs[k]->v[i];
-            dr[j] = (drift){.name = ps->name, .w = tabs[k]->data + ps->offset, .n = ps->numel,
+            dr[j] = (drift){.name = ps->name,
+                            .w = tabs[k]->data + ps->offset,
+                            .n = ps->numel,
                             .wd = ps->ndim >= 2 || cfg.wd_all ? cfg.weight_decay : 0.0};
         }
-    dr[np - 1] = (drift){.name = "logit_scale", .w = &m->logit_scale, .n = 1,
+    dr[np - 1] = (drift){.name = "logit_scale",
+                         .w = &m->logit_scale,
+                         .n = 1,
                          .wd = cfg.wd_all ? cfg.weight_decay : 0.0};
     for (int j = 0; check_final && j < np; j++) {
         dr[j].m = xcalloc(dr[j].n, sizeof(double));
@@ -414,7 +418,8 @@ static void run(const char *name, json_t *spec, int check_final)
                   dr[j].name, maxdiff, r);
             if (getenv("VERBOSE")) {
                 double Dmin = INFINITY, Dmax = 0;
-                for (size_t i = 0; i < n; i++) Dmin = fmin(Dmin, dr[j].D[i]), Dmax = fmax(Dmax, dr[j].D[i]);
+                for (size_t i = 0; i < n; i++)
+                    Dmin = fmin(Dmin, dr[j].D[i]), Dmax = fmax(Dmax, dr[j].D[i]);
                 fprintf(stderr, "weights %-58s max abs diff %.3g bound %.2g..%.2g ratio %.4f\n",
                         dr[j].name, maxdiff, Dmin, Dmax, r);
             }
@@ -445,7 +450,8 @@ static void test_lock_run(const char *name, json_t *spec)
     cfg.warmup = json_integer_value(json_object_get(spec, "warmup"));
     cfg.total_steps = json_integer_value(json_object_get(spec, "steps"));
     cfg.lock_image = json_is_true(json_object_get(spec, "lock_image"));
-    cfg.lock_image_unlocked_groups = (int)json_integer_value(json_object_get(spec, "unlocked_groups"));
+    cfg.lock_image_unlocked_groups =
+        (int)json_integer_value(json_object_get(spec, "unlocked_groups"));
     cfg.lock_text = json_is_true(json_object_get(spec, "lock_text"));
     trainer *t = new_trainer(&cfg);
     if (!t) die("%s", clip_error());
@@ -456,7 +462,8 @@ static void test_lock_run(const char *name, json_t *spec)
     trainer_memory(t, &mem);
     CHECK(mem.weights == ((n_all - 1) + 3 * (n_trainable - 1)) * sizeof(float),
           "lock %s: %zu bytes of weights, gradients and moments reported for %zu weights of which "
-          "%zu train", name, mem.weights, n_all - 1, n_trainable - 1);
+          "%zu train",
+          name, mem.weights, n_all - 1, n_trainable - 1);
     clip_model *m = trainer_model(t), *init = train_model_load(fx->init, fx->text_dir);
     ckpt *g = ckpt_load(fix_path("grads_step1.pth"));
     if (!g || !init) die("%s", clip_error());
@@ -477,13 +484,19 @@ static void test_lock_run(const char *name, json_t *spec)
               s + 1, st.loss, loss, ltol);
         CHECK(fabs(st.lr - lr) <= 1e-9 * lr, "lock %s step %ld: lr %.9g, reference %.9g", name,
               s + 1, st.lr, lr);
-        CHECK(fabs(st.logit_scale - ls) <= 1e-4, "lock %s step %ld: logit_scale %.6f, reference "
-              "%.6f", name, s + 1, st.logit_scale, ls);
-        CHECK(fabs(st.grad_norm - gn) <= 1e-3 * gn, "lock %s step %ld: grad norm %.5f, reference "
-              "%.5f", name, s + 1, st.grad_norm, gn);
+        CHECK(fabs(st.logit_scale - ls) <= 1e-4,
+              "lock %s step %ld: logit_scale %.6f, reference "
+              "%.6f",
+              name, s + 1, st.logit_scale, ls);
+        CHECK(fabs(st.grad_norm - gn) <= 1e-3 * gn,
+              "lock %s step %ld: grad norm %.5f, reference "
+              "%.5f",
+              name, s + 1, st.grad_norm, gn);
         if (getenv("VERBOSE"))
-            fprintf(stderr, "lock %s step %ld: loss %.7f ref %.7f (tolerance %.2g), grad norm %.5f "
-                    "ref %.5f\n", name, s + 1, st.loss, loss, ltol, st.grad_norm, gn);
+            fprintf(stderr,
+                    "lock %s step %ld: loss %.7f ref %.7f (tolerance %.2g), grad norm %.5f "
+                    "ref %.5f\n",
+                    name, s + 1, st.loss, loss, ltol, st.grad_norm, gn);
         if (s) continue;
         /* step 1's gradients stay in the trainer after its update */
         for (size_t i = 0; i < json_array_size(trainable); i++) {
@@ -520,7 +533,8 @@ static void test_lock_run(const char *name, json_t *spec)
             locked++;
             CHECK(!gr && strstr(clip_error(), "locked"), "lock %s: %s has a gradient", name,
                   ps->name);
-            CHECK(!memcmp(tabs[k]->data + ps->offset, orig[k]->data + pt_find(orig[k], ps->name)->offset,
+            CHECK(!memcmp(tabs[k]->data + ps->offset,
+                          orig[k]->data + pt_find(orig[k], ps->name)->offset,
                           ps->numel * sizeof(float)),
                   "lock %s: the locked %s moved", name, ps->name);
         }
@@ -545,8 +559,8 @@ static void test_lock_run(const char *name, json_t *spec)
 static void test_feature_cache(int tower)
 {
     const char *what = tower == TRAIN_IMAGE ? "image" : "text";
-    loader_config lc = {.shuffle = 0, .augment = 0, .first_caption = 1, .ranks = 1, .accum = 1,
-                        .micro = B};
+    loader_config lc = {
+        .shuffle = 0, .augment = 0, .first_caption = 1, .ranks = 1, .accum = 1, .micro = B};
     train_config cfg;
     train_config_defaults(&cfg);
     cfg.lr = 1e-3, cfg.warmup = 2, cfg.total_steps = 6;
@@ -572,13 +586,18 @@ static void test_feature_cache(int tower)
             feature_cache_batch(fc, d, B, out);
             tb.features[tower] = buf;
             CHECK(trainer_step_batch(cached, &tb, &c) == 0, "%s", clip_error());
-            double tol = tower == TRAIN_IMAGE ? 0 : loss_tol(trainer_model(plain), exp(a.logit_scale), a.loss);
+            double tol = tower == TRAIN_IMAGE
+                             ? 0
+                             : loss_tol(trainer_model(plain), exp(a.logit_scale), a.loss);
             worst = fmax(worst, fabs(a.loss - c.loss));
-            CHECK(fabs(a.loss - c.loss) <= tol, "%s cache, step %ld: loss %.9g, uncached %.9g (tolerance "
-                  "%.2g)", what, s + 1, c.loss, a.loss, tol);
+            CHECK(fabs(a.loss - c.loss) <= tol,
+                  "%s cache, step %ld: loss %.9g, uncached %.9g (tolerance "
+                  "%.2g)",
+                  what, s + 1, c.loss, a.loss, tol);
         }
     }
-    printf("%s feature cache: 2 epochs, worst loss difference to the uncached run %.2g\n", what, worst);
+    printf("%s feature cache: 2 epochs, worst loss difference to the uncached run %.2g\n", what,
+           worst);
     /* a file: the same bits back; stale and truncated files refused */
     char path[256], cut[300];
     snprintf(path, sizeof path, "/tmp/test_train_fc_%d_%s.tar", (int)getpid(), what);
@@ -587,11 +606,13 @@ static void test_feature_cache(int tower)
     feature_cache *w = feature_cache_open(path, cached, d, tower == TRAIN_IMAGE,
                                           tower == TRAIN_TEXT, 1, NULL, NULL);
     feature_cache *r = w ? feature_cache_open(path, cached, d, tower == TRAIN_IMAGE,
-                                              tower == TRAIN_TEXT, 1, NULL, NULL) : NULL;
+                                              tower == TRAIN_TEXT, 1, NULL, NULL)
+                         : NULL;
     CHECK(w && r, "%s cache file: %s", what, clip_error());
     if (w && r) {
         size_t n = tower == TRAIN_IMAGE ? w->n : w->rows;
-        const float *a = tower == TRAIN_IMAGE ? w->img : w->txt, *b = tower == TRAIN_IMAGE ? r->img : r->txt;
+        const float *a = tower == TRAIN_IMAGE ? w->img : w->txt,
+                    *b = tower == TRAIN_IMAGE ? r->img : r->txt;
         CHECK(r->rows == w->rows && !memcmp(a, b, n * D * sizeof(float)),
               "%s cache: the file's features are not the computed ones", what);
     }
@@ -601,7 +622,8 @@ static void test_feature_cache(int tower)
     clip_model *m = trainer_model(plain);
     float *x = tower == TRAIN_IMAGE ? m->visual->ptable.data : text_table(m)->data;
     x[0] += 1.0f;
-    r = feature_cache_open(path, plain, d, tower == TRAIN_IMAGE, tower == TRAIN_TEXT, 1, NULL, NULL);
+    r = feature_cache_open(path, plain, d, tower == TRAIN_IMAGE, tower == TRAIN_TEXT, 1, NULL,
+                           NULL);
     CHECK(!r && strstr(clip_error(), "weights_fnv") && strstr(clip_error(), "delete it"),
           "%s cache of other weights: %s", what, r ? "accepted" : clip_error());
     feature_cache_free(r);
@@ -613,7 +635,8 @@ static void test_feature_cache(int tower)
     fwrite(chunk, 1, got, o);
     fclose(in);
     fclose(o);
-    r = feature_cache_open(cut, cached, d, tower == TRAIN_IMAGE, tower == TRAIN_TEXT, 1, NULL, NULL);
+    r = feature_cache_open(cut, cached, d, tower == TRAIN_IMAGE, tower == TRAIN_TEXT, 1, NULL,
+                           NULL);
     CHECK(!r && strstr(clip_error(), "truncated") && strstr(clip_error(), "delete it"),
           "%s cache cut short: %s", what, r ? "accepted" : clip_error());
     feature_cache_free(r);
@@ -660,7 +683,8 @@ static void test_amp_is_the_trainers(void)
     CHECK(ma->compute.precision == PRECISION_FP32, "the amp trainer's model computes in %s",
           precision_name(ma->compute.precision));
     int D = ma->embed_dim;
-    float *ea = xmalloc((size_t)B * D * sizeof(float)), *ef = xmalloc((size_t)B * D * sizeof(float));
+    float *ea = xmalloc((size_t)B * D * sizeof(float)),
+          *ef = xmalloc((size_t)B * D * sizeof(float));
     CHECK(clip_encode_images(ma, pixels[0], B, ea) == 0 &&
               clip_encode_images(mf, pixels[0], B, ef) == 0,
           "%s", clip_error());
@@ -707,15 +731,20 @@ static void test_checkpointing_exact(void)
                 for (int i = 0; i < tabs[k]->n; i++) {
                     const char *name = tabs[k]->v[i].name;
                     size_t n, n2;
-                    const float *gp = trainer_grad(plain, name, &n), *gc = trainer_grad(ck, name, &n2);
+                    const float *gp = trainer_grad(plain, name, &n),
+                                *gc = trainer_grad(ck, name, &n2);
                     int same = gp && gc && n == n2 && !memcmp(gp, gc, n * sizeof(float));
-                    CHECK(same, "%s accum %d: the checkpointed gradient of %s is not the plain "
-                          "one's, bit for bit", mode, accum, name);
+                    CHECK(same,
+                          "%s accum %d: the checkpointed gradient of %s is not the plain "
+                          "one's, bit for bit",
+                          mode, accum, name);
                     compared++, differ += !same;
                 }
             size_t n;
-            float lp = *trainer_grad(plain, "logit_scale", &n), lc = *trainer_grad(ck, "logit_scale", &n);
-            CHECK(lp == lc, "%s accum %d: logit_scale gradient %.9g, plain %.9g", mode, accum, lc, lp);
+            float lp = *trainer_grad(plain, "logit_scale", &n),
+                  lc = *trainer_grad(ck, "logit_scale", &n);
+            CHECK(lp == lc, "%s accum %d: logit_scale gradient %.9g, plain %.9g", mode, accum, lc,
+                  lp);
             CHECK(compared == tabs[0]->n + tabs[1]->n, "compared %d gradients", compared);
             train_memory mp, mc;
             trainer_memory(plain, &mp);
@@ -725,9 +754,10 @@ static void test_checkpointing_exact(void)
                   "checkpointed activations %zu bytes, plain %zu (backward %zu / %zu)",
                   mc.activations, mp.activations, mc.backward, mp.backward);
             if (getenv("VERBOSE"))
-                fprintf(stderr, "checkpointing %s accum %d: %d of %d gradients differ; "
-                        "activations %zu -> %zu bytes\n", mode, accum, differ, compared,
-                        mp.activations, mc.activations);
+                fprintf(stderr,
+                        "checkpointing %s accum %d: %d of %d gradients differ; "
+                        "activations %zu -> %zu bytes\n",
+                        mode, accum, differ, compared, mp.activations, mc.activations);
             trainer_free(plain);
             trainer_free(ck);
         }
@@ -752,17 +782,20 @@ static void test_english_init(void)
     static const struct {
         const char *name;
         double std; /* 0: LayerNorm gain (1) or bias (0) */
-    } want[] = {{"token_embedding.weight", 0.02}, {"positional_embedding", 0.01},
+    } want[] = {{"token_embedding.weight", 0.02},
+                {"positional_embedding", 0.01},
                 {"transformer.resblocks.1.attn.in_proj_weight", -1},
                 {"transformer.resblocks.1.attn.out_proj.weight", -2},
                 {"transformer.resblocks.0.mlp.c_fc.weight", -3},
-                {"transformer.resblocks.0.mlp.c_proj.weight", -2}, {"text_projection", -1},
-                {"ln_final.weight", 0}, {"transformer.resblocks.0.attn.in_proj_bias", 0}};
+                {"transformer.resblocks.0.mlp.c_proj.weight", -2},
+                {"text_projection", -1},
+                {"ln_final.weight", 0},
+                {"transformer.resblocks.0.attn.in_proj_bias", 0}};
     for (size_t k = 0; k < sizeof want / sizeof want[0]; k++) {
         const param_spec *ps = pt_find(t, want[k].name);
         if (!ps) die("no %s", want[k].name);
         const float *x = t->data + ps->offset;
-        double rule = want[k].std == -1 ? attn
+        double rule = want[k].std == -1   ? attn
                       : want[k].std == -2 ? proj
                       : want[k].std == -3 ? 1 / sqrt(2 * W)
                                           : want[k].std;
@@ -776,7 +809,8 @@ static void test_english_init(void)
         double sq = 0;
         for (size_t i = 0; i < ps->numel; i++) sq += (double)x[i] * x[i];
         double sd = sqrt(sq / ps->numel);
-        CHECK(fabs(sd / rule - 1) <= 0.05, "%s: std %.4g, OpenAI's rule %.4g", want[k].name, sd, rule);
+        CHECK(fabs(sd / rule - 1) <= 0.05, "%s: std %.4g, OpenAI's rule %.4g", want[k].name, sd,
+              rule);
     }
     CHECK(!memcmp(t->data, again->ctext->ptable.data, t->total * sizeof(float)),
           "the same seed, another English init");
@@ -905,11 +939,15 @@ static void run_ranks(const train_config *cfg, thread_world *w, rank_run rr[RANK
     pthread_t th[RANKS];
     for (int r = 0; r < RANKS; r++) {
         rr[r] = (rank_run){.cfg = cfg};
-        rr[r].comm = (train_comm){.rank = r, .size = RANKS, .impl = w, .allgather = tw_allgather,
+        rr[r].comm = (train_comm){.rank = r,
+                                  .size = RANKS,
+                                  .impl = w,
+                                  .allgather = tw_allgather,
                                   .reduce_scatter = tw_reduce_scatter,
                                   .allreduce_f64 = tw_allreduce_f64,
                                   .allreduce_start = tw_allreduce_start,
-                                  .allreduce_wait = tw_allreduce_wait, .bcast = tw_bcast};
+                                  .allreduce_wait = tw_allreduce_wait,
+                                  .bcast = tw_bcast};
         pthread_create(&th[r], NULL, rank_main, &rr[r]);
     }
     for (int r = 0; r < RANKS; r++) pthread_join(th[r], NULL);
@@ -948,7 +986,9 @@ static void test_data_parallel(double mask_ratio)
     for (int k = 0, j = 0; k < 2; k++)
         for (int i = 0; i < tabs[k]->n; i++, j++) {
             const param_spec *ps = &tabs[k]->v[i];
-            dr[j] = (drift){.name = ps->name, .w = tabs[k]->data + ps->offset, .n = ps->numel,
+            dr[j] = (drift){.name = ps->name,
+                            .w = tabs[k]->data + ps->offset,
+                            .n = ps->numel,
                             .wd = ps->ndim >= 2 ? cfg.weight_decay : 0.0};
         }
     dr[np - 1] = (drift){.name = "logit_scale", .w = &m->logit_scale, .n = 1, .wd = 0.0};
@@ -989,7 +1029,8 @@ static void test_data_parallel(double mask_ratio)
                   o ? "accum 2 x 4" : "2 ranks x 4", dr[j].name, maxdiff, r);
         }
     printf("data parallel (mask ratio %g): worst loss difference %.2g, worst weight difference / "
-           "bound %.3f\n", mask_ratio, worst_loss_diff, worst);
+           "bound %.3f\n",
+           mask_ratio, worst_loss_diff, worst);
     for (int j = 0; j < np; j++) free(dr[j].m), free(dr[j].v), free(dr[j].D);
     free(dr);
     pthread_barrier_destroy(&w.barrier);
@@ -1015,15 +1056,20 @@ static void test_data_parallel_locked(void)
     if (!one || rr[0].failed || rr[1].failed) return;
     const clip_model *m = trainer_model(rr[0].t);
     size_t text = m->bert->gtable.total;
-    CHECK(m->visual->gtable.total == 0, "--lock-image: %zu image gradients", m->visual->gtable.total);
+    CHECK(m->visual->gtable.total == 0, "--lock-image: %zu image gradients",
+          m->visual->gtable.total);
     for (int r = 0; r < RANKS; r++)
-        CHECK(w.reduced[r] == DIST_STEPS * text, "rank %d all-reduced %zu floats in %d steps, the "
-              "text tower's gradients are %zu", r, w.reduced[r], DIST_STEPS, text);
+        CHECK(w.reduced[r] == DIST_STEPS * text,
+              "rank %d all-reduced %zu floats in %d steps, the "
+              "text tower's gradients are %zu",
+              r, w.reduced[r], DIST_STEPS, text);
     for (int s = 0; s < DIST_STEPS; s++) {
         train_stats st;
         CHECK(trainer_step(one, pixels[0], ids[0], GLOBAL, L, &st) == 0, "%s", clip_error());
-        CHECK(fabs(rr[0].loss[s] - st.loss) <= 1e-5, "locked step %d: loss of 1 x 8 %.7f, 2 ranks "
-              "x 4 %.7f", s + 1, st.loss, rr[0].loss[s]);
+        CHECK(fabs(rr[0].loss[s] - st.loss) <= 1e-5,
+              "locked step %d: loss of 1 x 8 %.7f, 2 ranks "
+              "x 4 %.7f",
+              s + 1, st.loss, rr[0].loss[s]);
     }
     CHECK(trainer_checksum(rr[0].t) == trainer_checksum(rr[1].t), "the ranks' weights differ");
     CHECK(trainer_tower_checksum(rr[0].t, TRAIN_IMAGE) == trainer_tower_checksum(one, TRAIN_IMAGE),
@@ -1072,8 +1118,10 @@ static void test_lock_english(void)
         }
         free(want);
     }
-    CHECK(trained > 0 && locked == 2 + 12, "English lock: %d trained, %d locked (want the "
-          "embeddings and block 0's 12)", trained, locked);
+    CHECK(trained > 0 && locked == 2 + 12,
+          "English lock: %d trained, %d locked (want the "
+          "embeddings and block 0's 12)",
+          trained, locked);
     ckpt_free(g);
     trainer_free(t);
 }
@@ -1106,9 +1154,11 @@ static void test_loss_rows(void)
     double s = 14.3, u = U32, worst = 0;
     for (int i = 0; i < G; i++) {
         double ni = 0, nt = 0;
-        for (int k = 0; k < D; k++) ni += (double)img[i * D + k] * img[i * D + k],
-                                    nt += (double)txt[i * D + k] * txt[i * D + k];
-        double bi = 2 * (2 * G + 2 + D) * u * s / sqrt(ni), bt = 2 * (2 * G + 2 + D) * u * s / sqrt(nt);
+        for (int k = 0; k < D; k++)
+            ni += (double)img[i * D + k] * img[i * D + k],
+                nt += (double)txt[i * D + k] * txt[i * D + k];
+        double bi = 2 * (2 * G + 2 + D) * u * s / sqrt(ni),
+               bt = 2 * (2 * G + 2 + D) * u * s / sqrt(nt);
         for (int k = 0; k < D; k++) {
             worst = fmax(worst, fabs(si[i * D + k] - gi[i * D + k]) / bi);
             worst = fmax(worst, fabs(st_[i * D + k] - gt[i * D + k]) / bt);
@@ -1140,7 +1190,8 @@ static void test_mask_all_kept(void)
     CHECK(vit_reserve(v, B, 1) == 0 && vit_alloc_grads(v) == 0, "%s", clip_error());
     int32_t *all = xmalloc((size_t)B * GG * sizeof *all);
     for (int i = 0; i < B * GG; i++) all[i] = i % GG;
-    float *plain = xmalloc((size_t)B * D * sizeof(float)), *masked = xmalloc((size_t)B * D * sizeof(float));
+    float *plain = xmalloc((size_t)B * D * sizeof(float)),
+          *masked = xmalloc((size_t)B * D * sizeof(float));
     float *dout = xmalloc((size_t)B * D * sizeof(float));
     fill_normal(dout, (size_t)B * D, 1.0f, 9);
     size_t ng = v->gtable.total;
@@ -1165,8 +1216,10 @@ static void test_mask_all_kept(void)
     CHECK(vit_forward_masked(v, cx, pixels[0], B, 3, few, masked) == 0 &&
               vit_backward(v, cx, dout, B) == 0,
           "%s", clip_error());
-    CHECK(memcmp(plain, masked, (size_t)B * D * sizeof(float)), "3 patches kept of %d: the "
-          "features of all of them", GG);
+    CHECK(memcmp(plain, masked, (size_t)B * D * sizeof(float)),
+          "3 patches kept of %d: the "
+          "features of all of them",
+          GG);
     for (int r = 0; r <= GG; r++) {
         int used = r == 0 || r == 2 || r == 4 || r == 5; /* the class token and patches 1, 3, 4 */
         double g = max_abs(v->grads.pos_emb + (size_t)r * W, W);
@@ -1179,12 +1232,15 @@ static void test_mask_all_kept(void)
 
     few[1] = 3; /* repeated */
     CHECK(vit_forward_masked(v, cx, pixels[0], B, 3, few, masked) == -1 &&
-              strstr(clip_error(), "repeated"), "a repeated patch: %s", clip_error());
+              strstr(clip_error(), "repeated"),
+          "a repeated patch: %s", clip_error());
     few[1] = GG;
     CHECK(vit_forward_masked(v, cx, pixels[0], B, 3, few, masked) == -1 &&
-              strstr(clip_error(), "outside the grid"), "a patch past the grid: %s", clip_error());
+              strstr(clip_error(), "outside the grid"),
+          "a patch past the grid: %s", clip_error());
     CHECK(vit_forward_masked(v, cx, pixels[0], B, 0, few, masked) == -1 &&
-              strstr(clip_error(), "0 patches kept"), "keep 0: %s", clip_error());
+              strstr(clip_error(), "0 patches kept"),
+          "keep 0: %s", clip_error());
     free(all), free(plain), free(masked), free(dout), free(g_plain);
     clip_model_free(m);
 }
@@ -1257,7 +1313,8 @@ int main(void)
         test_lock_run(lock_name, lock_spec);
     json_decref(exp);
     printf("Chinese model, worst error / tolerance: step-1 gradients %.3f, losses %.3f, final "
-           "weights %.3f\n", worst_grad, worst_loss, worst_weight);
+           "weights %.3f\n",
+           worst_grad, worst_loss, worst_weight);
     double worst[3] = {worst_grad, worst_loss, worst_weight};
     worst_grad = worst_loss = worst_weight = 0;
 
@@ -1300,7 +1357,8 @@ int main(void)
     checkpointing = 0;
     json_decref(exp);
     printf("English model, worst error / tolerance: step-1 gradients %.3f, losses %.3f, final "
-           "weights %.3f\n", worst_grad, worst_loss, worst_weight);
+           "weights %.3f\n",
+           worst_grad, worst_loss, worst_weight);
     printf("worst error / tolerance: step-1 gradients %.3f, losses %.3f, final weights %.3f\n",
            fmax(worst[0], worst_grad), fmax(worst[1], worst_loss), fmax(worst[2], worst_weight));
     return unit_done();

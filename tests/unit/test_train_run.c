@@ -65,7 +65,8 @@ int main(void)
           hooked);
     char *said = contents(msg);
     CHECK(!strncmp(said, "test_train_run: ViT ", 20), "the banner: %s", said);
-    CHECK(strstr(said, "\ntest_train_run: Terminated at step 1: nothing saved (no --save)\n") != NULL,
+    CHECK(strstr(said, "\ntest_train_run: Terminated at step 1: nothing saved (no --save)\n") !=
+              NULL,
           "the stop: %s", said);
     free(said);
     fclose(msg);
