@@ -132,11 +132,3 @@ int parse_choice_option(const char *opt, const char *val, const char *const *cho
     }
     usage_error("%s: expected %s, not '%s'", opt, list, val);
 }
-
-clip_model *load_model(const char *ckpt_path, const char *bert_dir)
-{
-    clip_model *m = clip_model_load(ckpt_path, bert_dir);
-    if (!m) die("%s", clip_error());
-    for (int i = 0; i < m->n_warnings; i++) warn("%s", m->warnings[i]);
-    return m;
-}

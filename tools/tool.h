@@ -34,7 +34,16 @@ double parse_fraction_option(const char *opt, const char *val, double min, doubl
 /* The index of val in choices (NULL-terminated), or a usage error listing them. */
 int parse_choice_option(const char *opt, const char *val, const char *const *choices);
 /* clip_model_load(ckpt_path, bert_dir) with its warnings shown ("prog:
- * warning" each), or die with its error. The caller frees the model. */
-clip_model *load_model(const char *ckpt_path, const char *bert_dir);
+ * warning" each), or die with its error. The caller frees the model. Inline,
+ * so that only the programs that load a model link the model code and the
+ * BLAS (whose libgfortran brings libquadmath, which registers printf
+ * extensions: glibc then formats every printf the slow, positional way). */
+static inline clip_model *load_model(const char *ckpt_path, const char *bert_dir)
+{
+    clip_model *m = clip_model_load(ckpt_path, bert_dir);
+    if (!m) die("%s", clip_error());
+    for (int i = 0; i < m->n_warnings; i++) warn("%s", m->warnings[i]);
+    return m;
+}
 
 #endif
