@@ -99,12 +99,19 @@ long parse_long_option(const char *opt, const char *val, long min, long max)
     return v;
 }
 
-double parse_double_option(const char *opt, const char *val, double min, double max)
+/* val, whole, as a number (strtod's syntax): 1, else 0 */
+static int read_double(const char *val, double *v)
 {
     char *end;
     errno = 0;
-    double v = strtod(val ? val : "", &end);
-    if (!val || errno || end == val || *end || !(v >= min && v <= max))
+    *v = strtod(val ? val : "", &end);
+    return val && !errno && end != val && !*end;
+}
+
+double parse_double_option(const char *opt, const char *val, double min, double max)
+{
+    double v;
+    if (!read_double(val, &v) || !(v >= min && v <= max))
         usage_error("%s: '%s' is not a number in [%g, %g]", opt, val ? val : "", min, max);
     return v;
 }
@@ -112,10 +119,8 @@ double parse_double_option(const char *opt, const char *val, double min, double 
 double parse_fraction_option(const char *opt, const char *val, double min, double below,
                              const char *what)
 {
-    char *end;
-    errno = 0;
-    double v = strtod(val ? val : "", &end);
-    if (!val || errno || end == val || *end || !(v >= min && v < below))
+    double v;
+    if (!read_double(val, &v) || !(v >= min && v < below))
         usage_error("%s: '%s' is not a number in [%g, %g) (%s)", opt, val ? val : "", min, below,
                     what);
     return v;
